@@ -1,0 +1,644 @@
+//! Manifold configuration: the TOML file plus referenced secrets, parsed then validated into typed
+//! per-component settings. Loading reads files and the environment only; it never binds a port or
+//! spawns a process.
+
+mod import;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod text;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use import::import_claude_desktop;
+use raw::{RawConfig, RawConnector, RawCuration, RawServer};
+use text::{Located, Source};
+use toml::Spanned;
+
+/// Default listen address: loopback only, so a fresh install is not reachable from the network.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8730";
+/// Longest tool or prompt name advertised to clients (several clients reject longer names).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A configuration error, already formatted with `file:line:col` and a hint where one exists.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where environment variables come from; the binary passes `std::env::var`, tests pass a map.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// A value that must never be printed: `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A connector name: lowercase ASCII letters, digits, `-` and `_`, at most 32 characters.
+/// The restricted alphabet keeps `{connector}+{uri}` a valid URI scheme and names short.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectorId(String);
+
+impl ConnectorId {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "invalid name {name:?}: use 1-32 characters, lowercase letters, digits, '-' or '_', starting with a letter"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConnectorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub gateway: GatewaySettings,
+    pub connectors: BTreeMap<ConnectorId, ConnectorSpec>,
+    pub servers: BTreeMap<String, VirtualServerSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    /// Accepted `Host` header values (host or host:port); DNS-rebinding protection.
+    pub allowed_hosts: Vec<String>,
+    /// Accepted `Origin` header values; requests with another Origin get 403.
+    pub allowed_origins: Vec<String>,
+    pub session_idle_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub sse_keep_alive: Duration,
+    pub page_size: usize,
+    pub watch: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectorSpec {
+    pub id: ConnectorId,
+    pub transport: TransportSpec,
+    pub call_timeout: Duration,
+    pub restart: RestartPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TransportSpec {
+    Stdio(StdioSpec),
+    Http(HttpSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Copy)]
+pub enum StartMode {
+    /// Start when the gateway starts (or the connector is added by a reload).
+    Eager,
+    /// Start on first use by a client of a virtual server that includes it.
+    Lazy,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StdioSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    /// Variables set explicitly (values may come from `${ENV}` or `${file:…}` references).
+    pub env: BTreeMap<String, Secret>,
+    /// Names copied from the gateway's environment when present; nothing else is inherited.
+    pub env_passthrough: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub start: StartMode,
+    pub max_line_bytes: usize,
+    pub stderr_lines_per_minute: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Copy)]
+pub enum HttpTransport {
+    /// Streamable HTTP first, then the legacy HTTP+SSE transport (2024-11-05).
+    Auto,
+    Streamable,
+    Sse,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSpec {
+    pub url: String,
+    pub headers: Vec<(String, Secret)>,
+    pub transport: HttpTransport,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Failures within `window` that open the circuit.
+    pub max_failures: u32,
+    pub window: Duration,
+    /// How long an open circuit waits before one trial start.
+    pub open_for: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+            max_failures: 5,
+            window: Duration::from_secs(60),
+            open_for: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualServerSpec {
+    pub name: String,
+    pub title: Option<String>,
+    pub instructions: Option<String>,
+    pub separator: String,
+    /// In configuration order; order decides precedence on name collisions.
+    pub connectors: Vec<ConnectorUse>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectorUse {
+    pub connector: ConnectorId,
+    pub prefix: bool,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Keyed by the upstream tool name.
+    pub tools: BTreeMap<String, ToolOverride>,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ToolOverride {
+    pub rename: Option<String>,
+    pub description: Option<String>,
+    pub hide_args: Vec<String>,
+    pub pin_args: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Config {
+    /// Read and validate a config file. Secrets are resolved from `env` and referenced files.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("{}: cannot read config file: {e}", path.display()))
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Validate config text; `path` is used for messages and to resolve relative paths.
+    pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        let src = Source::new(path, text);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+        Builder { src: &src, env }.build(raw)
+    }
+}
+
+struct Builder<'a> {
+    src: &'a Source<'a>,
+    env: &'a dyn Env,
+}
+
+impl Builder<'_> {
+    fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let gateway = self.gateway(raw.gateway)?;
+        let mut connectors = BTreeMap::new();
+        for (name, rc) in raw.connectors {
+            let at = self.src.table(&["connectors", &name]);
+            let id = ConnectorId::parse(&name).map_err(|m| at.err(format!("connector: {m}")))?;
+            let spec = self.connector(&id, rc)?;
+            connectors.insert(id, spec);
+        }
+        let mut servers = BTreeMap::new();
+        for (name, rs) in raw.servers {
+            let at = self.src.table(&["servers", &name]);
+            ConnectorId::parse(&name).map_err(|m| at.err(format!("virtual server: {m}")))?;
+            let spec = self.server(&name, rs, &connectors)?;
+            servers.insert(name, spec);
+        }
+        let base = self
+            .src
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        for spec in connectors.values_mut() {
+            if let TransportSpec::Stdio(s) = &mut spec.transport
+                && let Some(cwd) = &s.cwd
+                && cwd.is_relative()
+            {
+                s.cwd = Some(base.join(cwd));
+            }
+        }
+        Ok(Config {
+            path: self.src.path.to_path_buf(),
+            gateway,
+            connectors,
+            servers,
+        })
+    }
+
+    fn gateway(&self, g: raw::RawGateway) -> Result<GatewaySettings, ConfigError> {
+        let listen = match g.listen {
+            Some(l) => l.get_ref().parse().map_err(|_| {
+                self.src.at(&l).err(format!(
+                    "gateway.listen: {:?} is not an address like \"127.0.0.1:8730\"",
+                    l.get_ref()
+                ))
+            })?,
+            None => DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address parses"),
+        };
+        let allowed_hosts = g.allowed_hosts.unwrap_or_else(|| {
+            vec![
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "[::1]".into(),
+                "::1".into(),
+            ]
+        });
+        Ok(GatewaySettings {
+            listen,
+            allowed_hosts,
+            allowed_origins: g.allowed_origins.unwrap_or_else(|| {
+                // Pages served from this machine; a rebinding page has a foreign Origin.
+                vec![
+                    "http://localhost:*".into(),
+                    "http://127.0.0.1:*".into(),
+                    "http://[::1]:*".into(),
+                ]
+            }),
+            session_idle_timeout: self.duration_or(
+                g.session_idle_timeout,
+                "gateway.session_idle_timeout",
+                Duration::from_secs(30 * 60),
+            )?,
+            max_body_bytes: g.max_body_bytes.unwrap_or(4 * 1024 * 1024) as usize,
+            sse_keep_alive: self.duration_or(
+                g.sse_keep_alive,
+                "gateway.sse_keep_alive",
+                Duration::from_secs(15),
+            )?,
+            page_size: g.page_size.unwrap_or(1000).max(1) as usize,
+            watch: g.watch.unwrap_or(true),
+        })
+    }
+
+    fn connector(&self, id: &ConnectorId, rc: RawConnector) -> Result<ConnectorSpec, ConfigError> {
+        let at = self.src.table(&["connectors", id.as_str()]);
+        let key = |k: &str| format!("connector {:?}: {k}", id.as_str());
+        let stdio_only = [
+            ("command", rc.command.is_some()),
+            ("args", rc.args.is_some()),
+            ("env", rc.env.is_some()),
+            ("env_passthrough", rc.env_passthrough.is_some()),
+            ("cwd", rc.cwd.is_some()),
+            ("start", rc.start.is_some()),
+            ("max_line_bytes", rc.max_line_bytes.is_some()),
+            (
+                "stderr_lines_per_minute",
+                rc.stderr_lines_per_minute.is_some(),
+            ),
+        ];
+        let http_only = [
+            ("url", rc.url.is_some()),
+            ("headers", rc.headers.is_some()),
+            ("transport", rc.transport.is_some()),
+            ("connect_timeout", rc.connect_timeout.is_some()),
+        ];
+        let transport = match rc.kind.get_ref().as_str() {
+            "stdio" => {
+                if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
+                    return Err(at.err(key(&format!("{k:?} applies to kind = \"http\" only"))));
+                }
+                let Some(command) = rc.command else {
+                    return Err(
+                        at.err(key("kind = \"stdio\" needs `command` (the program to run)"))
+                    );
+                };
+                if command.get_ref().trim().is_empty() {
+                    return Err(self.src.at(&command).err(key("`command` is empty")));
+                }
+                let mut env = BTreeMap::new();
+                for (k, v) in rc.env.unwrap_or_default() {
+                    let value = self.expand(&v, &key(&format!("env.{k}")))?;
+                    env.insert(k, Secret(value));
+                }
+                let start = match rc.start.as_ref().map(|s| s.get_ref().as_str()) {
+                    None | Some("eager") => StartMode::Eager,
+                    Some("lazy") => StartMode::Lazy,
+                    Some(other) => {
+                        let s = rc.start.as_ref().expect("matched Some");
+                        return Err(self.src.at(s).err(key(&format!(
+                            "start = {other:?} is not one of \"eager\", \"lazy\""
+                        ))));
+                    }
+                };
+                TransportSpec::Stdio(StdioSpec {
+                    command: command.into_inner(),
+                    args: rc.args.unwrap_or_default(),
+                    env,
+                    env_passthrough: rc.env_passthrough.unwrap_or_else(|| {
+                        vec!["PATH".into(), "HOME".into(), "LANG".into(), "TMPDIR".into()]
+                    }),
+                    cwd: rc.cwd.map(PathBuf::from),
+                    start,
+                    max_line_bytes: rc.max_line_bytes.unwrap_or(16 * 1024 * 1024) as usize,
+                    stderr_lines_per_minute: rc.stderr_lines_per_minute.unwrap_or(600),
+                })
+            }
+            "http" => {
+                if let Some((k, _)) = stdio_only.iter().find(|(_, set)| *set) {
+                    return Err(at.err(key(&format!("{k:?} applies to kind = \"stdio\" only"))));
+                }
+                let Some(url) = rc.url else {
+                    return Err(at.err(key(
+                        "kind = \"http\" needs `url` (the server's MCP endpoint)",
+                    )));
+                };
+                let value = self.expand(&url, &key("url"))?;
+                if !(value.starts_with("http://") || value.starts_with("https://")) {
+                    return Err(self.src.at(&url).err(key(&format!(
+                        "url {value:?} must start with http:// or https://"
+                    ))));
+                }
+                let mut headers = Vec::new();
+                for (k, v) in rc.headers.unwrap_or_default() {
+                    let value = self.expand(&v, &key(&format!("headers.{k}")))?;
+                    headers.push((k, Secret(value)));
+                }
+                let transport = match rc.transport.as_ref().map(|s| s.get_ref().as_str()) {
+                    None | Some("auto") => HttpTransport::Auto,
+                    Some("streamable") => HttpTransport::Streamable,
+                    Some("sse") => HttpTransport::Sse,
+                    Some(other) => {
+                        let s = rc.transport.as_ref().expect("matched Some");
+                        return Err(self.src.at(s).err(key(&format!(
+                            "transport = {other:?} is not one of \"auto\", \"streamable\", \"sse\""
+                        ))));
+                    }
+                };
+                TransportSpec::Http(HttpSpec {
+                    url: value,
+                    headers,
+                    transport,
+                    connect_timeout: self.duration_or(
+                        rc.connect_timeout,
+                        &key("connect_timeout"),
+                        Duration::from_secs(10),
+                    )?,
+                })
+            }
+            other => {
+                return Err(self.src.at(&rc.kind).err(key(&format!(
+                    "kind = {other:?} is not one of \"stdio\", \"http\""
+                ))));
+            }
+        };
+        let mut restart = RestartPolicy::default();
+        if let Some(r) = rc.restart {
+            restart.initial_backoff = self.duration_or(
+                r.initial_backoff,
+                &key("restart.initial_backoff"),
+                restart.initial_backoff,
+            )?;
+            restart.max_backoff = self.duration_or(
+                r.max_backoff,
+                &key("restart.max_backoff"),
+                restart.max_backoff,
+            )?;
+            restart.window = self.duration_or(r.window, &key("restart.window"), restart.window)?;
+            restart.open_for =
+                self.duration_or(r.open_for, &key("restart.open_for"), restart.open_for)?;
+            restart.max_failures = r.max_failures.unwrap_or(restart.max_failures).max(1);
+        }
+        Ok(ConnectorSpec {
+            id: id.clone(),
+            transport,
+            call_timeout: self.duration_or(
+                rc.call_timeout,
+                &key("call_timeout"),
+                Duration::from_secs(120),
+            )?,
+            restart,
+        })
+    }
+
+    fn server(
+        &self,
+        name: &str,
+        rs: RawServer,
+        connectors: &BTreeMap<ConnectorId, ConnectorSpec>,
+    ) -> Result<VirtualServerSpec, ConfigError> {
+        let at = self.src.table(&["servers", name]);
+        let key = |k: &str| format!("virtual server {name:?}: {k}");
+        let separator = match rs.separator {
+            Some(s) => {
+                let v = s.get_ref();
+                if v.is_empty()
+                    || v.len() > 4
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                {
+                    return Err(self.src.at(&s).err(key(&format!(
+                        "separator {v:?} must be 1-4 characters from letters, digits, '_', '-', '.'"
+                    ))));
+                }
+                v.clone()
+            }
+            None => "__".to_owned(),
+        };
+        if rs.connectors.is_empty() {
+            return Err(at.err(key(
+                "`connectors` is empty: list the connectors this server bundles",
+            )));
+        }
+        let mut curation = rs.curation;
+        let mut uses = Vec::new();
+        let mut seen = Vec::new();
+        for c in &rs.connectors {
+            let cname = c.get_ref();
+            let Some(id) = connectors.keys().find(|k| k.as_str() == cname) else {
+                let known: Vec<&str> = connectors.keys().map(ConnectorId::as_str).collect();
+                return Err(self.src.at(c).err(key(&format!(
+                    "unknown connector {cname:?}{}",
+                    text::suggest(cname, &known)
+                ))));
+            };
+            if seen.contains(cname) {
+                return Err(self
+                    .src
+                    .at(c)
+                    .err(key(&format!("connector {cname:?} is listed twice"))));
+            }
+            seen.push(cname.clone());
+            let cur = curation.remove(cname).unwrap_or_default();
+            uses.push(self.curation(name, id.clone(), cur)?);
+        }
+        if let Some(extra) = curation.keys().next() {
+            let at = self.src.table(&["servers", name, "curation", extra]);
+            return Err(at.err(key(&format!(
+                "curation for {extra:?}, which is not in `connectors`"
+            ))));
+        }
+        Ok(VirtualServerSpec {
+            name: name.to_owned(),
+            title: rs.title,
+            instructions: rs.instructions,
+            separator,
+            connectors: uses,
+        })
+    }
+
+    fn curation(
+        &self,
+        server: &str,
+        id: ConnectorId,
+        cur: RawCuration,
+    ) -> Result<ConnectorUse, ConfigError> {
+        let mut tools = BTreeMap::new();
+        for (tool, o) in cur.tools {
+            let at = self
+                .src
+                .table(&["servers", server, "curation", id.as_str(), "tools", &tool]);
+            let key = |k: &str| {
+                format!(
+                    "virtual server {server:?}: tool {tool:?} of {:?}: {k}",
+                    id.as_str()
+                )
+            };
+            let rename = match o.rename {
+                Some(r) => {
+                    let v = r.get_ref();
+                    if !valid_tool_name(v) {
+                        return Err(self.src.at(&r).err(key(&format!(
+                            "rename {v:?} is not a valid tool name (1-{MAX_NAME_LEN} of A-Z a-z 0-9 _ - .)"
+                        ))));
+                    }
+                    Some(v.clone())
+                }
+                None => None,
+            };
+            let pin_args = match o.pin_args {
+                Some(t) => match serde_json::to_value(t) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => return Err(at.err(key("pin_args must be a table of argument values"))),
+                },
+                None => Default::default(),
+            };
+            tools.insert(
+                tool.clone(),
+                ToolOverride {
+                    rename,
+                    description: o.description,
+                    hide_args: o.hide_args.unwrap_or_default(),
+                    pin_args,
+                },
+            );
+        }
+        Ok(ConnectorUse {
+            connector: id,
+            prefix: cur.prefix.unwrap_or(true),
+            include: cur.include.unwrap_or_else(|| vec!["*".into()]),
+            exclude: cur.exclude.unwrap_or_default(),
+            tools,
+        })
+    }
+
+    fn duration_or(
+        &self,
+        v: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s.get_ref()).ok_or_else(|| {
+                self.src.at(&s).err(format!(
+                    "{key}: {:?} is not a duration like \"500ms\", \"30s\", \"5m\" or \"1h\"",
+                    s.get_ref()
+                ))
+            }),
+        }
+    }
+
+    /// Expand `${NAME}`, `${NAME:-default}` and `${file:PATH}` references.
+    fn expand(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        text::expand(v.get_ref(), self.env, self.src.path)
+            .map_err(|m| self.src.at(v).err(format!("{key}: {m}")))
+    }
+}
+
+/// `1..=64` characters of `A-Z a-z 0-9 _ - .`; what MCP clients accept as a tool name.
+pub fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+/// Parse `250ms`, `30s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        "h" => Some(Duration::from_secs(n * 3600)),
+        _ => None,
+    }
+}
+
+impl Located {
+    fn err(&self, msg: String) -> ConfigError {
+        ConfigError(format!("{}: {msg}", self.0))
+    }
+}

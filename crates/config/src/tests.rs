@@ -1,0 +1,232 @@
+//! Config validation tests: every bad input gets an error naming file, line and key.
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use crate::{Config, ConnectorId, HttpTransport, StartMode, TransportSpec, import_claude_desktop};
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let m: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| m.get(k).cloned()
+}
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(
+        text,
+        Path::new("/etc/m/manifold.toml"),
+        &env(&[("TOKEN", "s3cret")]),
+    )
+    .map_err(|e| e.0)
+}
+
+/// Assert that `text` fails with exactly `expect`.
+fn check_err(text: &str, expect: &str) {
+    match parse(text) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => assert_eq!(e, expect),
+    }
+}
+
+const GOOD: &str = r#"
+[gateway]
+listen = "127.0.0.1:9000"
+allowed_origins = ["http://localhost:3000"]
+
+[connectors.time]
+kind = "stdio"
+command = "mcp-server-time"
+args = ["--local-timezone", "UTC"]
+env = { API_KEY = "${TOKEN}", PLAIN = "x$$y" }
+start = "lazy"
+call_timeout = "5s"
+
+[connectors.remote]
+kind = "http"
+url = "http://127.0.0.1:3001/mcp"
+headers = { Authorization = "Bearer ${TOKEN}" }
+transport = "sse"
+
+[servers.demo]
+connectors = ["time", "remote"]
+separator = "."
+
+[servers.demo.curation.remote]
+prefix = false
+exclude = ["debug_*"]
+[servers.demo.curation.remote.tools.echo]
+rename = "say"
+pin_args = { message = "hi" }
+hide_args = ["verbose"]
+"#;
+
+#[test]
+fn good_config_is_typed() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:9000");
+    let time = &c.connectors[&ConnectorId::parse("time").unwrap()];
+    assert_eq!(time.call_timeout, Duration::from_secs(5));
+    let TransportSpec::Stdio(s) = &time.transport else {
+        panic!("stdio")
+    };
+    assert_eq!(s.start, StartMode::Lazy);
+    assert_eq!(s.env["API_KEY"].expose(), "s3cret");
+    assert_eq!(s.env["PLAIN"].expose(), "x$y");
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "secrets must not appear in Debug output"
+    );
+    let remote = &c.connectors[&ConnectorId::parse("remote").unwrap()];
+    let TransportSpec::Http(h) = &remote.transport else {
+        panic!("http")
+    };
+    assert_eq!(h.transport, HttpTransport::Sse);
+    assert_eq!(h.headers[0].1.expose(), "Bearer s3cret");
+    let demo = &c.servers["demo"];
+    assert_eq!(demo.separator, ".");
+    assert!(demo.connectors[0].prefix);
+    let r = &demo.connectors[1];
+    assert!(!r.prefix);
+    assert_eq!(r.exclude, vec!["debug_*"]);
+    assert_eq!(r.tools["echo"].rename.as_deref(), Some("say"));
+    assert_eq!(r.tools["echo"].pin_args["message"], "hi");
+}
+
+#[test]
+fn defaults_are_safe() {
+    let c = parse("").unwrap();
+    assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:8730");
+    assert!(c.gateway.allowed_hosts.contains(&"localhost".to_string()));
+}
+
+#[test]
+fn unknown_key_names_line_and_suggests() {
+    check_err(
+        "[connectors.slack]\nkind = \"stdio\"\ncomand = \"x\"\n",
+        "/etc/m/manifold.toml:3:1: unknown field `comand`, expected one of `kind`, `command`, `args`, `env`, `env_passthrough`, `cwd`, `start`, `max_line_bytes`, `stderr_lines_per_minute`, `url`, `headers`, `transport`, `connect_timeout`, `call_timeout`, `restart` (did you mean \"command\"?)",
+    );
+}
+
+#[test]
+fn bad_inputs_have_clear_errors() {
+    check_err(
+        "[connectors.a]\nkind = \"stdio\"\n",
+        "/etc/m/manifold.toml:1:1: connector \"a\": kind = \"stdio\" needs `command` (the program to run)",
+    );
+    check_err(
+        "[connectors.a]\nkind = \"ftp\"\n",
+        "/etc/m/manifold.toml:2:8: connector \"a\": kind = \"ftp\" is not one of \"stdio\", \"http\"",
+    );
+    check_err(
+        "[connectors.a]\nkind = \"http\"\nurl = \"ftp://x\"\n",
+        "/etc/m/manifold.toml:3:7: connector \"a\": url \"ftp://x\" must start with http:// or https://",
+    );
+    check_err(
+        "[connectors.a]\nkind = \"http\"\nurl = \"http://x\"\ncommand = \"y\"\n",
+        "/etc/m/manifold.toml:1:1: connector \"a\": \"command\" applies to kind = \"stdio\" only",
+    );
+    check_err(
+        "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nenv = { K = \"${MISSING}\" }\n",
+        "/etc/m/manifold.toml:4:13: connector \"a\": env.K: environment variable MISSING is not set: export it, or write ${MISSING:-default}",
+    );
+    check_err(
+        "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\ncall_timeout = \"soon\"\n",
+        "/etc/m/manifold.toml:4:16: connector \"a\": call_timeout: \"soon\" is not a duration like \"500ms\", \"30s\", \"5m\" or \"1h\"",
+    );
+    check_err(
+        "[connectors.Bad]\nkind = \"stdio\"\ncommand = \"x\"\n",
+        "/etc/m/manifold.toml:1:1: connector: invalid name \"Bad\": use 1-32 characters, lowercase letters, digits, '-' or '_', starting with a letter",
+    );
+    check_err(
+        "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n[servers.s]\nconnectors = [\"tme\"]\n",
+        "/etc/m/manifold.toml:5:15: virtual server \"s\": unknown connector \"tme\" (did you mean \"time\"?)",
+    );
+    check_err(
+        "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n[servers.s]\nconnectors = [\"time\"]\n[servers.s.curation.other]\nprefix = false\n",
+        "/etc/m/manifold.toml:6:1: virtual server \"s\": curation for \"other\", which is not in `connectors`",
+    );
+    check_err(
+        "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n[servers.s]\nconnectors = [\"time\"]\n[servers.s.curation.time.tools.t]\nrename = \"has space\"\n",
+        "/etc/m/manifold.toml:7:10: virtual server \"s\": tool \"t\" of \"time\": rename \"has space\" is not a valid tool name (1-64 of A-Z a-z 0-9 _ - .)",
+    );
+    check_err(
+        "[gateway]\nlisten = \"everywhere\"\n",
+        "/etc/m/manifold.toml:2:10: gateway.listen: \"everywhere\" is not an address like \"127.0.0.1:8730\"",
+    );
+    check_err(
+        "[gateway\n",
+        "/etc/m/manifold.toml:1:9: unclosed table, expected `]`",
+    );
+}
+
+#[test]
+fn secret_files_are_read_relative_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("manifold-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), "from-file\n").unwrap();
+    let text = "[connectors.a]\nkind = \"http\"\nurl = \"http://x\"\nheaders = { Authorization = \"Bearer ${file:token}\" }\n";
+    let c = Config::parse(text, &dir.join("m.toml"), &env(&[])).unwrap();
+    let TransportSpec::Http(h) = &c.connectors[&ConnectorId::parse("a").unwrap()].transport else {
+        panic!()
+    };
+    assert_eq!(h.headers[0].1.expose(), "Bearer from-file");
+    let missing =
+        "[connectors.a]\nkind = \"http\"\nurl = \"http://x\"\nheaders = { A = \"${file:nope}\" }\n";
+    let e = Config::parse(missing, &dir.join("m.toml"), &env(&[]))
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains("cannot read secret file") && e.contains("nope"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn import_claude_desktop_format() {
+    let json = r#"{"mcpServers": {
+        "Time Server": {"command": "uvx", "args": ["mcp-server-time"], "env": {"API_KEY": "secret-value"}},
+        "remote": {"url": "https://example.test/mcp", "headers": {"Authorization": "Bearer abc"}}
+    }}"#;
+    let out = import_claude_desktop(json).unwrap();
+    assert!(
+        !out.toml.contains("secret-value") && !out.toml.contains("Bearer abc"),
+        "{}",
+        out.toml
+    );
+    assert_eq!(
+        out.variables,
+        vec![
+            "TIME-SERVER_API_KEY".replace('-', "_"),
+            "REMOTE_AUTHORIZATION".to_string()
+        ]
+    );
+    // The output is itself a valid config once the variables exist.
+    let c = Config::parse(
+        &out.toml,
+        Path::new("x.toml"),
+        &env(&[("TIME_SERVER_API_KEY", "k"), ("REMOTE_AUTHORIZATION", "b")]),
+    )
+    .unwrap();
+    assert_eq!(c.connectors.len(), 2);
+    assert!(
+        c.connectors
+            .contains_key(&ConnectorId::parse("time-server").unwrap())
+    );
+    assert!(
+        import_claude_desktop("{}")
+            .unwrap_err()
+            .contains("mcpServers")
+    );
+    assert!(
+        import_claude_desktop("{\"mcpServers\": {\"x\": {}}}")
+            .unwrap_err()
+            .contains("neither")
+    );
+    assert!(
+        import_claude_desktop("nope")
+            .unwrap_err()
+            .contains("not valid JSON")
+    );
+}

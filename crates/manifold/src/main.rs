@@ -1,0 +1,259 @@
+//! The `manifold` binary: CLI, logging, wiring, hot reload (file watch and SIGHUP), signals and
+//! graceful shutdown. The only crate that uses `anyhow`.
+
+mod reload;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::{Config, TransportSpec};
+use server::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "manifold",
+    version,
+    about = "Self-hosted gateway serving Virtual MCP servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The TOML config file (see docs/config.md).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override `gateway.listen` (e.g. 127.0.0.1:0 for a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validate a config file and print what would be served.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also start every connector and report its tools, prompts and resources.
+        #[arg(long)]
+        probe: bool,
+        /// How long --probe waits for each connector.
+        #[arg(long, default_value = "60s")]
+        probe_timeout: String,
+    },
+    /// Convert a Claude-Desktop-style {"mcpServers": {...}} JSON file to connector TOML.
+    Import {
+        /// The JSON file ("-" for standard input).
+        file: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            log_json,
+        } => {
+            init_logging(log_json);
+            runtime().and_then(|rt| rt.block_on(serve(&config, listen)))
+        }
+        Command::Check {
+            config,
+            probe,
+            probe_timeout,
+        } => {
+            if probe {
+                init_logging(false);
+            }
+            runtime().and_then(|rt| rt.block_on(check(&config, probe, &probe_timeout)))
+        }
+        Command::Import { file } => import(&file),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MANIFOLD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The one place the gateway reads its own environment.
+pub fn env_lookup() -> Arc<dyn Fn(&str) -> Option<String> + Send + Sync> {
+    Arc::new(|name: &str| std::env::var(name).ok())
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    let env = env_lookup();
+    Config::load(path, &|k: &str| env(k)).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let addr = match listen {
+        Some(l) => l
+            .parse()
+            .with_context(|| format!("--listen {l:?} is not an address like 127.0.0.1:8730"))?,
+        None => config.gateway.listen,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr}: is another process using it? set gateway.listen or --listen"
+        )
+    })?;
+    let local = listener.local_addr()?;
+    let watch = config.gateway.watch;
+    let servers: Vec<String> = config.servers.keys().cloned().collect();
+    let gw = Gateway::start(config, env_lookup());
+    // One line that scripts (and the tests) read to find the port.
+    println!("manifold listening on http://{local}");
+    for s in &servers {
+        tracing::info!(url = %format!("http://{local}/mcp/{s}"), "virtual server");
+    }
+    let _reloader = reload::spawn(path.to_path_buf(), gw.clone(), watch)?;
+    server::serve(listener, gw, shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: draining requests and stopping connectors");
+}
+
+async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let wait = config::parse_duration(probe_timeout)
+        .with_context(|| format!("--probe-timeout {probe_timeout:?} is not a duration like 30s"))?;
+    println!("{}: OK", path.display());
+    println!("listen: {}", config.gateway.listen);
+    println!("connectors:");
+    for (id, spec) in &config.connectors {
+        let what = match &spec.transport {
+            TransportSpec::Stdio(s) => format!("stdio  {} {}", s.command, s.args.join(" ")),
+            TransportSpec::Http(h) => format!("http   {}", h.url),
+        };
+        println!("  {id:<20} {what}");
+    }
+    println!("virtual servers:");
+    for (name, s) in &config.servers {
+        let names: Vec<&str> = s.connectors.iter().map(|u| u.connector.as_str()).collect();
+        println!("  /mcp/{name:<15} {}", names.join(", "));
+    }
+    if !probe {
+        return Ok(());
+    }
+    println!("probe:");
+    let gw = Gateway::start(config, env_lookup());
+    let mut failed = false;
+    let connectors = gw.connectors();
+    let waits = connectors.iter().map(|c| c.wait_ready(wait));
+    let ready = futures::future::join_all(waits).await;
+    for (c, up) in connectors.iter().zip(ready) {
+        let h = c.health();
+        if up {
+            println!(
+                "  {:<20} up: {} tools, {} prompts, {} resources, {} resource templates",
+                c.id().as_str(),
+                h.tools,
+                h.prompts,
+                h.resources,
+                h.resource_templates
+            );
+        } else {
+            failed = true;
+            println!(
+                "  {:<20} {:?}: {}",
+                c.id().as_str(),
+                h.state,
+                h.last_error
+                    .unwrap_or_else(|| "did not start in time".into())
+            );
+        }
+    }
+    // Let catalog events reach the virtual servers before reading them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for vs in gw.servers() {
+        vs.rebuild();
+        let cat = vs.catalog();
+        println!(
+            "  /mcp/{:<15} {} tools, {} prompts, {} resources",
+            vs.name(),
+            cat.tools.len(),
+            cat.prompts.len(),
+            cat.resources.len()
+        );
+        for c in &cat.conflicts {
+            failed = true;
+            println!("    conflict: {c}");
+        }
+    }
+    gw.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    anyhow::ensure!(!failed, "the probe found problems (see above)");
+    Ok(())
+}
+
+fn import(file: &Path) -> anyhow::Result<()> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let out = config::import_claude_desktop(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    print!("{}", out.toml);
+    if !out.variables.is_empty() {
+        eprintln!(
+            "note: secrets were not copied; export these before `manifold serve`: {}",
+            out.variables.join(", ")
+        );
+    }
+    eprintln!(
+        "note: add the connectors to a virtual server, e.g.\n[servers.main]\nconnectors = [{}]",
+        out.names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

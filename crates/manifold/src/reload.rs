@@ -1,0 +1,69 @@
+//! Hot reload: on a change to the config file (watched through its directory, so editors that
+//! replace the file are seen) or on SIGHUP, validate the new file and apply it; an invalid file
+//! is logged and the running config keeps serving.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use notify::{RecursiveMode, Watcher};
+use server::Gateway;
+use tokio::sync::mpsc;
+
+/// Keeps the watcher alive; dropping it stops file watching.
+pub struct Reloader {
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+pub fn spawn(path: PathBuf, gw: Arc<Gateway>, watch: bool) -> anyhow::Result<Reloader> {
+    let (tx, mut rx) = mpsc::channel::<&'static str>(8);
+    let watcher = if watch {
+        let file = path.file_name().map(|f| f.to_owned());
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| ".".into());
+        let ftx = tx.clone();
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && !ev.kind.is_access()
+                && ev.paths.iter().any(|p| p.file_name() == file.as_deref())
+            {
+                let _ = ftx.try_send("file change");
+            }
+        })?;
+        w.watch(&dir, RecursiveMode::NonRecursive)?;
+        Some(w)
+    } else {
+        None
+    };
+    let htx = tx.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = htx.send("SIGHUP").await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(why) = rx.recv().await {
+            // Editors write in several steps: wait for the burst to settle, then read once.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let env = crate::env_lookup();
+            match config::Config::load(&path, &|k: &str| env(k)) {
+                Ok(cfg) if *gw.config() == cfg => tracing::debug!(reason = why, "config unchanged"),
+                Ok(cfg) => {
+                    tracing::info!(reason = why, path = %path.display(), "reloading config");
+                    gw.apply(cfg);
+                }
+                Err(e) => tracing::error!(
+                    reason = why,
+                    "config reload rejected, still serving the previous config: {e}"
+                ),
+            }
+        }
+    });
+    Ok(Reloader { _watcher: watcher })
+}

@@ -1,0 +1,4 @@
+//! The one integration-test binary of the `manifold` crate: real processes on loopback.
+
+mod faults;
+mod support;

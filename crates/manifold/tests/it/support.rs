@@ -1,0 +1,430 @@
+//! Test harness: runs the real `manifold` binary on a free loopback port with a temporary
+//! config, finds the pinned third-party peers, and provides an rmcp test client that answers
+//! sampling, elicitation and roots and records every notification it receives.
+
+#![allow(deprecated, dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use rmcp::{
+    ClientHandler, RoleClient,
+    model::{
+        CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
+        CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
+        ErrorData, ListRootsResult, LoggingMessageNotificationParam, ProgressNotificationParam,
+        ResourceUpdatedNotificationParam,
+    },
+    service::{NotificationContext, RequestContext, RunningService},
+    transport::StreamableHttpClientTransport,
+};
+
+/// The repository root (tests reference fixtures by path).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+pub fn fixture(name: &str) -> String {
+    repo()
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Pinned third-party peers installed by `scripts/setup-peers` (read from its env.sh).
+pub struct Peers {
+    vars: HashMap<String, String>,
+}
+
+impl Peers {
+    /// The peers, or `None` after printing why the calling test skipped. Under
+    /// `MANIFOLD_REQUIRE_PEERS=1` (as `scripts/test` sets) a missing peer fails the test.
+    pub fn get(test: &str) -> Option<&'static Peers> {
+        static PEERS: OnceLock<Option<Peers>> = OnceLock::new();
+        let peers = PEERS.get_or_init(|| {
+            let env_sh = std::env::var("MANIFOLD_PEERS_ENV")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    let cache = std::env::var("MANIFOLD_CACHE")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|_| {
+                            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                                .join(".cache/manifold")
+                        });
+                    cache.join("peers/env.sh")
+                });
+            let text = std::fs::read_to_string(env_sh).ok()?;
+            let vars = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("export "))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| {
+                    (
+                        k.to_owned(),
+                        v.trim_matches(|c| c == '"' || c == '\'').to_owned(),
+                    )
+                })
+                .collect();
+            Some(Peers { vars })
+        });
+        if peers.is_none() {
+            if std::env::var("MANIFOLD_REQUIRE_PEERS").as_deref() == Ok("1") {
+                panic!("{test}: test peers are missing: run scripts/setup-peers");
+            }
+            eprintln!(
+                "SKIPPED {test}: test peers are not installed (run scripts/setup-peers, or scripts/test)"
+            );
+        }
+        peers.as_ref()
+    }
+
+    pub fn var(&self, k: &str) -> &str {
+        self.vars
+            .get(k)
+            .unwrap_or_else(|| panic!("env.sh lacks {k}"))
+    }
+    pub fn npm_bin(&self, name: &str) -> String {
+        format!("{}/{name}", self.var("MANIFOLD_NPM_BIN"))
+    }
+    pub fn node22(&self) -> &str {
+        self.var("MANIFOLD_NODE22")
+    }
+    pub fn python(&self) -> &str {
+        self.var("MANIFOLD_PYTHON")
+    }
+    pub fn venv_bin(&self, name: &str) -> String {
+        format!("{}/bin/{name}", self.var("MANIFOLD_VENV"))
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("manifold-it-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `manifold serve`, killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Gw {
+    pub child: Child,
+    pub base: String,
+    pub dir: TempDir,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Gw {
+    /// Start the gateway on a free port with `config` (TOML) written to a temp file.
+    pub fn start(config: &str) -> Gw {
+        let dir = TempDir::new("gw");
+        let path = dir.path("manifold.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_manifold"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("MANIFOLD_LOG", "info,rmcp=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn manifold");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listen line");
+        let base = line
+            .trim()
+            .strip_prefix("manifold listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var("MANIFOLD_TEST_LOG").is_ok() {
+                    eprintln!("[gw] {line}");
+                }
+                let mut g = l.lock().unwrap();
+                if g.len() < 4_000_000 {
+                    g.push_str(&line);
+                    g.push('\n');
+                }
+            }
+        });
+        Gw {
+            child,
+            base,
+            dir,
+            log,
+        }
+    }
+
+    pub fn url(&self, server: &str) -> String {
+        format!("{}/mcp/{server}", self.base)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path("manifold.toml")
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until `/healthz/detail` satisfies `pred`, or panic with the last body.
+    pub async fn wait_health(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("{}/healthz/detail", self.base)).await
+                && let Ok(v) = r.json::<serde_json::Value>().await
+            {
+                if pred(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; last health: {last:#}\nlog:\n{}",
+            self.log()
+        );
+    }
+
+    /// Wait until every connector is up.
+    pub async fn wait_up(&self) -> serde_json::Value {
+        self.wait_health("all connectors up", |v| {
+            v["connectors"]
+                .as_object()
+                .is_some_and(|m| m.values().all(|c| c["state"] == "up"))
+        })
+        .await
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// An rmcp client that records what it is sent and answers server→client requests.
+#[derive(Clone)]
+pub struct TestClient {
+    pub tag: String,
+    pub events: Arc<Mutex<Vec<String>>>,
+    pub capable: bool,
+}
+
+impl TestClient {
+    pub fn new(tag: &str) -> Self {
+        Self {
+            tag: tag.into(),
+            events: Default::default(),
+            capable: true,
+        }
+    }
+    pub fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().clone()
+    }
+    fn push(&self, e: String) {
+        self.events.lock().unwrap().push(e);
+    }
+    pub async fn wait_event(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "client {} never saw {what}; events: {:?}",
+            self.tag,
+            self.events()
+        );
+    }
+}
+
+impl ClientHandler for TestClient {
+    fn get_info(&self) -> ClientConfig {
+        let caps = if self.capable {
+            serde_json::json!({ "sampling": {}, "elicitation": { "form": {} }, "roots": { "listChanged": true } })
+        } else {
+            serde_json::json!({})
+        };
+        let mut c = ClientConfig::default();
+        c.capabilities = serde_json::from_value::<ClientCapabilities>(caps).unwrap();
+        c.client_info.name = format!("manifold-test-{}", self.tag);
+        c
+    }
+
+    async fn create_message(
+        &self,
+        p: CreateMessageRequestParams,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        self.push(format!(
+            "sampling:{}",
+            serde_json::to_string(&p.messages).unwrap_or_default()
+        ));
+        Ok(serde_json::from_value(serde_json::json!({
+            "role": "assistant",
+            "content": { "type": "text", "text": format!("reply from {}", self.tag) },
+            "model": "test-model",
+            "stopReason": "endTurn"
+        }))
+        .unwrap())
+    }
+
+    async fn create_elicitation(
+        &self,
+        _p: ElicitRequestParams,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.push("elicitation".into());
+        Ok(serde_json::from_value(
+            serde_json::json!({ "action": "accept", "content": { "name": self.tag } }),
+        )
+        .unwrap())
+    }
+
+    async fn list_roots(
+        &self,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        self.push("roots".into());
+        Ok(serde_json::from_value(serde_json::json!({ "roots": [{ "uri": format!("file:///{}", self.tag), "name": "root" }] })).unwrap())
+    }
+
+    async fn on_progress(
+        &self,
+        p: ProgressNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        self.push(format!(
+            "progress:{}:{}",
+            serde_json::to_string(&p.progress_token).unwrap_or_default(),
+            p.progress
+        ));
+    }
+
+    async fn on_logging_message(
+        &self,
+        p: LoggingMessageNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        self.push(format!("log:{}", p.data));
+    }
+
+    async fn on_resource_updated(
+        &self,
+        p: ResourceUpdatedNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        self.push(format!("updated:{}", p.uri));
+    }
+
+    async fn on_tool_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        self.push("tools_changed".into());
+    }
+    async fn on_prompt_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        self.push("prompts_changed".into());
+    }
+    async fn on_resource_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        self.push("resources_changed".into());
+    }
+}
+
+pub type Client = RunningService<RoleClient, TestClient>;
+
+pub async fn connect(url: &str, handler: TestClient) -> Client {
+    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rmcp::serve_client(handler, transport),
+    )
+    .await
+    .expect("initialize in time")
+    .expect("initialize")
+}
+
+pub fn call(name: &str, args: serde_json::Value) -> CallToolRequestParams {
+    serde_json::from_value(serde_json::json!({ "name": name, "arguments": args })).unwrap()
+}
+
+/// The text of the first text content block.
+pub fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .find_map(|c| c.as_text().map(|t| t.text.clone()))
+        .unwrap_or_default()
+}
+
+pub async fn tool_names(c: &Client) -> Vec<String> {
+    c.peer()
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.into_owned())
+        .collect()
+}
+
+/// A `[connectors.NAME]` block running the faulty fixture over stdio; `extra` adds keys.
+pub fn faulty(name: &str, extra: &str) -> String {
+    format!(
+        "\n[connectors.{name}]\nkind = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\", \"--name\", \"{name}\"]\nrestart = {{ initial_backoff = \"100ms\", max_backoff = \"1s\" }}\n{extra}\n",
+        fixture("faulty_upstream.py")
+    )
+}

@@ -1,0 +1,319 @@
+//! The merged catalog of one virtual server, built from its connectors' catalogs and the
+//! curation rules whenever either changes (never per request).
+
+use std::{collections::HashMap, sync::Arc};
+
+use config::{ConnectorId, ConnectorUse, MAX_NAME_LEN, VirtualServerSpec};
+use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool};
+use upstream::UpstreamCatalog;
+
+/// Where an exposed tool goes, and what the gateway changes on the way.
+#[derive(Debug, Clone)]
+pub struct ToolRoute {
+    pub connector: ConnectorId,
+    pub upstream_name: String,
+    /// Removed from the client's arguments (hidden and pinned arguments).
+    pub strip: Vec<String>,
+    /// Injected into every call, overriding the client.
+    pub pinned: JsonObject,
+}
+
+#[derive(Debug, Clone)]
+pub struct PromptRoute {
+    pub connector: ConnectorId,
+    pub upstream_name: String,
+}
+
+/// One virtual server's merged, curated lists, in a deterministic order, with routes back.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub tools: Vec<Tool>,
+    pub prompts: Vec<Prompt>,
+    pub resources: Vec<Resource>,
+    pub resource_templates: Vec<ResourceTemplate>,
+    pub tool_routes: HashMap<String, ToolRoute>,
+    pub prompt_routes: HashMap<String, PromptRoute>,
+    /// Exposed URI → connector, for unprefixed connectors' concrete resources.
+    pub exact_resources: HashMap<String, ConnectorId>,
+    /// (literal prefix of a template, connector) for unprefixed connectors, longest first.
+    pub template_prefixes: Vec<(String, ConnectorId)>,
+    /// Connectors whose URIs are exposed as `{connector}+{uri}`.
+    pub prefixed: Vec<ConnectorId>,
+    /// Unprefixed connectors, in configuration order.
+    pub unprefixed: Vec<ConnectorId>,
+    pub instructions: Option<String>,
+    /// Problems found while merging (name collisions), for health and logs.
+    pub conflicts: Vec<String>,
+    /// Fingerprints of each list, to tell clients only about real changes.
+    pub fingerprints: [u64; 3],
+}
+
+/// What changed between two catalogs, to send the right `list_changed` notifications.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
+}
+
+impl Changes {
+    pub fn any(&self) -> bool {
+        self.tools || self.prompts || self.resources
+    }
+}
+
+impl Catalog {
+    pub fn changes_from(&self, old: &Catalog) -> Changes {
+        Changes {
+            tools: self.fingerprints[0] != old.fingerprints[0],
+            prompts: self.fingerprints[1] != old.fingerprints[1],
+            resources: self.fingerprints[2] != old.fingerprints[2],
+        }
+    }
+
+    /// Merge `inputs` (one per connector, in configuration order) under `spec`'s rules.
+    pub fn build(
+        spec: &VirtualServerSpec,
+        inputs: &[(&ConnectorUse, Arc<UpstreamCatalog>)],
+    ) -> Catalog {
+        let mut cat = Catalog::default();
+        let mut instructions: Vec<String> = spec.instructions.iter().cloned().collect();
+        for (usage, upstream) in inputs {
+            let cid = &usage.connector;
+            if usage.prefix {
+                cat.prefixed.push(cid.clone());
+            } else {
+                cat.unprefixed.push(cid.clone());
+            }
+            if let Some(i) = upstream
+                .instructions
+                .as_deref()
+                .filter(|i| !i.trim().is_empty())
+            {
+                instructions.push(format!("## {cid}\n{i}"));
+            }
+            for tool in &upstream.tools {
+                let name = tool.name.as_ref();
+                if !usage.include.iter().any(|g| glob(g, name))
+                    || usage.exclude.iter().any(|g| glob(g, name))
+                {
+                    continue;
+                }
+                let o = usage.tools.get(name);
+                let local = o.and_then(|o| o.rename.as_deref()).unwrap_or(name);
+                let exposed = exposed_name(usage, &spec.separator, local);
+                if cat.tool_routes.contains_key(&exposed) {
+                    cat.conflicts.push(format!(
+                        "tool {exposed:?} from connector \"{cid}\" is hidden: an earlier connector already exposes that name (prefix the connector or rename the tool)"
+                    ));
+                    continue;
+                }
+                let mut t = tool.clone();
+                t.name = exposed.clone().into();
+                let mut strip = Vec::new();
+                let mut pinned = JsonObject::new();
+                if let Some(o) = o {
+                    if let Some(d) = &o.description {
+                        t.description = Some(d.clone().into());
+                    }
+                    strip.extend(o.hide_args.iter().cloned());
+                    for (k, v) in &o.pin_args {
+                        strip.push(k.clone());
+                        pinned.insert(k.clone(), v.clone());
+                    }
+                    if !strip.is_empty() {
+                        t.input_schema = Arc::new(without_args(&t.input_schema, &strip));
+                    }
+                }
+                cat.tool_routes.insert(
+                    exposed,
+                    ToolRoute {
+                        connector: cid.clone(),
+                        upstream_name: name.to_owned(),
+                        strip,
+                        pinned,
+                    },
+                );
+                cat.tools.push(t);
+            }
+            for prompt in &upstream.prompts {
+                let exposed = exposed_name(usage, &spec.separator, &prompt.name);
+                if cat.prompt_routes.contains_key(&exposed) {
+                    cat.conflicts.push(format!(
+                        "prompt {exposed:?} from connector \"{cid}\" is hidden: an earlier connector already exposes that name"
+                    ));
+                    continue;
+                }
+                let mut p = prompt.clone();
+                p.name = exposed.clone();
+                cat.prompt_routes.insert(
+                    exposed,
+                    PromptRoute {
+                        connector: cid.clone(),
+                        upstream_name: prompt.name.clone(),
+                    },
+                );
+                cat.prompts.push(p);
+            }
+            for r in &upstream.resources {
+                let mut r = r.clone();
+                if usage.prefix {
+                    r.uri = format!("{cid}+{}", r.uri);
+                } else if cat.exact_resources.contains_key(&r.uri) {
+                    cat.conflicts.push(format!("resource {:?} from connector \"{cid}\" is hidden: an earlier connector has the same URI", r.uri));
+                    continue;
+                } else {
+                    cat.exact_resources.insert(r.uri.clone(), cid.clone());
+                }
+                cat.resources.push(r);
+            }
+            for t in &upstream.resource_templates {
+                let mut t = t.clone();
+                if usage.prefix {
+                    t.uri_template = format!("{cid}+{}", t.uri_template);
+                } else {
+                    let literal = t
+                        .uri_template
+                        .split('{')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    cat.template_prefixes.push((literal, cid.clone()));
+                }
+                cat.resource_templates.push(t);
+            }
+        }
+        // Longest literal prefix wins; ties keep configuration order (stable sort).
+        cat.template_prefixes
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        cat.tools.sort_by(|a, b| a.name.cmp(&b.name));
+        cat.prompts.sort_by(|a, b| a.name.cmp(&b.name));
+        cat.resources.sort_by(|a, b| a.uri.cmp(&b.uri));
+        cat.resource_templates
+            .sort_by(|a, b| a.uri_template.cmp(&b.uri_template));
+        cat.instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
+        cat.fingerprints = [
+            fingerprint(&cat.tools),
+            fingerprint(&cat.prompts),
+            fingerprint(&(&cat.resources, &cat.resource_templates)),
+        ];
+        cat
+    }
+
+    /// Which connector serves `uri` (as the client sees it), and the URI to send upstream.
+    pub fn route_resource(&self, uri: &str) -> Option<(ConnectorId, String)> {
+        if let Some((scheme, rest)) = uri.split_once('+')
+            && let Some(cid) = self.prefixed.iter().find(|c| c.as_str() == scheme)
+        {
+            return Some((cid.clone(), rest.to_owned()));
+        }
+        if let Some(cid) = self.exact_resources.get(uri) {
+            return Some((cid.clone(), uri.to_owned()));
+        }
+        if let Some((_, cid)) = self
+            .template_prefixes
+            .iter()
+            .find(|(p, _)| !p.is_empty() && uri.starts_with(p.as_str()))
+        {
+            return Some((cid.clone(), uri.to_owned()));
+        }
+        // One unprefixed connector can own every other URI (e.g. dynamic resources).
+        match self.unprefixed.as_slice() {
+            [only] => Some((only.clone(), uri.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The URI a client sees for a connector's `uri` (for `resources/updated`).
+    pub fn expose_uri(&self, connector: &ConnectorId, uri: &str) -> String {
+        if self.prefixed.contains(connector) {
+            format!("{connector}+{uri}")
+        } else {
+            uri.to_owned()
+        }
+    }
+}
+
+/// `{connector}{sep}{name}` (or `name` unprefixed), made a valid name of at most 64 characters.
+pub fn exposed_name(usage: &ConnectorUse, separator: &str, local: &str) -> String {
+    let full = if usage.prefix {
+        format!("{}{separator}{local}", usage.connector)
+    } else {
+        local.to_owned()
+    };
+    shorten(&full)
+}
+
+/// Deterministic and stable: valid short names pass unchanged; otherwise characters outside
+/// `A-Za-z0-9_-.` become `_`, and if anything changed or the name is too long, the name is cut
+/// to leave room for `_` and 8 hex digits of a hash of the original, so distinct names stay
+/// distinct across restarts and versions.
+pub fn shorten(full: &str) -> String {
+    if config::valid_tool_name(full) {
+        return full.to_owned();
+    }
+    let clean: String = full
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = format!("{:08x}", fnv1a(full.as_bytes()) as u32);
+    let keep = MAX_NAME_LEN - 1 - hash.len();
+    let mut cut: String = clean.chars().take(keep).collect();
+    cut.push('_');
+    cut.push_str(&hash);
+    cut
+}
+
+/// FNV-1a, 64-bit: stable across Rust versions, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn fingerprint<T: serde::Serialize>(v: &T) -> u64 {
+    fnv1a(&serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// `*` matches any run of characters, `?` one character; everything else is literal.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The schema without the given properties (and without them in `required`).
+fn without_args(schema: &JsonObject, args: &[String]) -> JsonObject {
+    let mut s = schema.clone();
+    if let Some(serde_json::Value::Object(props)) = s.get_mut("properties") {
+        for a in args {
+            props.remove(a);
+        }
+    }
+    if let Some(serde_json::Value::Array(req)) = s.get_mut("required") {
+        req.retain(|v| !v.as_str().is_some_and(|n| args.iter().any(|a| a == n)));
+    }
+    s
+}

@@ -1,0 +1,371 @@
+//! A virtual server: its connectors, its merged catalog (rebuilt on change, swapped whole), and
+//! routing of each client request to the owning connector with curation applied.
+
+// logging/setLevel is deprecated by MCP 2026-07-28 but legacy clients and upstreams use it.
+#![allow(deprecated)]
+
+mod catalog;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use config::{ConnectorId, VirtualServerSpec};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientRequest, CompleteRequestParams, CompleteResult,
+    GetPromptRequestParams, GetPromptResult, ReadResourceRequestParams, ReadResourceResult,
+    Reference, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams,
+};
+use upstream::{Caller, Connector, UpstreamError};
+
+pub use catalog::{Catalog, Changes, PromptRoute, ToolRoute, exposed_name, glob, shorten};
+
+/// Why a client request could not be served. Mapped to JSON-RPC at the edge (server crate).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("unknown tool: {0}")]
+    UnknownTool(String),
+    #[error("unknown prompt: {0}")]
+    UnknownPrompt(String),
+    #[error("unknown resource: {0}")]
+    UnknownResource(String),
+    #[error("invalid cursor: {0:?}")]
+    InvalidCursor(String),
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error("connector {connector:?}: {error}")]
+    Upstream {
+        connector: ConnectorId,
+        error: UpstreamError,
+    },
+}
+
+/// One virtual server at runtime. Rebuilt whole on reload; its catalog is swapped on change.
+pub struct VirtualServer {
+    pub spec: VirtualServerSpec,
+    connectors: Vec<Arc<Connector>>,
+    catalog: ArcSwap<Catalog>,
+    page_size: usize,
+}
+
+impl VirtualServer {
+    /// `connectors` must hold every connector named in `spec`, in any order.
+    pub fn new(spec: VirtualServerSpec, all: &[Arc<Connector>], page_size: usize) -> Self {
+        let connectors = spec
+            .connectors
+            .iter()
+            .filter_map(|u| all.iter().find(|c| c.id() == &u.connector).cloned())
+            .collect();
+        let vs = Self {
+            spec,
+            connectors,
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            page_size,
+        };
+        vs.rebuild();
+        vs
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn connectors(&self) -> &[Arc<Connector>] {
+        &self.connectors
+    }
+
+    pub fn uses(&self, id: &ConnectorId) -> bool {
+        self.connectors.iter().any(|c| c.id() == id)
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// Rebuild the merged catalog from the connectors' current catalogs; report what changed.
+    pub fn rebuild(&self) -> Changes {
+        let inputs: Vec<_> = self
+            .spec
+            .connectors
+            .iter()
+            .filter_map(|u| {
+                self.connectors
+                    .iter()
+                    .find(|c| c.id() == &u.connector)
+                    .map(|c| (u, c.catalog()))
+            })
+            .collect();
+        let new = Catalog::build(&self.spec, &inputs);
+        for c in &new.conflicts {
+            tracing::warn!(server = %self.spec.name, "{c}");
+        }
+        let old = self.catalog.swap(Arc::new(new));
+        self.catalog.load().changes_from(&old)
+    }
+
+    /// Start lazy connectors (a client is about to use this server).
+    pub fn demand(&self) {
+        for c in &self.connectors {
+            c.demand();
+        }
+    }
+
+    /// One page of `items` and the cursor of the next. Cursors are opaque offsets.
+    pub fn page<'a, T>(
+        &self,
+        items: &'a [T],
+        cursor: Option<&str>,
+    ) -> Result<(&'a [T], Option<String>), RouteError> {
+        let start = match cursor {
+            None | Some("") => 0,
+            Some(c) => c
+                .strip_prefix("mf1.")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n <= items.len())
+                .ok_or_else(|| RouteError::InvalidCursor(c.to_owned()))?,
+        };
+        let end = (start + self.page_size).min(items.len());
+        let next = (end < items.len()).then(|| format!("mf1.{end}"));
+        Ok((&items[start..end], next))
+    }
+
+    fn connector(&self, id: &ConnectorId) -> &Arc<Connector> {
+        self.connectors
+            .iter()
+            .find(|c| c.id() == id)
+            .expect("routes only name this server's connectors")
+    }
+
+    async fn forward(
+        &self,
+        id: &ConnectorId,
+        req: ClientRequest,
+        caller: &Caller,
+    ) -> Result<ServerResult, RouteError> {
+        self.connector(id)
+            .request(req, caller)
+            .await
+            .map_err(|error| RouteError::Upstream {
+                connector: id.clone(),
+                error,
+            })
+    }
+
+    pub async fn call_tool(
+        &self,
+        mut params: CallToolRequestParams,
+        caller: &Caller,
+    ) -> Result<CallToolResult, RouteError> {
+        let cat = self.catalog();
+        let Some(route) = cat.tool_routes.get(params.name.as_ref()) else {
+            return Err(RouteError::UnknownTool(params.name.into_owned()));
+        };
+        params.name = route.upstream_name.clone().into();
+        if !route.strip.is_empty() || !route.pinned.is_empty() {
+            let args = params.arguments.get_or_insert_with(Default::default);
+            for k in &route.strip {
+                args.remove(k);
+            }
+            for (k, v) in &route.pinned {
+                args.insert(k.clone(), v.clone());
+            }
+        }
+        let connector = route.connector.clone();
+        drop(cat);
+        match self
+            .forward(
+                &connector,
+                ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
+                caller,
+            )
+            .await?
+        {
+            ServerResult::CallToolResult(r) => Ok(r),
+            other => Err(unexpected(&connector, "tools/call", &other)),
+        }
+    }
+
+    pub async fn get_prompt(
+        &self,
+        mut params: GetPromptRequestParams,
+        caller: &Caller,
+    ) -> Result<GetPromptResult, RouteError> {
+        let cat = self.catalog();
+        let Some(route) = cat.prompt_routes.get(&params.name) else {
+            return Err(RouteError::UnknownPrompt(params.name));
+        };
+        params.name = route.upstream_name.clone();
+        let connector = route.connector.clone();
+        drop(cat);
+        match self
+            .forward(
+                &connector,
+                ClientRequest::GetPromptRequest(rmcp::model::Request::new(params)),
+                caller,
+            )
+            .await?
+        {
+            ServerResult::GetPromptResult(r) => Ok(r),
+            other => Err(unexpected(&connector, "prompts/get", &other)),
+        }
+    }
+
+    pub async fn read_resource(
+        &self,
+        mut params: ReadResourceRequestParams,
+        caller: &Caller,
+    ) -> Result<ReadResourceResult, RouteError> {
+        let cat = self.catalog();
+        let exposed = params.uri.clone();
+        let Some((connector, uri)) = cat.route_resource(&exposed) else {
+            return Err(RouteError::UnknownResource(exposed));
+        };
+        params.uri = uri;
+        drop(cat);
+        match self
+            .forward(
+                &connector,
+                ClientRequest::ReadResourceRequest(rmcp::model::Request::new(params)),
+                caller,
+            )
+            .await?
+        {
+            ServerResult::ReadResourceResult(mut r) => {
+                // Contents name their URI; show the client the URI it asked for.
+                let cat = self.catalog();
+                for c in &mut r.contents {
+                    rewrite_content_uri(c, |u| cat.expose_uri(&connector, u));
+                }
+                Ok(r)
+            }
+            other => Err(unexpected(&connector, "resources/read", &other)),
+        }
+    }
+
+    /// Route a subscription; returns the connector and upstream URI it was forwarded to.
+    pub async fn subscribe(
+        &self,
+        uri: &str,
+        caller: &Caller,
+    ) -> Result<(ConnectorId, String), RouteError> {
+        let cat = self.catalog();
+        let (connector, upstream_uri) = cat
+            .route_resource(uri)
+            .ok_or_else(|| RouteError::UnknownResource(uri.to_owned()))?;
+        drop(cat);
+        let params: SubscribeRequestParams =
+            serde_json::from_value(serde_json::json!({ "uri": upstream_uri }))
+                .expect("a valid subscribe request");
+        self.forward(
+            &connector,
+            ClientRequest::SubscribeRequest(rmcp::model::Request::new(params)),
+            caller,
+        )
+        .await?;
+        Ok((connector, upstream_uri))
+    }
+
+    pub async fn unsubscribe(&self, uri: &str, caller: &Caller) -> Result<(), RouteError> {
+        let cat = self.catalog();
+        let (connector, upstream_uri) = cat
+            .route_resource(uri)
+            .ok_or_else(|| RouteError::UnknownResource(uri.to_owned()))?;
+        drop(cat);
+        let params: UnsubscribeRequestParams =
+            serde_json::from_value(serde_json::json!({ "uri": upstream_uri }))
+                .expect("a valid unsubscribe request");
+        self.forward(
+            &connector,
+            ClientRequest::UnsubscribeRequest(rmcp::model::Request::new(params)),
+            caller,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn complete(
+        &self,
+        mut params: CompleteRequestParams,
+        caller: &Caller,
+    ) -> Result<CompleteResult, RouteError> {
+        let cat = self.catalog();
+        let connector = match &mut params.r#ref {
+            Reference::Prompt(p) => {
+                let route = cat
+                    .prompt_routes
+                    .get(&p.name)
+                    .ok_or_else(|| RouteError::UnknownPrompt(p.name.clone()))?;
+                p.name = route.upstream_name.clone();
+                route.connector.clone()
+            }
+            Reference::Resource(r) => {
+                let (c, uri) = cat
+                    .route_resource(&r.uri)
+                    .ok_or_else(|| RouteError::UnknownResource(r.uri.clone()))?;
+                r.uri = uri;
+                c
+            }
+            _ => {
+                return Err(RouteError::InvalidParams(
+                    "unsupported completion reference type".into(),
+                ));
+            }
+        };
+        drop(cat);
+        match self
+            .forward(
+                &connector,
+                ClientRequest::CompleteRequest(rmcp::model::Request::new(params)),
+                caller,
+            )
+            .await?
+        {
+            ServerResult::CompleteResult(r) => Ok(r),
+            other => Err(unexpected(&connector, "completion/complete", &other)),
+        }
+    }
+
+    /// `logging/setLevel` goes to every running connector that supports logging.
+    pub async fn set_level(&self, level: rmcp::model::LoggingLevel, caller: &Caller) {
+        for c in &self.connectors {
+            let supports = c
+                .catalog()
+                .capabilities
+                .as_ref()
+                .is_some_and(|caps| caps.logging.is_some());
+            if supports {
+                let params: rmcp::model::SetLevelRequestParams =
+                    serde_json::from_value(serde_json::json!({ "level": level }))
+                        .expect("a valid setLevel request");
+                let req = ClientRequest::SetLevelRequest(rmcp::model::Request::new(params));
+                if let Err(e) = c.request(req, caller).await {
+                    tracing::debug!(connector = %c.id(), error = %e, "logging/setLevel not applied");
+                }
+            }
+        }
+    }
+}
+
+fn unexpected(connector: &ConnectorId, method: &str, got: &ServerResult) -> RouteError {
+    let kind = serde_json::to_value(got).ok().and_then(|v| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>().join(","))
+    });
+    RouteError::Upstream {
+        connector: connector.clone(),
+        error: UpstreamError::BadResult(format!(
+            "{method} answered with a different result shape (fields: {})",
+            kind.unwrap_or_default()
+        )),
+    }
+}
+
+fn rewrite_content_uri(c: &mut rmcp::model::ResourceContents, f: impl Fn(&str) -> String) {
+    match c {
+        rmcp::model::ResourceContents::TextResourceContents { uri, .. } => *uri = f(uri),
+        rmcp::model::ResourceContents::BlobResourceContents { uri, .. } => *uri = f(uri),
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+}

@@ -1,0 +1,389 @@
+//! The inbound side: the running `Gateway` (connectors and virtual servers, swapped whole on
+//! reload), one rmcp Streamable HTTP service per virtual server at `/mcp/{name}`, fan-out of
+//! upstream events to client sessions, and the health endpoints.
+
+#![allow(deprecated)] // legacy-era logging notifications are relayed
+
+mod handler;
+mod sessions;
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Request, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use config::{Config, ConnectorId, GatewaySettings};
+use rmcp::transport::{
+    StreamableHttpServerConfig, StreamableHttpService,
+    streamable_http_server::session::local::{LocalSessionManager, SessionConfig},
+};
+use router::{Changes, VirtualServer};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use upstream::{Connector, HealthState, UpstreamEvent};
+
+pub use handler::{SessionHandler, to_error};
+pub use sessions::Sessions;
+
+type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+type McpService = StreamableHttpService<SessionHandler, LocalSessionManager>;
+
+/// Everything that a config reload replaces at once.
+struct Runtime {
+    config: Arc<Config>,
+    connectors: BTreeMap<ConnectorId, Arc<Connector>>,
+    servers: BTreeMap<String, Arc<VirtualServer>>,
+    services: BTreeMap<String, McpService>,
+}
+
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    /// Serialises reloads; never held across `.await`.
+    apply_lock: Mutex<()>,
+    pub sessions: Sessions,
+    events: broadcast::Sender<UpstreamEvent>,
+    env: EnvLookup,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Start every eager connector and the event fan-out. Needs a Tokio runtime.
+    pub fn start(config: Config, env: EnvLookup) -> Arc<Self> {
+        let (events, _) = broadcast::channel(4096);
+        let gw = Arc::new(Self {
+            runtime: ArcSwap::from_pointee(Runtime {
+                config: Arc::new(config.clone()),
+                connectors: BTreeMap::new(),
+                servers: BTreeMap::new(),
+                services: BTreeMap::new(),
+            }),
+            apply_lock: Mutex::new(()),
+            sessions: Sessions::default(),
+            events,
+            env,
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(fan_out(Arc::downgrade(&gw), gw.events.subscribe()));
+        gw.apply_inner(config, true);
+        gw
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.runtime.load().config.clone()
+    }
+
+    pub fn virtual_server(&self, name: &str) -> Option<Arc<VirtualServer>> {
+        self.runtime.load().servers.get(name).cloned()
+    }
+
+    pub fn connectors(&self) -> Vec<Arc<Connector>> {
+        self.runtime.load().connectors.values().cloned().collect()
+    }
+
+    pub fn servers(&self) -> Vec<Arc<VirtualServer>> {
+        self.runtime.load().servers.values().cloned().collect()
+    }
+
+    /// Apply a new, already validated config: unchanged connectors keep running (and their
+    /// sessions), changed ones restart, removed ones stop; clients whose lists changed are told.
+    pub fn apply(self: &Arc<Self>, config: Config) {
+        self.apply_inner(config, false);
+    }
+
+    fn apply_inner(self: &Arc<Self>, config: Config, first: bool) {
+        let _guard = self.apply_lock.lock().expect("apply lock");
+        let old = self.runtime.load_full();
+        let mut connectors = BTreeMap::new();
+        for (id, spec) in &config.connectors {
+            match old.connectors.get(id) {
+                Some(c) if c.spec() == spec => {
+                    connectors.insert(id.clone(), c.clone());
+                }
+                prev => {
+                    if let Some(p) = prev {
+                        tracing::info!(connector = %id, "connector changed; restarting it");
+                        p.shutdown();
+                    } else if !first {
+                        tracing::info!(connector = %id, "connector added");
+                    }
+                    let c = Connector::start(spec.clone(), self.events.clone(), self.env.clone());
+                    connectors.insert(id.clone(), Arc::new(c));
+                }
+            }
+        }
+        for (id, c) in &old.connectors {
+            if !connectors.contains_key(id) {
+                tracing::info!(connector = %id, "connector removed; stopping it");
+                c.shutdown();
+            }
+        }
+        let all: Vec<Arc<Connector>> = connectors.values().cloned().collect();
+        let http_changed = old.config.gateway != config.gateway;
+        let mut servers = BTreeMap::new();
+        let mut services = BTreeMap::new();
+        let mut notify = Vec::new();
+        for (name, spec) in &config.servers {
+            let vs = Arc::new(VirtualServer::new(
+                spec.clone(),
+                &all,
+                config.gateway.page_size,
+            ));
+            if let Some(prev) = old.servers.get(name) {
+                let changes = vs.catalog().changes_from(&prev.catalog());
+                if changes.any() {
+                    notify.push((name.clone(), changes));
+                }
+            }
+            let service = match old.services.get(name) {
+                Some(s) if !http_changed => s.clone(),
+                _ => self.mcp_service(name, &config.gateway),
+            };
+            servers.insert(name.clone(), vs);
+            services.insert(name.clone(), service);
+        }
+        for name in old
+            .servers
+            .keys()
+            .filter(|n| !config.servers.contains_key(*n))
+        {
+            tracing::info!(server = %name, "virtual server removed");
+        }
+        self.runtime.store(Arc::new(Runtime {
+            config: Arc::new(config),
+            connectors,
+            servers,
+            services,
+        }));
+        for (name, changes) in notify {
+            self.notify_changes(&name, changes);
+        }
+    }
+
+    fn mcp_service(self: &Arc<Self>, name: &str, g: &GatewaySettings) -> McpService {
+        let mut sessions = LocalSessionManager::default();
+        sessions.session_config = {
+            let mut c = SessionConfig::default();
+            c.keep_alive = Some(g.session_idle_timeout);
+            c
+        };
+        let mut cfg = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(g.allowed_hosts.clone())
+            .with_allowed_origins(g.allowed_origins.clone())
+            .with_sse_keep_alive(Some(g.sse_keep_alive))
+            .with_max_request_body_bytes(g.max_body_bytes)
+            .with_cancellation_token(self.shutdown.child_token());
+        // Browsers send Origin; with no allow-list every present Origin is refused (403).
+        cfg = cfg.enforce_origin_validation();
+        let gw = Arc::downgrade(self);
+        let server: Arc<str> = name.into();
+        StreamableHttpService::new(
+            move || {
+                let id = gw
+                    .upgrade()
+                    .map(|g| g.sessions.next_id())
+                    .unwrap_or_default();
+                Ok(SessionHandler::new(gw.clone(), server.clone(), id))
+            },
+            Arc::new(sessions),
+            cfg,
+        )
+    }
+
+    fn notify_changes(&self, server: &str, changes: Changes) {
+        let peers = self.sessions.peers_of(server);
+        if peers.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            server,
+            ?changes,
+            sessions = peers.len(),
+            "notifying list changes"
+        );
+        tokio::spawn(async move {
+            for (_, peer) in peers {
+                if changes.tools {
+                    let _ = peer.notify_tool_list_changed().await;
+                }
+                if changes.prompts {
+                    let _ = peer.notify_prompt_list_changed().await;
+                }
+                if changes.resources {
+                    let _ = peer.notify_resource_list_changed().await;
+                }
+            }
+        });
+    }
+
+    /// Stop accepting MCP traffic and stop every connector (process groups are killed).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        for c in self.runtime.load().connectors.values() {
+            c.shutdown();
+        }
+    }
+
+    /// JSON health: `status` is `ok` when every connector is up, else `degraded`.
+    pub fn health(&self, detailed: bool) -> serde_json::Value {
+        let rt = self.runtime.load();
+        let mut all_up = true;
+        let mut connectors = serde_json::Map::new();
+        for (id, c) in &rt.connectors {
+            let h = c.health();
+            // A lazy connector that nobody has used yet is healthy.
+            all_up &= matches!(h.state, HealthState::Up | HealthState::Idle);
+            let v = if detailed {
+                serde_json::to_value(&h).unwrap_or_default()
+            } else {
+                serde_json::json!(h.state)
+            };
+            connectors.insert(id.to_string(), v);
+        }
+        let mut out = serde_json::json!({
+            "status": if all_up { "ok" } else { "degraded" },
+            "connectors": connectors,
+        });
+        if detailed {
+            let servers: serde_json::Map<String, serde_json::Value> = rt
+                .servers
+                .iter()
+                .map(|(n, vs)| {
+                    let cat = vs.catalog();
+                    (
+                        n.clone(),
+                        serde_json::json!({
+                            "path": format!("/mcp/{n}"),
+                            "connectors": vs.spec.connectors.iter().map(|u| u.connector.as_str()).collect::<Vec<_>>(),
+                            "tools": cat.tools.len(),
+                            "prompts": cat.prompts.len(),
+                            "resources": cat.resources.len(),
+                            "resource_templates": cat.resource_templates.len(),
+                            "conflicts": cat.conflicts,
+                            "sessions": self.sessions.peers_of(n).len(),
+                        }),
+                    )
+                })
+                .collect();
+            out["servers"] = serde_json::Value::Object(servers);
+        }
+        out
+    }
+}
+
+/// Deliver upstream events to the sessions they concern.
+async fn fan_out(gw: std::sync::Weak<Gateway>, mut rx: broadcast::Receiver<UpstreamEvent>) {
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "event fan-out lagged; rebuilding every catalog");
+                if let Some(gw) = gw.upgrade() {
+                    for vs in gw.servers() {
+                        let ch = vs.rebuild();
+                        if ch.any() {
+                            gw.notify_changes(vs.name(), ch);
+                        }
+                    }
+                }
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(gw) = gw.upgrade() else { return };
+        match ev {
+            UpstreamEvent::CatalogChanged(id) => {
+                for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
+                    let ch = vs.rebuild();
+                    if ch.any() {
+                        gw.notify_changes(vs.name(), ch);
+                    }
+                }
+            }
+            UpstreamEvent::ResourceUpdated(id, uri) => {
+                for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
+                    let exposed = vs.catalog().expose_uri(&id, &uri);
+                    for (_, peer) in gw.sessions.subscribers(vs.name(), &exposed) {
+                        let params = serde_json::from_value(serde_json::json!({ "uri": exposed }))
+                            .expect("valid params");
+                        let _ = peer.notify_resource_updated(params).await;
+                    }
+                }
+            }
+            UpstreamEvent::Log(id, params) => {
+                for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
+                    for (_, peer) in gw.sessions.log_listeners(vs.name(), params.level) {
+                        let _ = peer.notify_logging_message(params.clone()).await;
+                    }
+                }
+            }
+            UpstreamEvent::HealthChanged(..) => {}
+        }
+    }
+}
+
+/// The HTTP app: `/mcp/{server}`, `/healthz`, `/healthz/detail`.
+pub fn app(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/mcp/{server}", any(mcp))
+        .route("/healthz", get(healthz))
+        .route("/healthz/detail", get(healthz_detail))
+        .with_state(gw)
+}
+
+async fn mcp(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, req: Request) -> Response {
+    let service = gw.runtime.load().services.get(&server).cloned();
+    let Some(service) = service else {
+        let known: Vec<String> = gw
+            .runtime
+            .load()
+            .servers
+            .keys()
+            .map(|k| format!("/mcp/{k}"))
+            .collect();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("no virtual server named {server:?}"),
+                "available": known,
+            })),
+        )
+            .into_response();
+    };
+    match service.oneshot(req).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+async fn healthz(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    Json(gw.health(false))
+}
+
+async fn healthz_detail(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    Json(gw.health(true))
+}
+
+/// Serve until `shutdown` resolves, then drain: stop accepting, let in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app(gw.clone());
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    gw.shutdown();
+    result
+}

@@ -1,0 +1,208 @@
+//! The rmcp client handler of one upstream connection: relays server→client requests, progress
+//! and log messages to the client session that caused them, and refreshes the catalog on
+//! `list_changed`.
+
+#![allow(deprecated)]
+
+use std::sync::{Arc, Weak};
+
+use rmcp::{
+    ClientHandler, RoleClient,
+    model::{
+        ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
+        ElicitRequestParams, ElicitResult, ErrorData, Implementation, ListRootsResult,
+        LoggingMessageNotificationParam, ProgressNotificationParam,
+        ResourceUpdatedNotificationParam,
+    },
+    service::{NotificationContext, RequestContext},
+};
+
+use crate::{Shared, UpstreamEvent};
+
+pub struct UpstreamHandler {
+    shared: Weak<Shared>,
+    info: ClientConfig,
+}
+
+impl UpstreamHandler {
+    pub(crate) fn new(shared: Weak<Shared>) -> Self {
+        // A shared upstream session must declare everything any client may need; a client that
+        // lacks a capability gets a clear error relayed back instead of a hang.
+        let capabilities: ClientCapabilities = serde_json::from_value(serde_json::json!({
+            "roots": { "listChanged": true },
+            "sampling": {},
+            "elicitation": { "form": {}, "url": {} }
+        }))
+        .expect("valid client capabilities");
+        let mut implementation = Implementation::default();
+        implementation.name = "manifold".into();
+        implementation.version = env!("CARGO_PKG_VERSION").into();
+        let mut info = ClientConfig::default();
+        info.capabilities = capabilities;
+        info.client_info = implementation;
+        Self { shared, info }
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, ErrorData> {
+        self.shared
+            .upgrade()
+            .ok_or_else(|| ErrorData::internal_error("connector is shutting down", None))
+    }
+}
+
+fn relay_error(what: &str, e: impl std::fmt::Display) -> ErrorData {
+    ErrorData::internal_error(
+        format!("manifold could not relay {what} to the client: {e}"),
+        None,
+    )
+}
+
+impl ClientHandler for UpstreamHandler {
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let shared = self.shared()?;
+        let caller = shared
+            .attributed_caller()
+            .map_err(|m| ErrorData::invalid_request(m, None))?;
+        let peer = caller.peer.expect("attributed callers have a peer");
+        if peer
+            .peer_info()
+            .is_some_and(|i| i.capabilities.sampling.is_none())
+        {
+            return Err(ErrorData::invalid_request(
+                "the client did not declare the sampling capability",
+                None,
+            ));
+        }
+        peer.create_message(params).await.map_err(|e| match e {
+            rmcp::ServiceError::McpError(d) => d,
+            other => relay_error("sampling/createMessage", other),
+        })
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let shared = self.shared()?;
+        let caller = shared
+            .attributed_caller()
+            .map_err(|m| ErrorData::invalid_request(m, None))?;
+        let peer = caller.peer.expect("attributed callers have a peer");
+        if peer
+            .peer_info()
+            .is_some_and(|i| i.capabilities.elicitation.is_none())
+        {
+            return Err(ErrorData::invalid_request(
+                "the client did not declare the elicitation capability",
+                None,
+            ));
+        }
+        peer.create_elicitation(params).await.map_err(|e| match e {
+            rmcp::ServiceError::McpError(d) => d,
+            other => relay_error("elicitation/create", other),
+        })
+    }
+
+    async fn list_roots(
+        &self,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        let shared = self.shared()?;
+        let caller = shared
+            .attributed_caller()
+            .map_err(|m| ErrorData::invalid_request(m, None))?;
+        let peer = caller.peer.expect("attributed callers have a peer");
+        if peer
+            .peer_info()
+            .is_some_and(|i| i.capabilities.roots.is_none())
+        {
+            return Ok(ListRootsResult::default());
+        }
+        peer.list_roots().await.map_err(|e| match e {
+            rmcp::ServiceError::McpError(d) => d,
+            other => relay_error("roots/list", other),
+        })
+    }
+
+    async fn on_progress(
+        &self,
+        mut params: ProgressNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let Some(caller) = shared.caller_for_progress(&params.progress_token) else {
+            return;
+        };
+        let (Some(peer), Some(token)) = (caller.peer, caller.progress_token) else {
+            return;
+        };
+        params.progress_token = token;
+        let _ = peer.notify_progress(params).await;
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        // Related to a call when exactly one session has calls in flight; otherwise fan out.
+        if let Ok(caller) = shared.attributed_caller()
+            && let Some(peer) = caller.peer
+        {
+            let _ = peer.notify_logging_message(params).await;
+            return;
+        }
+        let _ = shared
+            .events
+            .send(UpstreamEvent::Log(shared.spec.id.clone(), params));
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let _ = shared.events.send(UpstreamEvent::ResourceUpdated(
+            shared.spec.id.clone(),
+            params.uri,
+        ));
+    }
+
+    async fn on_tool_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        self.spawn_refresh();
+    }
+
+    async fn on_prompt_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        self.spawn_refresh();
+    }
+
+    async fn on_resource_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        self.spawn_refresh();
+    }
+}
+
+impl UpstreamHandler {
+    /// Refresh off the notification path: the refresh itself sends requests on this connection.
+    fn spawn_refresh(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            tokio::spawn(shared.refresh_after_change());
+        }
+    }
+}

@@ -1,0 +1,765 @@
+//! One connector (upstream MCP server): supervision with backoff and a circuit breaker, the
+//! rmcp client session, the connector's catalog, health, and request forwarding with id and
+//! progress-token remapping and attribution of server→client requests.
+
+// Sampling, roots and logging are deprecated by MCP 2026-07-28 but are what legacy peers use;
+// relaying them is this crate's job.
+#![allow(deprecated)]
+
+mod handler;
+mod sse;
+mod stdio;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use config::{ConnectorId, ConnectorSpec, HttpTransport, StartMode, TransportSpec};
+use rmcp::{
+    RoleClient, RoleServer,
+    model::{
+        CancelledNotificationParam, ClientRequest, ErrorData, ProgressToken, Prompt, RequestId,
+        Resource, ResourceTemplate, ServerCapabilities, ServerResult, Tool,
+    },
+    service::{Peer, PeerRequestOptions, RunningService, ServiceError},
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
+};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use handler::UpstreamHandler;
+
+/// Why an upstream request failed. The server crate maps these to JSON-RPC errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The connector is not running (crashed, circuit open, unreachable).
+    #[error("connector unavailable: {0}")]
+    Unavailable(String),
+    /// The upstream answered with a JSON-RPC error; it is relayed as is.
+    #[error("upstream error {}: {}", .0.code.0, .0.message)]
+    Protocol(ErrorData),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cancelled by the client")]
+    Cancelled,
+    #[error("unexpected upstream result: {0}")]
+    BadResult(String),
+}
+
+/// Connector health, as shown in `/healthz` and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not started yet (lazy connectors before first use).
+    Idle,
+    Starting,
+    Up,
+    /// Failed recently; restarting with backoff.
+    Degraded,
+    /// Circuit open after repeated failures; one trial start after a cool-down.
+    Down,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub state: HealthState,
+    pub last_error: Option<String>,
+    pub restarts: u64,
+    #[serde(with = "unix_secs")]
+    pub since: SystemTime,
+    pub tools: usize,
+    pub prompts: usize,
+    pub resources: usize,
+    pub resource_templates: usize,
+}
+
+mod unix_secs {
+    use std::time::SystemTime;
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+    }
+}
+
+/// What a connector offers right now. Empty while it is down, so its tools drop out of lists.
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamCatalog {
+    pub capabilities: Option<ServerCapabilities>,
+    pub instructions: Option<String>,
+    pub tools: Vec<Tool>,
+    pub prompts: Vec<Prompt>,
+    pub resources: Vec<Resource>,
+    pub resource_templates: Vec<ResourceTemplate>,
+}
+
+/// Events for the rest of the gateway, fanned in from every connector.
+#[derive(Debug, Clone)]
+pub enum UpstreamEvent {
+    CatalogChanged(ConnectorId),
+    ResourceUpdated(ConnectorId, String),
+    /// A log message not attributable to one in-flight call.
+    Log(ConnectorId, rmcp::model::LoggingMessageNotificationParam),
+    HealthChanged(ConnectorId, HealthState),
+}
+
+/// The downstream side of one forwarded request: whom progress, logs and server→client requests
+/// belong to. `session` identifies the client session for attribution.
+#[derive(Clone)]
+pub struct Caller {
+    pub session: u64,
+    /// The client's request `_meta` (minus its progress token, which is remapped).
+    pub meta: Option<rmcp::model::RequestMetaObject>,
+    pub peer: Option<Peer<RoleServer>>,
+    pub progress_token: Option<ProgressToken>,
+    pub ct: CancellationToken,
+}
+
+struct Inflight {
+    caller: Caller,
+    done: bool,
+}
+
+/// How long a finished call's entry lingers for late progress notifications.
+const INFLIGHT_LINGER: Duration = Duration::from_secs(2);
+
+type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// A supervised connector. Dropping it (or `shutdown`) stops its process.
+pub struct Connector {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    spec: ConnectorSpec,
+    health: Mutex<Health>,
+    health_tx: watch::Sender<HealthState>,
+    peer: ArcSwapOption<Peer<RoleClient>>,
+    catalog: ArcSwap<UpstreamCatalog>,
+    events: broadcast::Sender<UpstreamEvent>,
+    /// Keyed by the progress token rmcp put on the upstream request (unique per connection).
+    /// Entries stay briefly after the call ends (`done`), because rmcp delivers notifications
+    /// on spawned tasks and the last progress may be handled after the response.
+    inflight: Mutex<HashMap<ProgressToken, Inflight>>,
+    demand: Notify,
+    shutdown: CancellationToken,
+    env: EnvLookup,
+    last_sweep: Mutex<Instant>,
+}
+
+impl Connector {
+    /// Create the connector and start its supervisor (eager connectors start at once).
+    pub fn start(
+        spec: ConnectorSpec,
+        events: broadcast::Sender<UpstreamEvent>,
+        env: EnvLookup,
+    ) -> Self {
+        let (health_tx, _) = watch::channel(HealthState::Idle);
+        let shared = Arc::new(Shared {
+            health: Mutex::new(Health {
+                state: HealthState::Idle,
+                last_error: None,
+                restarts: 0,
+                since: SystemTime::now(),
+                tools: 0,
+                prompts: 0,
+                resources: 0,
+                resource_templates: 0,
+            }),
+            health_tx,
+            peer: ArcSwapOption::empty(),
+            catalog: ArcSwap::from_pointee(UpstreamCatalog::default()),
+            events,
+            inflight: Mutex::new(HashMap::new()),
+            demand: Notify::new(),
+            shutdown: CancellationToken::new(),
+            env,
+            spec,
+            last_sweep: Mutex::new(Instant::now()),
+        });
+        tokio::spawn(supervise(shared.clone()));
+        Self { shared }
+    }
+
+    pub fn id(&self) -> &ConnectorId {
+        &self.shared.spec.id
+    }
+
+    pub fn spec(&self) -> &ConnectorSpec {
+        &self.shared.spec
+    }
+
+    pub fn health(&self) -> Health {
+        self.shared.health.lock().expect("health lock").clone()
+    }
+
+    pub fn catalog(&self) -> Arc<UpstreamCatalog> {
+        self.shared.catalog.load_full()
+    }
+
+    /// Ask a lazy connector to start; a no-op once started.
+    pub fn demand(&self) {
+        self.shared.demand.notify_one();
+    }
+
+    /// Wait until the connector is up, or give up after `max` (returns whether it is up).
+    pub async fn wait_ready(&self, max: Duration) -> bool {
+        self.demand();
+        let mut rx = self.shared.health_tx.subscribe();
+        let wait = rx.wait_for(|s| {
+            matches!(
+                s,
+                HealthState::Up | HealthState::Degraded | HealthState::Down
+            )
+        });
+        matches!(tokio::time::timeout(max, wait).await, Ok(Ok(s)) if *s == HealthState::Up)
+    }
+
+    /// Forward one request with a fresh upstream id and progress token and the call deadline.
+    /// Cancelling `caller.ct` sends `notifications/cancelled` upstream and returns `Cancelled`.
+    pub async fn request(
+        &self,
+        req: ClientRequest,
+        caller: &Caller,
+    ) -> Result<ServerResult, UpstreamError> {
+        let shared = &self.shared;
+        let peer = self.live_peer().await?;
+        let timeout = shared.spec.call_timeout;
+        let mut options = PeerRequestOptions::with_timeout(timeout);
+        if let Some(meta) = &caller.meta {
+            options = options.with_meta(meta.clone());
+        }
+        let handle = peer
+            .send_cancellable_request(req, options)
+            .await
+            .map_err(|e| map_service_error(&shared.spec.id, e, timeout))?;
+        let token = handle.progress_token.clone();
+        let id = handle.id.clone();
+        let _guard = InflightGuard::register(shared, token, caller.clone());
+        tokio::select! {
+            r = handle.await_response() => r.map_err(|e| map_service_error(&shared.spec.id, e, timeout)),
+            _ = caller.ct.cancelled() => {
+                cancel_upstream(&peer, id).await;
+                Err(UpstreamError::Cancelled)
+            }
+        }
+    }
+
+    /// Send a notification upstream (e.g. `notifications/roots/list_changed`), best effort.
+    pub async fn notify(&self, n: rmcp::model::ClientNotification) {
+        if let Some(peer) = self.shared.peer.load_full() {
+            let _ = peer.send_notification(n).await;
+        }
+    }
+
+    async fn live_peer(&self) -> Result<Arc<Peer<RoleClient>>, UpstreamError> {
+        if let Some(p) = self.shared.peer.load_full() {
+            return Ok(p);
+        }
+        let state = self.health().state;
+        // A connector that has never started (lazy) or is starting gets a bounded wait; one that
+        // is failing answers at once, so a dead connector never stalls a client.
+        if matches!(state, HealthState::Idle | HealthState::Starting)
+            && self.wait_ready(startup_wait(&self.shared.spec)).await
+            && let Some(p) = self.shared.peer.load_full()
+        {
+            return Ok(p);
+        }
+        let h = self.health();
+        Err(UpstreamError::Unavailable(match h.last_error {
+            Some(e) => {
+                format!("connector {:?} is {:?}: {e}", self.id().as_str(), h.state).to_lowercase()
+            }
+            None => format!(
+                "connector {:?} is not running ({:?})",
+                self.id().as_str(),
+                h.state
+            )
+            .to_lowercase(),
+        }))
+    }
+
+    /// Stop the supervisor and the process (close stdin, SIGTERM, SIGKILL the group).
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+fn startup_wait(spec: &ConnectorSpec) -> Duration {
+    match &spec.transport {
+        TransportSpec::Stdio(_) => Duration::from_secs(60),
+        TransportSpec::Http(h) => h.connect_timeout + Duration::from_secs(5),
+    }
+}
+
+struct InflightGuard {
+    shared: Arc<Shared>,
+    token: ProgressToken,
+}
+
+impl InflightGuard {
+    fn register(shared: &Arc<Shared>, token: ProgressToken, caller: Caller) -> Self {
+        shared.inflight.lock().expect("inflight lock").insert(
+            token.clone(),
+            Inflight {
+                caller,
+                done: false,
+            },
+        );
+        Self {
+            shared: shared.clone(),
+            token,
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let mut map = self.shared.inflight.lock().expect("inflight lock");
+        if let Some(e) = map.get_mut(&self.token) {
+            e.done = true;
+        }
+        drop(map);
+        // Forget the entry after the linger period; the sweep keeps the map bounded.
+        let now = Instant::now();
+        let mut last = self.shared.last_sweep.lock().expect("sweep lock");
+        if now.duration_since(*last) >= INFLIGHT_LINGER {
+            *last = now;
+            let finished: Vec<ProgressToken> = self
+                .shared
+                .inflight
+                .lock()
+                .expect("inflight lock")
+                .iter()
+                .filter(|(_, e)| e.done)
+                .map(|(t, _)| t.clone())
+                .collect();
+            let weak = Arc::downgrade(&self.shared);
+            tokio::spawn(async move {
+                tokio::time::sleep(INFLIGHT_LINGER).await;
+                if let Some(shared) = weak.upgrade() {
+                    let mut map = shared.inflight.lock().expect("inflight lock");
+                    for t in finished {
+                        map.remove(&t);
+                    }
+                }
+            });
+        }
+    }
+}
+
+async fn cancel_upstream(peer: &Peer<RoleClient>, id: RequestId) {
+    let param: CancelledNotificationParam = serde_json::from_value(serde_json::json!({
+        "requestId": id, "reason": "cancelled by the client"
+    }))
+    .expect("a valid cancelled notification");
+    let _ = peer.notify_cancelled(param).await;
+}
+
+fn map_service_error(id: &ConnectorId, e: ServiceError, timeout: Duration) -> UpstreamError {
+    match e {
+        ServiceError::McpError(data) => UpstreamError::Protocol(data),
+        ServiceError::Timeout { .. } => UpstreamError::Timeout(timeout),
+        ServiceError::Cancelled { .. } => UpstreamError::Cancelled,
+        ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
+            UpstreamError::Unavailable(format!(
+                "connector {:?} closed the connection during the call",
+                id.as_str()
+            ))
+        }
+        ServiceError::UnexpectedResponse => {
+            UpstreamError::BadResult("the upstream answered with the wrong result type".into())
+        }
+        other => UpstreamError::Unavailable(format!("connector {:?}: {other}", id.as_str())),
+    }
+}
+
+/// A live connection plus what must be stopped with it.
+struct Connection {
+    running: RunningService<RoleClient, UpstreamHandler>,
+    child: Option<(tokio::process::Child, Option<nix::unistd::Pid>)>,
+}
+
+impl Shared {
+    fn set_health(&self, state: HealthState, error: Option<String>) {
+        let mut h = self.health.lock().expect("health lock");
+        let changed = h.state != state;
+        if changed {
+            h.since = SystemTime::now();
+        }
+        h.state = state;
+        if error.is_some() || state == HealthState::Up {
+            h.last_error = error.clone();
+        }
+        drop(h);
+        if changed {
+            match (&error, state) {
+                (Some(e), _) => {
+                    tracing::warn!(connector = %self.spec.id, state = ?state, error = %e, "connector health changed")
+                }
+                (None, _) => {
+                    tracing::info!(connector = %self.spec.id, state = ?state, "connector health changed")
+                }
+            }
+            let _ = self.health_tx.send(state);
+            let _ = self
+                .events
+                .send(UpstreamEvent::HealthChanged(self.spec.id.clone(), state));
+        }
+    }
+
+    fn publish_catalog(&self, cat: UpstreamCatalog) {
+        {
+            let mut h = self.health.lock().expect("health lock");
+            h.tools = cat.tools.len();
+            h.prompts = cat.prompts.len();
+            h.resources = cat.resources.len();
+            h.resource_templates = cat.resource_templates.len();
+        }
+        self.catalog.store(Arc::new(cat));
+        let _ = self
+            .events
+            .send(UpstreamEvent::CatalogChanged(self.spec.id.clone()));
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Connection, String> {
+        let handler = UpstreamHandler::new(Arc::downgrade(self));
+        match &self.spec.transport {
+            TransportSpec::Stdio(s) => {
+                let env = self.env.clone();
+                let spawned =
+                    stdio::spawn(&self.spec.id, s, &|k| env(k)).map_err(|e| e.to_string())?;
+                let stdio::Spawned {
+                    mut child,
+                    pgid,
+                    stdin,
+                    stdout,
+                } = spawned;
+                let init = rmcp::serve_client(handler, (stdout, stdin));
+                let init_timeout = Duration::from_secs(60);
+                tokio::select! {
+                    r = tokio::time::timeout(init_timeout, init) => match r {
+                        Ok(Ok(running)) => Ok(Connection { running, child: Some((child, pgid)) }),
+                        Ok(Err(e)) => {
+                            let status = child.try_wait().ok().flatten();
+                            stdio::terminate(child, pgid, Duration::from_millis(500)).await;
+                            Err(match status {
+                                Some(st) => format!("process exited during initialize ({st})"),
+                                None => format!("initialize failed: {e}"),
+                            })
+                        }
+                        Err(_) => {
+                            stdio::terminate(child, pgid, Duration::from_millis(500)).await;
+                            Err(format!("no answer to initialize within {init_timeout:?}"))
+                        }
+                    },
+                    st = child.wait() => {
+                        stdio::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                        Err(match st {
+                            Ok(st) => format!("process exited during initialize ({st})"),
+                            Err(e) => format!("process failed: {e}"),
+                        })
+                    }
+                }
+            }
+            TransportSpec::Http(h) => {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(h.connect_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+                let mut headers = HashMap::new();
+                for (k, v) in &h.headers {
+                    let name = http::HeaderName::try_from(k.as_str())
+                        .map_err(|_| format!("invalid header name {k:?}"))?;
+                    let value = http::HeaderValue::try_from(v.expose())
+                        .map_err(|_| format!("invalid value for header {k:?}"))?;
+                    headers.insert(name, value);
+                }
+                let budget = h.connect_timeout + Duration::from_secs(5);
+                if h.transport != HttpTransport::Sse {
+                    let config = StreamableHttpClientTransportConfig::with_uri(h.url.clone())
+                        .custom_headers(headers.clone())
+                        .max_concurrent_requests(1024);
+                    let transport =
+                        StreamableHttpClientTransport::with_client(client.clone(), config);
+                    let attempt =
+                        tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await;
+                    match attempt {
+                        Ok(Ok(running)) => {
+                            return Ok(Connection {
+                                running,
+                                child: None,
+                            });
+                        }
+                        Ok(Err(e)) if h.transport == HttpTransport::Streamable => {
+                            return Err(format!("initialize failed: {e}"));
+                        }
+                        Err(_) if h.transport == HttpTransport::Streamable => {
+                            return Err(format!(
+                                "no answer to initialize from {} within {budget:?}",
+                                h.url
+                            ));
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(connector = %self.spec.id, error = %e, "streamable HTTP failed; trying the legacy HTTP+SSE transport")
+                        }
+                        Err(_) => {
+                            tracing::info!(connector = %self.spec.id, "streamable HTTP timed out; trying the legacy HTTP+SSE transport")
+                        }
+                    }
+                }
+                let handler = UpstreamHandler::new(Arc::downgrade(self));
+                let transport = sse::connect(client, &h.url, headers, h.connect_timeout).await?;
+                match tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await {
+                    Ok(Ok(running)) => Ok(Connection {
+                        running,
+                        child: None,
+                    }),
+                    Ok(Err(e)) => Err(format!("initialize over HTTP+SSE failed: {e}")),
+                    Err(_) => Err(format!(
+                        "no answer to initialize over HTTP+SSE within {budget:?}"
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Re-read every list the upstream offers (all pages). Lists it lacks stay empty.
+    async fn refresh(&self, peer: &Peer<RoleClient>) -> Result<UpstreamCatalog, String> {
+        let t = self.spec.call_timeout;
+        async fn within<T>(
+            what: &str,
+            t: Duration,
+            f: impl Future<Output = Result<T, ServiceError>>,
+        ) -> Result<T, String> {
+            match tokio::time::timeout(t, f).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+                Err(_) => Err(format!("{what} timed out after {t:?}")),
+            }
+        }
+        let info = peer.peer_info();
+        let caps = info
+            .as_ref()
+            .map(|i| i.capabilities.clone())
+            .unwrap_or_default();
+        let tools = if caps.tools.is_some() {
+            within("tools/list", t, peer.list_all_tools()).await?
+        } else {
+            Vec::new()
+        };
+        let prompts = if caps.prompts.is_some() {
+            within("prompts/list", t, peer.list_all_prompts()).await?
+        } else {
+            Vec::new()
+        };
+        let (resources, resource_templates) = if caps.resources.is_some() {
+            (
+                within("resources/list", t, peer.list_all_resources()).await?,
+                within(
+                    "resources/templates/list",
+                    t,
+                    peer.list_all_resource_templates(),
+                )
+                .await
+                .unwrap_or_default(),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(UpstreamCatalog {
+            instructions: info.as_ref().and_then(|i| i.instructions.clone()),
+            capabilities: Some(caps),
+            tools,
+            prompts,
+            resources,
+            resource_templates,
+        })
+    }
+
+    /// Refresh after an upstream `list_changed`, keeping the rest of the catalog.
+    async fn refresh_after_change(self: Arc<Self>) {
+        let Some(peer) = self.peer.load_full() else {
+            return;
+        };
+        match self.refresh(&peer).await {
+            Ok(cat) => self.publish_catalog(cat),
+            Err(e) => {
+                tracing::warn!(connector = %self.spec.id, error = %e, "refreshing the catalog after list_changed failed")
+            }
+        }
+    }
+
+    /// The single client session that has calls in flight, if there is exactly one.
+    fn attributed_caller(&self) -> Result<Caller, String> {
+        let inflight = self.inflight.lock().expect("inflight lock");
+        let mut found: Option<&Caller> = None;
+        for c in inflight
+            .values()
+            .filter(|e| !e.done)
+            .map(|e| &e.caller)
+            .filter(|c| c.peer.is_some())
+        {
+            match found {
+                Some(f) if f.session != c.session => {
+                    return Err(format!(
+                        "manifold cannot tell which client this request is for: several clients have calls in flight on connector {:?}",
+                        self.spec.id.as_str()
+                    ));
+                }
+                _ => found = Some(c),
+            }
+        }
+        found
+            .cloned()
+            .ok_or_else(|| "no client call is in flight to relay this request to".to_owned())
+    }
+
+    fn caller_for_progress(&self, token: &ProgressToken) -> Option<Caller> {
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .get(token)
+            .map(|e| e.caller.clone())
+    }
+}
+
+async fn supervise(shared: Arc<Shared>) {
+    let restart = shared.spec.restart.clone();
+    if let TransportSpec::Stdio(s) = &shared.spec.transport
+        && s.start == StartMode::Lazy
+    {
+        tokio::select! {
+            _ = shared.demand.notified() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+    let mut failures: VecDeque<Instant> = VecDeque::new();
+    let mut backoff = restart.initial_backoff;
+    loop {
+        shared.set_health(HealthState::Starting, None);
+        let error = match shared.connect().await {
+            Ok(conn) => run_connection(&shared, conn, &mut backoff).await,
+            Err(e) => Some(e),
+        };
+        let Some(error) = error else { return }; // shutdown
+        shared.peer.store(None);
+        shared.publish_catalog(UpstreamCatalog::default());
+        shared.health.lock().expect("health lock").restarts += 1;
+        let now = Instant::now();
+        failures.push_back(now);
+        while failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > restart.window)
+        {
+            failures.pop_front();
+        }
+        let wait = if failures.len() as u32 >= restart.max_failures {
+            failures.clear();
+            backoff = restart.initial_backoff;
+            shared.set_health(
+                HealthState::Down,
+                Some(format!(
+                    "{error}; circuit open after {} failures within {:?}, next try in {:?}",
+                    restart.max_failures, restart.window, restart.open_for
+                )),
+            );
+            restart.open_for
+        } else {
+            shared.set_health(HealthState::Degraded, Some(error));
+            let w = jitter(backoff);
+            backoff = (backoff * 2).min(restart.max_backoff);
+            w
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Serve one connection until it ends. Returns the failure, or `None` on shutdown.
+async fn run_connection(
+    shared: &Arc<Shared>,
+    conn: Connection,
+    backoff: &mut Duration,
+) -> Option<String> {
+    let Connection { running, child } = conn;
+    let peer = running.peer().clone();
+    let ct = running.cancellation_token();
+    match shared.refresh(&peer).await {
+        Ok(cat) => shared.publish_catalog(cat),
+        Err(e) => {
+            ct.cancel();
+            if let Some((child, pgid)) = child {
+                stdio::terminate(child, pgid, Duration::from_secs(2)).await;
+            }
+            return Some(e);
+        }
+    }
+    // Progress tokens restart with each connection: forget the previous one's calls.
+    shared
+        .inflight
+        .lock()
+        .expect("inflight lock")
+        .retain(|_, e| !e.done);
+    shared.peer.store(Some(Arc::new(peer)));
+    shared.set_health(HealthState::Up, None);
+    let started = Instant::now();
+    let mut waiting = std::pin::pin!(running.waiting());
+    let outcome = match child {
+        Some((mut child, pgid)) => {
+            let r = tokio::select! {
+                st = child.wait() => Some(match st {
+                    Ok(st) => format!("process exited ({st})"),
+                    Err(e) => format!("process wait failed: {e}"),
+                }),
+                _ = &mut waiting => Some("the connection closed (stdout ended)".to_owned()),
+                _ = shared.shutdown.cancelled() => None,
+            };
+            // Stop the session first so in-flight calls fail now, then the whole process group.
+            shared.peer.store(None);
+            ct.cancel();
+            let grace = if r.is_some() {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(4)
+            };
+            stdio::terminate(child, pgid, grace).await;
+            r
+        }
+        None => {
+            let r = tokio::select! {
+                q = &mut waiting => Some(format!("the connection closed ({q:?})")),
+                _ = shared.shutdown.cancelled() => None,
+            };
+            shared.peer.store(None);
+            ct.cancel();
+            r
+        }
+    };
+    if started.elapsed() > shared.spec.restart.window {
+        *backoff = shared.spec.restart.initial_backoff;
+    }
+    outcome
+}
+
+/// ±25% so that many connectors restarting together do not stampede.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random_range(0.75..1.25);
+    d.mul_f64(f)
+}

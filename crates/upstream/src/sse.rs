@@ -1,0 +1,109 @@
+//! The legacy HTTP+SSE transport (MCP 2024-11-05) for servers that still use it: a GET opens an
+//! event stream whose first `endpoint` event names the URL that client messages are POSTed to.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::{StreamExt, channel::mpsc};
+use rmcp::{
+    RoleClient,
+    service::{RxJsonRpcMessage, TxJsonRpcMessage},
+    transport::sink_stream::SinkStreamTransport,
+};
+use sse_stream::SseStream;
+
+type Transport = SinkStreamTransport<
+    mpsc::Sender<TxJsonRpcMessage<RoleClient>>,
+    mpsc::Receiver<RxJsonRpcMessage<RoleClient>>,
+>;
+
+/// Largest accepted event; a bigger one ends the connection rather than exhausting memory.
+const MAX_EVENT_BYTES: usize = 32 * 1024 * 1024;
+
+pub async fn connect(
+    client: reqwest::Client,
+    url: &str,
+    headers: HashMap<http::HeaderName, http::HeaderValue>,
+    connect_timeout: Duration,
+) -> Result<Transport, String> {
+    let base = reqwest::Url::parse(url).map_err(|e| format!("invalid url {url:?}: {e}"))?;
+    let mut req = client
+        .get(base.clone())
+        .header(http::header::ACCEPT, "text/event-stream");
+    for (k, v) in &headers {
+        req = req.header(k, v);
+    }
+    let resp = tokio::time::timeout(connect_timeout, req.send())
+        .await
+        .map_err(|_| format!("GET {url} (HTTP+SSE) timed out after {connect_timeout:?}"))?
+        .map_err(|e| format!("GET {url} (HTTP+SSE) failed: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("GET {url} (HTTP+SSE) answered {}", resp.status()));
+    }
+    let mut events = SseStream::from_byte_stream(resp.bytes_stream());
+    // The first event must be `endpoint`, naming where to POST (same origin only).
+    let endpoint = loop {
+        let next = tokio::time::timeout(connect_timeout, events.next())
+            .await
+            .map_err(|_| format!("{url} sent no `endpoint` event within {connect_timeout:?}"))?;
+        match next {
+            Some(Ok(ev)) if ev.event.as_deref() == Some("endpoint") => {
+                let data = ev.data.unwrap_or_default();
+                let ep = base
+                    .join(data.trim())
+                    .map_err(|e| format!("bad endpoint {data:?}: {e}"))?;
+                if ep.origin() != base.origin() {
+                    return Err(format!(
+                        "endpoint {ep} is on another origin than {url}; refusing"
+                    ));
+                }
+                break ep;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("reading the event stream failed: {e}")),
+            None => {
+                return Err(format!(
+                    "{url} closed the event stream before sending `endpoint`"
+                ));
+            }
+        }
+    };
+    let (mut in_tx, in_rx) = mpsc::channel::<RxJsonRpcMessage<RoleClient>>(64);
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else { break };
+            if !matches!(ev.event.as_deref(), None | Some("message")) {
+                continue;
+            }
+            let data = ev.data.unwrap_or_default();
+            if data.len() > MAX_EVENT_BYTES {
+                tracing::warn!(bytes = data.len(), "dropped an oversized HTTP+SSE event");
+                continue;
+            }
+            match serde_json::from_str(&data) {
+                Ok(msg) => {
+                    if futures::SinkExt::send(&mut in_tx, msg).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropped an HTTP+SSE event that is not a JSON-RPC message")
+                }
+            }
+        }
+    });
+    let (out_tx, mut out_rx) = mpsc::channel::<TxJsonRpcMessage<RoleClient>>(64);
+    tokio::spawn(async move {
+        while let Some(msg) = out_rx.next().await {
+            let mut req = client.post(endpoint.clone()).json(&msg);
+            for (k, v) in &headers {
+                req = req.header(k, v);
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!(status = %r.status(), "HTTP+SSE POST was rejected"),
+                Err(e) => tracing::warn!(error = %e, "HTTP+SSE POST failed"),
+            }
+        }
+    });
+    Ok(SinkStreamTransport::new(out_tx, in_rx))
+}
