@@ -181,7 +181,17 @@ impl VirtualServer {
             )
             .await?
         {
-            ServerResult::CallToolResult(r) => Ok(r),
+            ServerResult::CallToolResult(mut r) => {
+                // Resource links and embedded resources name upstream URIs; expose them the
+                // way resources/list does, so the client can read them back through us.
+                let cat = self.catalog();
+                if cat.prefixed.contains(&connector) {
+                    for block in &mut r.content {
+                        rewrite_block_uri(block, |u| cat.expose_uri(&connector, u));
+                    }
+                }
+                Ok(r)
+            }
             other => Err(unexpected(&connector, "tools/call", &other)),
         }
     }
@@ -206,7 +216,15 @@ impl VirtualServer {
             )
             .await?
         {
-            ServerResult::GetPromptResult(r) => Ok(r),
+            ServerResult::GetPromptResult(mut r) => {
+                let cat = self.catalog();
+                if cat.prefixed.contains(&connector) {
+                    for m in &mut r.messages {
+                        rewrite_block_uri(&mut m.content, |u| cat.expose_uri(&connector, u));
+                    }
+                }
+                Ok(r)
+            }
             other => Err(unexpected(&connector, "prompts/get", &other)),
         }
     }
@@ -358,6 +376,14 @@ fn unexpected(connector: &ConnectorId, method: &str, got: &ServerResult) -> Rout
             "{method} answered with a different result shape (fields: {})",
             kind.unwrap_or_default()
         )),
+    }
+}
+
+fn rewrite_block_uri(block: &mut rmcp::model::ContentBlock, f: impl Fn(&str) -> String) {
+    match block {
+        rmcp::model::ContentBlock::ResourceLink(r) => r.uri = f(&r.uri),
+        rmcp::model::ContentBlock::Resource(e) => rewrite_content_uri(&mut e.resource, f),
+        _ => {}
     }
 }
 

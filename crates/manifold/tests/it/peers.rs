@@ -1,0 +1,462 @@
+//! Real third-party peers: the official reference servers (npm server-everything over stdio and
+//! Streamable HTTP, server-memory; PyPI mcp-server-time) bundled in one virtual server, driven by
+//! real clients (rmcp, the Python SDK, the inspector CLI) and the MCP conformance suite.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// server-everything in Streamable HTTP mode on a free loopback port, killed on drop.
+struct EverythingHttp {
+    child: Child,
+    url: String,
+}
+
+impl EverythingHttp {
+    fn start(p: &Peers) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("node")
+            .arg(p.npm_bin("mcp-server-everything"))
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            // server-everything listens on every interface; the preload pins it to loopback.
+            .env(
+                "NODE_OPTIONS",
+                format!("--require {}", p.var("MANIFOLD_LOOPBACK_PRELOAD")),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server-everything over HTTP");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server-everything HTTP did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    }
+}
+
+impl Drop for EverythingHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bundle of the issue: everything (stdio + HTTP), memory and time in one virtual server.
+fn bundle(p: &Peers, http_url: &str, dir: &TempDir) -> String {
+    format!(
+        r#"
+[connectors.everything]
+kind = "stdio"
+command = "node"
+args = ["{everything}", "stdio"]
+
+[connectors.everything-http]
+kind = "http"
+url = "{http_url}"
+
+[connectors.memory]
+kind = "stdio"
+command = "node"
+args = ["{memory}"]
+env = {{ MEMORY_FILE_PATH = "{memfile}" }}
+
+[connectors.time]
+kind = "stdio"
+command = "{time}"
+args = ["--local-timezone", "UTC"]
+
+[servers.all]
+connectors = ["everything", "everything-http", "memory", "time"]
+"#,
+        everything = p.npm_bin("mcp-server-everything"),
+        memory = p.npm_bin("mcp-server-memory"),
+        memfile = dir.path("memory.jsonl").display(),
+        time = p.venv_bin("mcp-server-time"),
+    )
+}
+
+async fn wait_tools(c: &Client, want: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let names = tool_names(c).await;
+        if want.iter().all(|w| names.iter().any(|n| n == w)) {
+            return names;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tools {want:?} never all appeared; have {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn kinds(r: &rmcp::model::CallToolResult) -> Vec<String> {
+    r.content
+        .iter()
+        .map(|c| {
+            serde_json::to_value(c).unwrap()["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reference_servers_bundled_through_rmcp_client() {
+    let Some(p) = Peers::get("reference_servers_bundled_through_rmcp_client") else {
+        return;
+    };
+    let http = EverythingHttp::start(p);
+    let dir = TempDir::new("bundle");
+    let gw = Gw::start(&bundle(p, &http.url, &dir));
+    gw.wait_up().await;
+    let client = TestClient::new("rmcp");
+    let c = connect(&gw.url("all"), client.clone()).await;
+    let names = wait_tools(
+        &c,
+        &[
+            "everything__echo",
+            "everything-http__echo",
+            "memory__read_graph",
+            "time__get_current_time",
+        ],
+    )
+    .await;
+    assert!(names.iter().all(|n| n.len() <= 64));
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "deterministic order");
+
+    for prefix in ["everything", "everything-http"] {
+        let r = c
+            .peer()
+            .call_tool(call(&format!("{prefix}__echo"), json!({"message": "hi"})))
+            .await
+            .unwrap();
+        assert_eq!(text(&r), "Echo: hi");
+        let r = c
+            .peer()
+            .call_tool(call(&format!("{prefix}__get-tiny-image"), json!({})))
+            .await
+            .unwrap();
+        assert!(kinds(&r).contains(&"image".into()), "{:?}", kinds(&r));
+        let r = c
+            .peer()
+            .call_tool(call(
+                &format!("{prefix}__get-resource-reference"),
+                json!({"resourceType": "Text", "resourceId": 1}),
+            ))
+            .await
+            .unwrap();
+        assert!(kinds(&r).contains(&"resource".into()), "{:?}", kinds(&r));
+        let r = c
+            .peer()
+            .call_tool(call(
+                &format!("{prefix}__get-resource-links"),
+                json!({"count": 2}),
+            ))
+            .await
+            .unwrap();
+        assert!(
+            kinds(&r).iter().filter(|k| *k == "resource_link").count() >= 2,
+            "{:?}",
+            kinds(&r)
+        );
+        // A link names the URI as this gateway exposes it, so it can be read back through us.
+        let link = serde_json::to_value(&r.content)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "resource_link")
+            .unwrap()["uri"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(link.starts_with(&format!("{prefix}+")), "{link}");
+        let read: rmcp::model::ReadResourceRequestParams =
+            serde_json::from_value(json!({"uri": link})).unwrap();
+        c.peer()
+            .read_resource(read)
+            .await
+            .expect("a resource link can be read through the gateway");
+        let r = c
+            .peer()
+            .call_tool(call(
+                &format!("{prefix}__get-structured-content"),
+                json!({"location": "Chicago"}),
+            ))
+            .await
+            .unwrap();
+        assert!(r.structured_content.is_some());
+    }
+
+    let r = c
+        .peer()
+        .call_tool(call("time__get_current_time", json!({"timezone": "UTC"})))
+        .await
+        .unwrap();
+    assert!(text(&r).contains("datetime"), "{}", text(&r));
+    c.peer()
+        .call_tool(call("memory__create_entities", json!({"entities": [{"name": "manifold", "entityType": "project", "observations": ["gateway"]}]})))
+        .await
+        .unwrap();
+    let r = c
+        .peer()
+        .call_tool(call("memory__read_graph", json!({})))
+        .await
+        .unwrap();
+    assert!(text(&r).contains("manifold"), "{}", text(&r));
+
+    // Prompts, resources, templates and completion route to the owning connector.
+    let prompts: Vec<String> = c
+        .peer()
+        .list_all_prompts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert!(
+        prompts.contains(&"everything__args-prompt".to_string()),
+        "{prompts:?}"
+    );
+    let get: rmcp::model::GetPromptRequestParams = serde_json::from_value(
+        json!({"name": "everything-http__args-prompt", "arguments": {"city": "Oslo"}}),
+    )
+    .unwrap();
+    let got = c.peer().get_prompt(get).await.unwrap();
+    assert!(serde_json::to_string(&got).unwrap().contains("Oslo"));
+    let resources = c.peer().list_all_resources().await.unwrap();
+    let first = resources
+        .iter()
+        .find(|r| r.uri.starts_with("everything+"))
+        .expect("prefixed everything resources");
+    let read: rmcp::model::ReadResourceRequestParams =
+        serde_json::from_value(json!({"uri": first.uri})).unwrap();
+    let got = c.peer().read_resource(read).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&got.contents[0]).unwrap()["uri"],
+        first.uri.as_str()
+    );
+    let templates = c.peer().list_all_resource_templates().await.unwrap();
+    assert!(
+        templates
+            .iter()
+            .any(|t| t.uri_template.starts_with("everything-http+demo://")),
+        "{templates:?}"
+    );
+    let comp: rmcp::model::CompleteRequestParams = serde_json::from_value(json!({
+        "ref": {"type": "ref/prompt", "name": "everything__completable-prompt"},
+        "argument": {"name": "department", "value": "E"}
+    }))
+    .unwrap();
+    let done = c.peer().complete(comp).await.unwrap();
+    assert!(!done.completion.values.is_empty(), "completion values");
+
+    // Progress on a long-running tool arrives under the client's own token (rmcp assigns it).
+    c.peer()
+        .call_tool(call(
+            "everything__trigger-long-running-operation",
+            json!({"duration": 1, "steps": 3}),
+        ))
+        .await
+        .unwrap();
+    client
+        .wait_event("third progress", |e| {
+            e.starts_with("progress:") && e.ends_with(":3")
+        })
+        .await;
+    let tokens: std::collections::HashSet<String> = client
+        .events()
+        .iter()
+        .filter(|e| e.starts_with("progress:"))
+        .map(|e| e.split(':').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one token for one call: {:?}",
+        client.events()
+    );
+
+    // Sampling and elicitation round trips (the tools appear once a capable client exists).
+    let names = tool_names(&c).await;
+    let sampling = names
+        .iter()
+        .find(|n| n.starts_with("everything__") && n.contains("sampling"))
+        .expect("a sampling tool");
+    let r = c
+        .peer()
+        .call_tool(call(sampling, json!({"prompt": "hello", "maxTokens": 10})))
+        .await
+        .unwrap();
+    assert!(
+        serde_json::to_string(&r)
+            .unwrap()
+            .contains("reply from rmcp"),
+        "{r:?}"
+    );
+    let elicit = names
+        .iter()
+        .find(|n| n.starts_with("everything__") && n.contains("elicitation"))
+        .expect("an elicitation tool");
+    let r = c.peer().call_tool(call(elicit, json!({}))).await.unwrap();
+    assert!(client.events().contains(&"elicitation".to_string()));
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+}
+
+#[tokio::test]
+async fn python_sdk_client_in_legacy_mode() {
+    let Some(p) = Peers::get("python_sdk_client_in_legacy_mode") else {
+        return;
+    };
+    let dir = TempDir::new("py");
+    let http = EverythingHttp::start(p);
+    let gw = Gw::start(&bundle(p, &http.url, &dir));
+    gw.wait_up().await;
+    let out = tokio::process::Command::new(p.python())
+        .arg(repo().join("tests/clients/python_client.py"))
+        .arg(gw.url("all"))
+        .output()
+        .await
+        .expect("run the Python SDK client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l.ends_with(" passed, 0 failed")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn inspector_cli_lists_and_calls() {
+    let Some(p) = Peers::get("inspector_cli_lists_and_calls") else {
+        return;
+    };
+    let dir = TempDir::new("insp");
+    let http = EverythingHttp::start(p);
+    let gw = Gw::start(&bundle(p, &http.url, &dir));
+    gw.wait_up().await;
+    let inspector = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(p.node22());
+        cmd.arg(p.npm_bin("mcp-inspector"))
+            .arg("--cli")
+            .arg(gw.url("all"))
+            .args(["--transport", "http"])
+            .args(args)
+            .args(["--format", "json"])
+            .env("MCP_INSPECTOR_SECRET_STORE", "memory")
+            .env("HOME", dir.0.display().to_string());
+        cmd
+    };
+    let out = inspector(&["--method", "tools/list"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "inspector tools/list failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "everything__echo",
+        "everything-http__get-sum",
+        "memory__read_graph",
+        "time__convert_time",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "inspector does not see {want}: {stdout}"
+        );
+    }
+    let out = inspector(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "everything-http__echo",
+        "--tool-arg",
+        "message=from inspector",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("Echo: from inspector"), "{stdout}");
+    let out = inspector(&["--method", "tools/call", "--tool-name", "no_such_tool"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an unknown tool is an error for the inspector too"
+    );
+}
+
+#[tokio::test]
+async fn conformance_suite_2025_11_25_through_the_gateway() {
+    let Some(p) = Peers::get("conformance_suite_2025_11_25_through_the_gateway") else {
+        return;
+    };
+    let config = format!(
+        "[connectors.conformance]\nkind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
+        p.python(),
+        fixture("conformance_upstream.py")
+    );
+    let gw = Gw::start(&config);
+    gw.wait_up().await;
+    let dir = TempDir::new("conf");
+    let out = tokio::process::Command::new(p.node22())
+        .arg(p.npm_bin("conformance"))
+        .args([
+            "server",
+            "--url",
+            &gw.url("conformance"),
+            "--requirements",
+            "2025-11-25",
+        ])
+        .arg("--expected-failures")
+        .arg(repo().join("tests/conformance/expected-failures-2025-11-25.yaml"))
+        .arg("-o")
+        .arg(&dir.0)
+        .output()
+        .await
+        .expect("run the conformance suite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let total = stdout
+        .lines()
+        .find(|l| l.starts_with("Total:"))
+        .unwrap_or("no total line");
+    eprintln!("conformance 2025-11-25: {total}");
+    assert!(
+        out.status.success(),
+        "conformance failures beyond tests/conformance/expected-failures-2025-11-25.yaml:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Baseline check passed"), "{stdout}");
+}
