@@ -1,5 +1,8 @@
 //! The one integration-test binary of the `manifold` crate: real processes on loopback.
 
+mod cli;
 mod faults;
+mod http;
 mod peers;
+mod reload;
 mod support;

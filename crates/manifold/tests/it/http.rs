@@ -1,0 +1,302 @@
+//! The HTTP surface with a raw client: Host/Origin checks, protocol-version validation, size
+//! caps, sessions (ids, DELETE, unknown ids), unknown virtual servers, pagination and health.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+fn post(url: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+}
+
+/// Initialize a session; returns its id.
+async fn session(url: &str) -> String {
+    let r = post(url).body(INIT).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.text().await;
+    let r = post(url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    sid
+}
+
+/// The JSON-RPC message in a JSON or single-event SSE response body.
+fn message(body: &str) -> Value {
+    if let Ok(v) = serde_json::from_str(body) {
+        return v;
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC message in {body:?}"))
+}
+
+async fn rpc(url: &str, sid: &str, body: Value) -> Value {
+    let r = post(url)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    message(&r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn host_origin_and_version_checks() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let r = post(&url)
+        .header("host", "evil.example")
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "DNS rebinding: foreign Host");
+    let r = post(&url)
+        .header("origin", "https://evil.example")
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "foreign Origin");
+    let port = gw.base.rsplit(':').next().unwrap();
+    let r = post(&url)
+        .header("origin", format!("http://localhost:{port}"))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a page on this machine may connect");
+    let sid = session(&url).await;
+    let r = post(&url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "1999-01-01")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "unsupported MCP-Protocol-Version");
+}
+
+#[tokio::test]
+async fn sessions_ids_delete_and_unknown_ids() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let a = session(&url).await;
+    let b = session(&url).await;
+    assert_ne!(a, b);
+    assert!(
+        a.len() >= 32 && a.chars().all(|c| c.is_ascii_graphic()),
+        "session ids are long, visible ASCII: {a}"
+    );
+    let v = rpc(
+        &url,
+        &a,
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(v["id"], 7);
+    assert!(
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "fa__echo")
+    );
+    let r = post(&url)
+        .header("mcp-session-id", "not-a-session")
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "unknown session ids get 404 (re-initialize)"
+    );
+    let r = reqwest::Client::new()
+        .delete(&url)
+        .header("mcp-session-id", &a)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "DELETE ends the session: {}",
+        r.status()
+    );
+    let r = post(&url)
+        .header("mcp-session-id", &a)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a deleted session is gone");
+    // The other session is untouched.
+    let v = rpc(
+        &url,
+        &b,
+        json!({"jsonrpc": "2.0", "id": 8, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(v["id"], 8);
+    // The GET stream opens as SSE.
+    let r = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &b)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_loses_nothing() {
+    let gw = Gw::start(&format!(
+        "[gateway]\nmax_body_bytes = 4096\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let sid = session(&url).await;
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fa__echo", "arguments": {"message": "x".repeat(10_000)}}});
+    let r = post(&url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(big.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "body over max_body_bytes");
+    let deep = format!("{}{}", "[".repeat(3000), "]".repeat(3000));
+    let r = post(&url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_client_error(),
+        "deeply nested JSON: {}",
+        r.status()
+    );
+    let r = post(&url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "garbage: {}", r.status());
+    // The session still works.
+    let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "fa__echo", "arguments": {"message": "fine"}}})).await;
+    assert_eq!(v["result"]["content"][0]["text"], "Echo: fine");
+    // Unknown virtual servers get a 404 that lists the real ones.
+    let r = post(&format!("{}/mcp/nope", gw.base))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["available"], json!(["/mcp/main"]));
+}
+
+#[tokio::test]
+async fn merged_lists_are_paginated() {
+    let gw = Gw::start(&format!(
+        "[gateway]\npage_size = 5\n{}{}\n[servers.main]\nconnectors = [\"fa\", \"fb\"]\n",
+        faulty("fa", ""),
+        faulty("fb", "")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let sid = session(&url).await;
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let v = rpc(
+            &url,
+            &sid,
+            json!({"jsonrpc": "2.0", "id": pages, "method": "tools/list", "params": params}),
+        )
+        .await;
+        let tools = v["result"]["tools"].as_array().unwrap();
+        assert!(tools.len() <= 5);
+        names.extend(tools.iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match v["result"]["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted, "pages are in order without repeats");
+    assert!(
+        names.len() >= 30 && pages >= 6,
+        "{} tools in {pages} pages",
+        names.len()
+    );
+    let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list", "params": {"cursor": "garbage"}})).await;
+    assert_eq!(v["error"]["code"], -32602, "invalid cursor: {v}");
+}
+
+#[tokio::test]
+async fn health_endpoints_report_connectors_and_servers() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    let v = gw.wait_up().await;
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["connectors"]["fa"]["state"], "up");
+    assert!(v["connectors"]["fa"]["tools"].as_u64().unwrap() >= 10);
+    assert_eq!(v["servers"]["main"]["path"], "/mcp/main");
+    let s: Value = reqwest::get(format!("{}/healthz", gw.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s, json!({"status": "ok", "connectors": {"fa": "up"}}));
+}
