@@ -89,7 +89,7 @@ impl ConnectorId {
 
 impl fmt::Display for ConnectorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 

@@ -230,3 +230,25 @@ fn import_claude_desktop_format() {
             .contains("not valid JSON")
     );
 }
+
+/// docs/config.md documents every key the parser accepts (a stale reference fails CI).
+#[test]
+fn every_config_key_is_documented() {
+    let doc = include_str!("../../../docs/config.md");
+    let raw = include_str!("raw.rs");
+    let keys: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+        .filter(|k| !k.contains(' '))
+        .collect();
+    assert!(keys.len() > 30, "found only {keys:?}");
+    let missing: Vec<&&str> = keys
+        .iter()
+        .filter(|k| !doc.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "config keys missing from docs/config.md: {missing:?}"
+    );
+}

@@ -110,7 +110,7 @@ fn init_logging(json: bool) {
 }
 
 /// The one place the gateway reads its own environment.
-pub fn env_lookup() -> Arc<dyn Fn(&str) -> Option<String> + Send + Sync> {
+pub fn env_lookup() -> upstream::EnvLookup {
     Arc::new(|name: &str| std::env::var(name).ok())
 }
 

@@ -31,12 +31,11 @@ use router::{Changes, VirtualServer};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use upstream::{Connector, HealthState, UpstreamEvent};
+use upstream::{Connector, EnvLookup, HealthState, UpstreamEvent};
 
 pub use handler::{SessionHandler, to_error};
 pub use sessions::Sessions;
 
-type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 type McpService = StreamableHttpService<SessionHandler, LocalSessionManager>;
 
 /// Everything that a config reload replaces at once.

@@ -130,7 +130,8 @@ struct Inflight {
 /// How long a finished call's entry lingers for late progress notifications.
 const INFLIGHT_LINGER: Duration = Duration::from_secs(2);
 
-type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// How a connector looks up the gateway's environment variables (for `env_passthrough`).
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// A supervised connector. Dropping it (or `shutdown`) stops its process.
 pub struct Connector {

@@ -49,6 +49,14 @@ fn check_prints_what_would_be_served() {
 }
 
 #[test]
+fn the_demo_config_is_valid() {
+    let demo = repo().join("examples/demo.toml");
+    let o = manifold(&["check", "--config", demo.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("/mcp/demo"));
+}
+
+#[test]
 fn check_fails_with_file_line_and_key() {
     let dir = TempDir::new("check-bad");
     let path = dir.path("m.toml");

@@ -19,6 +19,11 @@ struct EverythingHttp {
 
 impl EverythingHttp {
     fn start(p: &Peers) -> Self {
+        Self::start_mode(p, "streamableHttp", "/mcp")
+    }
+
+    /// `mode` is server-everything's transport (`streamableHttp` or the legacy `sse`).
+    fn start_mode(p: &Peers, mode: &str, path: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -26,7 +31,7 @@ impl EverythingHttp {
             .port();
         let child = Command::new("node")
             .arg(p.npm_bin("mcp-server-everything"))
-            .arg("streamableHttp")
+            .arg(mode)
             .env("PORT", port.to_string())
             // server-everything listens on every interface; the preload pins it to loopback.
             .env(
@@ -47,7 +52,7 @@ impl EverythingHttp {
         }
         Self {
             child,
-            url: format!("http://127.0.0.1:{port}/mcp"),
+            url: format!("http://127.0.0.1:{port}{path}"),
         }
     }
 }
@@ -459,4 +464,38 @@ async fn conformance_suite_2025_11_25_through_the_gateway() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Baseline check passed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn legacy_http_sse_upstream_explicit_and_by_fallback() {
+    let Some(p) = Peers::get("legacy_http_sse_upstream_explicit_and_by_fallback") else {
+        return;
+    };
+    let sse = EverythingHttp::start_mode(p, "sse", "/sse");
+    let config = format!(
+        "[connectors.old]\nkind = \"http\"\nurl = \"{0}\"\ntransport = \"sse\"\n\n[connectors.auto]\nkind = \"http\"\nurl = \"{0}\"\n\n[servers.main]\nconnectors = [\"old\", \"auto\"]\n",
+        sse.url
+    );
+    let gw = Gw::start(&config);
+    gw.wait_up().await;
+    assert!(
+        gw.log().contains("trying the legacy HTTP+SSE transport"),
+        "auto mode fell back:\n{}",
+        gw.log()
+    );
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    for name in ["old__echo", "auto__echo"] {
+        let r = c
+            .peer()
+            .call_tool(call(name, json!({"message": "sse"})))
+            .await
+            .unwrap();
+        assert_eq!(text(&r), "Echo: sse");
+    }
+    let r = c
+        .peer()
+        .call_tool(call("old__get-sum", json!({"a": 2, "b": 3})))
+        .await
+        .unwrap();
+    assert!(text(&r).contains('5'), "{}", text(&r));
 }
