@@ -114,6 +114,8 @@ pub struct GatewaySettings {
     pub sse_keep_alive: Duration,
     pub page_size: usize,
     pub watch: bool,
+    /// On SIGTERM: how long in-flight requests may take before streams are closed.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -324,6 +326,11 @@ impl Builder<'_> {
             )?,
             page_size: g.page_size.unwrap_or(1000).max(1) as usize,
             watch: g.watch.unwrap_or(true),
+            shutdown_grace: self.duration_or(
+                g.shutdown_grace,
+                "gateway.shutdown_grace",
+                Duration::from_secs(10),
+            )?,
         })
     }
 

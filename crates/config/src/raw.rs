@@ -27,6 +27,7 @@ pub struct RawGateway {
     pub sse_keep_alive: Option<Spanned<String>>,
     pub page_size: Option<u32>,
     pub watch: Option<bool>,
+    pub shutdown_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 
 #![allow(deprecated)] // legacy-era logging notifications are relayed
 
+mod drain;
 mod handler;
 mod sessions;
 
@@ -54,6 +55,8 @@ pub struct Gateway {
     events: broadcast::Sender<UpstreamEvent>,
     env: EnvLookup,
     shutdown: CancellationToken,
+    /// MCP requests whose response is still being produced (for the shutdown drain).
+    inflight: drain::Inflight,
 }
 
 impl Gateway {
@@ -72,6 +75,7 @@ impl Gateway {
             events,
             env,
             shutdown: CancellationToken::new(),
+            inflight: drain::Inflight::default(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), gw.events.subscribe()));
         gw.apply_inner(config, true);
@@ -359,8 +363,13 @@ async fn mcp(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, req: Re
         )
             .into_response();
     };
+    // A GET is the long-lived notification stream, not work to wait for when draining.
+    let guard = (req.method() != axum::http::Method::GET).then(|| gw.inflight.enter());
     match service.oneshot(req).await {
-        Ok(resp) => resp.map(Body::new),
+        Ok(resp) => match guard {
+            Some(g) => resp.map(|b| Body::new(drain::Guarded::new(b, g))),
+            None => resp.map(Body::new),
+        },
         Err(never) => match never {},
     }
 }
@@ -373,15 +382,37 @@ async fn healthz_detail(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Valu
     Json(gw.health(true))
 }
 
-/// Serve until `shutdown` resolves, then drain: stop accepting, let in-flight requests finish.
+/// Serve until `shutdown` resolves, then drain: stop accepting connections, let in-flight MCP
+/// requests finish for up to `gateway.shutdown_grace`, close the remaining streams and sessions,
+/// and stop every connector (their process groups included).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app(gw.clone());
+    let grace = gw.config().gateway.shutdown_grace;
+    let g = gw.clone();
+    let signal = async move {
+        shutdown.await;
+        let left = g.inflight.count();
+        if left > 0 {
+            tracing::info!(requests = left, ?grace, "waiting for in-flight requests");
+        }
+        if tokio::time::timeout(grace, g.inflight.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                requests = g.inflight.count(),
+                "grace period over; closing the remaining requests"
+            );
+        }
+        // Ends the SSE streams and sessions, so the server's own drain can complete.
+        g.shutdown.cancel();
+    };
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(signal)
         .await;
     gw.shutdown();
     result

@@ -522,3 +522,46 @@ async fn stdio_children_are_killed_as_a_process_group() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_then_exits_promptly() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    gw.wait_up().await;
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    let peer = c.peer().clone();
+    let call = tokio::spawn(async move {
+        peer.call_tool(call("fa__slow", json!({"ms": 1500, "steps": 3})))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = gw.child.id();
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = call
+        .await
+        .unwrap()
+        .expect("the in-flight call completes during the drain");
+    assert_eq!(text(&r), "done");
+    // The client still holds its session stream open; the gateway must not wait for it.
+    let mut gw = gw;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = gw.terminate();
+        (s, gw)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+}
