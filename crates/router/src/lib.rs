@@ -41,6 +41,9 @@ pub enum RouteError {
     },
 }
 
+/// How long a request waits for connectors that are still starting.
+pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// One virtual server at runtime. Rebuilt whole on reload; its catalog is swapped on change.
 pub struct VirtualServer {
     pub spec: VirtualServerSpec,
@@ -111,6 +114,26 @@ impl VirtualServer {
         }
     }
 
+    /// Start lazy connectors and wait (up to `max`) for those not yet started, so a client's
+    /// first list or call sees them. Returns what changed in the catalog meanwhile.
+    pub async fn settle(&self, max: std::time::Duration) -> Changes {
+        let pending: Vec<_> = self
+            .connectors
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.health().state,
+                    upstream::HealthState::Idle | upstream::HealthState::Starting
+                )
+            })
+            .collect();
+        if pending.is_empty() {
+            return Changes::default();
+        }
+        futures::future::join_all(pending.iter().map(|c| c.wait_ready(max))).await;
+        self.rebuild()
+    }
+
     /// One page of `items` and the cursor of the next. Cursors are opaque offsets.
     pub fn page<'a, T>(
         &self,
@@ -157,7 +180,12 @@ impl VirtualServer {
         mut params: CallToolRequestParams,
         caller: &Caller,
     ) -> Result<CallToolResult, RouteError> {
-        let cat = self.catalog();
+        let mut cat = self.catalog();
+        if !cat.tool_routes.contains_key(params.name.as_ref()) {
+            // Perhaps its connector has not started yet (lazy, or just booting).
+            self.settle(SETTLE_WAIT).await;
+            cat = self.catalog();
+        }
         let Some(route) = cat.tool_routes.get(params.name.as_ref()) else {
             return Err(RouteError::UnknownTool(params.name.into_owned()));
         };

@@ -153,8 +153,11 @@ impl ServerHandler for SessionHandler {
         p: Option<PaginatedRequestParams>,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let (_, vs) = self.server()?;
-        vs.demand();
+        let (gw, vs) = self.server()?;
+        let changes = vs.settle(router::SETTLE_WAIT).await;
+        if changes.any() {
+            gw.notify_changes(&self.server, changes);
+        }
         let cat = vs.catalog();
         let (page, next) = vs
             .page(&cat.tools, p.as_ref().and_then(|p| p.cursor.as_deref()))

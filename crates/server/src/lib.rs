@@ -203,7 +203,7 @@ impl Gateway {
         )
     }
 
-    fn notify_changes(&self, server: &str, changes: Changes) {
+    pub fn notify_changes(&self, server: &str, changes: Changes) {
         let peers = self.sessions.peers_of(server);
         if peers.is_empty() {
             return;

@@ -565,3 +565,114 @@ async fn sigterm_drains_in_flight_calls_then_exits_promptly() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn children_get_only_the_allow_listed_environment() {
+    // The wrapper prints its environment to stderr (which lands in the gateway log), then runs
+    // the fixture.
+    let config = format!(
+        "[connectors.envdump]\nkind = \"stdio\"\ncommand = \"sh\"\nargs = [\"-c\", \"env | sed 's/^/ENVDUMP /' >&2; exec python3 {}\"]\nenv = {{ EXPLICIT = \"set-by-config\" }}\n[servers.main]\nconnectors = [\"envdump\"]\n",
+        fixture("faulty_upstream.py")
+    );
+    // SAFETY of the canary: the test process's environment is inherited by the gateway only.
+    let gw = Gw::start_with_env(&config, &[("MANIFOLD_TEST_CANARY", "canary-secret-value")]);
+    gw.wait_up().await;
+    let log = gw.log();
+    assert!(log.contains("ENVDUMP EXPLICIT=set-by-config"), "{log}");
+    assert!(
+        log.contains("ENVDUMP PATH="),
+        "PATH is passed through by default"
+    );
+    assert!(
+        !log.contains("canary-secret-value"),
+        "the gateway's own environment leaked to a child"
+    );
+}
+
+#[tokio::test]
+async fn lazy_connectors_start_on_first_use() {
+    let config = format!(
+        "{}\n[servers.main]\nconnectors = [\"lazy\"]\n",
+        faulty("lazy", "start = \"lazy\"")
+    );
+    let gw = Gw::start(&config);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let h: serde_json::Value = reqwest::get(format!("{}/healthz", gw.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        h["connectors"]["lazy"], "idle",
+        "not started before anyone uses it"
+    );
+    assert_eq!(h["status"], "ok", "an unused lazy connector is healthy");
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    let r = c
+        .peer()
+        .call_tool(call("lazy__echo", json!({"message": "woke"})))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "Echo: woke");
+    assert!(tool_names(&c).await.contains(&"lazy__echo".to_string()));
+}
+
+#[tokio::test]
+async fn upstream_log_messages_reach_the_client() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    gw.wait_up().await;
+    let client = TestClient::new("a");
+    let c = connect(&gw.url("main"), client.clone()).await;
+    c.peer()
+        .call_tool(call(
+            "fa__log",
+            json!({"level": "warning", "message": "from upstream"}),
+        ))
+        .await
+        .unwrap();
+    client
+        .wait_event("log message", |e| e.contains("from upstream"))
+        .await;
+}
+
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let gw = Gw::start(&format!(
+        "[gateway]\nsession_idle_timeout = \"1s\"\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(init)
+        .send()
+        .await
+        .unwrap();
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(r);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "an idle session is closed after session_idle_timeout"
+    );
+}

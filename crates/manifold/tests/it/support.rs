@@ -141,6 +141,11 @@ pub struct Gw {
 impl Gw {
     /// Start the gateway on a free port with `config` (TOML) written to a temp file.
     pub fn start(config: &str) -> Gw {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the gateway process.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gw {
         let dir = TempDir::new("gw");
         let path = dir.path("manifold.toml");
         std::fs::write(&path, config).expect("write config");
@@ -149,6 +154,7 @@ impl Gw {
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])
             .env("MANIFOLD_LOG", "info,rmcp=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
