@@ -11,7 +11,7 @@ use rmcp::{
         CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
         GetPromptRequestParams, GetPromptResponse, Implementation, InitializeResult,
         ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-        PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+        PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ResultType,
         ServerCapabilities, SetLevelRequestParams, SubscribeRequestParams,
         UnsubscribeRequestParams,
     },
@@ -55,7 +55,10 @@ impl SessionHandler {
 
     fn caller(&self, cx: &RequestContext<RoleServer>) -> Caller {
         let mut meta = cx.meta.clone();
-        meta.remove("progressToken");
+        // The progress token is remapped per hop, and the io.modelcontextprotocol/* keys
+        // (protocol version, client capabilities, log level) describe the client's own hop, not
+        // the gateway's upstream session. Everything else (trace context, custom keys) passes.
+        meta.retain(|k, _| k != "progressToken" && !k.starts_with("io.modelcontextprotocol/"));
         Caller {
             session: self.session,
             meta: (!meta.is_empty()).then_some(meta),
@@ -176,7 +179,12 @@ impl ServerHandler for SessionHandler {
         let caller = self.caller(&cx);
         vs.call_tool(p, &caller)
             .await
-            .map(CallToolResponse::Complete)
+            .map(|mut r| {
+                // A legacy upstream omits resultType; modern clients require it. rmcp strips it
+                // again for clients that negotiated an older revision.
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                CallToolResponse::Complete(r)
+            })
             .map_err(to_error)
     }
 
@@ -203,7 +211,10 @@ impl ServerHandler for SessionHandler {
         let (_, vs) = self.server()?;
         vs.get_prompt(p, &self.caller(&cx))
             .await
-            .map(GetPromptResponse::Complete)
+            .map(|mut r| {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                GetPromptResponse::Complete(r)
+            })
             .map_err(to_error)
     }
 
@@ -248,7 +259,10 @@ impl ServerHandler for SessionHandler {
         let (_, vs) = self.server()?;
         vs.read_resource(p, &self.caller(&cx))
             .await
-            .map(ReadResourceResponse::Complete)
+            .map(|mut r| {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                ReadResourceResponse::Complete(r)
+            })
             .map_err(to_error)
     }
 
