@@ -124,6 +124,19 @@ pub struct ConnectorSpec {
     pub transport: TransportSpec,
     pub call_timeout: Duration,
     pub restart: RestartPolicy,
+    pub sessions: SessionMode,
+    /// With `SessionMode::PerClient`: the most upstream sessions at once.
+    pub max_sessions: usize,
+}
+
+/// Who shares an upstream session.
+#[derive(Clone, Debug, PartialEq, Eq, Copy)]
+pub enum SessionMode {
+    /// One upstream session for every client (one process for a stdio connector).
+    Shared,
+    /// One upstream session per client session, started on its first call and stopped when the
+    /// client session ends. Server→client requests are then always attributable.
+    PerClient,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -445,6 +458,16 @@ impl Builder<'_> {
                 ))));
             }
         };
+        let sessions = match rc.sessions.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("shared") => SessionMode::Shared,
+            Some("per_client") => SessionMode::PerClient,
+            Some(other) => {
+                let s = rc.sessions.as_ref().expect("matched Some");
+                return Err(self.src.at(s).err(key(&format!(
+                    "sessions = {other:?} is not one of \"shared\", \"per_client\""
+                ))));
+            }
+        };
         let mut restart = RestartPolicy::default();
         if let Some(r) = rc.restart {
             restart.initial_backoff = self.duration_or(
@@ -471,6 +494,8 @@ impl Builder<'_> {
                 Duration::from_secs(120),
             )?,
             restart,
+            sessions,
+            max_sessions: rc.max_sessions.unwrap_or(100).max(1) as usize,
         })
     }
 

@@ -50,6 +50,8 @@ pub struct RawConnector {
     pub connect_timeout: Option<Spanned<String>>,
     // both
     pub call_timeout: Option<Spanned<String>>,
+    pub sessions: Option<Spanned<String>>,
+    pub max_sessions: Option<u32>,
     pub restart: Option<RawRestart>,
 }
 

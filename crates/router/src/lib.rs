@@ -17,7 +17,7 @@ use rmcp::model::{
     GetPromptRequestParams, GetPromptResult, ReadResourceRequestParams, ReadResourceResult,
     Reference, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams,
 };
-use upstream::{Caller, Connector, UpstreamError};
+use upstream::{Caller, Connector, Pool, UpstreamError};
 
 pub use catalog::{Catalog, Changes, PromptRoute, ToolRoute, exposed_name, glob, shorten};
 
@@ -48,13 +48,20 @@ pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 pub struct VirtualServer {
     pub spec: VirtualServerSpec,
     connectors: Vec<Arc<Connector>>,
+    /// Upstream sessions of `sessions = "per_client"` connectors.
+    pool: Arc<Pool>,
     catalog: ArcSwap<Catalog>,
     page_size: usize,
 }
 
 impl VirtualServer {
     /// `connectors` must hold every connector named in `spec`, in any order.
-    pub fn new(spec: VirtualServerSpec, all: &[Arc<Connector>], page_size: usize) -> Self {
+    pub fn new(
+        spec: VirtualServerSpec,
+        all: &[Arc<Connector>],
+        pool: Arc<Pool>,
+        page_size: usize,
+    ) -> Self {
         let connectors = spec
             .connectors
             .iter()
@@ -63,6 +70,7 @@ impl VirtualServer {
         let vs = Self {
             spec,
             connectors,
+            pool,
             catalog: ArcSwap::from_pointee(Catalog::default()),
             page_size,
         };
@@ -166,7 +174,18 @@ impl VirtualServer {
         req: ClientRequest,
         caller: &Caller,
     ) -> Result<ServerResult, RouteError> {
-        self.connector(id)
+        let shared = self.connector(id);
+        let target = match shared.spec().sessions {
+            config::SessionMode::Shared => shared.clone(),
+            config::SessionMode::PerClient => self
+                .pool
+                .get(shared.spec(), caller.session)
+                .map_err(|error| RouteError::Upstream {
+                    connector: id.clone(),
+                    error,
+                })?,
+        };
+        target
             .request(req, caller)
             .await
             .map_err(|error| RouteError::Upstream {

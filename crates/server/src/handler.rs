@@ -73,6 +73,7 @@ impl Drop for SessionHandler {
     fn drop(&mut self) {
         if let Some(gw) = self.gateway.upgrade() {
             gw.sessions.remove(self.session);
+            gw.pool.end_session(self.session);
         }
     }
 }

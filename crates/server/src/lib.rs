@@ -57,6 +57,8 @@ pub struct Gateway {
     shutdown: CancellationToken,
     /// MCP requests whose response is still being produced (for the shutdown drain).
     inflight: drain::Inflight,
+    /// Upstream sessions of `sessions = "per_client"` connectors, by client session.
+    pub pool: Arc<upstream::Pool>,
 }
 
 impl Gateway {
@@ -73,6 +75,7 @@ impl Gateway {
             apply_lock: Mutex::new(()),
             sessions: Sessions::default(),
             events,
+            pool: Arc::new(upstream::Pool::new(env.clone())),
             env,
             shutdown: CancellationToken::new(),
             inflight: drain::Inflight::default(),
@@ -132,6 +135,13 @@ impl Gateway {
             }
         }
         let all: Vec<Arc<Connector>> = connectors.values().cloned().collect();
+        // Per-client sessions of removed, reconfigured or now-shared connectors stop.
+        self.pool.retain(|spec| {
+            config
+                .connectors
+                .get(&spec.id)
+                .is_some_and(|s| s.sessions == config::SessionMode::PerClient)
+        });
         let http_changed = old.config.gateway != config.gateway;
         let mut servers = BTreeMap::new();
         let mut services = BTreeMap::new();
@@ -140,6 +150,7 @@ impl Gateway {
             let vs = Arc::new(VirtualServer::new(
                 spec.clone(),
                 &all,
+                self.pool.clone(),
                 config.gateway.page_size,
             ));
             if let Some(prev) = old.servers.get(name) {
@@ -235,19 +246,26 @@ impl Gateway {
         for c in self.runtime.load().connectors.values() {
             c.shutdown();
         }
+        self.pool.shutdown();
     }
 
     /// JSON health: `status` is `ok` when every connector is up, else `degraded`.
     pub fn health(&self, detailed: bool) -> serde_json::Value {
         let rt = self.runtime.load();
         let mut all_up = true;
+        let per_client = self.pool.counts();
         let mut connectors = serde_json::Map::new();
         for (id, c) in &rt.connectors {
             let h = c.health();
             // A lazy connector that nobody has used yet is healthy.
             all_up &= matches!(h.state, HealthState::Up | HealthState::Idle);
             let v = if detailed {
-                serde_json::to_value(&h).unwrap_or_default()
+                let mut v = serde_json::to_value(&h).unwrap_or_default();
+                if c.spec().sessions == config::SessionMode::PerClient {
+                    v["per_client_sessions"] =
+                        serde_json::json!(per_client.get(id).copied().unwrap_or(0));
+                }
+                v
             } else {
                 serde_json::json!(h.state)
             };

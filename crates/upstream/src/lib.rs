@@ -7,6 +7,7 @@
 #![allow(deprecated)]
 
 mod handler;
+mod pool;
 mod sse;
 mod stdio;
 
@@ -33,6 +34,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use handler::UpstreamHandler;
+pub use pool::Pool;
 
 /// Why an upstream request failed. The server crate maps these to JSON-RPC errors.
 #[derive(Debug, Clone, thiserror::Error)]

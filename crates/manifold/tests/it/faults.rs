@@ -676,3 +676,67 @@ async fn idle_sessions_expire() {
         "an idle session is closed after session_idle_timeout"
     );
 }
+
+#[tokio::test]
+async fn per_client_sessions_make_concurrent_sampling_unambiguous() {
+    let marker = format!("manifold-per-client-{}", std::process::id());
+    let config = format!(
+        "[connectors.pc]\nkind = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\", \"--name\", \"{marker}\"]\nsessions = \"per_client\"\nmax_sessions = 2\n[servers.main]\nconnectors = [\"pc\"]\n",
+        fixture("faulty_upstream.py")
+    );
+    let gw = Gw::start(&config);
+    gw.wait_up().await;
+    let processes = || {
+        let o = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    let (ca, cb) = (TestClient::new("a"), TestClient::new("b"));
+    let a = connect(&gw.url("main"), ca.clone()).await;
+    let b = connect(&gw.url("main"), cb.clone()).await;
+    // Both clients keep a call in flight and ask for sampling at the same time.
+    let (pa, pb) = (a.peer().clone(), b.peer().clone());
+    let ha = tokio::spawn(async move {
+        pa.call_tool(call("pc__slow", json!({"ms": 1000, "steps": 1})))
+            .await
+    });
+    let hb = tokio::spawn(async move {
+        pb.call_tool(call("pc__slow", json!({"ms": 1000, "steps": 1})))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sa, sb) = tokio::join!(
+        a.peer()
+            .call_tool(call("pc__sample", json!({"prompt": "from a"}))),
+        b.peer()
+            .call_tool(call("pc__sample", json!({"prompt": "from b"})))
+    );
+    assert_eq!(text(&sa.unwrap()), "sampled: reply from a");
+    assert_eq!(text(&sb.unwrap()), "sampled: reply from b");
+    ha.await.unwrap().unwrap();
+    hb.await.unwrap().unwrap();
+    // One shared instance (for the catalog) plus one per client session.
+    assert_eq!(processes(), 3);
+    // A third client is over max_sessions and is told so.
+    let c = connect(&gw.url("main"), TestClient::new("c")).await;
+    let err = c
+        .peer()
+        .call_tool(call("pc__echo", json!({"message": "x"})))
+        .await
+        .expect_err("over the cap");
+    assert!(err.to_string().contains("max_sessions"), "{err}");
+    // Ending a client session stops its upstream session.
+    drop(c);
+    a.cancel().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the ended session's upstream is still running ({} processes)",
+            processes()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,110 @@
+//! Upstream sessions per client session, for connectors with `sessions = "per_client"`: started
+//! on a client's first call, stopped when that client session ends, capped per connector.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use config::{ConnectorId, ConnectorSpec, StartMode, TransportSpec};
+use tokio::sync::broadcast;
+
+use crate::{Connector, EnvLookup, UpstreamError, UpstreamEvent};
+
+pub struct Pool {
+    /// (the configured spec, the running instance), by (connector, client session).
+    entries: Mutex<HashMap<(ConnectorId, u64), (ConnectorSpec, Arc<Connector>)>>,
+    /// Catalog and resource events of per-client sessions are not fanned out: the shared
+    /// connector instance is what lists are built from.
+    events: broadcast::Sender<UpstreamEvent>,
+    env: EnvLookup,
+}
+
+impl Pool {
+    pub fn new(env: EnvLookup) -> Self {
+        let (events, _) = broadcast::channel(16);
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            events,
+            env,
+        }
+    }
+
+    /// The upstream session of `session` for this connector, started if needed.
+    pub fn get(&self, spec: &ConnectorSpec, session: u64) -> Result<Arc<Connector>, UpstreamError> {
+        let mut entries = self.entries.lock().expect("pool lock");
+        let key = (spec.id.clone(), session);
+        if let Some((configured, c)) = entries.get(&key) {
+            if configured == spec {
+                return Ok(c.clone());
+            }
+            // The connector was reconfigured: replace this session's instance.
+            entries.remove(&key);
+        }
+        let open = entries.keys().filter(|(id, _)| id == &spec.id).count();
+        if open >= spec.max_sessions {
+            return Err(UpstreamError::Unavailable(format!(
+                "connector {:?} has reached max_sessions = {} per-client sessions; try again later or raise the limit",
+                spec.id.as_str(),
+                spec.max_sessions
+            )));
+        }
+        let mut eager = spec.clone();
+        if let TransportSpec::Stdio(s) = &mut eager.transport {
+            s.start = StartMode::Eager;
+        }
+        tracing::info!(connector = %spec.id, session, "starting a per-client upstream session");
+        let c = Arc::new(Connector::start(
+            eager,
+            self.events.clone(),
+            self.env.clone(),
+        ));
+        entries.insert(key, (spec.clone(), c.clone()));
+        Ok(c)
+    }
+
+    /// Stop every upstream session of a client session that ended.
+    pub fn end_session(&self, session: u64) {
+        let mut entries = self.entries.lock().expect("pool lock");
+        let gone: Vec<_> = entries
+            .keys()
+            .filter(|(_, s)| *s == session)
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some((_, c)) = entries.remove(&key) {
+                tracing::info!(connector = %key.0, session, "stopping a per-client upstream session");
+                c.shutdown();
+            }
+        }
+    }
+
+    /// Keep only sessions of connectors that still exist with per-client sessions.
+    pub fn retain(&self, keep: impl Fn(&ConnectorSpec) -> bool) {
+        self.entries
+            .lock()
+            .expect("pool lock")
+            .retain(|_, (spec, c)| {
+                let k = keep(spec);
+                if !k {
+                    c.shutdown();
+                }
+                k
+            });
+    }
+
+    /// Upstream sessions per connector, for health.
+    pub fn counts(&self) -> HashMap<ConnectorId, usize> {
+        let mut m = HashMap::new();
+        for (id, _) in self.entries.lock().expect("pool lock").keys() {
+            *m.entry(id.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub fn shutdown(&self) {
+        for (_, (_, c)) in self.entries.lock().expect("pool lock").drain() {
+            c.shutdown();
+        }
+    }
+}
