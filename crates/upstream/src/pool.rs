@@ -11,9 +11,11 @@ use tokio::sync::broadcast;
 
 use crate::{Connector, EnvLookup, UpstreamError, UpstreamEvent};
 
+/// (the configured spec, the running instance), by (connector, client session).
+type Entries = HashMap<(ConnectorId, u64), (ConnectorSpec, Arc<Connector>)>;
+
 pub struct Pool {
-    /// (the configured spec, the running instance), by (connector, client session).
-    entries: Mutex<HashMap<(ConnectorId, u64), (ConnectorSpec, Arc<Connector>)>>,
+    entries: Mutex<Entries>,
     /// Catalog and resource events of per-client sessions are not fanned out: the shared
     /// connector instance is what lists are built from.
     events: broadcast::Sender<UpstreamEvent>,
