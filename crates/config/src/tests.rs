@@ -104,12 +104,16 @@ fn defaults_are_safe() {
 fn unknown_key_names_line_and_suggests() {
     check_err(
         "[connectors.slack]\nkind = \"stdio\"\ncomand = \"x\"\n",
-        "/etc/m/manifold.toml:3:1: unknown field `comand`, expected one of `kind`, `command`, `args`, `env`, `env_passthrough`, `cwd`, `start`, `max_line_bytes`, `stderr_lines_per_minute`, `url`, `headers`, `transport`, `connect_timeout`, `call_timeout`, `restart` (did you mean \"command\"?)",
+        "/etc/m/manifold.toml:3:1: unknown field `comand`, expected one of `kind`, `command`, `args`, `env`, `env_passthrough`, `cwd`, `start`, `max_line_bytes`, `stderr_lines_per_minute`, `url`, `headers`, `transport`, `connect_timeout`, `call_timeout`, `sessions`, `max_sessions`, `restart` (did you mean \"command\"?)",
     );
 }
 
 #[test]
 fn bad_inputs_have_clear_errors() {
+    check_err(
+        "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nsessions = \"per-user\"\n",
+        "/etc/m/manifold.toml:4:12: connector \"a\": sessions = \"per-user\" is not one of \"shared\", \"per_client\"",
+    );
     check_err(
         "[connectors.a]\nkind = \"stdio\"\n",
         "/etc/m/manifold.toml:1:1: connector \"a\": kind = \"stdio\" needs `command` (the program to run)",
