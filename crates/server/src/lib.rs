@@ -429,6 +429,13 @@ pub async fn serve(
         // Ends the SSE streams and sessions, so the server's own drain can complete.
         g.shutdown.cancel();
     };
+    // Responses are often written in several pieces (headers, SSE events); without NODELAY the
+    // second write waits for the client's delayed ACK (~40 ms per request).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await;
