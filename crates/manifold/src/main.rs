@@ -226,8 +226,7 @@ async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<
             println!("    conflict: {c}");
         }
     }
-    gw.shutdown();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.shutdown().await;
     anyhow::ensure!(!failed, "the probe found problems (see above)");
     Ok(())
 }

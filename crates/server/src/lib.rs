@@ -31,7 +31,6 @@ use rmcp::transport::{
 use router::{Changes, VirtualServer};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 use upstream::{Connector, EnvLookup, HealthState, UpstreamEvent};
 
 pub use handler::{SessionHandler, to_error};
@@ -44,7 +43,8 @@ struct Runtime {
     config: Arc<Config>,
     connectors: BTreeMap<ConnectorId, Arc<Connector>>,
     servers: BTreeMap<String, Arc<VirtualServer>>,
-    services: BTreeMap<String, McpService>,
+    /// Shared, not cloned per request: cloning copies the config's host and origin lists.
+    services: BTreeMap<String, Arc<McpService>>,
 }
 
 pub struct Gateway {
@@ -161,7 +161,7 @@ impl Gateway {
             }
             let service = match old.services.get(name) {
                 Some(s) if !http_changed => s.clone(),
-                _ => self.mcp_service(name, &config.gateway),
+                _ => Arc::new(self.mcp_service(name, &config.gateway)),
             };
             servers.insert(name.clone(), vs);
             services.insert(name.clone(), service);
@@ -240,13 +240,23 @@ impl Gateway {
         });
     }
 
-    /// Stop accepting MCP traffic and stop every connector (process groups are killed).
-    pub fn shutdown(&self) {
+    /// Stop accepting MCP traffic and stop every connector and per-client session, waiting (at
+    /// most 10 s) until their process groups are gone.
+    pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        for c in self.runtime.load().connectors.values() {
+        let mut all: Vec<Arc<Connector>> =
+            self.runtime.load().connectors.values().cloned().collect();
+        all.extend(self.pool.shutdown());
+        for c in &all {
             c.shutdown();
         }
-        self.pool.shutdown();
+        let stopped = futures::future::join_all(all.iter().map(|c| c.stopped()));
+        if tokio::time::timeout(std::time::Duration::from_secs(10), stopped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connectors did not stop within 10s");
+        }
     }
 
     /// JSON health: `status` is `ok` when every connector is up, else `degraded`.
@@ -383,12 +393,10 @@ async fn mcp(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, req: Re
     };
     // A GET is the long-lived notification stream, not work to wait for when draining.
     let guard = (req.method() != axum::http::Method::GET).then(|| gw.inflight.enter());
-    match service.oneshot(req).await {
-        Ok(resp) => match guard {
-            Some(g) => resp.map(|b| Body::new(drain::Guarded::new(b, g))),
-            None => resp.map(Body::new),
-        },
-        Err(never) => match never {},
+    let resp = service.handle(req).await;
+    match guard {
+        Some(g) => resp.map(|b| Body::new(drain::Guarded::new(b, g))),
+        None => resp.map(Body::new),
     }
 }
 
@@ -439,6 +447,6 @@ pub async fn serve(
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await;
-    gw.shutdown();
+    gw.shutdown().await;
     result
 }

@@ -153,6 +153,10 @@ struct Shared {
     inflight: Mutex<HashMap<ProgressToken, Inflight>>,
     demand: Notify,
     shutdown: CancellationToken,
+    /// Cancelled when the supervisor has exited (its process group is gone).
+    stopped: CancellationToken,
+    /// The process group of a stdio child that is still initializing.
+    starting_group: Mutex<Option<nix::unistd::Pid>>,
     env: EnvLookup,
     last_sweep: Mutex<Instant>,
 }
@@ -183,6 +187,8 @@ impl Connector {
             inflight: Mutex::new(HashMap::new()),
             demand: Notify::new(),
             shutdown: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+            starting_group: Mutex::new(None),
             env,
             spec,
             last_sweep: Mutex::new(Instant::now()),
@@ -292,6 +298,11 @@ impl Connector {
     /// Stop the supervisor and the process (close stdin, SIGTERM, SIGKILL the group).
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
+    }
+
+    /// Resolves once the supervisor has exited after `shutdown` (its processes are gone).
+    pub async fn stopped(&self) {
+        self.shared.stopped.cancelled().await;
     }
 }
 
@@ -451,6 +462,7 @@ impl Shared {
                     stdin,
                     stdout,
                 } = spawned;
+                *self.starting_group.lock().expect("group lock") = pgid;
                 let init = rmcp::serve_client(handler, (stdout, stdin));
                 let init_timeout = Duration::from_secs(60);
                 tokio::select! {
@@ -642,6 +654,7 @@ impl Shared {
 }
 
 async fn supervise(shared: Arc<Shared>) {
+    let _stopped = shared.stopped.clone().drop_guard();
     let restart = shared.spec.restart.clone();
     if let TransportSpec::Stdio(s) = &shared.spec.transport
         && s.start == StartMode::Lazy
@@ -655,7 +668,17 @@ async fn supervise(shared: Arc<Shared>) {
     let mut backoff = restart.initial_backoff;
     loop {
         shared.set_health(HealthState::Starting, None);
-        let error = match shared.connect().await {
+        let attempt = tokio::select! {
+            a = shared.connect() => a,
+            _ = shared.shutdown.cancelled() => {
+                // Stopped while starting (e.g. npx still downloading): kill the whole group.
+                let pgid = shared.starting_group.lock().expect("group lock").take();
+                stdio::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                return;
+            }
+        };
+        shared.starting_group.lock().expect("group lock").take();
+        let error = match attempt {
             Ok(conn) => run_connection(&shared, conn, &mut backoff).await,
             Err(e) => Some(e),
         };

@@ -104,9 +104,18 @@ impl Pool {
         m
     }
 
-    pub fn shutdown(&self) {
-        for (_, (_, c)) in self.entries.lock().expect("pool lock").drain() {
+    /// Stop every per-client session; returns them so the caller can wait for `stopped`.
+    pub fn shutdown(&self) -> Vec<Arc<Connector>> {
+        let all: Vec<Arc<Connector>> = self
+            .entries
+            .lock()
+            .expect("pool lock")
+            .drain()
+            .map(|(_, (_, c))| c)
+            .collect();
+        for c in &all {
             c.shutdown();
         }
+        all
     }
 }
