@@ -70,7 +70,7 @@ impl ClientHandler for UpstreamHandler {
         let shared = self.shared()?;
         let caller = shared
             .attributed_caller()
-            .map_err(|m| ErrorData::invalid_request(m, None))?;
+            .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
         let peer = caller.peer.expect("attributed callers have a peer");
         if peer
             .peer_info()
@@ -95,7 +95,7 @@ impl ClientHandler for UpstreamHandler {
         let shared = self.shared()?;
         let caller = shared
             .attributed_caller()
-            .map_err(|m| ErrorData::invalid_request(m, None))?;
+            .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
         let peer = caller.peer.expect("attributed callers have a peer");
         if peer
             .peer_info()
@@ -117,9 +117,13 @@ impl ClientHandler for UpstreamHandler {
         _cx: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
         let shared = self.shared()?;
-        let caller = shared
-            .attributed_caller()
-            .map_err(|m| ErrorData::invalid_request(m, None))?;
+        let caller = match shared.attributed_caller() {
+            Ok(c) => c,
+            // Outside any call (servers often ask right after initialize) the shared session
+            // has no client, so it has no roots.
+            Err(crate::Unattributed::Nobody) => return Ok(ListRootsResult::default()),
+            Err(e) => return Err(ErrorData::invalid_request(e.message(), None)),
+        };
         let peer = caller.peer.expect("attributed callers have a peer");
         if peer
             .peer_info()

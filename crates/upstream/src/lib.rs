@@ -124,6 +124,25 @@ pub struct Caller {
     pub ct: CancellationToken,
 }
 
+/// Why a server→client request has no client to go to.
+enum Unattributed {
+    /// No client call is in flight on this connection.
+    Nobody,
+    /// Calls of several client sessions are in flight; guessing could leak data.
+    Several(String),
+}
+
+impl Unattributed {
+    fn message(self) -> String {
+        match self {
+            Unattributed::Nobody => {
+                "no client call is in flight to relay this request to".to_owned()
+            }
+            Unattributed::Several(m) => m,
+        }
+    }
+}
+
 struct Inflight {
     caller: Caller,
     done: bool,
@@ -620,7 +639,7 @@ impl Shared {
     }
 
     /// The single client session that has calls in flight, if there is exactly one.
-    fn attributed_caller(&self) -> Result<Caller, String> {
+    fn attributed_caller(&self) -> Result<Caller, Unattributed> {
         let inflight = self.inflight.lock().expect("inflight lock");
         let mut found: Option<&Caller> = None;
         for c in inflight
@@ -631,17 +650,15 @@ impl Shared {
         {
             match found {
                 Some(f) if f.session != c.session => {
-                    return Err(format!(
-                        "manifold cannot tell which client this request is for: several clients have calls in flight on connector {:?}",
+                    return Err(Unattributed::Several(format!(
+                        "manifold cannot tell which client this request is for: several clients have calls in flight on connector {:?} (set sessions = \"per_client\" on it)",
                         self.spec.id.as_str()
-                    ));
+                    )));
                 }
                 _ => found = Some(c),
             }
         }
-        found
-            .cloned()
-            .ok_or_else(|| "no client call is in flight to relay this request to".to_owned())
+        found.cloned().ok_or(Unattributed::Nobody)
     }
 
     fn caller_for_progress(&self, token: &ProgressToken) -> Option<Caller> {
