@@ -640,44 +640,6 @@ async fn upstream_log_messages_reach_the_client() {
 }
 
 #[tokio::test]
-async fn idle_sessions_expire() {
-    let gw = Gw::start(&format!(
-        "[gateway]\nsession_idle_timeout = \"1s\"\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
-    gw.wait_up().await;
-    let url = gw.url("main");
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
-    let client = reqwest::Client::new();
-    let r = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(init)
-        .send()
-        .await
-        .unwrap();
-    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    drop(r);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        404,
-        "an idle session is closed after session_idle_timeout"
-    );
-}
-
-#[tokio::test]
 async fn per_client_sessions_make_concurrent_sampling_unambiguous() {
     let marker = format!("manifold-per-client-{}", std::process::id());
     let config = format!(

@@ -300,3 +300,27 @@ async fn health_endpoints_report_connectors_and_servers() {
         .unwrap();
     assert_eq!(s, json!({"status": "ok", "connectors": {"fa": "up"}}));
 }
+
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let gw = Gw::start(&format!(
+        "[gateway]\nsession_idle_timeout = \"1s\"\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let sid = session(&url).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let r = post(&url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "an idle session is closed after session_idle_timeout"
+    );
+}
