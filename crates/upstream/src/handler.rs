@@ -145,7 +145,17 @@ impl ClientHandler for UpstreamHandler {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let Some(caller) = shared.caller_for_progress(&params.progress_token) else {
+        // The call registers its token just after rmcp sends it; an early notification waits a
+        // moment for that instead of being dropped.
+        let mut caller = shared.caller_for_progress(&params.progress_token);
+        for _ in 0..5 {
+            if caller.is_some() || shared.pending_calls() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            caller = shared.caller_for_progress(&params.progress_token);
+        }
+        let Some(caller) = caller else {
             return;
         };
         let (Some(peer), Some(token)) = (caller.peer, caller.progress_token) else {

@@ -264,13 +264,16 @@ impl Connector {
         if let Some(meta) = &caller.meta {
             options = options.with_meta(meta.clone());
         }
+        // Register the caller before sending: a fast upstream may ask for sampling (or report
+        // progress) before `send_cancellable_request` returns. rmcp picks the progress token
+        // while sending, so the entry is re-keyed once it is known.
+        let mut guard = InflightGuard::register(shared, pending_token(), caller.clone());
         let handle = peer
             .send_cancellable_request(req, options)
             .await
             .map_err(|e| map_service_error(&shared.spec.id, e, timeout))?;
-        let token = handle.progress_token.clone();
+        guard.rekey(handle.progress_token.clone());
         let id = handle.id.clone();
-        let _guard = InflightGuard::register(shared, token, caller.clone());
         tokio::select! {
             r = handle.await_response() => r.map_err(|e| map_service_error(&shared.spec.id, e, timeout)),
             _ = caller.ct.cancelled() => {
@@ -343,7 +346,24 @@ struct InflightGuard {
     token: ProgressToken,
 }
 
+/// A placeholder key for a call whose upstream progress token is not known yet.
+fn pending_token() -> ProgressToken {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ProgressToken(rmcp::model::NumberOrString::String(
+        format!("manifold-pending-{n}").into(),
+    ))
+}
+
 impl InflightGuard {
+    fn rekey(&mut self, token: ProgressToken) {
+        let mut map = self.shared.inflight.lock().expect("inflight lock");
+        if let Some(e) = map.remove(&self.token) {
+            map.insert(token.clone(), e);
+        }
+        self.token = token;
+    }
+
     fn register(shared: &Arc<Shared>, token: ProgressToken, caller: Caller) -> Self {
         shared.inflight.lock().expect("inflight lock").insert(
             token.clone(),
@@ -659,6 +679,16 @@ impl Shared {
             }
         }
         found.cloned().ok_or(Unattributed::Nobody)
+    }
+
+    /// Calls registered under a placeholder token (sent, token not yet known).
+    fn pending_calls(&self) -> usize {
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .keys()
+            .filter(|t| matches!(&t.0, rmcp::model::NumberOrString::String(s) if s.starts_with("manifold-pending-")))
+            .count()
     }
 
     fn caller_for_progress(&self, token: &ProgressToken) -> Option<Caller> {
