@@ -451,14 +451,7 @@ async fn resources_prompts_completion_and_subscriptions_route_by_connector() {
     let v = serde_json::to_value(&r.contents[0]).unwrap();
     assert_eq!(v["uri"], "fb+fixture://item/42");
     assert_eq!(v["text"], "item 42");
-    let prompts: Vec<String> = c
-        .peer()
-        .list_all_prompts()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let prompts = prompt_names(&c).await;
     assert_eq!(prompts, ["fa__greet", "fb__greet"]);
     let get: rmcp::model::GetPromptRequestParams =
         serde_json::from_value(json!({"name": "fb__greet", "arguments": {"name": "zoe"}})).unwrap();

@@ -14,15 +14,20 @@ fn post(url: &str) -> reqwest::RequestBuilder {
         .header("accept", "application/json, text/event-stream")
 }
 
+/// A POST within session `sid` at protocol 2025-11-25.
+fn post_in(url: &str, sid: &str) -> reqwest::RequestBuilder {
+    post(url)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+}
+
 /// Initialize a session; returns its id.
 async fn session(url: &str) -> String {
     let r = post(url).body(INIT).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let _ = r.text().await;
-    let r = post(url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
+    let r = post_in(url, &sid)
         .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
         .send()
         .await
@@ -44,9 +49,7 @@ fn message(body: &str) -> Value {
 }
 
 async fn rpc(url: &str, sid: &str, body: Value) -> Value {
-    let r = post(url)
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-11-25")
+    let r = post_in(url, sid)
         .body(body.to_string())
         .send()
         .await
@@ -124,9 +127,7 @@ async fn sessions_ids_delete_and_unknown_ids() {
             .iter()
             .any(|t| t["name"] == "fa__echo")
     );
-    let r = post(&url)
-        .header("mcp-session-id", "not-a-session")
-        .header("mcp-protocol-version", "2025-11-25")
+    let r = post_in(&url, "not-a-session")
         .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
         .send()
         .await
@@ -148,9 +149,7 @@ async fn sessions_ids_delete_and_unknown_ids() {
         "DELETE ends the session: {}",
         r.status()
     );
-    let r = post(&url)
-        .header("mcp-session-id", &a)
-        .header("mcp-protocol-version", "2025-11-25")
+    let r = post_in(&url, &a)
         .body(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#)
         .send()
         .await
@@ -192,34 +191,20 @@ async fn bad_input_is_refused_and_loses_nothing() {
     let url = gw.url("main");
     let sid = session(&url).await;
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fa__echo", "arguments": {"message": "x".repeat(10_000)}}});
-    let r = post(&url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
+    let r = post_in(&url, &sid)
         .body(big.to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 413, "body over max_body_bytes");
     let deep = format!("{}{}", "[".repeat(3000), "]".repeat(3000));
-    let r = post(&url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
+    let r = post_in(&url, &sid).body(deep).send().await.unwrap();
     assert!(
         r.status().is_client_error(),
         "deeply nested JSON: {}",
         r.status()
     );
-    let r = post(&url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r = post_in(&url, &sid).body("{not json").send().await.unwrap();
     assert!(r.status().is_client_error(), "garbage: {}", r.status());
     // The session still works.
     let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "fa__echo", "arguments": {"message": "fine"}}})).await;
@@ -311,9 +296,7 @@ async fn idle_sessions_expire() {
     let url = gw.url("main");
     let sid = session(&url).await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let r = post(&url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
+    let r = post_in(&url, &sid)
         .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
         .send()
         .await

@@ -233,14 +233,7 @@ async fn reference_servers_bundled_through_rmcp_client() {
     assert!(text(&r).contains("manifold"), "{}", text(&r));
 
     // Prompts, resources, templates and completion route to the owning connector.
-    let prompts: Vec<String> = c
-        .peer()
-        .list_all_prompts()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let prompts = prompt_names(&c).await;
     assert!(
         prompts.contains(&"everything__args-prompt".to_string()),
         "{prompts:?}"

@@ -417,6 +417,16 @@ pub fn text(r: &CallToolResult) -> String {
         .unwrap_or_default()
 }
 
+pub async fn prompt_names(c: &Client) -> Vec<String> {
+    c.peer()
+        .list_all_prompts()
+        .await
+        .expect("prompts/list")
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
 pub async fn tool_names(c: &Client) -> Vec<String> {
     c.peer()
         .list_all_tools()
