@@ -199,24 +199,25 @@ impl ClientHandler for UpstreamHandler {
         ));
     }
 
-    async fn on_tool_list_changed(&self, _cx: NotificationContext<RoleClient>) {
-        self.spawn_refresh();
+    async fn on_tool_list_changed(&self, cx: NotificationContext<RoleClient>) {
+        self.spawn_refresh(cx.peer);
     }
 
-    async fn on_prompt_list_changed(&self, _cx: NotificationContext<RoleClient>) {
-        self.spawn_refresh();
+    async fn on_prompt_list_changed(&self, cx: NotificationContext<RoleClient>) {
+        self.spawn_refresh(cx.peer);
     }
 
-    async fn on_resource_list_changed(&self, _cx: NotificationContext<RoleClient>) {
-        self.spawn_refresh();
+    async fn on_resource_list_changed(&self, cx: NotificationContext<RoleClient>) {
+        self.spawn_refresh(cx.peer);
     }
 }
 
 impl UpstreamHandler {
     /// Refresh off the notification path: the refresh itself sends requests on this connection.
-    fn spawn_refresh(&self) {
+    /// It uses the notifying connection's own peer, which may still be in its first refresh.
+    fn spawn_refresh(&self, peer: rmcp::Peer<RoleClient>) {
         if let Some(shared) = self.shared.upgrade() {
-            tokio::spawn(shared.refresh_after_change());
+            tokio::spawn(async move { shared.refresh_after_change(&peer).await });
         }
     }
 }

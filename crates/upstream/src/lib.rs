@@ -176,6 +176,8 @@ struct Shared {
     stopped: CancellationToken,
     /// The process group of a stdio child that is still initializing.
     starting_group: Mutex<Option<nix::unistd::Pid>>,
+    /// Serialises catalog refreshes (initial and after each `list_changed`).
+    refresh_lock: tokio::sync::Mutex<()>,
     env: EnvLookup,
     last_sweep: Mutex<Instant>,
 }
@@ -208,6 +210,7 @@ impl Connector {
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),
             starting_group: Mutex::new(None),
+            refresh_lock: tokio::sync::Mutex::new(()),
             env,
             spec,
             last_sweep: Mutex::new(Instant::now()),
@@ -280,13 +283,6 @@ impl Connector {
                 cancel_upstream(&peer, id).await;
                 Err(UpstreamError::Cancelled)
             }
-        }
-    }
-
-    /// Send a notification upstream (e.g. `notifications/roots/list_changed`), best effort.
-    pub async fn notify(&self, n: rmcp::model::ClientNotification) {
-        if let Some(peer) = self.shared.peer.load_full() {
-            let _ = peer.send_notification(n).await;
         }
     }
 
@@ -592,8 +588,21 @@ impl Shared {
         }
     }
 
-    /// Re-read every list the upstream offers (all pages). Lists it lacks stay empty.
-    async fn refresh(&self, peer: &Peer<RoleClient>) -> Result<UpstreamCatalog, String> {
+    /// Re-read every list and publish the result. Refreshes run one at a time (the async lock
+    /// is held through publishing), so an older refresh never publishes after a newer one; a
+    /// refresh of a connection that has since closed publishes nothing.
+    async fn refresh_and_publish(&self, peer: &Peer<RoleClient>) -> Result<(), String> {
+        let _one_at_a_time = self.refresh_lock.lock().await;
+        let cat = self.fetch_catalog(peer).await?;
+        if peer.is_transport_closed() {
+            return Err("the connection closed during the refresh".into());
+        }
+        self.publish_catalog(cat);
+        Ok(())
+    }
+
+    /// Every list the upstream offers (all pages). Lists it lacks stay empty.
+    async fn fetch_catalog(&self, peer: &Peer<RoleClient>) -> Result<UpstreamCatalog, String> {
         let t = self.spec.call_timeout;
         async fn within<T>(
             what: &str,
@@ -646,15 +655,9 @@ impl Shared {
     }
 
     /// Refresh after an upstream `list_changed`, keeping the rest of the catalog.
-    async fn refresh_after_change(self: Arc<Self>) {
-        let Some(peer) = self.peer.load_full() else {
-            return;
-        };
-        match self.refresh(&peer).await {
-            Ok(cat) => self.publish_catalog(cat),
-            Err(e) => {
-                tracing::warn!(connector = %self.spec.id, error = %e, "refreshing the catalog after list_changed failed")
-            }
+    async fn refresh_after_change(&self, peer: &Peer<RoleClient>) {
+        if let Err(e) = self.refresh_and_publish(peer).await {
+            tracing::warn!(connector = %self.spec.id, error = %e, "refreshing the catalog after list_changed failed");
         }
     }
 
@@ -731,7 +734,11 @@ async fn supervise(shared: Arc<Shared>) {
         };
         let Some(error) = error else { return }; // shutdown
         shared.peer.store(None);
-        shared.publish_catalog(UpstreamCatalog::default());
+        {
+            // Under the refresh lock, so a refresh of the dead connection cannot publish after.
+            let _refreshes = shared.refresh_lock.lock().await;
+            shared.publish_catalog(UpstreamCatalog::default());
+        }
         shared.health.lock().expect("health lock").restarts += 1;
         let now = Instant::now();
         failures.push_back(now);
@@ -774,8 +781,8 @@ async fn run_connection(
     let Connection { running, child } = conn;
     let peer = running.peer().clone();
     let ct = running.cancellation_token();
-    match shared.refresh(&peer).await {
-        Ok(cat) => shared.publish_catalog(cat),
+    match shared.refresh_and_publish(&peer).await {
+        Ok(()) => {}
         Err(e) => {
             ct.cancel();
             if let Some((child, pgid)) = child {
