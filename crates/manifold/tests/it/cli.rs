@@ -24,14 +24,7 @@ fn out(o: &Output) -> String {
 fn check_prints_what_would_be_served() {
     let dir = TempDir::new("check");
     let path = dir.path("m.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-            faulty("fa", "")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, one_faulty("")).unwrap();
     let o = manifold(&["check", "--config", path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", out(&o));
     let text = out(&o);

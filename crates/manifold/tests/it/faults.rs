@@ -518,10 +518,7 @@ async fn stdio_children_are_killed_as_a_process_group() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_then_exits_promptly() {
-    let gw = Gw::start(&format!(
-        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
+    let gw = Gw::start(&one_faulty(""));
     gw.wait_up().await;
     let c = connect(&gw.url("main"), TestClient::new("a")).await;
     let peer = c.peer().clone();
@@ -613,10 +610,7 @@ async fn lazy_connectors_start_on_first_use() {
 
 #[tokio::test]
 async fn upstream_log_messages_reach_the_client() {
-    let gw = Gw::start(&format!(
-        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
+    let gw = Gw::start(&one_faulty(""));
     gw.wait_up().await;
     let client = TestClient::new("a");
     let c = connect(&gw.url("main"), client.clone()).await;

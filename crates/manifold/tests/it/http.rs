@@ -59,10 +59,7 @@ async fn rpc(url: &str, sid: &str, body: Value) -> Value {
 
 #[tokio::test]
 async fn host_origin_and_version_checks() {
-    let gw = Gw::start(&format!(
-        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
+    let gw = Gw::start(&one_faulty(""));
     gw.wait_up().await;
     let url = gw.url("main");
     let r = post(&url)
@@ -100,10 +97,7 @@ async fn host_origin_and_version_checks() {
 
 #[tokio::test]
 async fn sessions_ids_delete_and_unknown_ids() {
-    let gw = Gw::start(&format!(
-        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
+    let gw = Gw::start(&one_faulty(""));
     gw.wait_up().await;
     let url = gw.url("main");
     let a = session(&url).await;
@@ -183,10 +177,7 @@ async fn sessions_ids_delete_and_unknown_ids() {
 
 #[tokio::test]
 async fn bad_input_is_refused_and_loses_nothing() {
-    let gw = Gw::start(&format!(
-        "[gateway]\nmax_body_bytes = 4096\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
+    let gw = Gw::start(&one_faulty("max_body_bytes = 4096"));
     gw.wait_up().await;
     let url = gw.url("main");
     let sid = session(&url).await;
@@ -268,10 +259,7 @@ async fn merged_lists_are_paginated() {
 
 #[tokio::test]
 async fn health_endpoints_report_connectors_and_servers() {
-    let gw = Gw::start(&format!(
-        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
+    let gw = Gw::start(&one_faulty(""));
     let v = gw.wait_up().await;
     assert_eq!(v["status"], "ok");
     assert_eq!(v["connectors"]["fa"]["state"], "up");
@@ -288,10 +276,7 @@ async fn health_endpoints_report_connectors_and_servers() {
 
 #[tokio::test]
 async fn idle_sessions_expire() {
-    let gw = Gw::start(&format!(
-        "[gateway]\nsession_idle_timeout = \"1s\"\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
-        faulty("fa", "")
-    ));
+    let gw = Gw::start(&one_faulty("session_idle_timeout = \"1s\""));
     gw.wait_up().await;
     let url = gw.url("main");
     let sid = session(&url).await;

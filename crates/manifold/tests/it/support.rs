@@ -444,3 +444,12 @@ pub fn faulty(name: &str, extra: &str) -> String {
         fixture("faulty_upstream.py")
     )
 }
+
+/// A config with `gateway` (TOML keys for `[gateway]`, may be empty) and one faulty connector
+/// `fa` served as virtual server `main`: the common setup of the single-connector tests.
+pub fn one_faulty(gateway: &str) -> String {
+    format!(
+        "[gateway]\n{gateway}\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    )
+}
