@@ -28,6 +28,9 @@ pub struct PromptRoute {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub tools: Vec<Tool>,
+    /// `tools` as sent to clients, one JSON object each (same order): the upstream's own JSON
+    /// with the gateway's changes, so fields rmcp does not model survive.
+    pub tools_json: Vec<Box<serde_json::value::RawValue>>,
     pub prompts: Vec<Prompt>,
     pub resources: Vec<Resource>,
     pub resource_templates: Vec<ResourceTemplate>,
@@ -77,6 +80,7 @@ impl Catalog {
         inputs: &[(&ConnectorUse, Arc<UpstreamCatalog>)],
     ) -> Catalog {
         let mut cat = Catalog::default();
+        let mut tools: Vec<(Tool, Box<serde_json::value::RawValue>)> = Vec::new();
         let mut instructions: Vec<String> = spec.instructions.iter().cloned().collect();
         for (usage, upstream) in inputs {
             let cid = &usage.connector;
@@ -92,7 +96,7 @@ impl Catalog {
             {
                 instructions.push(format!("## {cid}\n{i}"));
             }
-            for tool in &upstream.tools {
+            for (i, tool) in upstream.tools.iter().enumerate() {
                 let name = tool.name.as_ref();
                 if !usage.include.iter().any(|g| glob(g, name))
                     || usage.exclude.iter().any(|g| glob(g, name))
@@ -125,6 +129,24 @@ impl Catalog {
                         t.input_schema = Arc::new(without_args(&t.input_schema, &strip));
                     }
                 }
+                let mut json = match upstream.tools_json.get(i) {
+                    Some(j) if upstream.tools_json.len() == upstream.tools.len() => (**j).clone(),
+                    _ => match serde_json::to_value(tool) {
+                        Ok(serde_json::Value::Object(m)) => m,
+                        _ => JsonObject::new(),
+                    },
+                };
+                json.insert("name".into(), exposed.clone().into());
+                if let Some(d) = o.and_then(|o| o.description.as_ref()) {
+                    json.insert("description".into(), d.clone().into());
+                }
+                if !strip.is_empty() {
+                    json.insert(
+                        "inputSchema".into(),
+                        serde_json::Value::Object((*t.input_schema).clone()),
+                    );
+                }
+                let json = serde_json::value::to_raw_value(&json).expect("a tool serialises");
                 cat.tool_routes.insert(
                     exposed,
                     ToolRoute {
@@ -134,7 +156,7 @@ impl Catalog {
                         pinned,
                     },
                 );
-                cat.tools.push(t);
+                tools.push((t, json));
             }
             for prompt in &upstream.prompts {
                 let exposed = exposed_name(usage, &spec.separator, &prompt.name);
@@ -186,14 +208,15 @@ impl Catalog {
         // Longest literal prefix wins; ties keep configuration order (stable sort).
         cat.template_prefixes
             .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        cat.tools.sort_by(|a, b| a.name.cmp(&b.name));
+        tools.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        (cat.tools, cat.tools_json) = tools.into_iter().unzip();
         cat.prompts.sort_by(|a, b| a.name.cmp(&b.name));
         cat.resources.sort_by(|a, b| a.uri.cmp(&b.uri));
         cat.resource_templates
             .sort_by(|a, b| a.uri_template.cmp(&b.uri_template));
         cat.instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
         cat.fingerprints = [
-            fingerprint(&cat.tools),
+            fingerprint(&cat.tools_json.iter().map(|j| j.get()).collect::<Vec<_>>()),
             fingerprint(&cat.prompts),
             fingerprint(&(&cat.resources, &cat.resource_templates)),
         ];

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use config::{ConnectorId, VirtualServerSpec};
+use rmcp::model::JsonObject;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientRequest, CompleteRequestParams, CompleteResult,
     GetPromptRequestParams, GetPromptResult, ReadResourceRequestParams, ReadResourceResult,
     Reference, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams,
 };
-use upstream::{Caller, Connector, Pool, UpstreamError};
+use upstream::{Caller, Connector, Pool, RawValue, UpstreamError};
 
 pub use catalog::{Catalog, Changes, PromptRoute, ToolRoute, exposed_name, glob, shorten};
 
@@ -168,24 +169,45 @@ impl VirtualServer {
             .expect("routes only name this server's connectors")
     }
 
+    /// The connector (or this client's own session of it) that serves `id`.
+    fn target(&self, id: &ConnectorId, caller: &Caller) -> Result<Arc<Connector>, RouteError> {
+        let shared = self.connector(id);
+        match shared.spec().sessions {
+            config::SessionMode::Shared => Ok(shared.clone()),
+            config::SessionMode::PerClient => {
+                self.pool
+                    .get(shared.spec(), caller.session)
+                    .map_err(|error| RouteError::Upstream {
+                        connector: id.clone(),
+                        error,
+                    })
+            }
+        }
+    }
+
+    async fn forward_raw(
+        &self,
+        id: &ConnectorId,
+        method: &str,
+        params: JsonObject,
+        caller: &Caller,
+    ) -> Result<Box<RawValue>, RouteError> {
+        self.target(id, caller)?
+            .raw_request(method, params, caller)
+            .await
+            .map_err(|error| RouteError::Upstream {
+                connector: id.clone(),
+                error,
+            })
+    }
+
     async fn forward(
         &self,
         id: &ConnectorId,
         req: ClientRequest,
         caller: &Caller,
     ) -> Result<ServerResult, RouteError> {
-        let shared = self.connector(id);
-        let target = match shared.spec().sessions {
-            config::SessionMode::Shared => shared.clone(),
-            config::SessionMode::PerClient => self
-                .pool
-                .get(shared.spec(), caller.session)
-                .map_err(|error| RouteError::Upstream {
-                    connector: id.clone(),
-                    error,
-                })?,
-        };
-        target
+        self.target(id, caller)?
             .request(req, caller)
             .await
             .map_err(|error| RouteError::Upstream {
@@ -194,23 +216,59 @@ impl VirtualServer {
             })
     }
 
+    /// `tools/call` through rmcp's typed model (the raw path, decoded at the end).
     pub async fn call_tool(
         &self,
-        mut params: CallToolRequestParams,
+        params: CallToolRequestParams,
         caller: &Caller,
     ) -> Result<CallToolResult, RouteError> {
+        let serde_json::Value::Object(params) =
+            serde_json::to_value(&params).map_err(|e| RouteError::InvalidParams(e.to_string()))?
+        else {
+            return Err(RouteError::InvalidParams("params must be an object".into()));
+        };
+        let raw = self.call_tool_raw(params, caller).await?;
+        serde_json::from_str(raw.get()).map_err(|e| {
+            RouteError::InvalidParams(format!(
+                "the upstream's tools/call result is not valid: {e}"
+            ))
+        })
+    }
+
+    /// `tools/call` on the raw data path: `params` is the client's params object; the result
+    /// is the upstream's JSON, changed only where URIs must be exposed.
+    pub async fn call_tool_raw(
+        &self,
+        mut params: JsonObject,
+        caller: &Caller,
+    ) -> Result<Box<RawValue>, RouteError> {
+        let name = match params.get("name") {
+            Some(serde_json::Value::String(n)) => n.clone(),
+            _ => {
+                return Err(RouteError::InvalidParams(
+                    "tools/call needs a string \"name\"".into(),
+                ));
+            }
+        };
         let mut cat = self.catalog();
-        if !cat.tool_routes.contains_key(params.name.as_ref()) {
+        if !cat.tool_routes.contains_key(&name) {
             // Perhaps its connector has not started yet (lazy, or just booting).
             self.settle(SETTLE_WAIT).await;
             cat = self.catalog();
         }
-        let Some(route) = cat.tool_routes.get(params.name.as_ref()) else {
-            return Err(RouteError::UnknownTool(params.name.into_owned()));
+        let Some(route) = cat.tool_routes.get(&name) else {
+            return Err(RouteError::UnknownTool(name));
         };
-        params.name = route.upstream_name.clone().into();
+        params.insert("name".into(), route.upstream_name.clone().into());
         if !route.strip.is_empty() || !route.pinned.is_empty() {
-            let args = params.arguments.get_or_insert_with(Default::default);
+            let args = params
+                .entry("arguments")
+                .or_insert_with(|| serde_json::Value::Object(JsonObject::new()));
+            let serde_json::Value::Object(args) = args else {
+                return Err(RouteError::InvalidParams(
+                    "\"arguments\" must be an object".into(),
+                ));
+            };
             for k in &route.strip {
                 args.remove(k);
             }
@@ -220,27 +278,48 @@ impl VirtualServer {
         }
         let connector = route.connector.clone();
         drop(cat);
-        match self
-            .forward(
-                &connector,
-                ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
-                caller,
-            )
-            .await?
+        let raw = self
+            .forward_raw(&connector, "tools/call", params, caller)
+            .await?;
+        // Resource links and embedded resources name upstream URIs; expose them the way
+        // resources/list does, so the client can read them back through us.
+        let cat = self.catalog();
+        if cat.prefixed.contains(&connector)
+            && raw.get().contains("\"uri\"")
+            && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get())
+            && let Some(serde_json::Value::Array(content)) = v.get_mut("content")
         {
-            ServerResult::CallToolResult(mut r) => {
-                // Resource links and embedded resources name upstream URIs; expose them the
-                // way resources/list does, so the client can read them back through us.
-                let cat = self.catalog();
-                if cat.prefixed.contains(&connector) {
-                    for block in &mut r.content {
-                        rewrite_block_uri(block, |u| cat.expose_uri(&connector, u));
-                    }
-                }
-                Ok(r)
+            for block in content {
+                rewrite_block_uri_json(block, |u| cat.expose_uri(&connector, u));
             }
-            other => Err(unexpected(&connector, "tools/call", &other)),
+            return Ok(serde_json::value::to_raw_value(&v).expect("a result serialises"));
         }
+        Ok(raw)
+    }
+
+    /// One page of `tools/list` as JSON text, from the catalog's serialised tools.
+    pub fn tools_page_json(
+        &self,
+        cat: &Catalog,
+        cursor: Option<&str>,
+    ) -> Result<String, RouteError> {
+        let (page, next) = self.page(&cat.tools_json, cursor)?;
+        let len: usize = page.iter().map(|t| t.get().len() + 1).sum();
+        let mut out = String::with_capacity(len + 64);
+        out.push_str("{\"tools\":[");
+        for (i, t) in page.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(t.get());
+        }
+        out.push(']');
+        if let Some(n) = next {
+            out.push_str(",\"nextCursor\":");
+            out.push_str(&serde_json::to_string(&n).expect("a cursor serialises"));
+        }
+        out.push('}');
+        Ok(out)
     }
 
     pub async fn get_prompt(
@@ -423,6 +502,17 @@ fn unexpected(connector: &ConnectorId, method: &str, got: &ServerResult) -> Rout
             "{method} answered with a different result shape (fields: {})",
             kind.unwrap_or_default()
         )),
+    }
+}
+
+fn rewrite_block_uri_json(block: &mut serde_json::Value, f: impl Fn(&str) -> String) {
+    let slot = match block.get("type").and_then(|t| t.as_str()) {
+        Some("resource_link") => block.get_mut("uri"),
+        Some("resource") => block.get_mut("resource").and_then(|r| r.get_mut("uri")),
+        _ => None,
+    };
+    if let Some(serde_json::Value::String(u)) = slot {
+        *u = f(u);
     }
 }
 

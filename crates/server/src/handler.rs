@@ -54,19 +54,26 @@ impl SessionHandler {
     }
 
     fn caller(&self, cx: &RequestContext<RoleServer>) -> Caller {
-        let mut meta = cx.meta.clone();
-        // The progress token is remapped per hop, and the io.modelcontextprotocol/* keys
-        // (protocol version, client capabilities, log level) describe the client's own hop, not
-        // the gateway's upstream session. Everything else (trace context, custom keys) passes.
-        meta.retain(|k, _| k != "progressToken" && !k.starts_with("io.modelcontextprotocol/"));
         Caller {
             session: self.session,
-            meta: (!meta.is_empty()).then_some(meta),
-            peer: Some(cx.peer.clone()),
+            meta: forwarded_meta(&cx.meta.0.0),
+            downstream: Some(Arc::new(cx.peer.clone())),
             progress_token: cx.meta.get_progress_token(),
             ct: cx.ct.clone(),
         }
     }
+}
+
+/// The client's `_meta` as forwarded upstream. The progress token is remapped per hop, and the
+/// `io.modelcontextprotocol/*` keys (protocol version, client capabilities, log level) describe
+/// the client's own hop, not the gateway's upstream session. Everything else (trace context,
+/// custom keys) passes.
+pub(crate) fn forwarded_meta(
+    meta: &serde_json::Map<String, serde_json::Value>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut meta = meta.clone();
+    meta.retain(|k, _| k != "progressToken" && !k.starts_with("io.modelcontextprotocol/"));
+    (!meta.is_empty()).then_some(meta)
 }
 
 impl Drop for SessionHandler {
@@ -147,8 +154,14 @@ impl ServerHandler for SessionHandler {
     async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
         if let Ok((gw, vs)) = self.server() {
             vs.demand();
+            let key = cx
+                .extensions
+                .get::<http::request::Parts>()
+                .and_then(|p| p.headers.get("mcp-session-id"))
+                .and_then(|v| v.to_str().ok())
+                .map(Arc::from);
             gw.sessions
-                .register(self.session, self.server.clone(), cx.peer);
+                .register(self.session, self.server.clone(), cx.peer, key);
         }
     }
 

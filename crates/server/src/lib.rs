@@ -5,6 +5,7 @@
 #![allow(deprecated)] // legacy-era logging notifications are relayed
 
 mod drain;
+mod fast;
 mod handler;
 mod sessions;
 
@@ -38,13 +39,19 @@ pub use sessions::Sessions;
 
 type McpService = StreamableHttpService<SessionHandler, LocalSessionManager>;
 
+#[derive(Clone)]
+struct Service {
+    http: Arc<McpService>,
+    sessions: Arc<LocalSessionManager>,
+}
+
 /// Everything that a config reload replaces at once.
 struct Runtime {
     config: Arc<Config>,
     connectors: BTreeMap<ConnectorId, Arc<Connector>>,
     servers: BTreeMap<String, Arc<VirtualServer>>,
     /// Shared, not cloned per request: cloning copies the config's host and origin lists.
-    services: BTreeMap<String, Arc<McpService>>,
+    services: BTreeMap<String, Service>,
 }
 
 pub struct Gateway {
@@ -59,6 +66,8 @@ pub struct Gateway {
     inflight: drain::Inflight,
     /// Upstream sessions of `sessions = "per_client"` connectors, by client session.
     pub pool: Arc<upstream::Pool>,
+    /// The gateway's own data path: relayed requests and calls in flight there.
+    relays: fast::Relays,
 }
 
 impl Gateway {
@@ -79,8 +88,10 @@ impl Gateway {
             env,
             shutdown: CancellationToken::new(),
             inflight: drain::Inflight::default(),
+            relays: fast::Relays::default(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), gw.events.subscribe()));
+        tokio::spawn(expire_idle(Arc::downgrade(&gw)));
         gw.apply_inner(config, true);
         gw
     }
@@ -161,7 +172,7 @@ impl Gateway {
             }
             let service = match old.services.get(name) {
                 Some(s) if !http_changed => s.clone(),
-                _ => Arc::new(self.mcp_service(name, &config.gateway)),
+                _ => self.mcp_service(name, &config.gateway),
             };
             servers.insert(name.clone(), vs);
             services.insert(name.clone(), service);
@@ -184,13 +195,16 @@ impl Gateway {
         }
     }
 
-    fn mcp_service(self: &Arc<Self>, name: &str, g: &GatewaySettings) -> McpService {
+    fn mcp_service(self: &Arc<Self>, name: &str, g: &GatewaySettings) -> Service {
         let mut sessions = LocalSessionManager::default();
         sessions.session_config = {
             let mut c = SessionConfig::default();
-            c.keep_alive = Some(g.session_idle_timeout);
+            // Idle expiry is ours (`expire_idle`): requests on the gateway's own data path
+            // never reach rmcp's session, so its timer would close busy sessions.
+            c.keep_alive = None;
             c
         };
+        let sessions = Arc::new(sessions);
         let mut cfg = StreamableHttpServerConfig::default()
             .with_allowed_hosts(g.allowed_hosts.clone())
             .with_allowed_origins(g.allowed_origins.clone())
@@ -201,7 +215,7 @@ impl Gateway {
         cfg = cfg.enforce_origin_validation();
         let gw = Arc::downgrade(self);
         let server: Arc<str> = name.into();
-        StreamableHttpService::new(
+        let http = StreamableHttpService::new(
             move || {
                 let id = gw
                     .upgrade()
@@ -209,9 +223,13 @@ impl Gateway {
                     .unwrap_or_default();
                 Ok(SessionHandler::new(gw.clone(), server.clone(), id))
             },
-            Arc::new(sessions),
+            sessions.clone(),
             cfg,
-        )
+        );
+        Service {
+            http: Arc::new(http),
+            sessions,
+        }
     }
 
     pub fn notify_changes(&self, server: &str, changes: Changes) {
@@ -393,10 +411,63 @@ async fn mcp(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, req: Re
     };
     // A GET is the long-lived notification stream, not work to wait for when draining.
     let guard = (req.method() != axum::http::Method::GET).then(|| gw.inflight.enter());
-    let resp = service.handle(req).await;
+    let key = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(k) = &key {
+        gw.sessions.touch(k);
+    }
+    let resp = match fast::handle(&gw, &server, req).await {
+        fast::Outcome::Done(r) => r,
+        fast::Outcome::Rmcp(req) => {
+            let resp = service.http.handle(req).await.map(Body::new);
+            if key.is_none()
+                && let Some(k) = resp
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+            {
+                gw.sessions.track(k, &server);
+            }
+            resp
+        }
+    };
     match guard {
         Some(g) => resp.map(|b| Body::new(drain::Guarded::new(b, g))),
-        None => resp.map(Body::new),
+        None => resp,
+    }
+}
+
+/// Close sessions without a request for `gateway.session_idle_timeout`.
+async fn expire_idle(gw: std::sync::Weak<Gateway>) {
+    use rmcp::transport::streamable_http_server::session::SessionManager;
+    loop {
+        let Some(idle) = gw
+            .upgrade()
+            .map(|g| g.config().gateway.session_idle_timeout)
+        else {
+            return;
+        };
+        let tick = (idle / 4).clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(15),
+        );
+        tokio::time::sleep(tick).await;
+        let Some(g) = gw.upgrade() else { return };
+        for (server, key) in g.sessions.take_idle(idle) {
+            let managers = g
+                .runtime
+                .load()
+                .services
+                .get(&*server)
+                .map(|s| s.sessions.clone());
+            if let Some(m) = managers {
+                tracing::debug!(%server, "closing an idle session");
+                let _ = m.close_session(&key).await;
+            }
+        }
     }
 }
 

@@ -9,21 +9,32 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use rmcp::{RoleServer, model::LoggingLevel, service::Peer};
 
 struct Entry {
     server: Arc<str>,
+    /// The `Mcp-Session-Id` the client uses.
+    key: Option<Arc<str>>,
     peer: Peer<RoleServer>,
     subscriptions: HashSet<String>,
     level: Option<LoggingLevel>,
 }
 
+/// (virtual server, last request) of one session id.
+type Seen = (Arc<str>, Instant);
+
 #[derive(Default)]
 pub struct Sessions {
     next: AtomicU64,
     map: Mutex<HashMap<u64, Entry>>,
+    /// `Mcp-Session-Id` → session number.
+    keys: Mutex<HashMap<Arc<str>, u64>>,
+    /// `Mcp-Session-Id` → (virtual server, last request), for idle expiry. Tracked from the
+    /// moment rmcp hands out the id, so sessions never initialized expire too.
+    seen: Mutex<HashMap<Arc<str>, Seen>>,
 }
 
 impl Sessions {
@@ -31,11 +42,24 @@ impl Sessions {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn register(&self, id: u64, server: Arc<str>, peer: Peer<RoleServer>) {
+    pub fn register(
+        &self,
+        id: u64,
+        server: Arc<str>,
+        peer: Peer<RoleServer>,
+        key: Option<Arc<str>>,
+    ) {
+        if let Some(k) = &key {
+            self.keys
+                .lock()
+                .expect("sessions lock")
+                .insert(k.clone(), id);
+        }
         self.map.lock().expect("sessions lock").insert(
             id,
             Entry {
                 server,
+                key,
                 peer,
                 subscriptions: HashSet::new(),
                 level: None,
@@ -44,7 +68,49 @@ impl Sessions {
     }
 
     pub fn remove(&self, id: u64) {
-        self.map.lock().expect("sessions lock").remove(&id);
+        let e = self.map.lock().expect("sessions lock").remove(&id);
+        if let Some(k) = e.and_then(|e| e.key) {
+            self.keys.lock().expect("sessions lock").remove(&k);
+            self.seen.lock().expect("sessions lock").remove(&k);
+        }
+    }
+
+    /// The session a client's `Mcp-Session-Id` names: its number, server and peer.
+    pub fn by_key(&self, key: &str) -> Option<(u64, Arc<str>, Peer<RoleServer>)> {
+        let id = *self.keys.lock().expect("sessions lock").get(key)?;
+        let map = self.map.lock().expect("sessions lock");
+        let e = map.get(&id)?;
+        Some((id, e.server.clone(), e.peer.clone()))
+    }
+
+    /// rmcp created session `key` of `server`.
+    pub fn track(&self, key: &str, server: &str) {
+        self.seen
+            .lock()
+            .expect("sessions lock")
+            .insert(key.into(), (server.into(), Instant::now()));
+    }
+
+    /// A request arrived in session `key` (tracked sessions only).
+    pub fn touch(&self, key: &str) {
+        if let Some((_, t)) = self.seen.lock().expect("sessions lock").get_mut(key) {
+            *t = Instant::now();
+        }
+    }
+
+    /// Take the sessions (server, key) without a request for `idle`.
+    pub fn take_idle(&self, idle: Duration) -> Vec<(Arc<str>, Arc<str>)> {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().expect("sessions lock");
+        let stale: Vec<Arc<str>> = seen
+            .iter()
+            .filter(|(_, (_, t))| now.duration_since(*t) >= idle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        stale
+            .into_iter()
+            .filter_map(|k| seen.remove(&k).map(|(server, _)| (server, k)))
+            .collect()
     }
 
     pub fn count(&self) -> usize {

@@ -21,11 +21,16 @@ use crate::{Shared, UpstreamEvent};
 
 pub struct UpstreamHandler {
     shared: Weak<Shared>,
+    /// The raw data path of this handler's connection (set once it exists).
+    raw: Arc<std::sync::OnceLock<Arc<crate::raw::RawLink>>>,
     info: ClientConfig,
 }
 
 impl UpstreamHandler {
-    pub(crate) fn new(shared: Weak<Shared>) -> Self {
+    pub(crate) fn new(
+        shared: Weak<Shared>,
+        raw: Arc<std::sync::OnceLock<Arc<crate::raw::RawLink>>>,
+    ) -> Self {
         // A shared upstream session must declare everything any client may need; a client that
         // lacks a capability gets a clear error relayed back instead of a hang.
         let capabilities: ClientCapabilities = serde_json::from_value(serde_json::json!({
@@ -40,7 +45,7 @@ impl UpstreamHandler {
         let mut info = ClientConfig::default();
         info.capabilities = capabilities;
         info.client_info = implementation;
-        Self { shared, info }
+        Self { shared, raw, info }
     }
 
     fn shared(&self) -> Result<Arc<Shared>, ErrorData> {
@@ -48,13 +53,6 @@ impl UpstreamHandler {
             .upgrade()
             .ok_or_else(|| ErrorData::internal_error("connector is shutting down", None))
     }
-}
-
-fn relay_error(what: &str, e: impl std::fmt::Display) -> ErrorData {
-    ErrorData::internal_error(
-        format!("manifold could not relay {what} to the client: {e}"),
-        None,
-    )
 }
 
 impl ClientHandler for UpstreamHandler {
@@ -71,20 +69,14 @@ impl ClientHandler for UpstreamHandler {
         let caller = shared
             .attributed_caller()
             .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
-        let peer = caller.peer.expect("attributed callers have a peer");
-        if peer
-            .peer_info()
-            .is_some_and(|i| i.capabilities.sampling.is_none())
-        {
+        let client = caller.downstream.expect("attributed callers have a client");
+        if client.capabilities().is_some_and(|c| c.sampling.is_none()) {
             return Err(ErrorData::invalid_request(
                 "the client did not declare the sampling capability",
                 None,
             ));
         }
-        peer.create_message(params).await.map_err(|e| match e {
-            rmcp::ServiceError::McpError(d) => d,
-            other => relay_error("sampling/createMessage", other),
-        })
+        client.create_message(params).await
     }
 
     async fn create_elicitation(
@@ -96,20 +88,17 @@ impl ClientHandler for UpstreamHandler {
         let caller = shared
             .attributed_caller()
             .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
-        let peer = caller.peer.expect("attributed callers have a peer");
-        if peer
-            .peer_info()
-            .is_some_and(|i| i.capabilities.elicitation.is_none())
+        let client = caller.downstream.expect("attributed callers have a client");
+        if client
+            .capabilities()
+            .is_some_and(|c| c.elicitation.is_none())
         {
             return Err(ErrorData::invalid_request(
                 "the client did not declare the elicitation capability",
                 None,
             ));
         }
-        peer.create_elicitation(params).await.map_err(|e| match e {
-            rmcp::ServiceError::McpError(d) => d,
-            other => relay_error("elicitation/create", other),
-        })
+        client.create_elicitation(params).await
     }
 
     async fn list_roots(
@@ -124,17 +113,11 @@ impl ClientHandler for UpstreamHandler {
             Err(crate::Unattributed::Nobody) => return Ok(ListRootsResult::default()),
             Err(e) => return Err(ErrorData::invalid_request(e.message(), None)),
         };
-        let peer = caller.peer.expect("attributed callers have a peer");
-        if peer
-            .peer_info()
-            .is_some_and(|i| i.capabilities.roots.is_none())
-        {
+        let client = caller.downstream.expect("attributed callers have a client");
+        if client.capabilities().is_some_and(|c| c.roots.is_none()) {
             return Ok(ListRootsResult::default());
         }
-        peer.list_roots().await.map_err(|e| match e {
-            rmcp::ServiceError::McpError(d) => d,
-            other => relay_error("roots/list", other),
-        })
+        client.list_roots().await
     }
 
     async fn on_progress(
@@ -158,11 +141,11 @@ impl ClientHandler for UpstreamHandler {
         let Some(caller) = caller else {
             return;
         };
-        let (Some(peer), Some(token)) = (caller.peer, caller.progress_token) else {
+        let (Some(client), Some(token)) = (caller.downstream, caller.progress_token) else {
             return;
         };
         params.progress_token = token;
-        let _ = peer.notify_progress(params).await;
+        client.progress(params).await;
     }
 
     async fn on_logging_message(
@@ -175,9 +158,9 @@ impl ClientHandler for UpstreamHandler {
         };
         // Related to a call when exactly one session has calls in flight; otherwise fan out.
         if let Ok(caller) = shared.attributed_caller()
-            && let Some(peer) = caller.peer
+            && let Some(client) = caller.downstream
         {
-            let _ = peer.notify_logging_message(params).await;
+            client.log(params).await;
             return;
         }
         let _ = shared
@@ -216,8 +199,8 @@ impl UpstreamHandler {
     /// Refresh off the notification path: the refresh itself sends requests on this connection.
     /// It uses the notifying connection's own peer, which may still be in its first refresh.
     fn spawn_refresh(&self, peer: rmcp::Peer<RoleClient>) {
-        if let Some(shared) = self.shared.upgrade() {
-            tokio::spawn(async move { shared.refresh_after_change(&peer).await });
+        if let (Some(shared), Some(link)) = (self.shared.upgrade(), self.raw.get().cloned()) {
+            tokio::spawn(async move { shared.refresh_after_change(&peer, &link).await });
         }
     }
 }

@@ -6,8 +6,10 @@
 // relaying them is this crate's job.
 #![allow(deprecated)]
 
+mod downstream;
 mod handler;
 mod pool;
+mod raw;
 mod sse;
 mod stdio;
 
@@ -20,7 +22,7 @@ use std::{
 use arc_swap::{ArcSwap, ArcSwapOption};
 use config::{ConnectorId, ConnectorSpec, HttpTransport, StartMode, TransportSpec};
 use rmcp::{
-    RoleClient, RoleServer,
+    RoleClient,
     model::{
         CancelledNotificationParam, ClientRequest, ErrorData, ProgressToken, Prompt, RequestId,
         Resource, ResourceTemplate, ServerCapabilities, ServerResult, Tool,
@@ -33,8 +35,11 @@ use rmcp::{
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use downstream::{BoxFut, Downstream};
 use handler::UpstreamHandler;
 pub use pool::Pool;
+use raw::RawLink;
+pub use serde_json::value::RawValue;
 
 /// Why an upstream request failed. The server crate maps these to JSON-RPC errors.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,6 +102,8 @@ pub struct UpstreamCatalog {
     pub capabilities: Option<ServerCapabilities>,
     pub instructions: Option<String>,
     pub tools: Vec<Tool>,
+    /// Each tool as the upstream sent it (same order as `tools`), unknown fields included.
+    pub tools_json: Vec<Arc<serde_json::Map<String, serde_json::Value>>>,
     pub prompts: Vec<Prompt>,
     pub resources: Vec<Resource>,
     pub resource_templates: Vec<ResourceTemplate>,
@@ -118,8 +125,9 @@ pub enum UpstreamEvent {
 pub struct Caller {
     pub session: u64,
     /// The client's request `_meta` (minus its progress token, which is remapped).
-    pub meta: Option<rmcp::model::RequestMetaObject>,
-    pub peer: Option<Peer<RoleServer>>,
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Where progress, logs and server→client requests of the call go.
+    pub downstream: Option<Arc<dyn Downstream>>,
     pub progress_token: Option<ProgressToken>,
     pub ct: CancellationToken,
 }
@@ -164,6 +172,8 @@ struct Shared {
     health: Mutex<Health>,
     health_tx: watch::Sender<HealthState>,
     peer: ArcSwapOption<Peer<RoleClient>>,
+    /// The raw data path of the same connection (set and cleared with `peer`).
+    raw: ArcSwapOption<RawLink>,
     catalog: ArcSwap<UpstreamCatalog>,
     events: broadcast::Sender<UpstreamEvent>,
     /// Keyed by the progress token rmcp put on the upstream request (unique per connection).
@@ -203,6 +213,7 @@ impl Connector {
             }),
             health_tx,
             peer: ArcSwapOption::empty(),
+            raw: ArcSwapOption::empty(),
             catalog: ArcSwap::from_pointee(UpstreamCatalog::default()),
             events,
             inflight: Mutex::new(HashMap::new()),
@@ -265,7 +276,9 @@ impl Connector {
         let timeout = shared.spec.call_timeout;
         let mut options = PeerRequestOptions::with_timeout(timeout);
         if let Some(meta) = &caller.meta {
-            options = options.with_meta(meta.clone());
+            options = options.with_meta(rmcp::model::RequestMetaObject(rmcp::model::MetaObject(
+                meta.clone(),
+            )));
         }
         // Register the caller before sending: a fast upstream may ask for sampling (or report
         // progress) before `send_cancellable_request` returns. rmcp picks the progress token
@@ -284,6 +297,81 @@ impl Connector {
                 Err(UpstreamError::Cancelled)
             }
         }
+    }
+
+    /// Forward one request as JSON text: `params` go upstream as given (with the caller's
+    /// `_meta` and, if the client asked for progress, a progress token), and the upstream's
+    /// result comes back untouched, unknown fields included. Same deadline, cancellation and
+    /// attribution as `request`.
+    pub async fn raw_request(
+        &self,
+        method: &str,
+        mut params: serde_json::Map<String, serde_json::Value>,
+        caller: &Caller,
+    ) -> Result<Box<RawValue>, UpstreamError> {
+        let shared = &self.shared;
+        self.live_peer().await?;
+        let closed = || {
+            UpstreamError::Unavailable(format!(
+                "connector {:?} closed the connection during the call",
+                shared.spec.id.as_str()
+            ))
+        };
+        let link = shared.raw.load_full().ok_or_else(closed)?;
+        let id = link.next_id();
+        let token = raw::token(id);
+        params.remove("_meta");
+        let mut meta = caller.meta.clone().unwrap_or_default();
+        if caller.progress_token.is_some() {
+            meta.insert("progressToken".into(), token.clone().into());
+        }
+        if !meta.is_empty() {
+            params.insert("_meta".into(), meta.into());
+        }
+        let body = serde_json::value::to_raw_value(&params).expect("params serialise");
+        // Registered before sending, so early progress and sampling find their caller.
+        let _guard = InflightGuard::register(
+            shared,
+            ProgressToken(rmcp::model::NumberOrString::String(token.into())),
+            caller.clone(),
+        );
+        let mut pending = link.send(id, method, &body).ok_or_else(closed)?;
+        // Sends notifications/cancelled if this future is dropped before the answer (the
+        // client went away).
+        let mut abandon = Abandon {
+            link: &link,
+            id,
+            armed: true,
+        };
+        let deadline = tokio::time::sleep(shared.spec.call_timeout);
+        tokio::pin!(deadline);
+        let r = loop {
+            tokio::select! {
+                biased;
+                Some(p) = pending.progress.recv() => forward_progress(caller, p).await,
+                r = &mut pending.reply => {
+                    // Progress that arrived before the answer goes first.
+                    while let Ok(p) = pending.progress.try_recv() {
+                        forward_progress(caller, p).await;
+                    }
+                    break match r {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => Err(UpstreamError::Protocol(e)),
+                        Err(_) => Err(closed()),
+                    };
+                }
+                _ = &mut deadline => {
+                    link.cancel(id, "the gateway's call timeout passed");
+                    break Err(UpstreamError::Timeout(shared.spec.call_timeout));
+                }
+                _ = caller.ct.cancelled() => {
+                    link.cancel(id, "cancelled by the client");
+                    break Err(UpstreamError::Cancelled);
+                }
+            }
+        };
+        abandon.armed = false;
+        r
     }
 
     async fn live_peer(&self) -> Result<Arc<Peer<RoleClient>>, UpstreamError> {
@@ -334,6 +422,28 @@ fn startup_wait(spec: &ConnectorSpec) -> Duration {
     match &spec.transport {
         TransportSpec::Stdio(_) => Duration::from_secs(60),
         TransportSpec::Http(h) => h.connect_timeout + Duration::from_secs(5),
+    }
+}
+
+/// Progress of a raw request, with the client's own token.
+async fn forward_progress(caller: &Caller, mut p: rmcp::model::ProgressNotificationParam) {
+    if let (Some(client), Some(token)) = (&caller.downstream, &caller.progress_token) {
+        p.progress_token = token.clone();
+        client.progress(p).await;
+    }
+}
+
+struct Abandon<'a> {
+    link: &'a Arc<RawLink>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.link.cancel(self.id, "the client went away");
+        }
     }
 }
 
@@ -439,6 +549,7 @@ fn map_service_error(id: &ConnectorId, e: ServiceError, timeout: Duration) -> Up
 /// A live connection plus what must be stopped with it.
 struct Connection {
     running: RunningService<RoleClient, UpstreamHandler>,
+    raw: Arc<RawLink>,
     child: Option<(tokio::process::Child, Option<nix::unistd::Pid>)>,
 }
 
@@ -485,12 +596,16 @@ impl Shared {
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Connection, String> {
-        let handler = UpstreamHandler::new(Arc::downgrade(self));
+        let cell = Arc::new(std::sync::OnceLock::new());
+        let handler = UpstreamHandler::new(Arc::downgrade(self), cell.clone());
         match &self.spec.transport {
             TransportSpec::Stdio(s) => {
                 let env = self.env.clone();
-                let spawned =
-                    stdio::spawn(&self.spec.id, s, &|k| env(k)).map_err(|e| e.to_string())?;
+                let (lines, lines_rx) = tokio::sync::mpsc::channel(1024);
+                let raw = RawLink::new(raw::RawOut::Lines(lines));
+                let _ = cell.set(raw.clone());
+                let spawned = stdio::spawn(&self.spec.id, s, &|k| env(k), raw.clone(), lines_rx)
+                    .map_err(|e| e.to_string())?;
                 let stdio::Spawned {
                     mut child,
                     pgid,
@@ -502,7 +617,7 @@ impl Shared {
                 let init_timeout = Duration::from_secs(60);
                 tokio::select! {
                     r = tokio::time::timeout(init_timeout, init) => match r {
-                        Ok(Ok(running)) => Ok(Connection { running, child: Some((child, pgid)) }),
+                        Ok(Ok(running)) => Ok(Connection { running, raw, child: Some((child, pgid)) }),
                         Ok(Err(e)) => {
                             let status = child.try_wait().ok().flatten();
                             stdio::terminate(child, pgid, Duration::from_millis(500)).await;
@@ -544,14 +659,31 @@ impl Shared {
                     let config = StreamableHttpClientTransportConfig::with_uri(h.url.clone())
                         .custom_headers(headers.clone())
                         .max_concurrent_requests(1024);
-                    let transport =
-                        StreamableHttpClientTransport::with_client(client.clone(), config);
+                    let seen = Arc::new(Mutex::new(raw::Seen::default()));
+                    let recording = raw::Recording {
+                        inner: client.clone(),
+                        seen: seen.clone(),
+                    };
+                    let (inject, injected) = tokio::sync::mpsc::channel(256);
+                    let transport = raw::Injecting {
+                        inner: StreamableHttpClientTransport::with_client(recording, config),
+                        injected,
+                    };
+                    let raw = RawLink::new(raw::RawOut::Http(raw::HttpOut {
+                        client: client.clone(),
+                        url: h.url.as_str().into(),
+                        headers: headers.clone(),
+                        seen,
+                        inject,
+                    }));
+                    let _ = cell.set(raw.clone());
                     let attempt =
                         tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await;
                     match attempt {
                         Ok(Ok(running)) => {
                             return Ok(Connection {
                                 running,
+                                raw,
                                 child: None,
                             });
                         }
@@ -572,11 +704,15 @@ impl Shared {
                         }
                     }
                 }
-                let handler = UpstreamHandler::new(Arc::downgrade(self));
-                let transport = sse::connect(client, &h.url, headers, h.connect_timeout).await?;
+                let cell = Arc::new(std::sync::OnceLock::new());
+                let handler = UpstreamHandler::new(Arc::downgrade(self), cell.clone());
+                let (transport, raw) =
+                    sse::connect(client, &h.url, headers, h.connect_timeout).await?;
+                let _ = cell.set(raw.clone());
                 match tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await {
                     Ok(Ok(running)) => Ok(Connection {
                         running,
+                        raw,
                         child: None,
                     }),
                     Ok(Err(e)) => Err(format!("initialize over HTTP+SSE failed: {e}")),
@@ -591,9 +727,13 @@ impl Shared {
     /// Re-read every list and publish the result. Refreshes run one at a time (the async lock
     /// is held through publishing), so an older refresh never publishes after a newer one; a
     /// refresh of a connection that has since closed publishes nothing.
-    async fn refresh_and_publish(&self, peer: &Peer<RoleClient>) -> Result<(), String> {
+    async fn refresh_and_publish(
+        &self,
+        peer: &Peer<RoleClient>,
+        link: &Arc<RawLink>,
+    ) -> Result<(), String> {
         let _one_at_a_time = self.refresh_lock.lock().await;
-        let cat = self.fetch_catalog(peer).await?;
+        let cat = self.fetch_catalog(peer, link).await?;
         if peer.is_transport_closed() {
             return Err("the connection closed during the refresh".into());
         }
@@ -602,7 +742,11 @@ impl Shared {
     }
 
     /// Every list the upstream offers (all pages). Lists it lacks stay empty.
-    async fn fetch_catalog(&self, peer: &Peer<RoleClient>) -> Result<UpstreamCatalog, String> {
+    async fn fetch_catalog(
+        &self,
+        peer: &Peer<RoleClient>,
+        link: &Arc<RawLink>,
+    ) -> Result<UpstreamCatalog, String> {
         let t = self.spec.call_timeout;
         async fn within<T>(
             what: &str,
@@ -620,10 +764,11 @@ impl Shared {
             .as_ref()
             .map(|i| i.capabilities.clone())
             .unwrap_or_default();
-        let tools = if caps.tools.is_some() {
-            within("tools/list", t, peer.list_all_tools()).await?
+        // Tools are read raw, so fields rmcp does not model reach clients too.
+        let (tools, tools_json) = if caps.tools.is_some() {
+            raw::list_tools(link, t).await?
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let prompts = if caps.prompts.is_some() {
             within("prompts/list", t, peer.list_all_prompts()).await?
@@ -648,6 +793,7 @@ impl Shared {
             instructions: info.as_ref().and_then(|i| i.instructions.clone()),
             capabilities: Some(caps),
             tools,
+            tools_json,
             prompts,
             resources,
             resource_templates,
@@ -655,8 +801,8 @@ impl Shared {
     }
 
     /// Refresh after an upstream `list_changed`, keeping the rest of the catalog.
-    async fn refresh_after_change(&self, peer: &Peer<RoleClient>) {
-        if let Err(e) = self.refresh_and_publish(peer).await {
+    async fn refresh_after_change(&self, peer: &Peer<RoleClient>, link: &Arc<RawLink>) {
+        if let Err(e) = self.refresh_and_publish(peer, link).await {
             tracing::warn!(connector = %self.spec.id, error = %e, "refreshing the catalog after list_changed failed");
         }
     }
@@ -669,7 +815,7 @@ impl Shared {
             .values()
             .filter(|e| !e.done)
             .map(|e| &e.caller)
-            .filter(|c| c.peer.is_some())
+            .filter(|c| c.downstream.is_some())
         {
             match found {
                 Some(f) if f.session != c.session => {
@@ -778,12 +924,17 @@ async fn run_connection(
     conn: Connection,
     backoff: &mut Duration,
 ) -> Option<String> {
-    let Connection { running, child } = conn;
+    let Connection {
+        running,
+        raw,
+        child,
+    } = conn;
     let peer = running.peer().clone();
     let ct = running.cancellation_token();
-    match shared.refresh_and_publish(&peer).await {
+    match shared.refresh_and_publish(&peer, &raw).await {
         Ok(()) => {}
         Err(e) => {
+            raw.close();
             ct.cancel();
             if let Some((child, pgid)) = child {
                 stdio::terminate(child, pgid, Duration::from_secs(2)).await;
@@ -797,6 +948,7 @@ async fn run_connection(
         .lock()
         .expect("inflight lock")
         .retain(|_, e| !e.done);
+    shared.raw.store(Some(raw.clone()));
     shared.peer.store(Some(Arc::new(peer)));
     shared.set_health(HealthState::Up, None);
     let started = Instant::now();
@@ -813,6 +965,8 @@ async fn run_connection(
             };
             // Stop the session first so in-flight calls fail now, then the whole process group.
             shared.peer.store(None);
+            shared.raw.store(None);
+            raw.close();
             ct.cancel();
             let grace = if r.is_some() {
                 Duration::from_millis(500)
@@ -828,6 +982,8 @@ async fn run_connection(
                 _ = shared.shutdown.cancelled() => None,
             };
             shared.peer.store(None);
+            shared.raw.store(None);
+            raw.close();
             ct.cancel();
             r
         }

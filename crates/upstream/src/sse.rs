@@ -1,7 +1,7 @@
 //! The legacy HTTP+SSE transport (MCP 2024-11-05) for servers that still use it: a GET opens an
 //! event stream whose first `endpoint` event names the URL that client messages are POSTed to.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::{StreamExt, channel::mpsc};
 use rmcp::{
@@ -10,6 +10,8 @@ use rmcp::{
     transport::sink_stream::SinkStreamTransport,
 };
 use sse_stream::SseStream;
+
+use crate::raw::{RawLink, RawOut};
 
 type Transport = SinkStreamTransport<
     mpsc::Sender<TxJsonRpcMessage<RoleClient>>,
@@ -24,7 +26,7 @@ pub async fn connect(
     url: &str,
     headers: HashMap<http::HeaderName, http::HeaderValue>,
     connect_timeout: Duration,
-) -> Result<Transport, String> {
+) -> Result<(Transport, Arc<RawLink>), String> {
     let base = reqwest::Url::parse(url).map_err(|e| format!("invalid url {url:?}: {e}"))?;
     let mut req = client
         .get(base.clone())
@@ -68,6 +70,9 @@ pub async fn connect(
         }
     };
     let (mut in_tx, in_rx) = mpsc::channel::<RxJsonRpcMessage<RoleClient>>(64);
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+    let raw = RawLink::new(RawOut::Lines(raw_tx));
+    let link = raw.clone();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let Ok(ev) = ev else { break };
@@ -77,6 +82,9 @@ pub async fn connect(
             let data = ev.data.unwrap_or_default();
             if data.len() > MAX_EVENT_BYTES {
                 tracing::warn!(bytes = data.len(), "dropped an oversized HTTP+SSE event");
+                continue;
+            }
+            if link.intercept(&data) {
                 continue;
             }
             match serde_json::from_str(&data) {
@@ -90,11 +98,22 @@ pub async fn connect(
                 }
             }
         }
+        link.close();
     });
     let (out_tx, mut out_rx) = mpsc::channel::<TxJsonRpcMessage<RoleClient>>(64);
     tokio::spawn(async move {
-        while let Some(msg) = out_rx.next().await {
-            let mut req = client.post(endpoint.clone()).json(&msg);
+        loop {
+            let body = tokio::select! {
+                m = out_rx.next() => match m {
+                    Some(m) => serde_json::to_vec(&m).expect("a message serialises"),
+                    None => break,
+                },
+                Some(b) = raw_rx.recv() => b,
+            };
+            let mut req = client
+                .post(endpoint.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body);
             for (k, v) in &headers {
                 req = req.header(k, v);
             }
@@ -105,5 +124,5 @@ pub async fn connect(
             }
         }
     });
-    Ok(SinkStreamTransport::new(out_tx, in_rx))
+    Ok((SinkStreamTransport::new(out_tx, in_rx), raw))
 }

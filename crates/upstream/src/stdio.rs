@@ -10,13 +10,14 @@ use tokio::{
     process::{Child, ChildStdin, Command},
 };
 
-use crate::UpstreamError;
+use crate::{UpstreamError, raw::RawLink};
 
 /// A running child: the pieces rmcp talks to, and the handle the supervisor waits on and kills.
 pub struct Spawned {
     pub child: Child,
     pub pgid: Option<Pid>,
-    pub stdin: ChildStdin,
+    /// rmcp's side of stdin; a writer task merges it with raw requests, line by line.
+    pub stdin: DuplexStream,
     /// Filtered stdout: only complete, valid UTF-8 JSON object lines.
     pub stdout: DuplexStream,
 }
@@ -25,6 +26,8 @@ pub fn spawn(
     id: &ConnectorId,
     spec: &StdioSpec,
     lookup: &dyn Fn(&str) -> Option<String>,
+    raw: std::sync::Arc<RawLink>,
+    raw_lines: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<Spawned, UpstreamError> {
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
@@ -60,7 +63,10 @@ pub fn spawn(
         stdout,
         filter_side,
         spec.max_line_bytes,
+        raw,
     ));
+    let (rmcp_in, writer_side) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(write_stdin(stdin, writer_side, raw_lines));
     tokio::spawn(drain_stderr(
         id.clone(),
         stderr,
@@ -69,9 +75,41 @@ pub fn spawn(
     Ok(Spawned {
         child,
         pgid,
-        stdin,
+        stdin: rmcp_in,
         stdout: rmcp_side,
     })
+}
+
+/// Write rmcp's messages and raw requests to the child, whole lines only, so the two never
+/// interleave. Stdin closes when rmcp closes its side (session stopped).
+async fn write_stdin(
+    mut stdin: ChildStdin,
+    from_rmcp: DuplexStream,
+    mut raw: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, from_rmcp);
+    // Kept across select iterations: a partly read line stays in it (read_until appends).
+    let mut line = Vec::with_capacity(8 * 1024);
+    loop {
+        tokio::select! {
+            r = reader.read_until(b'\n', &mut line) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if stdin.write_all(&line).await.is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            },
+            Some(mut msg) = raw.recv() => {
+                msg.push(b'\n');
+                if stdin.write_all(&msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stdin.shutdown().await;
 }
 
 /// Copy stdout to rmcp line by line, dropping (and logging) anything that is not one complete
@@ -81,6 +119,7 @@ async fn filter_stdout(
     out: impl AsyncRead + Unpin,
     mut to_rmcp: DuplexStream,
     max: usize,
+    raw: std::sync::Arc<RawLink>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, out);
     let mut line: Vec<u8> = Vec::with_capacity(8 * 1024);
@@ -106,6 +145,11 @@ async fn filter_stdout(
             tracing::warn!(connector = %id, "dropped a stdout line that is not valid UTF-8");
             continue;
         };
+        // Answers to raw requests go to their callers, not to rmcp (intercept parses only
+        // lines that mention a raw id, and only valid JSON matches).
+        if text.starts_with('{') && raw.intercept(text) {
+            continue;
+        }
         if !text.starts_with('{') || serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
             tracing::warn!(connector = %id, line = %preview(text), "dropped a stdout line that is not a JSON-RPC object");
             continue;
@@ -114,6 +158,7 @@ async fn filter_stdout(
             break;
         }
     }
+    raw.close();
     let _ = to_rmcp.shutdown().await;
 }
 

@@ -7,7 +7,7 @@ use crate::support::*;
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
-fn post(url: &str) -> reqwest::RequestBuilder {
+pub(crate) fn post(url: &str) -> reqwest::RequestBuilder {
     reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")
@@ -15,14 +15,14 @@ fn post(url: &str) -> reqwest::RequestBuilder {
 }
 
 /// A POST within session `sid` at protocol 2025-11-25.
-fn post_in(url: &str, sid: &str) -> reqwest::RequestBuilder {
+pub(crate) fn post_in(url: &str, sid: &str) -> reqwest::RequestBuilder {
     post(url)
         .header("mcp-session-id", sid)
         .header("mcp-protocol-version", "2025-11-25")
 }
 
 /// Initialize a session; returns its id.
-async fn session(url: &str) -> String {
+pub(crate) async fn session(url: &str) -> String {
     let r = post(url).body(INIT).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
@@ -37,7 +37,7 @@ async fn session(url: &str) -> String {
 }
 
 /// The JSON-RPC message in a JSON or single-event SSE response body.
-fn message(body: &str) -> Value {
+pub(crate) fn message(body: &str) -> Value {
     if let Ok(v) = serde_json::from_str(body) {
         return v;
     }
@@ -48,7 +48,7 @@ fn message(body: &str) -> Value {
         .unwrap_or_else(|| panic!("no JSON-RPC message in {body:?}"))
 }
 
-async fn rpc(url: &str, sid: &str, body: Value) -> Value {
+pub(crate) async fn rpc(url: &str, sid: &str, body: Value) -> Value {
     let r = post_in(url, sid)
         .body(body.to_string())
         .send()

@@ -1,6 +1,7 @@
 //! The one integration-test binary of the `manifold` crate: real processes on loopback.
 
 mod cli;
+mod datapath;
 mod faults;
 mod http;
 mod peers;

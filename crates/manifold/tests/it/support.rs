@@ -453,3 +453,40 @@ pub fn one_faulty(gateway: &str) -> String {
         faulty("fa", "")
     )
 }
+
+/// The faulty fixture serving Streamable HTTP on a free loopback port; killed when dropped.
+pub struct FaultyHttp {
+    child: Child,
+    pub url: String,
+}
+
+impl FaultyHttp {
+    pub fn start(name: &str) -> Self {
+        let mut child = Command::new("python3")
+            .arg(fixture("faulty_upstream.py"))
+            .args(["--name", name, "--http", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the faulty fixture");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the listen line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self {
+            child,
+            url: format!("http://{addr}/mcp"),
+        }
+    }
+}
+
+impl Drop for FaultyHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,543 @@
+//! The gateway's own data path for the hot requests of legacy-era sessions: `tools/call` and
+//! `tools/list` are parsed once into an envelope, forwarded as JSON text, and answered with the
+//! upstream's result as it came, unknown fields included. Everything else (initialize, the
+//! other methods, GET streams, DELETE, requests with an `Origin`) goes to rmcp's service.
+//!
+//! A call is answered with a plain JSON body unless something about it must reach the client
+//! first (progress, a log message, a sampling, elicitation or roots request): then the answer
+//! becomes an event stream carrying those messages and, last, the result. The client's answers
+//! to relayed requests (ids `mf-s-N`) and its `notifications/cancelled` for a call here are
+//! taken here too.
+
+#![allow(deprecated)] // sampling, roots and logging are legacy-era features we relay
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::Request,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use rmcp::{
+    RoleServer,
+    model::{
+        ClientCapabilities, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
+        ElicitResult, ErrorData, ListRootsResult, LoggingMessageNotificationParam,
+        ProgressNotificationParam, ProgressToken,
+    },
+    service::Peer,
+};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use upstream::{BoxFut, Caller, Downstream};
+
+use crate::{Gateway, handler::forwarded_meta, to_error};
+
+/// Protocol revisions whose session-bound requests this path serves.
+const LEGACY_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// Id prefix of the requests this path relays to clients.
+const RELAY_PREFIX: &str = "mf-s-";
+
+pub(crate) enum Outcome {
+    Done(Response),
+    /// Not for this path: rmcp serves it (the body is put back as it was read).
+    Rmcp(Request),
+}
+
+/// Requests relayed to clients awaiting their answers, and the calls in flight here.
+#[derive(Default)]
+pub(crate) struct Relays {
+    next: AtomicU64,
+    /// Relay id → (client session, where the answer goes).
+    waiting: Mutex<HashMap<u64, (u64, Answer)>>,
+    /// (client session, JSON-RPC id text) → the call's cancellation.
+    calls: Mutex<HashMap<(u64, String), CancellationToken>>,
+}
+
+/// Where a client's answer to a relayed request goes.
+type Answer = oneshot::Sender<Result<Box<RawValue>, ErrorData>>;
+
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    error: Option<ErrorData>,
+}
+
+pub(crate) async fn handle(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
+    let Some((session, peer)) = eligible(gw, server, req.headers()) else {
+        return Outcome::Rmcp(req);
+    };
+    let (parts, body) = req.into_parts();
+    let max = gw.config().gateway.max_body_bytes;
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Outcome::Done(
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {max} bytes (gateway.max_body_bytes)"),
+                )
+                    .into_response(),
+            );
+        }
+    };
+    let rmcp = |bytes: Bytes| Outcome::Rmcp(Request::from_parts(parts, Body::from(bytes)));
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return rmcp(bytes);
+    };
+    let Ok(env) = serde_json::from_str::<Envelope>(text) else {
+        return rmcp(bytes);
+    };
+    match (env.method.as_deref(), env.id) {
+        (Some("tools/call"), Some(id)) => {
+            let id = id.to_owned();
+            Outcome::Done(call_tool(gw, server, session, peer, id, env.params).await)
+        }
+        (Some("tools/list"), Some(id)) => {
+            let id = id.to_owned();
+            Outcome::Done(list_tools(gw, server, &id, env.params).await)
+        }
+        (Some("notifications/cancelled"), None) if cancel(gw, session, env.params) => {
+            Outcome::Done(StatusCode::ACCEPTED.into_response())
+        }
+        (None, Some(id)) if answer(gw, session, id, env.result, env.error) => {
+            Outcome::Done(StatusCode::ACCEPTED.into_response())
+        }
+        _ => rmcp(bytes),
+    }
+}
+
+/// A POST in a live legacy session of this server, from a non-browser client that accepts
+/// both answer forms: the session number and its rmcp peer.
+fn eligible(gw: &Gateway, server: &str, h: &HeaderMap) -> Option<(u64, Peer<RoleServer>)> {
+    let key = h.get("mcp-session-id")?.to_str().ok()?;
+    if h.contains_key(header::ORIGIN) {
+        return None;
+    }
+    let accept = h.get(header::ACCEPT)?.to_str().ok()?;
+    if !(accept.contains("application/json") && accept.contains("text/event-stream")) {
+        return None;
+    }
+    let ct = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    if !ct.starts_with("application/json") {
+        return None;
+    }
+    if let Some(v) = h.get("mcp-protocol-version")
+        && !LEGACY_VERSIONS.iter().any(|l| v.as_bytes() == l.as_bytes())
+    {
+        return None;
+    }
+    if !host_allowed(h, &gw.config().gateway.allowed_hosts) {
+        return None;
+    }
+    let (session, srv, peer) = gw.sessions.by_key(key)?;
+    (&*srv == server).then_some((session, peer))
+}
+
+/// The Host check of rmcp's service (host and, if the entry has one, port); anything it would
+/// refuse goes to rmcp, which refuses it.
+fn host_allowed(h: &HeaderMap, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Ok(host) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let norm = |s: &str| s.trim_matches(['[', ']']).to_ascii_lowercase();
+    let (name, port) = (norm(host.host()), host.port_u16());
+    allowed
+        .iter()
+        .any(|a| match http::uri::Authority::try_from(a.trim()) {
+            Ok(a) => norm(a.host()) == name && a.port_u16().is_none_or(|p| Some(p) == port),
+            Err(_) => norm(a) == name,
+        })
+}
+
+fn json_response(body: String) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("a valid response")
+}
+
+fn result_message(id: &RawValue, result: &str) -> String {
+    let mut out = String::with_capacity(result.len() + id.get().len() + 32);
+    out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
+    out.push_str(id.get());
+    out.push_str(",\"result\":");
+    out.push_str(result);
+    out.push('}');
+    out
+}
+
+fn error_message(id: &RawValue, e: &ErrorData) -> String {
+    let e = serde_json::to_string(e).expect("an error serialises");
+    format!("{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{e}}}", id.get())
+}
+
+async fn list_tools(
+    gw: &Arc<Gateway>,
+    server: &str,
+    id: &RawValue,
+    params: Option<&RawValue>,
+) -> Response {
+    let Some(vs) = gw.virtual_server(server) else {
+        let e =
+            ErrorData::invalid_request(format!("virtual server {server:?} no longer exists"), None);
+        return json_response(error_message(id, &e));
+    };
+    #[derive(serde::Deserialize)]
+    struct P {
+        cursor: Option<String>,
+    }
+    let cursor = match params.map(|p| serde_json::from_str::<P>(p.get())) {
+        None => None,
+        Some(Ok(p)) => p.cursor,
+        Some(Err(e)) => {
+            let e = ErrorData::invalid_params(format!("invalid tools/list params: {e}"), None);
+            return json_response(error_message(id, &e));
+        }
+    };
+    let changes = vs.settle(router::SETTLE_WAIT).await;
+    if changes.any() {
+        gw.notify_changes(server, changes);
+    }
+    let cat = vs.catalog();
+    match vs.tools_page_json(&cat, cursor.as_deref()) {
+        Ok(page) => json_response(result_message(id, &page)),
+        Err(e) => json_response(error_message(id, &to_error(e))),
+    }
+}
+
+async fn call_tool(
+    gw: &Arc<Gateway>,
+    server: &str,
+    session: u64,
+    peer: Peer<RoleServer>,
+    id: Box<RawValue>,
+    params: Option<&RawValue>,
+) -> Response {
+    let params: serde_json::Map<String, serde_json::Value> =
+        match params.map(|p| serde_json::from_str(p.get())) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                let e = ErrorData::invalid_params(format!("invalid tools/call params: {e}"), None);
+                return json_response(error_message(&id, &e));
+            }
+            None => {
+                let e = ErrorData::invalid_params("tools/call needs params", None);
+                return json_response(error_message(&id, &e));
+            }
+        };
+    let Some(vs) = gw.virtual_server(server) else {
+        let e =
+            ErrorData::invalid_request(format!("virtual server {server:?} no longer exists"), None);
+        return json_response(error_message(&id, &e));
+    };
+    let empty = serde_json::Map::new();
+    let meta = params
+        .get("_meta")
+        .and_then(|m| m.as_object())
+        .unwrap_or(&empty);
+    let progress_token = meta
+        .get("progressToken")
+        .and_then(|t| serde_json::from_value::<ProgressToken>(t.clone()).ok());
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    // Shutdown (after the grace period) cancels calls here as it ends rmcp's streams.
+    let ct = gw.shutdown.child_token();
+    let caller = Caller {
+        session,
+        meta: forwarded_meta(meta),
+        downstream: Some(Arc::new(Relay {
+            gw: Arc::downgrade(gw),
+            session,
+            peer,
+            tx,
+        })),
+        progress_token,
+        ct: ct.clone(),
+    };
+    let key = (session, id.get().to_owned());
+    gw.relays
+        .calls
+        .lock()
+        .expect("relays lock")
+        .insert(key.clone(), ct.clone());
+    let forget = CallEntry {
+        gw: Arc::downgrade(gw),
+        key,
+    };
+    // The call runs in its own task, so a client that goes away cancels it cleanly (upstream
+    // included) instead of dropping it mid-flight.
+    let (done_tx, mut done_rx) = oneshot::channel();
+    let call_ct = ct.clone();
+    tokio::spawn(async move {
+        let _forget = forget;
+        let r = vs.call_tool_raw(params, &caller).await;
+        drop(caller);
+        let _ = done_tx.send(r);
+        drop(call_ct);
+    });
+    let cancel_on_drop = ct.clone().drop_guard();
+    tokio::select! {
+        biased;
+        r = &mut done_rx => {
+            cancel_on_drop.disarm();
+            json_response(finish(&id, r))
+        }
+        Some(first) = rx.recv() => {
+            // Something must reach the client before the result: answer with an event stream.
+            let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+            tokio::spawn(async move {
+                let cancel_guard = cancel_on_drop;
+                if body_tx.send(Ok(sse_event(&first))).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(m) = rx.recv() => {
+                            if body_tx.send(Ok(sse_event(&m))).await.is_err() {
+                                return;
+                            }
+                        }
+                        r = &mut done_rx => {
+                            // Messages sent before the result go first.
+                            while let Ok(m) = rx.try_recv() {
+                                if body_tx.send(Ok(sse_event(&m))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = body_tx.send(Ok(sse_event(&finish(&id, r)))).await;
+                            cancel_guard.disarm();
+                            return;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(Body::from_stream(tokio_stream_from(body_rx)))
+                .expect("a valid response")
+        }
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn finish(
+    id: &RawValue,
+    r: Result<Result<Box<RawValue>, router::RouteError>, oneshot::error::RecvError>,
+) -> String {
+    match r {
+        Ok(Ok(result)) => result_message(id, result.get()),
+        Ok(Err(e)) => error_message(id, &to_error(e)),
+        Err(_) => error_message(
+            id,
+            &ErrorData::internal_error("the call ended without a result", None),
+        ),
+    }
+}
+
+/// One SSE event; a message with line breaks (pretty-printed upstream JSON) spans several
+/// `data:` lines, which the client joins back with the same line breaks.
+fn sse_event(msg: &str) -> Bytes {
+    let mut out = String::with_capacity(msg.len() + 16);
+    out.push_str("event: message\n");
+    for line in msg.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+struct CallEntry {
+    gw: std::sync::Weak<Gateway>,
+    key: (u64, String),
+}
+
+impl Drop for CallEntry {
+    fn drop(&mut self) {
+        if let Some(gw) = self.gw.upgrade() {
+            gw.relays
+                .calls
+                .lock()
+                .expect("relays lock")
+                .remove(&self.key);
+        }
+    }
+}
+
+/// `notifications/cancelled` for a call served here (same session): cancel it.
+fn cancel(gw: &Gateway, session: u64, params: Option<&RawValue>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        #[serde(rename = "requestId", borrow)]
+        request_id: &'a RawValue,
+    }
+    let Some(p) = params.and_then(|p| serde_json::from_str::<P>(p.get()).ok()) else {
+        return false;
+    };
+    let key = (session, p.request_id.get().to_owned());
+    match gw.relays.calls.lock().expect("relays lock").get(&key) {
+        Some(ct) => {
+            ct.cancel();
+            true
+        }
+        None => false,
+    }
+}
+
+/// The client's answer to a request relayed from this path (same session only).
+fn answer(
+    gw: &Gateway,
+    session: u64,
+    id: &RawValue,
+    result: Option<&RawValue>,
+    error: Option<ErrorData>,
+) -> bool {
+    let Some(n) = id
+        .get()
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .and_then(|s| s.strip_prefix(RELAY_PREFIX))
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let mut waiting = gw.relays.waiting.lock().expect("relays lock");
+    if waiting.get(&n).is_none_or(|(s, _)| *s != session) {
+        return false;
+    }
+    let (_, tx) = waiting.remove(&n).expect("checked above");
+    drop(waiting);
+    let _ = tx.send(match (result, error) {
+        (_, Some(e)) => Err(e),
+        (Some(r), None) => Ok(r.to_owned()),
+        (None, None) => Err(ErrorData::invalid_request(
+            "the client answered with neither result nor error",
+            None,
+        )),
+    });
+    true
+}
+
+/// The client side of a call served here: messages go into the call's response stream.
+struct Relay {
+    gw: std::sync::Weak<Gateway>,
+    session: u64,
+    /// The session's rmcp peer, for the capabilities the client declared.
+    peer: Peer<RoleServer>,
+    tx: mpsc::Sender<String>,
+}
+
+impl Relay {
+    async fn notify(&self, method: &str, params: impl serde::Serialize) {
+        let msg = serde_json::json!({ "jsonrpc": "2.0", "method": method, "params": params });
+        let _ = self.tx.send(msg.to_string()).await;
+    }
+
+    async fn request<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: impl serde::Serialize,
+    ) -> Result<T, ErrorData> {
+        let gone = || ErrorData::internal_error("the client's call has ended", None);
+        let gw = self.gw.upgrade().ok_or_else(gone)?;
+        let n = gw.relays.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        gw.relays
+            .waiting
+            .lock()
+            .expect("relays lock")
+            .insert(n, (self.session, tx));
+        drop(gw);
+        let msg = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": format!("{RELAY_PREFIX}{n}"),
+            "method": method,
+            "params": params,
+        });
+        let forget = || {
+            if let Some(gw) = self.gw.upgrade() {
+                gw.relays.waiting.lock().expect("relays lock").remove(&n);
+            }
+        };
+        if self.tx.send(msg.to_string()).await.is_err() {
+            forget();
+            return Err(gone());
+        }
+        let r = tokio::select! {
+            r = rx => r.map_err(|_| gone()),
+            _ = self.tx.closed() => Err(gone()),
+        };
+        forget();
+        let raw = r??;
+        serde_json::from_str(raw.get()).map_err(|e| {
+            ErrorData::invalid_params(
+                format!("the client's answer to {method} is not valid: {e}"),
+                None,
+            )
+        })
+    }
+}
+
+impl Downstream for Relay {
+    fn capabilities(&self) -> Option<ClientCapabilities> {
+        self.peer.peer_info().map(|i| i.capabilities.clone())
+    }
+
+    fn progress(&self, p: ProgressNotificationParam) -> BoxFut<'_, ()> {
+        Box::pin(self.notify("notifications/progress", p))
+    }
+
+    fn log(&self, p: LoggingMessageNotificationParam) -> BoxFut<'_, ()> {
+        Box::pin(self.notify("notifications/message", p))
+    }
+
+    fn create_message(
+        &self,
+        p: CreateMessageRequestParams,
+    ) -> BoxFut<'_, Result<CreateMessageResult, ErrorData>> {
+        Box::pin(self.request("sampling/createMessage", p))
+    }
+
+    fn create_elicitation(
+        &self,
+        p: ElicitRequestParams,
+    ) -> BoxFut<'_, Result<ElicitResult, ErrorData>> {
+        Box::pin(self.request("elicitation/create", p))
+    }
+
+    fn list_roots(&self) -> BoxFut<'_, Result<ListRootsResult, ErrorData>> {
+        Box::pin(self.request("roots/list", serde_json::json!({})))
+    }
+}

@@ -1,0 +1,584 @@
+//! The raw data path of one upstream connection. Requests sent here carry their params and get
+//! their results as JSON text, bypassing rmcp's typed model: unknown fields survive, and nothing
+//! is decoded or re-encoded that the gateway does not touch.
+//!
+//! Raw requests use string ids `mf-N` (rmcp's own ids are numbers), so their answers can be
+//! picked out of the connection's incoming messages before rmcp sees them. Everything else on
+//! the connection (notifications, server→client requests) still flows through rmcp, so progress
+//! and sampling of a raw call are relayed by the same handler as those of a typed call.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use futures::StreamExt;
+use rmcp::{
+    model::{ClientJsonRpcMessage, ErrorData, ServerJsonRpcMessage},
+    transport::{
+        Transport,
+        streamable_http_client::{
+            StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
+            StreamableHttpResponseLimits,
+        },
+    },
+};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a raw request gets back: the upstream's `result` text, or its JSON-RPC error.
+pub type RawReply = Result<Box<RawValue>, ErrorData>;
+
+/// Prefix of raw request ids and progress tokens.
+pub(crate) const ID_PREFIX: &str = "mf-";
+
+/// Largest upstream answer a raw HTTP request reads (the stdio line cap applies to stdio).
+const MAX_HTTP_BODY: usize = 64 * 1024 * 1024;
+
+/// Where the messages about one raw request go: its progress, in order, then its answer.
+struct Slot {
+    reply: oneshot::Sender<RawReply>,
+    progress: mpsc::Sender<rmcp::model::ProgressNotificationParam>,
+}
+
+/// Progress notifications buffered per request before the oldest are dropped.
+const PROGRESS_BUFFER: usize = 256;
+
+pub(crate) struct RawLink {
+    out: RawOut,
+    pending: Mutex<HashMap<u64, Slot>>,
+    next: AtomicU64,
+    closed: AtomicBool,
+}
+
+pub(crate) enum RawOut {
+    /// Whole JSON-RPC messages for the transport's own writer (stdio stdin, HTTP+SSE POSTs).
+    Lines(mpsc::Sender<Vec<u8>>),
+    /// Streamable HTTP: our own POSTs in the session rmcp opened.
+    Http(HttpOut),
+}
+
+pub(crate) struct HttpOut {
+    pub client: reqwest::Client,
+    pub url: Arc<str>,
+    pub headers: HashMap<http::HeaderName, http::HeaderValue>,
+    pub seen: Arc<Mutex<Seen>>,
+    /// Messages that arrive on a raw POST's event stream but are not its answer (progress,
+    /// sampling requests, logs) go to rmcp as if its own transport had received them.
+    pub inject: mpsc::Sender<ServerJsonRpcMessage>,
+}
+
+/// What rmcp's Streamable HTTP transport negotiated: the session and protocol version.
+#[derive(Default)]
+pub(crate) struct Seen {
+    session: Option<Arc<str>>,
+    version: Option<http::HeaderValue>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Taken {
+    No,
+    Progress,
+    Answer,
+}
+
+/// A pending raw request; dropping it forgets the request.
+pub(crate) struct Pending {
+    pub id: u64,
+    pub reply: oneshot::Receiver<RawReply>,
+    /// Progress the upstream reported for this request, in the order it arrived (before the
+    /// answer: the reader handles both, one message at a time).
+    pub progress: mpsc::Receiver<rmcp::model::ProgressNotificationParam>,
+    link: Arc<RawLink>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.link.pending.lock().expect("raw lock").remove(&self.id);
+    }
+}
+
+pub(crate) fn token(id: u64) -> String {
+    format!("{ID_PREFIX}{id}")
+}
+
+impl RawLink {
+    pub fn new(out: RawOut) -> Arc<Self> {
+        Arc::new(Self {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The id the next request will get (so its progress token can be put in its params).
+    pub fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Send `method` with `params` under `id`. `None` if the connection is closed.
+    pub fn send(self: &Arc<Self>, id: u64, method: &str, params: &RawValue) -> Option<Pending> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let (ptx, prx) = mpsc::channel(PROGRESS_BUFFER);
+        self.pending.lock().expect("raw lock").insert(
+            id,
+            Slot {
+                reply: tx,
+                progress: ptx,
+            },
+        );
+        let pending = Pending {
+            id,
+            reply: rx,
+            progress: prx,
+            link: self.clone(),
+        };
+        #[derive(serde::Serialize)]
+        struct Req<'a> {
+            jsonrpc: &'static str,
+            id: &'a str,
+            method: &'a str,
+            params: &'a RawValue,
+        }
+        let body = serde_json::to_vec(&Req {
+            jsonrpc: "2.0",
+            id: &token(id),
+            method,
+            params,
+        })
+        .expect("a request serialises");
+        self.write(body).then_some(pending)
+    }
+
+    /// Tell the upstream that request `id` is cancelled.
+    pub fn cancel(self: &Arc<Self>, id: u64, reason: &str) {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": { "requestId": token(id), "reason": reason },
+        }))
+        .expect("a notification serialises");
+        self.write(body);
+    }
+
+    fn write(self: &Arc<Self>, body: Vec<u8>) -> bool {
+        match &self.out {
+            RawOut::Lines(tx) => tx.try_send(body).is_ok(),
+            RawOut::Http(h) => {
+                let (session, version) = {
+                    let s = h.seen.lock().expect("seen lock");
+                    (s.session.clone(), s.version.clone())
+                };
+                let mut req = h
+                    .client
+                    .post(&*h.url)
+                    .header(http::header::ACCEPT, "application/json, text/event-stream")
+                    .header(http::header::CONTENT_TYPE, "application/json");
+                for (k, v) in &h.headers {
+                    req = req.header(k, v);
+                }
+                if let Some(s) = session {
+                    req = req.header("mcp-session-id", &*s);
+                }
+                if let Some(v) = version {
+                    req = req.header("mcp-protocol-version", v);
+                }
+                let link = self.clone();
+                let inject = h.inject.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = link.post(req.body(body), inject).await {
+                        tracing::debug!(error = %e, "raw upstream POST failed");
+                    }
+                });
+                true
+            }
+        }
+    }
+
+    /// One POST and its answer: a JSON body, or an event stream that carries the answer and
+    /// perhaps messages about it (handed to rmcp).
+    async fn post(
+        &self,
+        req: reqwest::RequestBuilder,
+        inject: mpsc::Sender<ServerJsonRpcMessage>,
+    ) -> Result<(), String> {
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::ACCEPTED {
+            return Ok(());
+        }
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            // A JSON-RPC error body for our id fails that request with the upstream's error.
+            if !self.intercept(&text) {
+                tracing::debug!(%status, body = %preview(&text), "raw upstream POST rejected");
+            }
+            return Err(format!("the upstream answered HTTP {status}"));
+        }
+        let is_sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            if resp
+                .content_length()
+                .is_some_and(|n| n as usize > MAX_HTTP_BODY)
+            {
+                return Err("the upstream answer is too large".into());
+            }
+            let body = resp.bytes().await.map_err(|e| e.to_string())?;
+            let text = std::str::from_utf8(&body).map_err(|e| e.to_string())?;
+            if !self.intercept(text) {
+                return Err(format!("unexpected answer: {}", preview(text)));
+            }
+            return Ok(());
+        }
+        let mut events = sse_stream::SseStream::from_byte_stream(resp.bytes_stream());
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(|e| e.to_string())?;
+            let Some(data) = ev.data else { continue };
+            if data.len() > MAX_HTTP_BODY {
+                return Err("an upstream event is too large".into());
+            }
+            match self.take(&data) {
+                Taken::Answer => return Ok(()),
+                Taken::Progress => continue,
+                Taken::No => {}
+            }
+            match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
+                Ok(msg) => {
+                    if inject.send(msg).await.is_err() {
+                        return Err("the connection closed".into());
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "dropped an undecodable upstream event"),
+            }
+        }
+        Ok(())
+    }
+
+    /// If `text` is the answer to a raw request or progress of one, deliver it and return true.
+    pub fn intercept(&self, text: &str) -> bool {
+        self.take(text) != Taken::No
+    }
+
+    /// What `text` was for the raw data path.
+    fn take(&self, text: &str) -> Taken {
+        if !text.contains("\"mf-") {
+            return Taken::No;
+        }
+        #[derive(serde::Deserialize)]
+        struct Reply<'a> {
+            #[serde(borrow)]
+            id: Option<&'a RawValue>,
+            #[serde(borrow)]
+            method: Option<&'a RawValue>,
+            #[serde(borrow)]
+            result: Option<&'a RawValue>,
+            error: Option<ErrorData>,
+        }
+        let Ok(r) = serde_json::from_str::<Reply>(text) else {
+            return Taken::No;
+        };
+        if let Some(m) = r.method {
+            return if m.get() == "\"notifications/progress\"" && self.progress(text) {
+                Taken::Progress
+            } else {
+                Taken::No
+            };
+        }
+        let Some(n) =
+            r.id.map(RawValue::get)
+                .and_then(|s| s.strip_prefix('"'))
+                .and_then(|s| s.strip_suffix('"'))
+                .and_then(|s| s.strip_prefix(ID_PREFIX))
+                .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return Taken::No;
+        };
+        let reply = match (r.result, r.error) {
+            (_, Some(e)) => Err(e),
+            (Some(v), None) => Ok(v.to_owned()),
+            (None, None) => Err(ErrorData::internal_error(
+                "the upstream answered with neither result nor error",
+                None,
+            )),
+        };
+        if let Some(slot) = self.pending.lock().expect("raw lock").remove(&n) {
+            let _ = slot.reply.send(reply);
+        }
+        Taken::Answer
+    }
+
+    /// Progress for a raw request goes to that request, in order with its answer.
+    fn progress(&self, text: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Note {
+            params: rmcp::model::ProgressNotificationParam,
+        }
+        let Ok(note) = serde_json::from_str::<Note>(text) else {
+            return false;
+        };
+        let rmcp::model::NumberOrString::String(t) = &note.params.progress_token.0 else {
+            return false;
+        };
+        let Some(n) = t
+            .strip_prefix(ID_PREFIX)
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        if let Some(slot) = self.pending.lock().expect("raw lock").get(&n)
+            && slot.progress.try_send(note.params).is_err()
+        {
+            tracing::debug!(request = n, "dropped a progress notification (buffer full)");
+        }
+        // A raw request's progress never goes to rmcp, even after the request ended.
+        true
+    }
+
+    /// The connection is gone: every pending request fails now, later ones at once.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.pending.lock().expect("raw lock").clear();
+    }
+}
+
+fn preview(s: &str) -> String {
+    let mut p: String = s.chars().take(200).collect();
+    if p.len() < s.len() {
+        p.push('…');
+    }
+    p
+}
+
+/// The reqwest client rmcp's Streamable HTTP transport uses, noting the session id and
+/// protocol version it negotiates, so raw requests can join that session.
+#[derive(Clone)]
+pub(crate) struct Recording {
+    pub inner: reqwest::Client,
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+impl Recording {
+    fn note(
+        &self,
+        session: &Option<Arc<str>>,
+        headers: &HashMap<http::HeaderName, http::HeaderValue>,
+    ) {
+        let mut s = self.seen.lock().expect("seen lock");
+        if session.is_some() {
+            s.session = session.clone();
+        }
+        if let Some(v) = headers.get("mcp-protocol-version") {
+            s.version = Some(v.clone());
+        }
+    }
+}
+
+impl StreamableHttpClient for Recording {
+    type Error = reqwest::Error;
+
+    fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> impl Future<Output = Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>>>
+    + Send
+    + '_ {
+        self.note(&session_id, &custom_headers);
+        self.inner
+            .post_message(uri, message, session_id, auth_header, custom_headers)
+    }
+
+    fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> impl Future<Output = Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>>>
+    + Send
+    + '_ {
+        self.note(&session_id, &custom_headers);
+        self.inner.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_header,
+            custom_headers,
+            limits,
+        )
+    }
+
+    fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> impl Future<Output = Result<(), StreamableHttpError<Self::Error>>> + Send + '_ {
+        self.inner
+            .delete_session(uri, session_id, auth_header, custom_headers)
+    }
+
+    fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> impl Future<
+        Output = Result<
+            futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>,
+            StreamableHttpError<Self::Error>,
+        >,
+    > + Send
+    + '_ {
+        self.inner
+            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+    }
+
+    fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> impl Future<
+        Output = Result<
+            futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>,
+            StreamableHttpError<Self::Error>,
+        >,
+    > + Send
+    + '_ {
+        self.inner.get_stream_with_max_sse_event_size(
+            uri,
+            session_id,
+            last_event_id,
+            auth_header,
+            custom_headers,
+            max_sse_event_size,
+        )
+    }
+}
+
+/// rmcp's transport plus the messages raw POSTs hand over (see `HttpOut::inject`).
+pub(crate) struct Injecting<T> {
+    pub inner: T,
+    pub injected: mpsc::Receiver<ServerJsonRpcMessage>,
+}
+
+impl<T> Transport<rmcp::RoleClient> for Injecting<T>
+where
+    T: Transport<rmcp::RoleClient>,
+{
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: ClientJsonRpcMessage,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
+        tokio::select! {
+            m = self.inner.receive() => m,
+            Some(m) = self.injected.recv() => Some(m),
+        }
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}
+
+/// One raw request outside any client call (catalog reads), with a deadline.
+pub(crate) async fn call(
+    link: &Arc<RawLink>,
+    method: &str,
+    params: &RawValue,
+    timeout: std::time::Duration,
+) -> Result<Box<RawValue>, String> {
+    let id = link.next_id();
+    let mut pending = link
+        .send(id, method, params)
+        .ok_or_else(|| "the connection is closed".to_owned())?;
+    match tokio::time::timeout(timeout, &mut pending.reply).await {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(format!("{method} failed: {}", e.message)),
+        Ok(Err(_)) => Err(format!("the connection closed during {method}")),
+        Err(_) => {
+            link.cancel(id, "timed out");
+            Err(format!("{method} timed out after {timeout:?}"))
+        }
+    }
+}
+
+/// Every page of `tools/list`, each tool both typed (for the catalog's logic) and as sent.
+pub(crate) async fn list_tools(
+    link: &Arc<RawLink>,
+    timeout: std::time::Duration,
+) -> Result<
+    (
+        Vec<rmcp::model::Tool>,
+        Vec<Arc<serde_json::Map<String, serde_json::Value>>>,
+    ),
+    String,
+> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        tools: Vec<serde_json::Map<String, serde_json::Value>>,
+        #[serde(rename = "nextCursor")]
+        next_cursor: Option<String>,
+    }
+    let mut typed = Vec::new();
+    let mut json = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10_000 {
+        let params = match &cursor {
+            Some(c) => serde_json::json!({ "cursor": c }),
+            None => serde_json::json!({}),
+        };
+        let params = serde_json::value::to_raw_value(&params).expect("params serialise");
+        let result = call(link, "tools/list", &params, timeout).await?;
+        let page: Page = serde_json::from_str(result.get())
+            .map_err(|e| format!("tools/list answered with an invalid page: {e}"))?;
+        for t in page.tools {
+            match serde_json::from_value::<rmcp::model::Tool>(serde_json::Value::Object(t.clone()))
+            {
+                Ok(tool) => {
+                    typed.push(tool);
+                    json.push(Arc::new(t));
+                }
+                Err(e) => tracing::warn!(
+                    tool = ?t.get("name"),
+                    error = %e,
+                    "skipped an invalid tool definition"
+                ),
+            }
+        }
+        match page.next_cursor {
+            Some(c) if !c.is_empty() && cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
+            _ => return Ok((typed, json)),
+        }
+    }
+    Err("tools/list returned more than 10000 pages".into())
+}
