@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use config::{ConnectorId, ConnectorUse, MAX_NAME_LEN, VirtualServerSpec};
 use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool};
+use serde_json::value::RawValue;
 use upstream::UpstreamCatalog;
 
 /// Where an exposed tool goes, and what the gateway changes on the way.
@@ -30,10 +31,13 @@ pub struct Catalog {
     pub tools: Vec<Tool>,
     /// `tools` as sent to clients, one JSON object each (same order): the upstream's own JSON
     /// with the gateway's changes, so fields rmcp does not model survive.
-    pub tools_json: Vec<Box<serde_json::value::RawValue>>,
+    pub tools_json: Vec<Box<RawValue>>,
     pub prompts: Vec<Prompt>,
+    pub prompts_json: Vec<Box<RawValue>>,
     pub resources: Vec<Resource>,
+    pub resources_json: Vec<Box<RawValue>>,
     pub resource_templates: Vec<ResourceTemplate>,
+    pub resource_templates_json: Vec<Box<RawValue>>,
     pub tool_routes: HashMap<String, ToolRoute>,
     pub prompt_routes: HashMap<String, PromptRoute>,
     /// Exposed URI → connector, for unprefixed connectors' concrete resources.
@@ -80,7 +84,10 @@ impl Catalog {
         inputs: &[(&ConnectorUse, Arc<UpstreamCatalog>)],
     ) -> Catalog {
         let mut cat = Catalog::default();
-        let mut tools: Vec<(Tool, Box<serde_json::value::RawValue>)> = Vec::new();
+        let mut tools: Vec<(Tool, Box<RawValue>)> = Vec::new();
+        let mut prompts: Vec<(Prompt, Box<RawValue>)> = Vec::new();
+        let mut resources: Vec<(Resource, Box<RawValue>)> = Vec::new();
+        let mut templates: Vec<(ResourceTemplate, Box<RawValue>)> = Vec::new();
         let mut instructions: Vec<String> = spec.instructions.iter().cloned().collect();
         for (usage, upstream) in inputs {
             let cid = &usage.connector;
@@ -129,13 +136,7 @@ impl Catalog {
                         t.input_schema = Arc::new(without_args(&t.input_schema, &strip));
                     }
                 }
-                let mut json = match upstream.tools_json.get(i) {
-                    Some(j) if upstream.tools_json.len() == upstream.tools.len() => (**j).clone(),
-                    _ => match serde_json::to_value(tool) {
-                        Ok(serde_json::Value::Object(m)) => m,
-                        _ => JsonObject::new(),
-                    },
-                };
+                let mut json = as_sent(&upstream.tools_json, upstream.tools.len(), i, tool);
                 json.insert("name".into(), exposed.clone().into());
                 if let Some(d) = o.and_then(|o| o.description.as_ref()) {
                     json.insert("description".into(), d.clone().into());
@@ -146,7 +147,7 @@ impl Catalog {
                         serde_json::Value::Object((*t.input_schema).clone()),
                     );
                 }
-                let json = serde_json::value::to_raw_value(&json).expect("a tool serialises");
+                let json = raw(&json);
                 cat.tool_routes.insert(
                     exposed,
                     ToolRoute {
@@ -158,7 +159,7 @@ impl Catalog {
                 );
                 tools.push((t, json));
             }
-            for prompt in &upstream.prompts {
+            for (i, prompt) in upstream.prompts.iter().enumerate() {
                 let exposed = exposed_name(usage, &spec.separator, &prompt.name);
                 if cat.prompt_routes.contains_key(&exposed) {
                     cat.conflicts.push(format!(
@@ -168,6 +169,8 @@ impl Catalog {
                 }
                 let mut p = prompt.clone();
                 p.name = exposed.clone();
+                let mut json = as_sent(&upstream.prompts_json, upstream.prompts.len(), i, prompt);
+                json.insert("name".into(), exposed.clone().into());
                 cat.prompt_routes.insert(
                     exposed,
                     PromptRoute {
@@ -175,9 +178,10 @@ impl Catalog {
                         upstream_name: prompt.name.clone(),
                     },
                 );
-                cat.prompts.push(p);
+                prompts.push((p, raw(&json)));
             }
-            for r in &upstream.resources {
+            for (i, r) in upstream.resources.iter().enumerate() {
+                let mut json = as_sent(&upstream.resources_json, upstream.resources.len(), i, r);
                 let mut r = r.clone();
                 if usage.prefix {
                     r.uri = format!("{cid}+{}", r.uri);
@@ -187,9 +191,16 @@ impl Catalog {
                 } else {
                     cat.exact_resources.insert(r.uri.clone(), cid.clone());
                 }
-                cat.resources.push(r);
+                json.insert("uri".into(), r.uri.clone().into());
+                resources.push((r, raw(&json)));
             }
-            for t in &upstream.resource_templates {
+            for (i, t) in upstream.resource_templates.iter().enumerate() {
+                let mut json = as_sent(
+                    &upstream.resource_templates_json,
+                    upstream.resource_templates.len(),
+                    i,
+                    t,
+                );
                 let mut t = t.clone();
                 if usage.prefix {
                     t.uri_template = format!("{cid}+{}", t.uri_template);
@@ -202,7 +213,8 @@ impl Catalog {
                         .to_owned();
                     cat.template_prefixes.push((literal, cid.clone()));
                 }
-                cat.resource_templates.push(t);
+                json.insert("uriTemplate".into(), t.uri_template.clone().into());
+                templates.push((t, raw(&json)));
             }
         }
         // Longest literal prefix wins; ties keep configuration order (stable sort).
@@ -210,15 +222,20 @@ impl Catalog {
             .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         tools.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         (cat.tools, cat.tools_json) = tools.into_iter().unzip();
-        cat.prompts.sort_by(|a, b| a.name.cmp(&b.name));
-        cat.resources.sort_by(|a, b| a.uri.cmp(&b.uri));
-        cat.resource_templates
-            .sort_by(|a, b| a.uri_template.cmp(&b.uri_template));
+        prompts.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        (cat.prompts, cat.prompts_json) = prompts.into_iter().unzip();
+        resources.sort_by(|a, b| a.0.uri.cmp(&b.0.uri));
+        (cat.resources, cat.resources_json) = resources.into_iter().unzip();
+        templates.sort_by(|a, b| a.0.uri_template.cmp(&b.0.uri_template));
+        (cat.resource_templates, cat.resource_templates_json) = templates.into_iter().unzip();
         cat.instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
         cat.fingerprints = [
-            fingerprint(&cat.tools_json.iter().map(|j| j.get()).collect::<Vec<_>>()),
-            fingerprint(&cat.prompts),
-            fingerprint(&(&cat.resources, &cat.resource_templates)),
+            fingerprint(&texts(&cat.tools_json)),
+            fingerprint(&texts(&cat.prompts_json)),
+            fingerprint(&(
+                texts(&cat.resources_json),
+                texts(&cat.resource_templates_json),
+            )),
         ];
         cat
     }
@@ -298,6 +315,31 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Item `i` of a list as its upstream sent it; serialised from the typed item if the raw list
+/// does not line up (a catalog built without raw JSON, as in unit tests).
+fn as_sent<T: serde::Serialize>(
+    raw: &[Arc<JsonObject>],
+    typed_len: usize,
+    i: usize,
+    item: &T,
+) -> JsonObject {
+    match raw.get(i) {
+        Some(j) if raw.len() == typed_len => (**j).clone(),
+        _ => match serde_json::to_value(item) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => JsonObject::new(),
+        },
+    }
+}
+
+fn texts(v: &[Box<RawValue>]) -> Vec<&str> {
+    v.iter().map(|j| j.get()).collect()
+}
+
+fn raw(json: &JsonObject) -> Box<RawValue> {
+    serde_json::value::to_raw_value(json).expect("a JSON object serialises")
 }
 
 fn fingerprint<T: serde::Serialize>(v: &T) -> u64 {

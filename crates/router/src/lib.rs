@@ -16,7 +16,7 @@ use rmcp::model::JsonObject;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientRequest, CompleteRequestParams, CompleteResult,
     GetPromptRequestParams, GetPromptResult, ReadResourceRequestParams, ReadResourceResult,
-    Reference, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams,
+    ServerResult, SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use upstream::{Caller, Connector, Pool, RawValue, UpstreamError};
 
@@ -35,6 +35,9 @@ pub enum RouteError {
     InvalidCursor(String),
     #[error("{0}")]
     InvalidParams(String),
+    /// An upstream result that does not decode (on rmcp's typed path).
+    #[error("{0}")]
+    BadResult(String),
     #[error("connector {connector:?}: {error}")]
     Upstream {
         connector: ConnectorId,
@@ -242,14 +245,7 @@ impl VirtualServer {
         mut params: JsonObject,
         caller: &Caller,
     ) -> Result<Box<RawValue>, RouteError> {
-        let name = match params.get("name") {
-            Some(serde_json::Value::String(n)) => n.clone(),
-            _ => {
-                return Err(RouteError::InvalidParams(
-                    "tools/call needs a string \"name\"".into(),
-                ));
-            }
-        };
+        let name = string_param(&params, "name", "tools/call")?;
         let mut cat = self.catalog();
         if !cat.tool_routes.contains_key(&name) {
             // Perhaps its connector has not started yet (lazy, or just booting).
@@ -297,16 +293,20 @@ impl VirtualServer {
         Ok(raw)
     }
 
-    /// One page of `tools/list` as JSON text, from the catalog's serialised tools.
-    pub fn tools_page_json(
+    /// One page of a list as JSON text (`{"<key>": [...], "nextCursor": ...}`), from the
+    /// catalog's serialised items.
+    pub fn page_json(
         &self,
-        cat: &Catalog,
+        items: &[Box<RawValue>],
+        key: &str,
         cursor: Option<&str>,
     ) -> Result<String, RouteError> {
-        let (page, next) = self.page(&cat.tools_json, cursor)?;
+        let (page, next) = self.page(items, cursor)?;
         let len: usize = page.iter().map(|t| t.get().len() + 1).sum();
         let mut out = String::with_capacity(len + 64);
-        out.push_str("{\"tools\":[");
+        out.push_str("{\"");
+        out.push_str(key);
+        out.push_str("\":[");
         for (i, t) in page.iter().enumerate() {
             if i > 0 {
                 out.push(',');
@@ -324,67 +324,95 @@ impl VirtualServer {
 
     pub async fn get_prompt(
         &self,
-        mut params: GetPromptRequestParams,
+        params: GetPromptRequestParams,
         caller: &Caller,
     ) -> Result<GetPromptResult, RouteError> {
+        typed(
+            &self.get_prompt_raw(to_object(&params)?, caller).await?,
+            "prompts/get",
+        )
+    }
+
+    /// `prompts/get` on the raw data path.
+    pub async fn get_prompt_raw(
+        &self,
+        mut params: JsonObject,
+        caller: &Caller,
+    ) -> Result<Box<RawValue>, RouteError> {
+        let name = string_param(&params, "name", "prompts/get")?;
         let cat = self.catalog();
-        let Some(route) = cat.prompt_routes.get(&params.name) else {
-            return Err(RouteError::UnknownPrompt(params.name));
+        let Some(route) = cat.prompt_routes.get(&name) else {
+            return Err(RouteError::UnknownPrompt(name));
         };
-        params.name = route.upstream_name.clone();
+        params.insert("name".into(), route.upstream_name.clone().into());
         let connector = route.connector.clone();
         drop(cat);
-        match self
-            .forward(
-                &connector,
-                ClientRequest::GetPromptRequest(rmcp::model::Request::new(params)),
-                caller,
-            )
-            .await?
+        let raw = self
+            .forward_raw(&connector, "prompts/get", params, caller)
+            .await?;
+        let cat = self.catalog();
+        if cat.prefixed.contains(&connector)
+            && raw.get().contains("\"uri\"")
+            && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get())
+            && let Some(serde_json::Value::Array(messages)) = v.get_mut("messages")
         {
-            ServerResult::GetPromptResult(mut r) => {
-                let cat = self.catalog();
-                if cat.prefixed.contains(&connector) {
-                    for m in &mut r.messages {
-                        rewrite_block_uri(&mut m.content, |u| cat.expose_uri(&connector, u));
-                    }
+            for m in messages {
+                if let Some(block) = m.get_mut("content") {
+                    rewrite_block_uri_json(block, |u| cat.expose_uri(&connector, u));
                 }
-                Ok(r)
             }
-            other => Err(unexpected(&connector, "prompts/get", &other)),
+            return Ok(serde_json::value::to_raw_value(&v).expect("a result serialises"));
         }
+        Ok(raw)
     }
 
     pub async fn read_resource(
         &self,
-        mut params: ReadResourceRequestParams,
+        params: ReadResourceRequestParams,
         caller: &Caller,
     ) -> Result<ReadResourceResult, RouteError> {
+        typed(
+            &self.read_resource_raw(to_object(&params)?, caller).await?,
+            "resources/read",
+        )
+    }
+
+    /// `resources/read` on the raw data path.
+    pub async fn read_resource_raw(
+        &self,
+        mut params: JsonObject,
+        caller: &Caller,
+    ) -> Result<Box<RawValue>, RouteError> {
+        let exposed = string_param(&params, "uri", "resources/read")?;
         let cat = self.catalog();
-        let exposed = params.uri.clone();
         let Some((connector, uri)) = cat.route_resource(&exposed) else {
             return Err(RouteError::UnknownResource(exposed));
         };
-        params.uri = uri;
+        params.insert("uri".into(), uri.into());
         drop(cat);
-        match self
-            .forward(
-                &connector,
-                ClientRequest::ReadResourceRequest(rmcp::model::Request::new(params)),
-                caller,
-            )
-            .await?
+        let raw = self
+            .forward_raw(&connector, "resources/read", params, caller)
+            .await?;
+        // Contents name their URI; show the client the URI it asked for.
+        let cat = self.catalog();
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get())
+            && let Some(serde_json::Value::Array(contents)) = v.get_mut("contents")
         {
-            ServerResult::ReadResourceResult(mut r) => {
-                // Contents name their URI; show the client the URI it asked for.
-                let cat = self.catalog();
-                for c in &mut r.contents {
-                    rewrite_content_uri(c, |u| cat.expose_uri(&connector, u));
+            let mut changed = false;
+            for c in contents {
+                if let Some(serde_json::Value::String(u)) = c.get_mut("uri") {
+                    let e = cat.expose_uri(&connector, u);
+                    if e != *u {
+                        *u = e;
+                        changed = true;
+                    }
                 }
-                Ok(r)
             }
-            other => Err(unexpected(&connector, "resources/read", &other)),
+            if changed {
+                return Ok(serde_json::value::to_raw_value(&v).expect("a result serialises"));
+            }
         }
+        Ok(raw)
     }
 
     /// Route a subscription; returns the connector and upstream URI it was forwarded to.
@@ -430,44 +458,55 @@ impl VirtualServer {
 
     pub async fn complete(
         &self,
-        mut params: CompleteRequestParams,
+        params: CompleteRequestParams,
         caller: &Caller,
     ) -> Result<CompleteResult, RouteError> {
+        typed(
+            &self.complete_raw(to_object(&params)?, caller).await?,
+            "completion/complete",
+        )
+    }
+
+    /// `completion/complete` on the raw data path: the reference is routed (prompt name or
+    /// resource URI) and rewritten to the upstream's.
+    pub async fn complete_raw(
+        &self,
+        mut params: JsonObject,
+        caller: &Caller,
+    ) -> Result<Box<RawValue>, RouteError> {
         let cat = self.catalog();
-        let connector = match &mut params.r#ref {
-            Reference::Prompt(p) => {
+        let Some(serde_json::Value::Object(r)) = params.get_mut("ref") else {
+            return Err(RouteError::InvalidParams(
+                "completion/complete needs a \"ref\" object".into(),
+            ));
+        };
+        let connector = match r.get("type").and_then(|t| t.as_str()) {
+            Some("ref/prompt") => {
+                let name = string_param(r, "name", "a ref/prompt reference")?;
                 let route = cat
                     .prompt_routes
-                    .get(&p.name)
-                    .ok_or_else(|| RouteError::UnknownPrompt(p.name.clone()))?;
-                p.name = route.upstream_name.clone();
+                    .get(&name)
+                    .ok_or(RouteError::UnknownPrompt(name))?;
+                r.insert("name".into(), route.upstream_name.clone().into());
                 route.connector.clone()
             }
-            Reference::Resource(r) => {
-                let (c, uri) = cat
-                    .route_resource(&r.uri)
-                    .ok_or_else(|| RouteError::UnknownResource(r.uri.clone()))?;
-                r.uri = uri;
+            Some("ref/resource") => {
+                let uri = string_param(r, "uri", "a ref/resource reference")?;
+                let (c, upstream_uri) = cat
+                    .route_resource(&uri)
+                    .ok_or(RouteError::UnknownResource(uri))?;
+                r.insert("uri".into(), upstream_uri.into());
                 c
             }
             _ => {
                 return Err(RouteError::InvalidParams(
-                    "unsupported completion reference type".into(),
+                    "unsupported completion reference type (ref/prompt or ref/resource)".into(),
                 ));
             }
         };
         drop(cat);
-        match self
-            .forward(
-                &connector,
-                ClientRequest::CompleteRequest(rmcp::model::Request::new(params)),
-                caller,
-            )
-            .await?
-        {
-            ServerResult::CompleteResult(r) => Ok(r),
-            other => Err(unexpected(&connector, "completion/complete", &other)),
-        }
+        self.forward_raw(&connector, "completion/complete", params, caller)
+            .await
     }
 
     /// `logging/setLevel` goes to every running connector that supports logging.
@@ -491,17 +530,26 @@ impl VirtualServer {
     }
 }
 
-fn unexpected(connector: &ConnectorId, method: &str, got: &ServerResult) -> RouteError {
-    let kind = serde_json::to_value(got).ok().and_then(|v| {
-        v.as_object()
-            .map(|o| o.keys().cloned().collect::<Vec<_>>().join(","))
-    });
-    RouteError::Upstream {
-        connector: connector.clone(),
-        error: UpstreamError::BadResult(format!(
-            "{method} answered with a different result shape (fields: {})",
-            kind.unwrap_or_default()
-        )),
+fn to_object<T: serde::Serialize>(params: &T) -> Result<JsonObject, RouteError> {
+    match serde_json::to_value(params) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        _ => Err(RouteError::InvalidParams("params must be an object".into())),
+    }
+}
+
+/// Decode a raw result for rmcp's typed path.
+fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue, method: &str) -> Result<T, RouteError> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        RouteError::BadResult(format!("the upstream's {method} result is not valid: {e}"))
+    })
+}
+
+fn string_param(params: &JsonObject, key: &str, what: &str) -> Result<String, RouteError> {
+    match params.get(key) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        _ => Err(RouteError::InvalidParams(format!(
+            "{what} needs a string \"{key}\""
+        ))),
     }
 }
 
@@ -513,22 +561,5 @@ fn rewrite_block_uri_json(block: &mut serde_json::Value, f: impl Fn(&str) -> Str
     };
     if let Some(serde_json::Value::String(u)) = slot {
         *u = f(u);
-    }
-}
-
-fn rewrite_block_uri(block: &mut rmcp::model::ContentBlock, f: impl Fn(&str) -> String) {
-    match block {
-        rmcp::model::ContentBlock::ResourceLink(r) => r.uri = f(&r.uri),
-        rmcp::model::ContentBlock::Resource(e) => rewrite_content_uri(&mut e.resource, f),
-        _ => {}
-    }
-}
-
-fn rewrite_content_uri(c: &mut rmcp::model::ResourceContents, f: impl Fn(&str) -> String) {
-    match c {
-        rmcp::model::ResourceContents::TextResourceContents { uri, .. } => *uri = f(uri),
-        rmcp::model::ResourceContents::BlobResourceContents { uri, .. } => *uri = f(uri),
-        #[allow(unreachable_patterns)]
-        _ => {}
     }
 }

@@ -1,7 +1,10 @@
-//! The gateway's own data path for the hot requests of legacy-era sessions: `tools/call` and
-//! `tools/list` are parsed once into an envelope, forwarded as JSON text, and answered with the
-//! upstream's result as it came, unknown fields included. Everything else (initialize, the
-//! other methods, GET streams, DELETE, requests with an `Origin`) goes to rmcp's service.
+//! The gateway's own data path for legacy-era sessions: the merged lists are answered from the
+//! catalog's serialised items, and `tools/call`, `prompts/get`, `resources/read` and
+//! `completion/complete` are parsed once into an envelope, forwarded as JSON text, and answered
+//! with the upstream's result as it came (unknown fields included), changed only where names
+//! and URIs are exposed differently. Everything else (initialize, ping, subscriptions,
+//! `logging/setLevel`, GET streams, DELETE, requests with an `Origin`, other protocol eras)
+//! goes to rmcp's service.
 //!
 //! A call is answered with a plain JSON body unless something about it must reach the client
 //! first (progress, a log message, a sampling, elicitation or roots request): then the answer
@@ -105,13 +108,13 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, server: &str, req: Request) -> Out
         return rmcp(bytes);
     };
     match (env.method.as_deref(), env.id) {
-        (Some("tools/call"), Some(id)) => {
+        (Some(m), Some(id)) if let Some(op) = Op::of(m) => {
             let id = id.to_owned();
-            Outcome::Done(call_tool(gw, server, session, peer, id, env.params).await)
+            Outcome::Done(forward(gw, server, session, peer, id, op, env.params).await)
         }
-        (Some("tools/list"), Some(id)) => {
+        (Some(m), Some(id)) if let Some(list) = List::of(m) => {
             let id = id.to_owned();
-            Outcome::Done(list_tools(gw, server, &id, env.params).await)
+            Outcome::Done(list_page(gw, server, &id, list, env.params).await)
         }
         (Some("notifications/cancelled"), None) if cancel(gw, session, env.params) => {
             Outcome::Done(StatusCode::ACCEPTED.into_response())
@@ -195,10 +198,62 @@ fn error_message(id: &RawValue, e: &ErrorData) -> String {
     format!("{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{e}}}", id.get())
 }
 
-async fn list_tools(
+/// The requests forwarded to one connector.
+#[derive(Clone, Copy)]
+enum Op {
+    CallTool,
+    GetPrompt,
+    ReadResource,
+    Complete,
+}
+
+impl Op {
+    fn of(method: &str) -> Option<Self> {
+        Some(match method {
+            "tools/call" => Op::CallTool,
+            "prompts/get" => Op::GetPrompt,
+            "resources/read" => Op::ReadResource,
+            "completion/complete" => Op::Complete,
+            _ => return None,
+        })
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Op::CallTool => "tools/call",
+            Op::GetPrompt => "prompts/get",
+            Op::ReadResource => "resources/read",
+            Op::Complete => "completion/complete",
+        }
+    }
+}
+
+/// The merged lists, answered from the catalog.
+#[derive(Clone, Copy)]
+enum List {
+    Tools,
+    Prompts,
+    Resources,
+    Templates,
+}
+
+impl List {
+    fn of(method: &str) -> Option<Self> {
+        Some(match method {
+            "tools/list" => List::Tools,
+            "prompts/list" => List::Prompts,
+            "resources/list" => List::Resources,
+            "resources/templates/list" => List::Templates,
+            _ => return None,
+        })
+    }
+}
+
+async fn list_page(
     gw: &Arc<Gateway>,
     server: &str,
     id: &RawValue,
+    list: List,
     params: Option<&RawValue>,
 ) -> Response {
     let Some(vs) = gw.virtual_server(server) else {
@@ -214,7 +269,7 @@ async fn list_tools(
         None => None,
         Some(Ok(p)) => p.cursor,
         Some(Err(e)) => {
-            let e = ErrorData::invalid_params(format!("invalid tools/list params: {e}"), None);
+            let e = ErrorData::invalid_params(format!("invalid list params: {e}"), None);
             return json_response(error_message(id, &e));
         }
     };
@@ -223,32 +278,42 @@ async fn list_tools(
         gw.notify_changes(server, changes);
     }
     let cat = vs.catalog();
-    match vs.tools_page_json(&cat, cursor.as_deref()) {
+    let (items, key) = match list {
+        List::Tools => (&cat.tools_json, "tools"),
+        List::Prompts => (&cat.prompts_json, "prompts"),
+        List::Resources => (&cat.resources_json, "resources"),
+        List::Templates => (&cat.resource_templates_json, "resourceTemplates"),
+    };
+    match vs.page_json(items, key, cursor.as_deref()) {
         Ok(page) => json_response(result_message(id, &page)),
         Err(e) => json_response(error_message(id, &to_error(e))),
     }
 }
 
-async fn call_tool(
+/// Forward one request to its connector, answering with JSON or, if messages about it must
+/// reach the client first, an event stream.
+async fn forward(
     gw: &Arc<Gateway>,
     server: &str,
     session: u64,
     peer: Peer<RoleServer>,
     id: Box<RawValue>,
+    op: Op,
     params: Option<&RawValue>,
 ) -> Response {
-    let params: serde_json::Map<String, serde_json::Value> =
-        match params.map(|p| serde_json::from_str(p.get())) {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                let e = ErrorData::invalid_params(format!("invalid tools/call params: {e}"), None);
-                return json_response(error_message(&id, &e));
-            }
-            None => {
-                let e = ErrorData::invalid_params("tools/call needs params", None);
-                return json_response(error_message(&id, &e));
-            }
-        };
+    let params: serde_json::Map<String, serde_json::Value> = match params
+        .map(|p| serde_json::from_str(p.get()))
+    {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let e = ErrorData::invalid_params(format!("invalid {} params: {e}", op.method()), None);
+            return json_response(error_message(&id, &e));
+        }
+        None => {
+            let e = ErrorData::invalid_params(format!("{} needs params", op.method()), None);
+            return json_response(error_message(&id, &e));
+        }
+    };
     let Some(vs) = gw.virtual_server(server) else {
         let e =
             ErrorData::invalid_request(format!("virtual server {server:?} no longer exists"), None);
@@ -287,29 +352,27 @@ async fn call_tool(
         gw: Arc::downgrade(gw),
         key,
     };
-    // The call runs in its own task, so a client that goes away cancels it cleanly (upstream
-    // included) instead of dropping it mid-flight.
-    let (done_tx, mut done_rx) = oneshot::channel();
-    let call_ct = ct.clone();
-    tokio::spawn(async move {
+    // Polled right here while the answer can still be a plain JSON body. If the client goes
+    // away, the call is dropped, which tells the upstream (notifications/cancelled).
+    let mut call = Box::pin(async move {
         let _forget = forget;
-        let r = vs.call_tool_raw(params, &caller).await;
-        drop(caller);
-        let _ = done_tx.send(r);
-        drop(call_ct);
+        match op {
+            Op::CallTool => vs.call_tool_raw(params, &caller).await,
+            Op::GetPrompt => vs.get_prompt_raw(params, &caller).await,
+            Op::ReadResource => vs.read_resource_raw(params, &caller).await,
+            Op::Complete => vs.complete_raw(params, &caller).await,
+        }
+        // `caller` (and with it the sender of `rx`) is dropped here.
     });
-    let cancel_on_drop = ct.clone().drop_guard();
     tokio::select! {
         biased;
-        r = &mut done_rx => {
-            cancel_on_drop.disarm();
-            json_response(finish(&id, r))
-        }
+        r = &mut call => json_response(finish(&id, r)),
         Some(first) = rx.recv() => {
-            // Something must reach the client before the result: answer with an event stream.
+            // Something must reach the client before the result: answer with an event stream,
+            // fed by a task that now owns the call. A client that closes the stream cancels it.
             let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
             tokio::spawn(async move {
-                let cancel_guard = cancel_on_drop;
+                let cancel_guard = ct.drop_guard();
                 if body_tx.send(Ok(sse_event(&first))).await.is_err() {
                     return;
                 }
@@ -321,7 +384,7 @@ async fn call_tool(
                                 return;
                             }
                         }
-                        r = &mut done_rx => {
+                        r = &mut call => {
                             // Messages sent before the result go first.
                             while let Ok(m) = rx.try_recv() {
                                 if body_tx.send(Ok(sse_event(&m))).await.is_err() {
@@ -332,6 +395,7 @@ async fn call_tool(
                             cancel_guard.disarm();
                             return;
                         }
+                        _ = body_tx.closed() => return,
                     }
                 }
             });
@@ -351,17 +415,10 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn finish(
-    id: &RawValue,
-    r: Result<Result<Box<RawValue>, router::RouteError>, oneshot::error::RecvError>,
-) -> String {
+fn finish(id: &RawValue, r: Result<Box<RawValue>, router::RouteError>) -> String {
     match r {
-        Ok(Ok(result)) => result_message(id, result.get()),
-        Ok(Err(e)) => error_message(id, &to_error(e)),
-        Err(_) => error_message(
-            id,
-            &ErrorData::internal_error("the call ended without a result", None),
-        ),
+        Ok(result) => result_message(id, result.get()),
+        Err(e) => error_message(id, &to_error(e)),
     }
 }
 

@@ -102,6 +102,7 @@ pub fn to_error(e: RouteError) -> ErrorData {
             None,
         ),
         RouteError::InvalidParams(m) => ErrorData::invalid_params(m, None),
+        RouteError::BadResult(m) => ErrorData::internal_error(m, None),
         RouteError::Upstream { connector, error } => match error {
             UpstreamError::Protocol(data) => data,
             UpstreamError::Unavailable(m) => ErrorData::internal_error(

@@ -103,11 +103,17 @@ pub struct UpstreamCatalog {
     pub instructions: Option<String>,
     pub tools: Vec<Tool>,
     /// Each tool as the upstream sent it (same order as `tools`), unknown fields included.
-    pub tools_json: Vec<Arc<serde_json::Map<String, serde_json::Value>>>,
+    pub tools_json: Vec<Arc<JsonMap>>,
     pub prompts: Vec<Prompt>,
+    pub prompts_json: Vec<Arc<JsonMap>>,
     pub resources: Vec<Resource>,
+    pub resources_json: Vec<Arc<JsonMap>>,
     pub resource_templates: Vec<ResourceTemplate>,
+    pub resource_templates_json: Vec<Arc<JsonMap>>,
 }
+
+/// A JSON object as an upstream sent it.
+pub type JsonMap = serde_json::Map<String, serde_json::Value>;
 
 /// Events for the rest of the gateway, fanned in from every connector.
 #[derive(Debug, Clone)]
@@ -335,7 +341,9 @@ impl Connector {
             ProgressToken(rmcp::model::NumberOrString::String(token.into())),
             caller.clone(),
         );
-        let mut pending = link.send(id, method, &body).ok_or_else(closed)?;
+        let mut pending = link
+            .send(id, method, &body, caller.progress_token.is_some())
+            .ok_or_else(closed)?;
         // Sends notifications/cancelled if this future is dropped before the answer (the
         // client went away).
         let mut abandon = Abandon {
@@ -348,10 +356,10 @@ impl Connector {
         let r = loop {
             tokio::select! {
                 biased;
-                Some(p) = pending.progress.recv() => forward_progress(caller, p).await,
+                Some(p) = recv_progress(&mut pending.progress) => forward_progress(caller, p).await,
                 r = &mut pending.reply => {
                     // Progress that arrived before the answer goes first.
-                    while let Ok(p) = pending.progress.try_recv() {
+                    while let Some(p) = pending.progress.as_mut().and_then(|rx| rx.try_recv().ok()) {
                         forward_progress(caller, p).await;
                     }
                     break match r {
@@ -422,6 +430,15 @@ fn startup_wait(spec: &ConnectorSpec) -> Duration {
     match &spec.transport {
         TransportSpec::Stdio(_) => Duration::from_secs(60),
         TransportSpec::Http(h) => h.connect_timeout + Duration::from_secs(5),
+    }
+}
+
+async fn recv_progress(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<rmcp::model::ProgressNotificationParam>>,
+) -> Option<rmcp::model::ProgressNotificationParam> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -671,7 +688,8 @@ impl Shared {
                     };
                     let raw = RawLink::new(raw::RawOut::Http(raw::HttpOut {
                         client: client.clone(),
-                        url: h.url.as_str().into(),
+                        url: reqwest::Url::parse(&h.url)
+                            .map_err(|e| format!("invalid url {:?}: {e}", h.url))?,
                         headers: headers.clone(),
                         seen,
                         inject,
@@ -748,55 +766,45 @@ impl Shared {
         link: &Arc<RawLink>,
     ) -> Result<UpstreamCatalog, String> {
         let t = self.spec.call_timeout;
-        async fn within<T>(
-            what: &str,
-            t: Duration,
-            f: impl Future<Output = Result<T, ServiceError>>,
-        ) -> Result<T, String> {
-            match tokio::time::timeout(t, f).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(format!("{what} failed: {e}")),
-                Err(_) => Err(format!("{what} timed out after {t:?}")),
-            }
-        }
         let info = peer.peer_info();
         let caps = info
             .as_ref()
             .map(|i| i.capabilities.clone())
             .unwrap_or_default();
-        // Tools are read raw, so fields rmcp does not model reach clients too.
+        // Lists are read raw, so fields rmcp does not model reach clients too.
         let (tools, tools_json) = if caps.tools.is_some() {
-            raw::list_tools(link, t).await?
+            raw::list_all(link, "tools/list", "tools", t).await?
         } else {
-            (Vec::new(), Vec::new())
+            Default::default()
         };
-        let prompts = if caps.prompts.is_some() {
-            within("prompts/list", t, peer.list_all_prompts()).await?
+        let (prompts, prompts_json) = if caps.prompts.is_some() {
+            raw::list_all(link, "prompts/list", "prompts", t).await?
         } else {
-            Vec::new()
+            Default::default()
         };
-        let (resources, resource_templates) = if caps.resources.is_some() {
-            (
-                within("resources/list", t, peer.list_all_resources()).await?,
-                within(
-                    "resources/templates/list",
-                    t,
-                    peer.list_all_resource_templates(),
+        let ((resources, resources_json), (resource_templates, resource_templates_json)) =
+            if caps.resources.is_some() {
+                (
+                    raw::list_all(link, "resources/list", "resources", t).await?,
+                    // Optional for servers; one that lacks it has no templates.
+                    raw::list_all(link, "resources/templates/list", "resourceTemplates", t)
+                        .await
+                        .unwrap_or_default(),
                 )
-                .await
-                .unwrap_or_default(),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
+            } else {
+                Default::default()
+            };
         Ok(UpstreamCatalog {
             instructions: info.as_ref().and_then(|i| i.instructions.clone()),
             capabilities: Some(caps),
             tools,
             tools_json,
             prompts,
+            prompts_json,
             resources,
+            resources_json,
             resource_templates,
+            resource_templates_json,
         })
     }
 

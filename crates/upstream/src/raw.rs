@@ -41,7 +41,8 @@ const MAX_HTTP_BODY: usize = 64 * 1024 * 1024;
 /// Where the messages about one raw request go: its progress, in order, then its answer.
 struct Slot {
     reply: oneshot::Sender<RawReply>,
-    progress: mpsc::Sender<rmcp::model::ProgressNotificationParam>,
+    /// Only for requests whose client asked for progress.
+    progress: Option<mpsc::Sender<rmcp::model::ProgressNotificationParam>>,
 }
 
 /// Progress notifications buffered per request before the oldest are dropped.
@@ -63,7 +64,8 @@ pub(crate) enum RawOut {
 
 pub(crate) struct HttpOut {
     pub client: reqwest::Client,
-    pub url: Arc<str>,
+    /// Parsed once: parsing per request showed up in profiles.
+    pub url: reqwest::Url,
     pub headers: HashMap<http::HeaderName, http::HeaderValue>,
     pub seen: Arc<Mutex<Seen>>,
     /// Messages that arrive on a raw POST's event stream but are not its answer (progress,
@@ -91,7 +93,7 @@ pub(crate) struct Pending {
     pub reply: oneshot::Receiver<RawReply>,
     /// Progress the upstream reported for this request, in the order it arrived (before the
     /// answer: the reader handles both, one message at a time).
-    pub progress: mpsc::Receiver<rmcp::model::ProgressNotificationParam>,
+    pub progress: Option<mpsc::Receiver<rmcp::model::ProgressNotificationParam>>,
     link: Arc<RawLink>,
 }
 
@@ -120,13 +122,25 @@ impl RawLink {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Send `method` with `params` under `id`. `None` if the connection is closed.
-    pub fn send(self: &Arc<Self>, id: u64, method: &str, params: &RawValue) -> Option<Pending> {
+    /// Send `method` with `params` under `id`, collecting its progress if `progress`. `None`
+    /// if the connection is closed.
+    pub fn send(
+        self: &Arc<Self>,
+        id: u64,
+        method: &str,
+        params: &RawValue,
+        progress: bool,
+    ) -> Option<Pending> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        let (ptx, prx) = mpsc::channel(PROGRESS_BUFFER);
+        let (ptx, prx) = if progress {
+            let (a, b) = mpsc::channel(PROGRESS_BUFFER);
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
         self.pending.lock().expect("raw lock").insert(
             id,
             Slot {
@@ -178,7 +192,7 @@ impl RawLink {
                 };
                 let mut req = h
                     .client
-                    .post(&*h.url)
+                    .post(h.url.clone())
                     .header(http::header::ACCEPT, "application/json, text/event-stream")
                     .header(http::header::CONTENT_TYPE, "application/json");
                 for (k, v) in &h.headers {
@@ -337,7 +351,8 @@ impl RawLink {
             return false;
         };
         if let Some(slot) = self.pending.lock().expect("raw lock").get(&n)
-            && slot.progress.try_send(note.params).is_err()
+            && let Some(p) = &slot.progress
+            && p.try_send(note.params).is_err()
         {
             tracing::debug!(request = n, "dropped a progress notification (buffer full)");
         }
@@ -519,7 +534,7 @@ pub(crate) async fn call(
 ) -> Result<Box<RawValue>, String> {
     let id = link.next_id();
     let mut pending = link
-        .send(id, method, params)
+        .send(id, method, params, false)
         .ok_or_else(|| "the connection is closed".to_owned())?;
     match tokio::time::timeout(timeout, &mut pending.reply).await {
         Ok(Ok(Ok(v))) => Ok(v),
@@ -532,23 +547,15 @@ pub(crate) async fn call(
     }
 }
 
-/// Every page of `tools/list`, each tool both typed (for the catalog's logic) and as sent.
-pub(crate) async fn list_tools(
+/// Every page of a list method (`tools/list`, `prompts/list`, …): each item both typed (for
+/// the catalog's logic) and as sent. Items that do not decode are skipped with a warning.
+pub(crate) async fn list_all<T: serde::de::DeserializeOwned>(
     link: &Arc<RawLink>,
+    method: &str,
+    key: &str,
     timeout: std::time::Duration,
-) -> Result<
-    (
-        Vec<rmcp::model::Tool>,
-        Vec<Arc<serde_json::Map<String, serde_json::Value>>>,
-    ),
-    String,
-> {
-    #[derive(serde::Deserialize)]
-    struct Page {
-        tools: Vec<serde_json::Map<String, serde_json::Value>>,
-        #[serde(rename = "nextCursor")]
-        next_cursor: Option<String>,
-    }
+) -> Result<(Vec<T>, Vec<Arc<serde_json::Map<String, serde_json::Value>>>), String> {
+    type Item = serde_json::Map<String, serde_json::Value>;
     let mut typed = Vec::new();
     let mut json = Vec::new();
     let mut cursor: Option<String> = None;
@@ -558,27 +565,33 @@ pub(crate) async fn list_tools(
             None => serde_json::json!({}),
         };
         let params = serde_json::value::to_raw_value(&params).expect("params serialise");
-        let result = call(link, "tools/list", &params, timeout).await?;
-        let page: Page = serde_json::from_str(result.get())
-            .map_err(|e| format!("tools/list answered with an invalid page: {e}"))?;
-        for t in page.tools {
-            match serde_json::from_value::<rmcp::model::Tool>(serde_json::Value::Object(t.clone()))
-            {
-                Ok(tool) => {
-                    typed.push(tool);
-                    json.push(Arc::new(t));
+        let result = call(link, method, &params, timeout).await?;
+        let mut page: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(result.get())
+                .map_err(|e| format!("{method} answered with an invalid page: {e}"))?;
+        let items: Vec<Item> = match page.remove(key) {
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| format!("{method} answered with an invalid {key:?} list: {e}"))?,
+            None => return Err(format!("{method} answered without {key:?}")),
+        };
+        for item in items {
+            match serde_json::from_value::<T>(serde_json::Value::Object(item.clone())) {
+                Ok(t) => {
+                    typed.push(t);
+                    json.push(Arc::new(item));
                 }
                 Err(e) => tracing::warn!(
-                    tool = ?t.get("name"),
+                    method,
+                    item = %preview(&serde_json::Value::Object(item).to_string()),
                     error = %e,
-                    "skipped an invalid tool definition"
+                    "skipped an invalid list item"
                 ),
             }
         }
-        match page.next_cursor {
-            Some(c) if !c.is_empty() && cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
+        match page.get("nextCursor").and_then(|c| c.as_str()) {
+            Some(c) if !c.is_empty() && cursor.as_deref() != Some(c) => cursor = Some(c.to_owned()),
             _ => return Ok((typed, json)),
         }
     }
-    Err("tools/list returned more than 10000 pages".into())
+    Err(format!("{method} returned more than 10000 pages"))
 }

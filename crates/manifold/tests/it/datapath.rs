@@ -86,7 +86,85 @@ async fn unknown_fields_and_meta_survive_both_ways() {
             "{c}: custom _meta passes, the client's own-hop keys do not: {v}"
         );
     }
+    // Every merged list and every forwarded result keeps fields rmcp does not model.
+    let find = |v: &Value, key: &str, field: &str, want: &str| -> Value {
+        v["result"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} in {v}"))
+            .iter()
+            .find(|i| i[field] == want)
+            .unwrap_or_else(|| panic!("{want} in {v}"))
+            .clone()
+    };
+    for (c, static_uri, template) in [
+        ("fa", "fa+fixture://static", "fa+fixture://item/{id}"),
+        ("fb", "fb+fixture://static", "fb+fixture://item/{id}"),
+    ] {
+        let v = rpc(
+            &url,
+            &sid,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "prompts/list"}),
+        )
+        .await;
+        assert_eq!(
+            find(&v, "prompts", "name", &format!("{c}__greet"))["x-vendor"],
+            "prompt"
+        );
+        let v = rpc(
+            &url,
+            &sid,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}),
+        )
+        .await;
+        assert_eq!(
+            find(&v, "resources", "uri", static_uri)["x-vendor"],
+            "resource"
+        );
+        let v = rpc(
+            &url,
+            &sid,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/templates/list"}),
+        )
+        .await;
+        assert_eq!(
+            find(&v, "resourceTemplates", "uriTemplate", template)["x-vendor"],
+            "template"
+        );
+        let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": format!("{c}__greet"), "arguments": {"name": "bob"}}})).await;
+        assert_eq!(v["result"]["x-extra"], "prompt-result", "{v}");
+        assert_eq!(
+            v["result"]["messages"][0]["content"]["text"], "Hello, bob!",
+            "{v}"
+        );
+        let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": static_uri}})).await;
+        assert_eq!(v["result"]["contents"][0]["x-extra"], "content", "{v}");
+        assert_eq!(
+            v["result"]["contents"][0]["uri"], static_uri,
+            "the URI the client asked for: {v}"
+        );
+        let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 1, "method": "completion/complete", "params": {
+            "ref": {"type": "ref/resource", "uri": template}, "argument": {"name": "id", "value": "2"}}})).await;
+        assert_eq!(v["result"]["completion"]["values"], json!(["2"]), "{v}");
+        assert_eq!(v["result"]["x-extra"], "completion", "{v}");
+    }
     // Bad params get JSON-RPC errors and the session keeps working.
+    let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 6, "method": "completion/complete", "params": {"ref": {"type": "ref/other"}}})).await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": 7, "method": "resources/read", "params": {"uri": "nope://x"}})).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{v}"
+    );
+    let v = rpc(
+        &url,
+        &sid,
+        json!({"jsonrpc": "2.0", "id": 8, "method": "prompts/get", "params": {"name": 5}}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
     let v = rpc(
         &url,
         &sid,
