@@ -357,6 +357,7 @@ impl Connector {
             tokio::select! {
                 biased;
                 Some(p) = recv_progress(&mut pending.progress) => forward_progress(caller, p).await,
+                _ = raw::drive(&mut pending.io) => {}
                 r = &mut pending.reply => {
                     // Progress that arrived before the answer goes first.
                     while let Some(p) = pending.progress.as_mut().and_then(|rx| rx.try_recv().ok()) {

@@ -94,7 +94,23 @@ pub(crate) struct Pending {
     /// Progress the upstream reported for this request, in the order it arrived (before the
     /// answer: the reader handles both, one message at a time).
     pub progress: Option<mpsc::Receiver<rmcp::model::ProgressNotificationParam>>,
+    /// The HTTP exchange that carries the request (Streamable HTTP): driven by the caller's
+    /// own task rather than a spawned one, and dropped with it.
+    pub io: Option<Io>,
     link: Arc<RawLink>,
+}
+
+pub(crate) type Io = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Drive a request's HTTP exchange to its end; pending forever once there is none.
+pub(crate) async fn drive(io: &mut Option<Io>) {
+    match io.as_mut() {
+        Some(f) => {
+            f.await;
+            *io = None;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Drop for Pending {
@@ -148,10 +164,11 @@ impl RawLink {
                 progress: ptx,
             },
         );
-        let pending = Pending {
+        let mut pending = Pending {
             id,
             reply: rx,
             progress: prx,
+            io: None,
             link: self.clone(),
         };
         #[derive(serde::Serialize)]
@@ -168,7 +185,8 @@ impl RawLink {
             params,
         })
         .expect("a request serialises");
-        self.write(body).then_some(pending)
+        pending.io = self.write(body, Some(id)).ok()?;
+        Some(pending)
     }
 
     /// Tell the upstream that request `id` is cancelled.
@@ -179,12 +197,16 @@ impl RawLink {
             "params": { "requestId": token(id), "reason": reason },
         }))
         .expect("a notification serialises");
-        self.write(body);
+        if let Ok(Some(io)) = self.write(body, None) {
+            tokio::spawn(io);
+        }
     }
 
-    fn write(self: &Arc<Self>, body: Vec<u8>) -> bool {
+    /// Hand `body` to the transport. Over Streamable HTTP the exchange is returned, for the
+    /// caller to drive.
+    fn write(self: &Arc<Self>, body: Vec<u8>, id: Option<u64>) -> Result<Option<Io>, ()> {
         match &self.out {
-            RawOut::Lines(tx) => tx.try_send(body).is_ok(),
+            RawOut::Lines(tx) => tx.try_send(body).map(|_| None).map_err(|_| ()),
             RawOut::Http(h) => {
                 let (session, version) = {
                     let s = h.seen.lock().expect("seen lock");
@@ -206,12 +228,20 @@ impl RawLink {
                 }
                 let link = self.clone();
                 let inject = h.inject.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = link.post(req.body(body), inject).await {
-                        tracing::debug!(error = %e, "raw upstream POST failed");
+                Ok(Some(Box::pin(async move {
+                    let outcome = link.post(req.body(body), inject).await;
+                    // An exchange that ended without the answer fails its request now rather
+                    // than at the deadline.
+                    let slot = id.and_then(|id| link.pending.lock().expect("raw lock").remove(&id));
+                    if let Some(slot) = slot {
+                        let why = match outcome {
+                            Err(e) => e,
+                            Ok(()) => "the upstream ended the exchange without answering".into(),
+                        };
+                        tracing::debug!(error = %why, "raw upstream POST failed");
+                        let _ = slot.reply.send(Err(ErrorData::internal_error(why, None)));
                     }
-                });
-                true
+                })))
             }
         }
     }
@@ -256,8 +286,19 @@ impl RawLink {
             return Ok(());
         }
         let mut events = sse_stream::SseStream::from_byte_stream(resp.bytes_stream());
+        let mut bad = 0u32;
         while let Some(ev) = events.next().await {
-            let ev = ev.map_err(|e| e.to_string())?;
+            // A malformed event (invalid UTF-8, say) is dropped like a garbage stdout line;
+            // a stream that yields nothing else is given up.
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) if bad < 64 => {
+                    bad += 1;
+                    tracing::warn!(error = %e, "dropped a malformed upstream event");
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             let Some(data) = ev.data else { continue };
             if data.len() > MAX_HTTP_BODY {
                 return Err("an upstream event is too large".into());
@@ -536,7 +577,16 @@ pub(crate) async fn call(
     let mut pending = link
         .send(id, method, params, false)
         .ok_or_else(|| "the connection is closed".to_owned())?;
-    match tokio::time::timeout(timeout, &mut pending.reply).await {
+    let reply = async {
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut pending.reply => break r,
+                _ = drive(&mut pending.io) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, reply).await {
         Ok(Ok(Ok(v))) => Ok(v),
         Ok(Ok(Err(e))) => Err(format!("{method} failed: {}", e.message)),
         Ok(Err(_)) => Err(format!("the connection closed during {method}")),

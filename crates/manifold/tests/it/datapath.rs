@@ -396,3 +396,35 @@ async fn a_session_busy_on_the_data_path_does_not_expire() {
     .await;
     assert_eq!(v["result"], json!({}), "{v}");
 }
+
+#[tokio::test]
+async fn a_misbehaving_http_upstream_fails_fast_and_isolated() {
+    let fb = FaultyHttp::start("fb");
+    let gw = Gw::start(&stdio_and_http(&fb, ""));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let sid = session(&url).await;
+    let call = |name: &str, args: Value| json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}});
+    // Junk events on the call's stream are dropped; the answer still arrives.
+    let v = rpc(&url, &sid, call("fb__garbage", json!({}))).await;
+    assert_eq!(v["result"]["content"][0]["text"], "after garbage", "{v}");
+    // A 10 MB result passes through whole.
+    let v = rpc(&url, &sid, call("fb__huge", json!({"bytes": 10_000_000}))).await;
+    assert_eq!(
+        v["result"]["content"][0]["text"].as_str().map(str::len),
+        Some(10_000_000)
+    );
+    // The upstream process dies mid-call: the call fails at once, naming nothing it should not,
+    // and the stdio connector keeps serving.
+    let t0 = std::time::Instant::now();
+    let v = rpc(&url, &sid, call("fb__crash", json!({}))).await;
+    assert!(v.get("error").is_some(), "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "failed fast: {:?}",
+        t0.elapsed()
+    );
+    let v = rpc(&url, &sid, call("fa__echo", json!({"message": "alive"}))).await;
+    assert_eq!(v["result"]["content"][0]["text"], "Echo: alive", "{v}");
+    drop(fb);
+}
