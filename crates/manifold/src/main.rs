@@ -57,11 +57,6 @@ enum Command {
     },
 }
 
-// glibc's allocator spent a third of the gateway's time per proxied call (many small,
-// short-lived buffers across two worker threads); mimalloc's thread-local heaps do not.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
