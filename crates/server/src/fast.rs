@@ -366,7 +366,22 @@ async fn forward(
     });
     tokio::select! {
         biased;
-        r = &mut call => json_response(finish(&id, r)),
+        r = &mut call => {
+            // Messages sent during the call's last step (a log just before the answer) must
+            // still go first: then the answer is a short event stream.
+            let mut events = Vec::new();
+            while let Ok(m) = rx.try_recv() {
+                events.push(sse_event(&m));
+            }
+            if events.is_empty() {
+                json_response(finish(&id, r))
+            } else {
+                events.push(sse_event(&finish(&id, r)));
+                sse_response(Body::from_stream(futures::stream::iter(
+                    events.into_iter().map(Ok::<_, std::convert::Infallible>),
+                )))
+            }
+        }
         Some(first) = rx.recv() => {
             // Something must reach the client before the result: answer with an event stream,
             // fed by a task that now owns the call. A client that closes the stream cancels it.
@@ -399,14 +414,18 @@ async fn forward(
                     }
                 }
             });
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache")
-                .body(Body::from_stream(tokio_stream_from(body_rx)))
-                .expect("a valid response")
+            sse_response(Body::from_stream(tokio_stream_from(body_rx)))
         }
     }
+}
+
+fn sse_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .expect("a valid response")
 }
 
 fn tokio_stream_from<T: Send + 'static>(

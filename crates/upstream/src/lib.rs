@@ -342,7 +342,7 @@ impl Connector {
             caller.clone(),
         );
         let mut pending = link
-            .send(id, method, &body, caller.progress_token.is_some())
+            .send(id, method, &body, caller.downstream.is_some())
             .ok_or_else(closed)?;
         // Sends notifications/cancelled if this future is dropped before the answer (the
         // client went away).
@@ -356,12 +356,12 @@ impl Connector {
         let r = loop {
             tokio::select! {
                 biased;
-                Some(p) = recv_progress(&mut pending.progress) => forward_progress(caller, p).await,
+                Some(e) = recv_event(&mut pending.events) => forward_event(caller, e).await,
                 _ = raw::drive(&mut pending.io) => {}
                 r = &mut pending.reply => {
                     // Progress that arrived before the answer goes first.
-                    while let Some(p) = pending.progress.as_mut().and_then(|rx| rx.try_recv().ok()) {
-                        forward_progress(caller, p).await;
+                    while let Some(e) = pending.events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        forward_event(caller, e).await;
                     }
                     break match r {
                         Ok(Ok(v)) => Ok(v),
@@ -434,20 +434,29 @@ fn startup_wait(spec: &ConnectorSpec) -> Duration {
     }
 }
 
-async fn recv_progress(
-    rx: &mut Option<tokio::sync::mpsc::Receiver<rmcp::model::ProgressNotificationParam>>,
-) -> Option<rmcp::model::ProgressNotificationParam> {
+async fn recv_event(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<raw::Event>>,
+) -> Option<raw::Event> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-/// Progress of a raw request, with the client's own token.
-async fn forward_progress(caller: &Caller, mut p: rmcp::model::ProgressNotificationParam) {
-    if let (Some(client), Some(token)) = (&caller.downstream, &caller.progress_token) {
-        p.progress_token = token.clone();
-        client.progress(p).await;
+/// A message about a raw request, to its client: progress with the client's own token (if it
+/// asked for progress), log messages as they are.
+async fn forward_event(caller: &Caller, e: raw::Event) {
+    let Some(client) = &caller.downstream else {
+        return;
+    };
+    match e {
+        raw::Event::Progress(mut p) => {
+            if let Some(token) = &caller.progress_token {
+                p.progress_token = token.clone();
+                client.progress(p).await;
+            }
+        }
+        raw::Event::Log(p) => client.log(p).await,
     }
 }
 
@@ -622,6 +631,7 @@ impl Shared {
                 let (lines, lines_rx) = tokio::sync::mpsc::channel(1024);
                 let raw = RawLink::new(raw::RawOut::Lines(lines));
                 let _ = cell.set(raw.clone());
+                self.attach_logs(&raw);
                 let spawned = stdio::spawn(&self.spec.id, s, &|k| env(k), raw.clone(), lines_rx)
                     .map_err(|e| e.to_string())?;
                 let stdio::Spawned {
@@ -696,6 +706,7 @@ impl Shared {
                         inject,
                     }));
                     let _ = cell.set(raw.clone());
+                    self.attach_logs(&raw);
                     let attempt =
                         tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await;
                     match attempt {
@@ -728,6 +739,7 @@ impl Shared {
                 let (transport, raw) =
                     sse::connect(client, &h.url, headers, h.connect_timeout).await?;
                 let _ = cell.set(raw.clone());
+                self.attach_logs(&raw);
                 match tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await {
                     Ok(Ok(running)) => Ok(Connection {
                         running,
@@ -837,6 +849,37 @@ impl Shared {
             }
         }
         found.cloned().ok_or(Unattributed::Nobody)
+    }
+
+    /// Log messages of this connection go with the raw call they are about.
+    fn attach_logs(self: &Arc<Self>, link: &Arc<RawLink>) {
+        let weak = Arc::downgrade(self);
+        let _ = link
+            .log_target
+            .set(Box::new(move || weak.upgrade()?.log_target()));
+    }
+
+    /// The raw call a log message is about: one of the calls in flight when they all belong to
+    /// one client session (the same rule as for server→client requests).
+    fn log_target(&self) -> Option<u64> {
+        let inflight = self.inflight.lock().expect("inflight lock");
+        let mut session = None;
+        let mut target = None;
+        for (token, e) in inflight.iter().filter(|(_, e)| !e.done) {
+            if e.caller.downstream.is_none() {
+                continue;
+            }
+            match session {
+                Some(s) if s != e.caller.session => return None,
+                _ => session = Some(e.caller.session),
+            }
+            if target.is_none()
+                && let rmcp::model::NumberOrString::String(t) = &token.0
+            {
+                target = t.strip_prefix(raw::ID_PREFIX).and_then(|n| n.parse().ok());
+            }
+        }
+        target
     }
 
     /// Calls registered under a placeholder token (sent, token not yet known).

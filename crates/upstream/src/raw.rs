@@ -38,21 +38,33 @@ pub(crate) const ID_PREFIX: &str = "mf-";
 /// Largest upstream answer a raw HTTP request reads (the stdio line cap applies to stdio).
 const MAX_HTTP_BODY: usize = 64 * 1024 * 1024;
 
-/// Where the messages about one raw request go: its progress, in order, then its answer.
+/// Where the messages about one raw request go: its progress and log messages, in order, then
+/// its answer.
 struct Slot {
     reply: oneshot::Sender<RawReply>,
-    /// Only for requests whose client asked for progress.
-    progress: Option<mpsc::Sender<rmcp::model::ProgressNotificationParam>>,
+    /// Only for requests made for a client (not catalog reads).
+    events: Option<mpsc::Sender<Event>>,
 }
 
-/// Progress notifications buffered per request before the oldest are dropped.
-const PROGRESS_BUFFER: usize = 256;
+/// A message about a raw request that arrived before its answer.
+pub enum Event {
+    Progress(rmcp::model::ProgressNotificationParam),
+    Log(rmcp::model::LoggingMessageNotificationParam),
+}
+
+/// Which raw request (if any) a log message from the upstream is about.
+pub(crate) type LogTarget = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// Messages buffered per request before further ones are dropped.
+const EVENT_BUFFER: usize = 256;
 
 pub(crate) struct RawLink {
     out: RawOut,
     pending: Mutex<HashMap<u64, Slot>>,
     next: AtomicU64,
     closed: AtomicBool,
+    /// Set by the connector: attributes upstream log messages to a raw request.
+    pub log_target: std::sync::OnceLock<LogTarget>,
 }
 
 pub(crate) enum RawOut {
@@ -83,7 +95,8 @@ pub(crate) struct Seen {
 #[derive(PartialEq, Eq)]
 enum Taken {
     No,
-    Progress,
+    /// Progress or a log message about a raw request.
+    Event,
     Answer,
 }
 
@@ -91,9 +104,9 @@ enum Taken {
 pub(crate) struct Pending {
     pub id: u64,
     pub reply: oneshot::Receiver<RawReply>,
-    /// Progress the upstream reported for this request, in the order it arrived (before the
-    /// answer: the reader handles both, one message at a time).
-    pub progress: Option<mpsc::Receiver<rmcp::model::ProgressNotificationParam>>,
+    /// Progress and log messages about this request, in the order they arrived (before the
+    /// answer: the reader handles all of them, one message at a time).
+    pub events: Option<mpsc::Receiver<Event>>,
     /// The HTTP exchange that carries the request (Streamable HTTP): driven by the caller's
     /// own task rather than a spawned one, and dropped with it.
     pub io: Option<Io>,
@@ -130,6 +143,7 @@ impl RawLink {
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            log_target: std::sync::OnceLock::new(),
         })
     }
 
@@ -138,21 +152,21 @@ impl RawLink {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Send `method` with `params` under `id`, collecting its progress if `progress`. `None`
-    /// if the connection is closed.
+    /// Send `method` with `params` under `id`, collecting the messages about it if `events`.
+    /// `None` if the connection is closed.
     pub fn send(
         self: &Arc<Self>,
         id: u64,
         method: &str,
         params: &RawValue,
-        progress: bool,
+        events: bool,
     ) -> Option<Pending> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        let (ptx, prx) = if progress {
-            let (a, b) = mpsc::channel(PROGRESS_BUFFER);
+        let (ptx, prx) = if events {
+            let (a, b) = mpsc::channel(EVENT_BUFFER);
             (Some(a), Some(b))
         } else {
             (None, None)
@@ -161,13 +175,13 @@ impl RawLink {
             id,
             Slot {
                 reply: tx,
-                progress: ptx,
+                events: ptx,
             },
         );
         let mut pending = Pending {
             id,
             reply: rx,
-            progress: prx,
+            events: prx,
             io: None,
             link: self.clone(),
         };
@@ -305,7 +319,7 @@ impl RawLink {
             }
             match self.take(&data) {
                 Taken::Answer => return Ok(()),
-                Taken::Progress => continue,
+                Taken::Event => continue,
                 Taken::No => {}
             }
             match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
@@ -320,14 +334,17 @@ impl RawLink {
         Ok(())
     }
 
-    /// If `text` is the answer to a raw request or progress of one, deliver it and return true.
+    /// If `text` is the answer to a raw request or a message about one, deliver it and return
+    /// true.
     pub fn intercept(&self, text: &str) -> bool {
         self.take(text) != Taken::No
     }
 
     /// What `text` was for the raw data path.
     fn take(&self, text: &str) -> Taken {
-        if !text.contains("\"mf-") {
+        // Only answers and progress of raw requests (ids and tokens `mf-N`) and log messages
+        // are candidates; everything else is left to rmcp without parsing.
+        if !text.contains("\"mf-") && !text.contains("notifications/message") {
             return Taken::No;
         }
         #[derive(serde::Deserialize)]
@@ -344,11 +361,12 @@ impl RawLink {
             return Taken::No;
         };
         if let Some(m) = r.method {
-            return if m.get() == "\"notifications/progress\"" && self.progress(text) {
-                Taken::Progress
-            } else {
-                Taken::No
+            let taken = match m.get() {
+                "\"notifications/progress\"" => self.progress(text),
+                "\"notifications/message\"" => self.log(text),
+                _ => false,
             };
+            return if taken { Taken::Event } else { Taken::No };
         }
         let Some(n) =
             r.id.map(RawValue::get)
@@ -391,14 +409,38 @@ impl RawLink {
         else {
             return false;
         };
-        if let Some(slot) = self.pending.lock().expect("raw lock").get(&n)
-            && let Some(p) = &slot.progress
-            && p.try_send(note.params).is_err()
-        {
-            tracing::debug!(request = n, "dropped a progress notification (buffer full)");
-        }
+        self.event(n, Event::Progress(note.params));
         // A raw request's progress never goes to rmcp, even after the request ended.
         true
+    }
+
+    /// A log message about a raw request (as its connector attributes it) goes with it, in
+    /// order; others go to rmcp, which fans them out.
+    fn log(&self, text: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Note {
+            params: rmcp::model::LoggingMessageNotificationParam,
+        }
+        let Some(n) = self.log_target.get().and_then(|f| f()) else {
+            return false;
+        };
+        if !self.pending.lock().expect("raw lock").contains_key(&n) {
+            return false;
+        }
+        let Ok(note) = serde_json::from_str::<Note>(text) else {
+            return false;
+        };
+        self.event(n, Event::Log(note.params));
+        true
+    }
+
+    fn event(&self, n: u64, e: Event) {
+        if let Some(slot) = self.pending.lock().expect("raw lock").get(&n)
+            && let Some(tx) = &slot.events
+            && tx.try_send(e).is_err()
+        {
+            tracing::debug!(request = n, "dropped a message about a call (buffer full)");
+        }
     }
 
     /// The connection is gone: every pending request fails now, later ones at once.

@@ -295,6 +295,27 @@ async fn progress_and_sampling_stream_on_the_calls_own_response() {
             "{c}: {msgs:?}"
         );
 
+        // A log message sent just before the answer still precedes it, on the call's stream.
+        let mut r = post_in(&url, &sid)
+            .body(
+                json!({"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {
+                "name": format!("{c}__log"), "arguments": {"level": "warning", "message": "note"}}})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["content-type"], "text/event-stream", "{c}");
+        let mut buf = String::new();
+        let msgs = read_events(&mut r, &mut buf, |v| v.get("id").is_some()).await;
+        assert_eq!(msgs.len(), 2, "{c}: {msgs:?}");
+        assert_eq!(msgs[0]["method"], "notifications/message", "{c}: {msgs:?}");
+        assert_eq!(msgs[0]["params"]["data"], "note", "{c}: {msgs:?}");
+        assert_eq!(
+            msgs[1]["result"]["content"][0]["text"], "logged",
+            "{c}: {msgs:?}"
+        );
+
         // Sampling: the request arrives on the call's stream; only this session may answer.
         let mut r = post_in(&url, &sid)
             .body(
