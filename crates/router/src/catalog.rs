@@ -39,6 +39,8 @@ pub struct Catalog {
     pub resource_templates: Vec<ResourceTemplate>,
     pub resource_templates_json: Vec<Box<RawValue>>,
     pub tool_routes: HashMap<String, ToolRoute>,
+    /// Exposed tool name → index in `tools`.
+    pub tool_index: HashMap<String, usize>,
     pub prompt_routes: HashMap<String, PromptRoute>,
     /// Exposed URI → connector, for unprefixed connectors' concrete resources.
     pub exact_resources: HashMap<String, ConnectorId>,
@@ -222,6 +224,12 @@ impl Catalog {
             .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         tools.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         (cat.tools, cat.tools_json) = tools.into_iter().unzip();
+        cat.tool_index = cat
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.to_string(), i))
+            .collect();
         prompts.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         (cat.prompts, cat.prompts_json) = prompts.into_iter().unzip();
         resources.sort_by(|a, b| a.0.uri.cmp(&b.0.uri));

@@ -10,10 +10,10 @@ use rmcp::{
     model::{
         CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
         GetPromptRequestParams, GetPromptResponse, Implementation, InitializeResult,
-        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-        PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ResultType,
-        ServerCapabilities, SetLevelRequestParams, SubscribeRequestParams,
-        UnsubscribeRequestParams,
+        InputRequiredResult, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
+        ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+        ReadResourceResponse, ResultType, ServerCapabilities, SetLevelRequestParams,
+        SubscribeRequestParams, UnsubscribeRequestParams,
     },
     service::{NotificationContext, RequestContext},
 };
@@ -51,6 +51,89 @@ impl SessionHandler {
             )
         })?;
         Ok((gw, vs))
+    }
+
+    /// A modern (2026-07-28) request: stateless, with MRTR instead of server→client requests.
+    fn modern(cx: &RequestContext<RoleServer>) -> bool {
+        cx.meta
+            .protocol_version()
+            .is_some_and(|v| !v.has_initialize())
+    }
+
+    /// Run `method` for a modern client through the MRTR bridge: a fresh call, or the resumption
+    /// of the parked call its `requestState` names.
+    async fn bridged<T: serde::de::DeserializeOwned>(
+        &self,
+        gw: &Arc<Gateway>,
+        method: &'static str,
+        params: &impl serde::Serialize,
+        cx: &RequestContext<RoleServer>,
+        call: impl FnOnce(
+            JsonObject,
+            Caller,
+        )
+            -> upstream::BoxFut<'static, Result<Box<upstream::RawValue>, RouteError>>,
+    ) -> Result<Result<T, InputRequiredResult>, ErrorData> {
+        let params = match serde_json::to_value(params) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return Err(ErrorData::invalid_params("params must be an object", None)),
+        };
+        let binding = crate::mrtr::binding(&self.server, method, &params);
+        // Progress of this round goes to this request's response stream.
+        let client = crate::mrtr::Client {
+            peer: cx.peer.clone(),
+            progress_token: cx.meta.get_progress_token(),
+        };
+        let round = match params.get("requestState").and_then(|s| s.as_str()) {
+            Some(state) => {
+                let responses = params.get("inputResponses").and_then(|r| r.as_object());
+                gw.bridge.resume(binding, state, responses, client).await?
+            }
+            None => {
+                let caps = cx.meta.client_capabilities().unwrap_or_default();
+                let mut fwd = params.clone();
+                fwd.remove("inputResponses");
+                fwd.remove("requestState");
+                let meta = forwarded_meta(&cx.meta.0.0);
+                // The call outlives this request (it may be parked between rounds), so it gets
+                // a session number of its own, whose per-client upstream sessions end with it.
+                let session = gw.sessions.next_id();
+                let pool = gw.pool.clone();
+                gw.bridge
+                    .start(
+                        binding,
+                        caps,
+                        session,
+                        client,
+                        gw.shutdown.child_token(),
+                        move |mut c| {
+                            c.meta = meta;
+                            let fut = call(fwd, c);
+                            Box::pin(async move {
+                                let r = fut.await;
+                                pool.end_session(session);
+                                r
+                            })
+                        },
+                    )
+                    .await
+            }
+        };
+        match round {
+            crate::mrtr::Round::Done(r) => {
+                let raw = r.map_err(to_error)?;
+                serde_json::from_str(raw.get()).map(Ok).map_err(|e| {
+                    ErrorData::internal_error(
+                        format!("the upstream's {method} result is not valid: {e}"),
+                        None,
+                    )
+                })
+            }
+            crate::mrtr::Round::Input(i) => Ok(Err(i)),
+            crate::mrtr::Round::Missing(caps) => {
+                Err(ErrorData::missing_required_client_capability(caps))
+            }
+        }
     }
 
     fn caller(&self, cx: &RequestContext<RoleServer>) -> Caller {
@@ -152,6 +235,61 @@ impl ServerHandler for SessionHandler {
         info
     }
 
+    /// The exposed tool, for rmcp's validation of 2026-07-28 `Mcp-Param-*` headers against
+    /// the tool's `inputSchema` (SEP-2243).
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        let (_, vs) = self.server().ok()?;
+        let cat = vs.catalog();
+        cat.tool_index.get(name).map(|i| cat.tools[*i].clone())
+    }
+
+    /// Modern clients' `subscriptions/listen`: everything they ask for that we advertise
+    /// (rmcp intersects with the capabilities in `get_info`).
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    /// One `subscriptions/listen` stream: list changes of this virtual server and updates of
+    /// the resources it names reach it until the client closes it. Upstream subscriptions are
+    /// made for those resources and dropped when nobody watches them any more.
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let (gw, vs) = self.server()?;
+        let id = gw.sessions.next_id();
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let caller = Caller {
+            session: id,
+            meta: None,
+            downstream: None,
+            progress_token: None,
+            ct: gw.shutdown.child_token(),
+        };
+        gw.sessions
+            .listen(id, self.server.clone(), context.sink().clone());
+        for uri in &uris {
+            if let Err(e) = vs.subscribe(uri, &caller).await {
+                tracing::debug!(server = %self.server, %uri, error = %e, "upstream subscription for a listen stream failed");
+            }
+        }
+        tokio::select! {
+            _ = context.cancelled() => {}
+            _ = gw.shutdown.cancelled() => {}
+        }
+        gw.sessions.unlisten(id);
+        for uri in &uris {
+            if !gw.sessions.anyone_subscribed(&self.server, uri) {
+                let _ = vs.unsubscribe(uri, &caller).await;
+            }
+        }
+        Ok(())
+    }
+
     async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
         if let Ok((gw, vs)) = self.server() {
             vs.demand();
@@ -190,7 +328,25 @@ impl ServerHandler for SessionHandler {
         p: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let (_, vs) = self.server()?;
+        let (gw, vs) = self.server()?;
+        if Self::modern(&cx) {
+            let r = self
+                .bridged::<rmcp::model::CallToolResult>(
+                    &gw,
+                    "tools/call",
+                    &p,
+                    &cx,
+                    move |fwd, c| Box::pin(async move { vs.call_tool_raw(fwd, &c).await }),
+                )
+                .await?;
+            return Ok(match r {
+                Ok(mut r) => {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    CallToolResponse::Complete(r)
+                }
+                Err(i) => CallToolResponse::InputRequired(i),
+            });
+        }
         let caller = self.caller(&cx);
         vs.call_tool(p, &caller)
             .await
@@ -223,7 +379,25 @@ impl ServerHandler for SessionHandler {
         p: GetPromptRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let (_, vs) = self.server()?;
+        let (gw, vs) = self.server()?;
+        if Self::modern(&cx) {
+            let r = self
+                .bridged::<rmcp::model::GetPromptResult>(
+                    &gw,
+                    "prompts/get",
+                    &p,
+                    &cx,
+                    move |fwd, c| Box::pin(async move { vs.get_prompt_raw(fwd, &c).await }),
+                )
+                .await?;
+            return Ok(match r {
+                Ok(mut r) => {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    GetPromptResponse::Complete(r)
+                }
+                Err(i) => GetPromptResponse::InputRequired(i),
+            });
+        }
         vs.get_prompt(p, &self.caller(&cx))
             .await
             .map(|mut r| {
@@ -271,7 +445,25 @@ impl ServerHandler for SessionHandler {
         p: ReadResourceRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let (_, vs) = self.server()?;
+        let (gw, vs) = self.server()?;
+        if Self::modern(&cx) {
+            let r = self
+                .bridged::<rmcp::model::ReadResourceResult>(
+                    &gw,
+                    "resources/read",
+                    &p,
+                    &cx,
+                    move |fwd, c| Box::pin(async move { vs.read_resource_raw(fwd, &c).await }),
+                )
+                .await?;
+            return Ok(match r {
+                Ok(mut r) => {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    ReadResourceResponse::Complete(r)
+                }
+                Err(i) => ReadResourceResponse::InputRequired(i),
+            });
+        }
         vs.read_resource(p, &self.caller(&cx))
             .await
             .map(|mut r| {
@@ -317,7 +509,10 @@ impl ServerHandler for SessionHandler {
         cx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
         let (_, vs) = self.server()?;
-        vs.complete(p, &self.caller(&cx)).await.map_err(to_error)
+        let mut r = vs.complete(p, &self.caller(&cx)).await.map_err(to_error)?;
+        // Required by 2026-07-28 clients; rmcp removes it for older ones.
+        r.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(r)
     }
 
     async fn set_level(

@@ -7,6 +7,7 @@
 mod drain;
 mod fast;
 mod handler;
+mod mrtr;
 mod sessions;
 
 use std::{
@@ -68,6 +69,8 @@ pub struct Gateway {
     pub pool: Arc<upstream::Pool>,
     /// The gateway's own data path: relayed requests and calls in flight there.
     relays: fast::Relays,
+    /// Calls of modern clients parked between MRTR rounds.
+    bridge: mrtr::Bridge,
 }
 
 impl Gateway {
@@ -89,6 +92,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             inflight: drain::Inflight::default(),
             relays: fast::Relays::default(),
+            bridge: mrtr::Bridge::default(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), gw.events.subscribe()));
         tokio::spawn(expire_idle(Arc::downgrade(&gw)));
@@ -234,6 +238,23 @@ impl Gateway {
 
     pub fn notify_changes(&self, server: &str, changes: Changes) {
         let peers = self.sessions.peers_of(server);
+        let listeners = self.sessions.listeners_of(server);
+        if !listeners.is_empty() {
+            // Each stream sends only what its client asked for; the rest is refused quietly.
+            tokio::spawn(async move {
+                for sink in listeners {
+                    if changes.tools {
+                        let _ = sink.notify_tool_list_changed().await;
+                    }
+                    if changes.prompts {
+                        let _ = sink.notify_prompt_list_changed().await;
+                    }
+                    if changes.resources {
+                        let _ = sink.notify_resource_list_changed().await;
+                    }
+                }
+            });
+        }
         if peers.is_empty() {
             return;
         }
@@ -362,6 +383,9 @@ async fn fan_out(gw: std::sync::Weak<Gateway>, mut rx: broadcast::Receiver<Upstr
             UpstreamEvent::ResourceUpdated(id, uri) => {
                 for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
                     let exposed = vs.catalog().expose_uri(&id, &uri);
+                    for sink in gw.sessions.resource_listeners(vs.name(), &exposed) {
+                        let _ = sink.notify_resource_updated(exposed.clone()).await;
+                    }
                     for (_, peer) in gw.sessions.subscribers(vs.name(), &exposed) {
                         let params = serde_json::from_value(serde_json::json!({ "uri": exposed }))
                             .expect("valid params");

@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rmcp::{RoleServer, model::LoggingLevel, service::Peer};
+use rmcp::{
+    RoleServer,
+    model::LoggingLevel,
+    service::{Peer, SubscriptionSink},
+};
 
 struct Entry {
     server: Arc<str>,
@@ -35,6 +39,8 @@ pub struct Sessions {
     /// `Mcp-Session-Id` → (virtual server, last request), for idle expiry. Tracked from the
     /// moment rmcp hands out the id, so sessions never initialized expire too.
     seen: Mutex<HashMap<Arc<str>, Seen>>,
+    /// Open `subscriptions/listen` streams of modern clients: number → (server, sink).
+    listeners: Mutex<HashMap<u64, (Arc<str>, SubscriptionSink)>>,
 }
 
 impl Sessions {
@@ -135,6 +141,48 @@ impl Sessions {
             .expect("sessions lock")
             .values()
             .any(|e| &*e.server == server && e.subscriptions.contains(uri))
+            || !self.resource_listeners(server, uri).is_empty()
+    }
+
+    /// A modern client opened a `subscriptions/listen` stream on `server`.
+    pub fn listen(&self, id: u64, server: Arc<str>, sink: SubscriptionSink) {
+        self.listeners
+            .lock()
+            .expect("sessions lock")
+            .insert(id, (server, sink));
+    }
+
+    pub fn unlisten(&self, id: u64) {
+        self.listeners.lock().expect("sessions lock").remove(&id);
+    }
+
+    /// The listen streams of `server` (each filters what it accepted).
+    pub fn listeners_of(&self, server: &str) -> Vec<SubscriptionSink> {
+        self.listeners
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .filter(|(s, _)| &**s == server)
+            .map(|(_, sink)| sink.clone())
+            .collect()
+    }
+
+    /// The listen streams of `server` that watch `uri`.
+    pub fn resource_listeners(&self, server: &str, uri: &str) -> Vec<SubscriptionSink> {
+        self.listeners
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .filter(|(s, sink)| {
+                &**s == server
+                    && sink
+                        .accepted()
+                        .resource_subscriptions
+                        .as_ref()
+                        .is_some_and(|u| u.iter().any(|u| u == uri))
+            })
+            .map(|(_, sink)| sink.clone())
+            .collect()
     }
 
     pub fn set_level(&self, id: u64, level: LoggingLevel) {

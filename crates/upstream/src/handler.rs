@@ -48,6 +48,11 @@ impl UpstreamHandler {
         Self { shared, raw, info }
     }
 
+    /// The raw call a server→client request arrived with (Streamable HTTP upstreams).
+    fn origin(&self, cx: &RequestContext<RoleClient>) -> Option<u64> {
+        self.raw.get().and_then(|l| l.origin(&cx.id))
+    }
+
     fn shared(&self) -> Result<Arc<Shared>, ErrorData> {
         self.shared
             .upgrade()
@@ -63,11 +68,11 @@ impl ClientHandler for UpstreamHandler {
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
-        _cx: RequestContext<RoleClient>,
+        cx: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
         let shared = self.shared()?;
         let caller = shared
-            .attributed_caller()
+            .caller_for(self.origin(&cx))
             .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
         let client = caller.downstream.expect("attributed callers have a client");
         if client.capabilities().is_some_and(|c| c.sampling.is_none()) {
@@ -82,11 +87,11 @@ impl ClientHandler for UpstreamHandler {
     async fn create_elicitation(
         &self,
         params: ElicitRequestParams,
-        _cx: RequestContext<RoleClient>,
+        cx: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let shared = self.shared()?;
         let caller = shared
-            .attributed_caller()
+            .caller_for(self.origin(&cx))
             .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
         let client = caller.downstream.expect("attributed callers have a client");
         if client
@@ -103,10 +108,10 @@ impl ClientHandler for UpstreamHandler {
 
     async fn list_roots(
         &self,
-        _cx: RequestContext<RoleClient>,
+        cx: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
         let shared = self.shared()?;
-        let caller = match shared.attributed_caller() {
+        let caller = match shared.caller_for(self.origin(&cx)) {
             Ok(c) => c,
             // Outside any call (servers often ask right after initialize) the shared session
             // has no client, so it has no roots.

@@ -828,6 +828,21 @@ impl Shared {
         }
     }
 
+    /// The caller of raw request `origin` if known (it arrived on that call's own exchange),
+    /// else the single client session with calls in flight.
+    fn caller_for(&self, origin: Option<u64>) -> Result<Caller, Unattributed> {
+        if let Some(n) = origin {
+            let token = ProgressToken(rmcp::model::NumberOrString::String(raw::token(n).into()));
+            if let Some(e) = self.inflight.lock().expect("inflight lock").get(&token)
+                && !e.done
+                && e.caller.downstream.is_some()
+            {
+                return Ok(e.caller.clone());
+            }
+        }
+        self.attributed_caller()
+    }
+
     /// The single client session that has calls in flight, if there is exactly one.
     fn attributed_caller(&self) -> Result<Caller, Unattributed> {
         let inflight = self.inflight.lock().expect("inflight lock");

@@ -65,6 +65,9 @@ pub(crate) struct RawLink {
     closed: AtomicBool,
     /// Set by the connector: attributes upstream log messages to a raw request.
     pub log_target: std::sync::OnceLock<LogTarget>,
+    /// Server→client requests that arrived on a raw request's own HTTP exchange: upstream
+    /// request id → raw request id (taken by the handler).
+    origins: Mutex<HashMap<rmcp::model::RequestId, u64>>,
 }
 
 pub(crate) enum RawOut {
@@ -144,6 +147,7 @@ impl RawLink {
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             log_target: std::sync::OnceLock::new(),
+            origins: Mutex::new(HashMap::new()),
         })
     }
 
@@ -243,7 +247,7 @@ impl RawLink {
                 let link = self.clone();
                 let inject = h.inject.clone();
                 Ok(Some(Box::pin(async move {
-                    let outcome = link.post(req.body(body), inject).await;
+                    let outcome = link.post(req.body(body), inject, id).await;
                     // An exchange that ended without the answer fails its request now rather
                     // than at the deadline.
                     let slot = id.and_then(|id| link.pending.lock().expect("raw lock").remove(&id));
@@ -266,6 +270,7 @@ impl RawLink {
         &self,
         req: reqwest::RequestBuilder,
         inject: mpsc::Sender<ServerJsonRpcMessage>,
+        id: Option<u64>,
     ) -> Result<(), String> {
         let resp = req.send().await.map_err(|e| e.to_string())?;
         let status = resp.status();
@@ -324,6 +329,21 @@ impl RawLink {
             }
             match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
                 Ok(msg) => {
+                    // A request on this exchange's stream is about this raw request: note that,
+                    // so it goes to this call's client even when several have calls in flight.
+                    if let (ServerJsonRpcMessage::Request(r), Some(id)) = (&msg, id)
+                        && matches!(
+                            r.request,
+                            rmcp::model::ServerRequest::CreateMessageRequest(_)
+                                | rmcp::model::ServerRequest::ElicitRequest(_)
+                                | rmcp::model::ServerRequest::ListRootsRequest(_)
+                        )
+                    {
+                        self.origins
+                            .lock()
+                            .expect("origins lock")
+                            .insert(r.id.clone(), id);
+                    }
                     if inject.send(msg).await.is_err() {
                         return Err("the connection closed".into());
                     }
@@ -441,6 +461,11 @@ impl RawLink {
         {
             tracing::debug!(request = n, "dropped a message about a call (buffer full)");
         }
+    }
+
+    /// The raw request a server→client request arrived with, if it came on one's exchange.
+    pub fn origin(&self, id: &rmcp::model::RequestId) -> Option<u64> {
+        self.origins.lock().expect("origins lock").remove(id)
     }
 
     /// The connection is gone: every pending request fails now, later ones at once.

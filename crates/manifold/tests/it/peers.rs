@@ -459,6 +459,85 @@ async fn conformance_suite_2025_11_25_through_the_gateway() {
     assert!(stdout.contains("Baseline check passed"), "{stdout}");
 }
 
+/// `tests/fixtures/conformance_upstream.py` serving Streamable HTTP on a free loopback port.
+struct ConformanceHttp {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ConformanceHttp {
+    fn start(p: &Peers) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(p.python())
+            .arg(fixture("conformance_upstream.py"))
+            .args(["--http", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the conformance fixture");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let url = out
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening ").map(str::to_owned))
+            .expect("the fixture's listen line");
+        Self { child, url }
+    }
+}
+
+impl Drop for ConformanceHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The 2026-07-28 requirements against the gateway fronting the fixture as a legacy upstream
+/// over Streamable HTTP: every modern client request crosses eras, and every MRTR scenario goes
+/// through the gateway's bridge (server→client requests become `input_required` rounds).
+#[tokio::test]
+async fn conformance_suite_2026_07_28_through_the_gateway() {
+    let Some(p) = Peers::get("conformance_suite_2026_07_28_through_the_gateway") else {
+        return;
+    };
+    let upstream = ConformanceHttp::start(p);
+    let config = format!(
+        "[connectors.conformance]\nkind = \"http\"\nurl = \"{}\"\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
+        upstream.url
+    );
+    let gw = Gw::start(&config);
+    gw.wait_up().await;
+    let dir = TempDir::new("conf26");
+    let out = tokio::process::Command::new(p.node22())
+        .arg(p.npm_bin("conformance"))
+        .args([
+            "server",
+            "--url",
+            &gw.url("conformance"),
+            "--requirements",
+            "2026-07-28",
+        ])
+        .arg("--expected-failures")
+        .arg(repo().join("tests/conformance/expected-failures-2026-07-28.yaml"))
+        .arg("-o")
+        .arg(&dir.0)
+        .output()
+        .await
+        .expect("run the conformance suite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let total = stdout
+        .lines()
+        .find(|l| l.starts_with("Total:"))
+        .unwrap_or("no total line");
+    eprintln!("conformance 2026-07-28: {total}");
+    assert!(
+        out.status.success(),
+        "conformance failures beyond tests/conformance/expected-failures-2026-07-28.yaml:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(upstream);
+}
+
 #[tokio::test]
 async fn legacy_http_sse_upstream_explicit_and_by_fallback() {
     let Some(p) = Peers::get("legacy_http_sse_upstream_explicit_and_by_fallback") else {

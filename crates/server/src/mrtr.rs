@@ -1,0 +1,394 @@
+//! MRTR bridging (SEP-2322) for modern (2026-07-28) clients of legacy upstreams.
+//!
+//! A legacy upstream asks for sampling, elicitation or roots *during* a call, on its own
+//! connection. A modern client has no connection to receive such a request on: it expects an
+//! `input_required` result and retries the call with `inputResponses`. The bridge runs the
+//! upstream call in a task of its own; when the upstream asks, the call is *parked* (kept
+//! waiting upstream) and the client gets `input_required` with a sealed `requestState` naming the
+//! parked call. The retry opens the state, hands the client's answers to the waiting upstream
+//! requests and resumes the same call, until it produces its result.
+//!
+//! `requestState` is sealed with HMAC-SHA256 (rmcp's `RequestStateCodec`, a per-process random
+//! key), bound to the virtual server and method, and expires; a parked call can be resumed once
+//! (the state of each round names a fresh round), so a replayed, forged, altered or expired
+//! state is refused. The retry must repeat the original request (same tool and arguments).
+
+#![allow(deprecated)] // sampling and roots are legacy-era requests we bridge
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rmcp::model::{
+    ClientCapabilities, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
+    ElicitResult, ErrorData, InputRequests, InputRequiredResult, ListRootsResult,
+    LoggingMessageNotificationParam, ProgressNotificationParam, RequestStateCodec, ResultType,
+    SealOptions,
+};
+use router::RouteError;
+use serde_json::{Value, value::RawValue};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use upstream::{BoxFut, Downstream};
+
+/// How long a parked call waits for the client's retry (and how long its state is valid).
+pub(crate) const PARK_TTL: Duration = Duration::from_secs(300);
+
+/// After the first input request of a round, how long to wait for more before answering.
+const GATHER: Duration = Duration::from_millis(20);
+
+pub(crate) type Outcome = Result<Box<RawValue>, RouteError>;
+
+/// One round's end: the call's result, input the client must give, or a capability the client
+/// lacks (the call is abandoned).
+pub(crate) enum Round {
+    Done(Outcome),
+    Input(InputRequiredResult),
+    Missing(ClientCapabilities),
+}
+
+enum Event {
+    Input {
+        request: Value,
+        answer: oneshot::Sender<Result<Value, ErrorData>>,
+    },
+    Missing(ClientCapabilities),
+}
+
+/// The request a round answers: where its progress goes.
+pub(crate) struct Client {
+    pub peer: rmcp::Peer<rmcp::RoleServer>,
+    pub progress_token: Option<rmcp::model::ProgressToken>,
+}
+
+/// A call in progress between rounds.
+struct Run {
+    /// The current round's request (replaced on each resumption).
+    client: Arc<Mutex<Option<Client>>>,
+    events: mpsc::Receiver<Event>,
+    done: oneshot::Receiver<Outcome>,
+    /// Answers the upstream still waits for, by input key.
+    waiting: HashMap<String, oneshot::Sender<Result<Value, ErrorData>>>,
+    /// Cancels the upstream call when the run is dropped (expired, abandoned).
+    _cancel: DropGuard,
+}
+
+struct Parked {
+    /// What the retry must repeat: virtual server, method, and the request's identity.
+    binding: String,
+    run: Run,
+    expires: Instant,
+}
+
+pub(crate) struct Bridge {
+    codec: RequestStateCodec,
+    next: AtomicU64,
+    parked: Mutex<HashMap<u64, Parked>>,
+}
+
+impl Default for Bridge {
+    fn default() -> Self {
+        let key: [u8; 32] = rand::random();
+        Self {
+            codec: RequestStateCodec::try_new(key.to_vec()).expect("a 32-byte key"),
+            next: AtomicU64::new(1),
+            parked: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What identifies a request across rounds: the virtual server, the method and what the
+/// request is about (tool or prompt name and arguments, or resource URI). Other params (the MRTR
+/// fields, `_meta`, anything unrecognised) may differ between rounds.
+pub(crate) fn binding(
+    server: &str,
+    method: &str,
+    params: &serde_json::Map<String, Value>,
+) -> String {
+    let about: serde_json::Map<String, Value> = ["name", "arguments", "uri"]
+        .iter()
+        .filter_map(|k| params.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+        .collect();
+    // serde_json's map is ordered by key, so this text is canonical.
+    format!("{server}\n{method}\n{}", Value::Object(about))
+}
+
+impl Bridge {
+    /// Start `call` for a modern client with `caps`; returns its first round.
+    pub(crate) async fn start(
+        &self,
+        binding: String,
+        caps: ClientCapabilities,
+        session: u64,
+        client: Client,
+        ct: CancellationToken,
+        call: impl FnOnce(upstream::Caller) -> BoxFut<'static, Outcome>,
+    ) -> Round {
+        let (tx, events) = mpsc::channel(16);
+        let (done_tx, done) = oneshot::channel();
+        // With a token, the upstream is asked for progress; each round's own token is used
+        // when relaying it (see `Asker::progress`).
+        let progress_token = client.progress_token.clone();
+        let current = Arc::new(Mutex::new(Some(client)));
+        let caller = upstream::Caller {
+            session,
+            meta: None,
+            downstream: Some(Arc::new(Asker {
+                tx,
+                caps,
+                client: current.clone(),
+            })),
+            progress_token,
+            ct: ct.clone(),
+        };
+        let fut = call(caller);
+        tokio::spawn(async move {
+            let _ = done_tx.send(fut.await);
+        });
+        let run = Run {
+            client: current,
+            events,
+            done,
+            waiting: HashMap::new(),
+            _cancel: ct.drop_guard(),
+        };
+        self.round(binding, run).await
+    }
+
+    /// Resume the call `state` names with the client's `responses`.
+    pub(crate) async fn resume(
+        &self,
+        binding: String,
+        state: &str,
+        responses: Option<&serde_json::Map<String, Value>>,
+        client: Client,
+    ) -> Result<Round, ErrorData> {
+        let refuse = |why: &str| {
+            ErrorData::invalid_params(
+                format!("invalid requestState: {why}; call again without it to start over"),
+                None,
+            )
+        };
+        let opened = self
+            .codec
+            .open_with(state, binding.as_bytes())
+            .map_err(|e| refuse(&e.to_string()))?;
+        let id = <[u8; 8]>::try_from(opened.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| refuse("unexpected payload"))?;
+        let parked = {
+            let mut map = self.parked.lock().expect("parked lock");
+            sweep(&mut map);
+            map.remove(&id)
+        };
+        let Some(mut parked) = parked else {
+            return Err(refuse("it was already used or has expired"));
+        };
+        if parked.binding != binding {
+            return Err(refuse("it belongs to a different request"));
+        }
+        *parked.run.client.lock().expect("client lock") = Some(client);
+        for (key, tx) in parked.run.waiting.drain() {
+            let answer = match responses.and_then(|r| r.get(&key)) {
+                Some(v) => Ok(v.clone()),
+                None => Err(ErrorData::invalid_request(
+                    format!("the client gave no answer for input {key:?}"),
+                    None,
+                )),
+            };
+            let _ = tx.send(answer);
+        }
+        Ok(self.round(binding, parked.run).await)
+    }
+
+    /// Wait for the call's result or its next input requests.
+    async fn round(&self, binding: String, mut run: Run) -> Round {
+        let first = tokio::select! {
+            biased;
+            e = run.events.recv() => e,
+            r = &mut run.done => return Round::Done(r.unwrap_or_else(|_| Err(RouteError::BadResult(
+                "the call ended without a result".into(),
+            )))),
+        };
+        let mut requests = InputRequests::new();
+        let mut next = first;
+        loop {
+            match next {
+                Some(Event::Missing(caps)) => return Round::Missing(caps),
+                Some(Event::Input { request, answer }) => {
+                    let key = format!("r{}", run.waiting.len() + requests.len() + 1);
+                    match serde_json::from_value(request) {
+                        Ok(r) => {
+                            requests.insert(key.clone(), r);
+                            run.waiting.insert(key, answer);
+                        }
+                        Err(e) => {
+                            let _ = answer.send(Err(ErrorData::internal_error(
+                                format!("manifold cannot bridge this request: {e}"),
+                                None,
+                            )));
+                        }
+                    }
+                }
+                None => break,
+            }
+            // Several requests of one round arrive together; gather them briefly.
+            next = match tokio::time::timeout(GATHER, run.events.recv()).await {
+                Ok(e) => e,
+                Err(_) => break,
+            };
+        }
+        if requests.is_empty() {
+            return Round::Done(
+                (&mut run.done)
+                    .await
+                    .unwrap_or_else(|_| Err(RouteError::BadResult("the call ended".into()))),
+            );
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let state = self.codec.seal_with(
+            &id.to_be_bytes(),
+            &SealOptions::new()
+                .associated_data(binding.as_bytes())
+                .ttl(PARK_TTL),
+        );
+        // Until the retry, progress has no request to go to.
+        *run.client.lock().expect("client lock") = None;
+        {
+            let mut map = self.parked.lock().expect("parked lock");
+            sweep(&mut map);
+            map.insert(
+                id,
+                Parked {
+                    binding,
+                    run,
+                    expires: Instant::now() + PARK_TTL,
+                },
+            );
+        }
+        let mut r = InputRequiredResult::from_request_state(state);
+        r.result_type = ResultType::INPUT_REQUIRED;
+        r.input_requests = Some(requests);
+        Round::Input(r)
+    }
+}
+
+/// Drop expired parked calls (their upstream calls are cancelled).
+fn sweep(map: &mut HashMap<u64, Parked>) {
+    let now = Instant::now();
+    map.retain(|_, p| p.expires > now);
+}
+
+/// The client side of a bridged call: requests become input requests of the next round.
+struct Asker {
+    tx: mpsc::Sender<Event>,
+    caps: ClientCapabilities,
+    client: Arc<Mutex<Option<Client>>>,
+}
+
+impl Asker {
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+        has: bool,
+        missing: ClientCapabilities,
+    ) -> Result<T, ErrorData> {
+        if !has {
+            let _ = self.tx.send(Event::Missing(missing)).await;
+            return Err(ErrorData::invalid_request(
+                format!("the client did not declare the capability {method} needs"),
+                None,
+            ));
+        }
+        let (answer, rx) = oneshot::channel();
+        let request = serde_json::json!({ "method": method, "params": params });
+        self.tx
+            .send(Event::Input { request, answer })
+            .await
+            .map_err(|_| ErrorData::internal_error("the client's call has ended", None))?;
+        let v = rx
+            .await
+            .map_err(|_| ErrorData::internal_error("the client did not come back", None))??;
+        serde_json::from_value(v).map_err(|e| {
+            ErrorData::invalid_params(
+                format!("the client's answer to {method} is not valid: {e}"),
+                None,
+            )
+        })
+    }
+}
+
+fn caps(v: Value) -> ClientCapabilities {
+    serde_json::from_value(v).expect("valid capabilities")
+}
+
+impl Downstream for Asker {
+    fn capabilities(&self) -> Option<ClientCapabilities> {
+        // Checked per request in `ask`, where a missing one also ends the client's call.
+        None
+    }
+
+    fn progress(&self, mut p: ProgressNotificationParam) -> BoxFut<'_, ()> {
+        let target = self
+            .client
+            .lock()
+            .expect("client lock")
+            .as_ref()
+            .and_then(|c| c.progress_token.clone().map(|t| (c.peer.clone(), t)));
+        Box::pin(async move {
+            if let Some((peer, token)) = target {
+                p.progress_token = token;
+                let _ = peer.notify_progress(p).await;
+            }
+        })
+    }
+
+    fn log(&self, _p: LoggingMessageNotificationParam) -> BoxFut<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn create_message(
+        &self,
+        p: CreateMessageRequestParams,
+    ) -> BoxFut<'_, Result<CreateMessageResult, ErrorData>> {
+        let params = serde_json::to_value(p).unwrap_or_default();
+        Box::pin(self.ask(
+            "sampling/createMessage",
+            params,
+            self.caps.sampling.is_some(),
+            caps(serde_json::json!({ "sampling": {} })),
+        ))
+    }
+
+    fn create_elicitation(
+        &self,
+        p: ElicitRequestParams,
+    ) -> BoxFut<'_, Result<ElicitResult, ErrorData>> {
+        let params = serde_json::to_value(p).unwrap_or_default();
+        Box::pin(self.ask(
+            "elicitation/create",
+            params,
+            self.caps.elicitation.is_some(),
+            caps(serde_json::json!({ "elicitation": {} })),
+        ))
+    }
+
+    fn list_roots(&self) -> BoxFut<'_, Result<ListRootsResult, ErrorData>> {
+        // A client without roots has none (as for legacy clients); nothing to ask.
+        if self.caps.roots.is_none() {
+            return Box::pin(async { Ok(ListRootsResult::default()) });
+        }
+        Box::pin(self.ask(
+            "roots/list",
+            serde_json::json!({}),
+            true,
+            caps(serde_json::json!({ "roots": {} })),
+        ))
+    }
+}
