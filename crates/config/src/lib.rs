@@ -116,6 +116,9 @@ pub struct GatewaySettings {
     pub watch: bool,
     /// On SIGTERM: how long in-flight requests may take before streams are closed.
     pub shutdown_grace: Duration,
+    /// How long a modern client's call waits, parked, for the retry that answers its
+    /// `input_required` round (and how long its `requestState` is valid).
+    pub input_wait: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -343,6 +346,11 @@ impl Builder<'_> {
                 g.shutdown_grace,
                 "gateway.shutdown_grace",
                 Duration::from_secs(10),
+            )?,
+            input_wait: self.duration_or(
+                g.input_wait,
+                "gateway.input_wait",
+                Duration::from_secs(300),
             )?,
         })
     }

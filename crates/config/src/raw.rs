@@ -28,6 +28,7 @@ pub struct RawGateway {
     pub page_size: Option<u32>,
     pub watch: Option<bool>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub input_wait: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -101,12 +101,15 @@ impl SessionHandler {
                 let pool = gw.pool.clone();
                 gw.bridge
                     .start(
-                        binding,
-                        caps,
-                        session,
-                        client,
-                        gw.shutdown.child_token(),
-                        move |mut c| {
+                        crate::mrtr::Call {
+                            binding,
+                            caps,
+                            session,
+                            client,
+                            ct: gw.shutdown.child_token(),
+                            ttl: gw.config().gateway.input_wait,
+                        },
+                        move |mut c: Caller| {
                             c.meta = meta;
                             let fut = call(fwd, c);
                             Box::pin(async move {

@@ -36,9 +36,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use upstream::{BoxFut, Downstream};
 
-/// How long a parked call waits for the client's retry (and how long its state is valid).
-pub(crate) const PARK_TTL: Duration = Duration::from_secs(300);
-
 /// After the first input request of a round, how long to wait for more before answering.
 const GATHER: Duration = Duration::from_millis(20);
 
@@ -66,6 +63,17 @@ pub(crate) struct Client {
     pub progress_token: Option<rmcp::model::ProgressToken>,
 }
 
+/// A new bridged call: what it is (`binding`), the client's capabilities, its own session
+/// number, the request that started it, its cancellation and how long it may wait parked.
+pub(crate) struct Call {
+    pub binding: String,
+    pub caps: ClientCapabilities,
+    pub session: u64,
+    pub client: Client,
+    pub ct: CancellationToken,
+    pub ttl: Duration,
+}
+
 /// A call in progress between rounds.
 struct Run {
     /// The current round's request (replaced on each resumption).
@@ -76,6 +84,8 @@ struct Run {
     waiting: HashMap<String, oneshot::Sender<Result<Value, ErrorData>>>,
     /// Cancels the upstream call when the run is dropped (expired, abandoned).
     _cancel: DropGuard,
+    /// How long it waits parked for the client's retry (`gateway.input_wait`).
+    ttl: Duration,
 }
 
 struct Parked {
@@ -122,13 +132,18 @@ impl Bridge {
     /// Start `call` for a modern client with `caps`; returns its first round.
     pub(crate) async fn start(
         &self,
-        binding: String,
-        caps: ClientCapabilities,
-        session: u64,
-        client: Client,
-        ct: CancellationToken,
-        call: impl FnOnce(upstream::Caller) -> BoxFut<'static, Outcome>,
+        call: Call,
+        run: impl FnOnce(upstream::Caller) -> BoxFut<'static, Outcome>,
     ) -> Round {
+        let Call {
+            binding,
+            caps,
+            session,
+            client,
+            ct,
+            ttl,
+        } = call;
+        let call = run;
         let (tx, events) = mpsc::channel(16);
         let (done_tx, done) = oneshot::channel();
         // With a token, the upstream is asked for progress; each round's own token is used
@@ -156,6 +171,7 @@ impl Bridge {
             done,
             waiting: HashMap::new(),
             _cancel: ct.drop_guard(),
+            ttl,
         };
         self.round(binding, run).await
     }
@@ -255,7 +271,7 @@ impl Bridge {
             &id.to_be_bytes(),
             &SealOptions::new()
                 .associated_data(binding.as_bytes())
-                .ttl(PARK_TTL),
+                .ttl(run.ttl),
         );
         // Until the retry, progress has no request to go to.
         *run.client.lock().expect("client lock") = None;
@@ -266,8 +282,8 @@ impl Bridge {
                 id,
                 Parked {
                     binding,
+                    expires: Instant::now() + run.ttl,
                     run,
-                    expires: Instant::now() + PARK_TTL,
                 },
             );
         }

@@ -4,6 +4,7 @@ mod cli;
 mod datapath;
 mod faults;
 mod http;
+mod modern;
 mod peers;
 mod reload;
 mod support;

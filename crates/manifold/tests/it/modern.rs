@@ -1,0 +1,233 @@
+//! Modern (2026-07-28, stateless) clients against legacy upstreams: MRTR bridging of
+//! server→client requests into `input_required` rounds, and the ways a `requestState` or a
+//! request can be wrong (tampered, replayed, expired, for another request, header mismatch,
+//! missing capability, unsupported version).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{http::message, support::*};
+
+const VERSION: &str = "2026-07-28";
+
+/// A stateless request: the 2026-07-28 headers and `_meta`, with `caps` as the client's
+/// capabilities. `name` goes in `Mcp-Name` (None: omitted).
+fn modern(
+    url: &str,
+    method: &str,
+    name: Option<&str>,
+    mut params: Value,
+    caps: Value,
+) -> reqwest::RequestBuilder {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": VERSION,
+        "io.modelcontextprotocol/clientCapabilities": caps,
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
+    });
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", VERSION)
+        .header("mcp-method", method);
+    if let Some(n) = name {
+        r = r.header("mcp-name", n);
+    }
+    r.body(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string())
+}
+
+async fn call(url: &str, tool: &str, params: Value, caps: Value) -> (u16, Value) {
+    let r = modern(url, "tools/call", Some(tool), params, caps)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, message(&r.text().await.unwrap()))
+}
+
+fn elicit_caps() -> Value {
+    json!({"elicitation": {"form": {}}, "sampling": {}})
+}
+
+#[tokio::test]
+async fn elicitation_and_sampling_become_input_required_rounds() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let url = gw.url("main");
+
+    // Round 1: the legacy upstream's elicitation/create comes back as an input request.
+    let args = json!({"name": "fa__elicit", "arguments": {"message": "who are you?"}});
+    let (status, v) = call(&url, "fa__elicit", args.clone(), elicit_caps()).await;
+    assert_eq!(status, 200);
+    let r = &v["result"];
+    assert_eq!(r["resultType"], "input_required", "{v}");
+    let (key, req) = r["inputRequests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    assert_eq!(req["method"], "elicitation/create", "{v}");
+    assert_eq!(req["params"]["message"], "who are you?", "{v}");
+    let state = r["requestState"].as_str().unwrap().to_owned();
+
+    // Round 2: the answer resumes the same upstream call, which completes.
+    let mut retry = args.clone();
+    retry["requestState"] = json!(state);
+    retry["inputResponses"] = json!({key: {"action": "accept", "content": {"name": "Ada"}}});
+    let (_, v) = call(&url, "fa__elicit", retry.clone(), elicit_caps()).await;
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(
+        v["result"]["content"][0]["text"], "elicited: accept {\"name\":\"Ada\"}",
+        "{v}"
+    );
+
+    // The same state again: the round was used up.
+    let (_, v) = call(&url, "fa__elicit", retry, elicit_caps()).await;
+    assert_eq!(v["error"]["code"], -32602, "replayed: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{v}"
+    );
+
+    // Sampling works the same way.
+    let args = json!({"name": "fa__sample", "arguments": {"prompt": "hi"}});
+    let (_, v) = call(&url, "fa__sample", args.clone(), elicit_caps()).await;
+    let (key, req) = v["result"]["inputRequests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    assert_eq!(req["method"], "sampling/createMessage", "{v}");
+    let mut retry = args;
+    retry["requestState"] = v["result"]["requestState"].clone();
+    retry["inputResponses"] = json!({key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "hello back"}}});
+    let (_, v) = call(&url, "fa__sample", retry, elicit_caps()).await;
+    assert_eq!(
+        v["result"]["content"][0]["text"], "sampled: hello back",
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn bad_request_states_are_refused() {
+    let gw = Gw::start(&one_faulty("input_wait = \"1s\""));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let args = json!({"name": "fa__elicit", "arguments": {"message": "m"}});
+    let first = |args: Value| {
+        let url = url.clone();
+        async move {
+            let (_, v) = call(&url, "fa__elicit", args, elicit_caps()).await;
+            v["result"]["requestState"]
+                .as_str()
+                .unwrap_or_else(|| panic!("input_required: {v}"))
+                .to_owned()
+        }
+    };
+    let answer = json!({"r1": {"action": "accept", "content": {"name": "x"}}});
+    let retry = |state: &str, args: &Value| {
+        let mut a = args.clone();
+        a["requestState"] = json!(state);
+        a["inputResponses"] = answer.clone();
+        a
+    };
+
+    // Tampered: one character of the state changed.
+    let state = first(args.clone()).await;
+    let mut bytes = state.clone().into_bytes();
+    let i = bytes.len() - 5;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).unwrap();
+    let (_, v) = call(&url, "fa__elicit", retry(&tampered, &args), elicit_caps()).await;
+    assert_eq!(v["error"]["code"], -32602, "tampered: {v}");
+    // Forged from scratch.
+    let (_, v) = call(
+        &url,
+        "fa__elicit",
+        retry("rs1.bm9wZQ.bm9wZQ", &args),
+        elicit_caps(),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "forged: {v}");
+    // Another request's state (different arguments).
+    let other = json!({"name": "fa__elicit", "arguments": {"message": "something else"}});
+    let (_, v) = call(&url, "fa__elicit", retry(&state, &other), elicit_caps()).await;
+    assert_eq!(v["error"]["code"], -32602, "other request: {v}");
+    // The genuine state still works after those attempts.
+    let (_, v) = call(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+
+    // Expired: past gateway.input_wait the state (and the parked call) are gone.
+    let state = first(args.clone()).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (_, v) = call(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
+    assert_eq!(v["error"]["code"], -32602, "expired: {v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn headers_versions_and_capabilities_are_checked() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    // Mcp-Name must match the (namespaced) tool name in the body.
+    let r = modern(
+        &url,
+        "tools/call",
+        Some("fa__add"),
+        json!({"name": "fa__echo", "arguments": {"message": "x"}}),
+        json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400, "header/body mismatch");
+    let v = message(&r.text().await.unwrap());
+    assert_eq!(v["error"]["code"], -32020, "{v}");
+    // An unsupported protocol version is refused with the supported ones.
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2099-01-01")
+        .header("mcp-method", "tools/list")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2099-01-01"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "unsupported version");
+    // The upstream asks for elicitation but the client did not declare it: -32021, HTTP 400,
+    // naming the capability, and the upstream call is abandoned.
+    let (status, v) = call(
+        &url,
+        "fa__elicit",
+        json!({"name": "fa__elicit", "arguments": {"message": "m"}}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], -32021, "{v}");
+    assert!(
+        v["error"]["data"].to_string().contains("elicitation"),
+        "{v}"
+    );
+    // A plain call works, with resultType.
+    let (_, v) = call(
+        &url,
+        "fa__echo",
+        json!({"name": "fa__echo", "arguments": {"message": "plain"}}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "Echo: plain", "{v}");
+}
