@@ -11,8 +11,9 @@ expected to aggregate three prefixed stdio connectors named `everything`
 
 Requires `mcp==2.3.0`. The SDK's Streamable HTTP client is used through `mcp.Client(URL, mode=...)`:
 `--era legacy` (the default) maps to `mode="legacy"`, which forces the `initialize` handshake
-(offering protocol 2025-11-25) instead of the SDK's default `"auto"` mode, which first probes
-`server/discover` (2026-07-28).
+(offering protocol 2025-11-25); `--era modern` maps to the SDK's `"auto"` mode, which probes
+`server/discover` and then speaks 2026-07-28 (stateless requests; sampling and elicitation
+arrive as `input_required` rounds, which the SDK answers through the same callbacks).
 
 Output: one line per check on stdout, `ok NAME` or `FAIL NAME: REASON`, then a final line
 `N passed, M failed`. Exit status 0 if everything passed, 1 otherwise (2 for usage errors).
@@ -86,7 +87,10 @@ P_ARGS = tool(EVERYTHING, "args-prompt")
 P_COMPLETABLE = tool(EVERYTHING, "completable-prompt")
 TEXT_TEMPLATE = f"{EVERYTHING}{URI_SEP}demo://resource/dynamic/text/{{resourceId}}"
 
-ERAS = {"legacy": "legacy"}
+# `modern` lets the SDK probe `server/discover` and adopt 2026-07-28 (stateless requests; the
+# sampling and elicitation checks then go through the gateway's MRTR bridge).
+ERAS = {"legacy": "legacy", "modern": "auto"}
+MODERN_VERSION = "2026-07-28"
 
 RUN_ID = uuid.uuid4().hex[:12]
 SAMPLING_REPLY = f"manifold-sampled-{RUN_ID}"
@@ -464,10 +468,8 @@ async def run_check(client: Client, era: str, name: str, fn: Callable[[Client, s
 
 
 async def check_handshake(c: Client, era: str) -> None:
-    require(
-        c.protocol_version == LATEST_HANDSHAKE_VERSION,
-        f"negotiated {c.protocol_version}, expected {LATEST_HANDSHAKE_VERSION}",
-    )
+    want = MODERN_VERSION if era == "modern" else LATEST_HANDSHAKE_VERSION
+    require(c.protocol_version == want, f"negotiated {c.protocol_version}, expected {want}")
     caps = c.server_capabilities
     missing = [k for k in ("tools", "prompts", "resources", "completions") if getattr(caps, k) is None]
     require(not missing, f"server capabilities lack {missing}")

@@ -323,9 +323,9 @@ async fn reference_servers_bundled_through_rmcp_client() {
     assert_ne!(r.is_error, Some(true), "{r:?}");
 }
 
-#[tokio::test]
-async fn python_sdk_client_in_legacy_mode() {
-    let Some(p) = Peers::get("python_sdk_client_in_legacy_mode") else {
+/// `tests/clients/python_client.py` (the official Python SDK) in `era` against the bundle.
+async fn python_sdk_client(name: &str, era: &str) {
+    let Some(p) = Peers::get(name) else {
         return;
     };
     let dir = TempDir::new("py");
@@ -335,19 +335,33 @@ async fn python_sdk_client_in_legacy_mode() {
     let out = tokio::process::Command::new(p.python())
         .arg(repo().join("tests/clients/python_client.py"))
         .arg(gw.url("all"))
+        .args(["--era", era])
         .output()
         .await
         .expect("run the Python SDK client");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("python client ({era}):\n{stdout}");
     assert!(
         out.status.success(),
-        "python client failed:\n{stdout}\n{}",
+        "python client ({era}) failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         stdout.lines().any(|l| l.ends_with(" passed, 0 failed")),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn python_sdk_client_in_legacy_mode() {
+    python_sdk_client("python_sdk_client_in_legacy_mode", "legacy").await;
+}
+
+/// Modern (2026-07-28) client, legacy upstreams: every request crosses eras; sampling and
+/// elicitation of server-everything go through the MRTR bridge.
+#[tokio::test]
+async fn python_sdk_client_in_modern_mode() {
+    python_sdk_client("python_sdk_client_in_modern_mode", "modern").await;
 }
 
 #[tokio::test]
@@ -414,6 +428,46 @@ async fn inspector_cli_lists_and_calls() {
         !out.status.success(),
         "an unknown tool is an error for the inspector too"
     );
+    // The same through the inspector in modern mode (2026-07-28, stateless requests, no
+    // initialize), via a client config file.
+    let cfg = dir.path("inspector.json");
+    std::fs::write(
+        &cfg,
+        json!({"mcpServers": {"gw": {"type": "streamable-http", "url": gw.url("all"), "protocolEra": "modern"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let modern = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(p.node22());
+        cmd.arg(p.npm_bin("mcp-inspector"))
+            .arg("--cli")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--server", "gw"])
+            .args(args)
+            .args(["--format", "json"])
+            .env("MCP_INSPECTOR_SECRET_STORE", "memory")
+            .env("HOME", dir.0.display().to_string());
+        cmd
+    };
+    let out = modern(&["--method", "tools/list"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "modern tools/list: {stdout}");
+    assert!(stdout.contains("time__convert_time"), "{stdout}");
+    let out = modern(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "everything__echo",
+        "--tool-arg",
+        "message=modern inspector",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "modern tools/call: {stdout}");
+    assert!(stdout.contains("Echo: modern inspector"), "{stdout}");
 }
 
 #[tokio::test]
