@@ -90,7 +90,12 @@ pub struct HttpSession {
     session_id: Option<String>,
     protocol: String,
     next_id: AtomicU64,
+    /// 2026-07-28: no session; every request carries its own `_meta` and routing headers.
+    modern: bool,
 }
+
+/// The per-request `_meta` of a 2026-07-28 client.
+const MODERN_META: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"manifold-bench","version":"0"}}"#;
 
 #[derive(Deserialize)]
 struct InitResult {
@@ -107,13 +112,14 @@ impl HttpSession {
             session_id: None,
             protocol: PROTOCOL_VERSION.to_owned(),
             next_id: AtomicU64::new(1),
+            modern: false,
         };
         let params = format!(
             r#"{{"protocolVersion":"{PROTOCOL_VERSION}","capabilities":{{}},"clientInfo":{{"name":"manifold-bench","version":"{}"}}}}"#,
             env!("CARGO_PKG_VERSION")
         );
         let body = s.envelope(Some(0), "initialize", &params);
-        let resp = s.post(body).await?;
+        let resp = s.post(body, None).await?;
         s.session_id = resp
             .headers()
             .get("mcp-session-id")
@@ -122,7 +128,7 @@ impl HttpSession {
         let init: InitResult = decode::<InitResult>(resp).await?.into_result()?;
         s.protocol = init.protocol_version;
         let body = s.envelope(None, "notifications/initialized", "{}");
-        let resp = s.post(body).await?;
+        let resp = s.post(body, None).await?;
         if resp.status() != reqwest::StatusCode::ACCEPTED {
             bail!(
                 "{url}: notifications/initialized answered {} instead of 202",
@@ -132,13 +138,50 @@ impl HttpSession {
         Ok(s)
     }
 
+    /// A 2026-07-28 client: stateless, nothing to open.
+    pub fn modern(client: &reqwest::Client, url: &str) -> Self {
+        Self {
+            client: client.clone(),
+            url: url.to_owned(),
+            session_id: None,
+            protocol: "2026-07-28".to_owned(),
+            next_id: AtomicU64::new(1),
+            modern: true,
+        }
+    }
+
     pub async fn request<R: DeserializeOwned>(
         &self,
         method: &str,
         params: &str,
     ) -> anyhow::Result<Reply<R>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let resp = self.post(self.envelope(Some(id), method, params)).await?;
+        if !self.modern {
+            let resp = self
+                .post(self.envelope(Some(id), method, params), None)
+                .await?;
+            return decode(resp).await;
+        }
+        // `_meta` goes first in the params object; `Mcp-Name` repeats the tool's name.
+        let inner = params.trim().trim_start_matches('{');
+        let params = if inner.trim() == "}" {
+            format!("{{{MODERN_META}}}")
+        } else {
+            format!("{{{MODERN_META},{inner}")
+        };
+        #[derive(Deserialize)]
+        struct Named {
+            name: Option<String>,
+        }
+        let name = serde_json::from_str::<Named>(&params)
+            .ok()
+            .and_then(|n| n.name);
+        let resp = self
+            .post(
+                self.envelope(Some(id), method, &params),
+                Some((method, name.as_deref())),
+            )
+            .await?;
         decode(resp).await
     }
 
@@ -163,13 +206,26 @@ impl HttpSession {
         }
     }
 
-    async fn post(&self, body: String) -> anyhow::Result<reqwest::Response> {
+    /// POST `body`; `modern` is (method, name) for the 2026-07-28 routing headers.
+    async fn post(
+        &self,
+        body: String,
+        modern: Option<(&str, Option<&str>)>,
+    ) -> anyhow::Result<reqwest::Response> {
         let mut req = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .body(body);
+        if let Some((method, name)) = modern {
+            req = req
+                .header("mcp-protocol-version", &self.protocol)
+                .header("mcp-method", method);
+            if let Some(n) = name {
+                req = req.header("mcp-name", n);
+            }
+        }
         if let Some(id) = &self.session_id {
             req = req
                 .header("mcp-session-id", id)

@@ -123,6 +123,8 @@ struct Bench {
 enum Target {
     /// Streamable HTTP at `url`; `watch` names the processes whose CPU counts.
     Http { url: String, watch: Watch },
+    /// The same, as a 2026-07-28 client (stateless requests).
+    HttpModern { url: String, watch: Watch },
     /// A `fast-upstream stdio` child of the benchmark itself, one per run.
     StdioDirect,
 }
@@ -407,6 +409,30 @@ impl Bench {
                 },
             ),
             (
+                "tools/call echo, HTTP upstream, 2026-07-28 client",
+                Kind::Call,
+                http_direct(),
+                Op::Call {
+                    tool: "echo".into(),
+                },
+                modern(via("http", vec![up.pid()])),
+                Op::Call {
+                    tool: "up_http__echo".into(),
+                },
+            ),
+            (
+                "tools/call echo, stdio upstream, 2026-07-28 client",
+                Kind::Call,
+                Target::StdioDirect,
+                Op::Call {
+                    tool: "echo".into(),
+                },
+                modern(via("stdio", stdio_children.clone())),
+                Op::Call {
+                    tool: "up_stdio__echo".into(),
+                },
+            ),
+            (
                 "tools/list (1 tool), HTTP upstream",
                 Kind::List,
                 http_direct(),
@@ -525,6 +551,10 @@ impl Bench {
                     Session::Http(HttpSession::open(&self.client, url).await?),
                     watch.clone(),
                 ),
+                Target::HttpModern { url, watch } => (
+                    Session::Http(HttpSession::modern(&self.client, url)),
+                    watch.clone(),
+                ),
                 Target::StdioDirect => {
                     let log = self.tmp.path("stdio-direct.log");
                     let s = StdioSession::open(&self.upstream, &["stdio"], log).await?;
@@ -554,6 +584,16 @@ impl Bench {
             concurrency: conc,
             outcome,
         });
+    }
+}
+
+/// The same target, reached by a 2026-07-28 client.
+fn modern(t: Target) -> Target {
+    match t {
+        Target::Http { url, watch } | Target::HttpModern { url, watch } => {
+            Target::HttpModern { url, watch }
+        }
+        other => other,
     }
 }
 
