@@ -130,6 +130,20 @@ pub struct ConnectorSpec {
     pub sessions: SessionMode,
     /// With `SessionMode::PerClient`: the most upstream sessions at once.
     pub max_sessions: usize,
+    /// Which protocol era to speak to the upstream.
+    pub era: Era,
+}
+
+/// The protocol era a connector's upstream speaks.
+#[derive(Clone, Debug, PartialEq, Eq, Copy)]
+pub enum Era {
+    /// Probe with `server/discover` on the first connection, fall back to `initialize`, and keep
+    /// what was found for the connector's later connections.
+    Auto,
+    /// 2025-11-25 and earlier: `initialize`, sessions.
+    Legacy,
+    /// 2026-07-28: `server/discover`, stateless requests.
+    Modern,
 }
 
 /// Who shares an upstream session.
@@ -476,6 +490,17 @@ impl Builder<'_> {
                 ))));
             }
         };
+        let era = match rc.era.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("auto") => Era::Auto,
+            Some("legacy") => Era::Legacy,
+            Some("modern") => Era::Modern,
+            Some(other) => {
+                let s = rc.era.as_ref().expect("matched Some");
+                return Err(self.src.at(s).err(key(&format!(
+                    "era = {other:?} is not one of \"auto\", \"legacy\", \"modern\""
+                ))));
+            }
+        };
         let mut restart = RestartPolicy::default();
         if let Some(r) = rc.restart {
             restart.initial_backoff = self.duration_or(
@@ -504,6 +529,7 @@ impl Builder<'_> {
             restart,
             sessions,
             max_sessions: rc.max_sessions.unwrap_or(100).max(1) as usize,
+            era,
         })
     }
 

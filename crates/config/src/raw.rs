@@ -53,6 +53,7 @@ pub struct RawConnector {
     pub call_timeout: Option<Spanned<String>>,
     pub sessions: Option<Spanned<String>>,
     pub max_sessions: Option<u32>,
+    pub era: Option<Spanned<String>>,
     pub restart: Option<RawRestart>,
 }
 

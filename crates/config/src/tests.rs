@@ -104,7 +104,7 @@ fn defaults_are_safe() {
 fn unknown_key_names_line_and_suggests() {
     check_err(
         "[connectors.slack]\nkind = \"stdio\"\ncomand = \"x\"\n",
-        "/etc/m/manifold.toml:3:1: unknown field `comand`, expected one of `kind`, `command`, `args`, `env`, `env_passthrough`, `cwd`, `start`, `max_line_bytes`, `stderr_lines_per_minute`, `url`, `headers`, `transport`, `connect_timeout`, `call_timeout`, `sessions`, `max_sessions`, `restart` (did you mean \"command\"?)",
+        "/etc/m/manifold.toml:3:1: unknown field `comand`, expected one of `kind`, `command`, `args`, `env`, `env_passthrough`, `cwd`, `start`, `max_line_bytes`, `stderr_lines_per_minute`, `url`, `headers`, `transport`, `connect_timeout`, `call_timeout`, `sessions`, `max_sessions`, `era`, `restart` (did you mean \"command\"?)",
     );
 }
 

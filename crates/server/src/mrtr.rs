@@ -36,6 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use upstream::{BoxFut, Downstream};
 
+/// At most this many calls wait parked at once; beyond it a call that needs input fails (its
+/// upstream call is cancelled) rather than letting clients pile up waiting upstream calls.
+const MAX_PARKED: usize = 10_000;
+
 /// After the first input request of a round, how long to wait for more before answering.
 const GATHER: Duration = Duration::from_millis(20);
 
@@ -278,6 +282,16 @@ impl Bridge {
         {
             let mut map = self.parked.lock().expect("parked lock");
             sweep(&mut map);
+            if map.len() >= MAX_PARKED {
+                drop(map);
+                tracing::warn!(
+                    limit = MAX_PARKED,
+                    "too many calls waiting for client input"
+                );
+                return Round::Done(Err(RouteError::BadResult(format!(
+                    "the gateway already has {MAX_PARKED} calls waiting for client input; try again later"
+                ))));
+            }
             map.insert(
                 id,
                 Parked {
@@ -348,6 +362,10 @@ impl Downstream for Asker {
     fn capabilities(&self) -> Option<ClientCapabilities> {
         // Checked per request in `ask`, where a missing one also ends the client's call.
         None
+    }
+
+    fn declared(&self) -> Option<ClientCapabilities> {
+        Some(self.caps.clone())
     }
 
     fn progress(&self, mut p: ProgressNotificationParam) -> BoxFut<'_, ()> {

@@ -21,6 +21,11 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Downstream: Send + Sync {
     /// The client's declared capabilities, if known; a request for one it lacks is refused.
     fn capabilities(&self) -> Option<ClientCapabilities>;
+    /// What the client declared, to tell a 2026-07-28 upstream in each request's `_meta` (so it
+    /// asks only for what the client can answer). Defaults to `capabilities`.
+    fn declared(&self) -> Option<ClientCapabilities> {
+        self.capabilities()
+    }
     fn progress(&self, p: ProgressNotificationParam) -> BoxFut<'_, ()>;
     fn log(&self, p: LoggingMessageNotificationParam) -> BoxFut<'_, ()>;
     fn create_message(

@@ -8,6 +8,7 @@
 
 mod downstream;
 mod handler;
+mod headers;
 mod pool;
 mod raw;
 mod sse;
@@ -180,6 +181,9 @@ struct Shared {
     peer: ArcSwapOption<Peer<RoleClient>>,
     /// The raw data path of the same connection (set and cleared with `peer`).
     raw: ArcSwapOption<RawLink>,
+    /// The era the upstream was found to speak (`era = "auto"`), kept across reconnections:
+    /// `Some(true)` for 2026-07-28.
+    modern: Mutex<Option<bool>>,
     catalog: ArcSwap<UpstreamCatalog>,
     events: broadcast::Sender<UpstreamEvent>,
     /// Keyed by the progress token rmcp put on the upstream request (unique per connection).
@@ -220,6 +224,7 @@ impl Connector {
             health_tx,
             peer: ArcSwapOption::empty(),
             raw: ArcSwapOption::empty(),
+            modern: Mutex::new(None),
             catalog: ArcSwap::from_pointee(UpstreamCatalog::default()),
             events,
             inflight: Mutex::new(HashMap::new()),
@@ -309,7 +314,35 @@ impl Connector {
     /// `_meta` and, if the client asked for progress, a progress token), and the upstream's
     /// result comes back untouched, unknown fields included. Same deadline, cancellation and
     /// attribution as `request`.
+    ///
+    /// A 2026-07-28 upstream may answer `input_required`: its input requests are put to the
+    /// caller's client (as server→client requests, or as the caller's own next MRTR round) and
+    /// the request is retried with the answers and the upstream's `requestState`.
     pub async fn raw_request(
+        &self,
+        method: &str,
+        mut params: serde_json::Map<String, serde_json::Value>,
+        caller: &Caller,
+    ) -> Result<Box<RawValue>, UpstreamError> {
+        params.remove("_meta");
+        for _round in 0..MAX_INPUT_ROUNDS {
+            let result = self.raw_once(method, params.clone(), caller).await?;
+            let Some(input) = raw::input_required(&result) else {
+                return Ok(result);
+            };
+            let responses = answer_inputs(caller, input.input_requests).await?;
+            params.insert("inputResponses".into(), responses.into());
+            match input.request_state {
+                Some(s) => params.insert("requestState".into(), s.into()),
+                None => params.remove("requestState"),
+            };
+        }
+        Err(UpstreamError::BadResult(format!(
+            "the upstream asked for input more than {MAX_INPUT_ROUNDS} times"
+        )))
+    }
+
+    async fn raw_once(
         &self,
         method: &str,
         mut params: serde_json::Map<String, serde_json::Value>,
@@ -326,11 +359,12 @@ impl Connector {
         let link = shared.raw.load_full().ok_or_else(closed)?;
         let id = link.next_id();
         let token = raw::token(id);
-        params.remove("_meta");
         let mut meta = caller.meta.clone().unwrap_or_default();
         if caller.progress_token.is_some() {
             meta.insert("progressToken".into(), token.clone().into());
         }
+        let declared = caller.downstream.as_ref().and_then(|d| d.declared());
+        link.modern_meta(&mut meta, declared.as_ref());
         if !meta.is_empty() {
             params.insert("_meta".into(), meta.into());
         }
@@ -341,8 +375,22 @@ impl Connector {
             ProgressToken(rmcp::model::NumberOrString::String(token.into())),
             caller.clone(),
         );
+        // A modern HTTP upstream wants annotated arguments repeated as Mcp-Param-* headers.
+        let headers = match (link.is_modern(), method, params.get("name")) {
+            (true, "tools/call", Some(serde_json::Value::String(name))) => {
+                let cat = shared.catalog.load();
+                match cat.tools.iter().find(|t| t.name == name.as_str()) {
+                    Some(t) => headers::param_headers(
+                        &t.input_schema,
+                        params.get("arguments").unwrap_or(&serde_json::Value::Null),
+                    ),
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
         let mut pending = link
-            .send(id, method, &body, caller.downstream.is_some())
+            .send(id, method, &body, caller.downstream.is_some(), headers)
             .ok_or_else(closed)?;
         // Sends notifications/cancelled if this future is dropped before the answer (the
         // client went away).
@@ -441,6 +489,97 @@ async fn recv_event(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Rounds of `input_required` a request may take before the gateway gives up.
+const MAX_INPUT_ROUNDS: usize = 10;
+
+/// Put a modern upstream's input requests to the caller's client; their answers by key.
+async fn answer_inputs(
+    caller: &Caller,
+    requests: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, UpstreamError> {
+    let Some(client) = &caller.downstream else {
+        return Err(UpstreamError::BadResult(
+            "the upstream asked for client input, but this request has no client to ask".into(),
+        ));
+    };
+    // All at once: the client (or the MRTR bridge) may gather them into one round.
+    let answers = futures::future::join_all(
+        requests
+            .into_iter()
+            .map(|(key, req)| async move { (key, answer_input(client.as_ref(), req).await) }),
+    )
+    .await;
+    let mut out = serde_json::Map::new();
+    for (key, answer) in answers {
+        out.insert(key, answer?);
+    }
+    Ok(out)
+}
+
+/// One input request of a modern upstream, put to `client`; its answer.
+async fn answer_input(
+    client: &dyn Downstream,
+    req: serde_json::Value,
+) -> Result<serde_json::Value, UpstreamError> {
+    let bad = UpstreamError::BadResult;
+    let method = req
+        .get("method")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let params = req.get("params").cloned().unwrap_or_default();
+    let caps = client.capabilities();
+    let lacks =
+        |has: fn(&rmcp::model::ClientCapabilities) -> bool| caps.as_ref().is_some_and(|c| !has(c));
+    let refused = |what: &str| {
+        UpstreamError::Protocol(ErrorData::invalid_request(
+            format!("the client did not declare the {what} capability"),
+            None,
+        ))
+    };
+    match method.as_str() {
+        "sampling/createMessage" if lacks(|c| c.sampling.is_some()) => {
+            return Err(refused("sampling"));
+        }
+        "elicitation/create" if lacks(|c| c.elicitation.is_some()) => {
+            return Err(refused("elicitation"));
+        }
+        _ => {}
+    }
+    let answer = match method.as_str() {
+        "sampling/createMessage" => {
+            let p = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            serde_json::to_value(
+                client
+                    .create_message(p)
+                    .await
+                    .map_err(UpstreamError::Protocol)?,
+            )
+        }
+        "elicitation/create" => {
+            let p = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            serde_json::to_value(
+                client
+                    .create_elicitation(p)
+                    .await
+                    .map_err(UpstreamError::Protocol)?,
+            )
+        }
+        "roots/list" if lacks(|c| c.roots.is_some()) => {
+            serde_json::to_value(rmcp::model::ListRootsResult::default())
+        }
+        "roots/list" => {
+            serde_json::to_value(client.list_roots().await.map_err(UpstreamError::Protocol)?)
+        }
+        other => {
+            return Err(bad(format!(
+                "the upstream asked for an unsupported input {other:?}"
+            )));
+        }
+    };
+    answer.map_err(|e| bad(e.to_string()))
 }
 
 /// A message about a raw request, to its client: progress with the client's own token (if it
@@ -641,7 +780,8 @@ impl Shared {
                     stdout,
                 } = spawned;
                 *self.starting_group.lock().expect("group lock") = pgid;
-                let init = rmcp::serve_client(handler, (stdout, stdin));
+                let init =
+                    rmcp::serve_client_with_lifecycle(handler, (stdout, stdin), self.lifecycle());
                 let init_timeout = Duration::from_secs(60);
                 tokio::select! {
                     r = tokio::time::timeout(init_timeout, init) => match r {
@@ -707,8 +847,11 @@ impl Shared {
                     }));
                     let _ = cell.set(raw.clone());
                     self.attach_logs(&raw);
-                    let attempt =
-                        tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await;
+                    let attempt = tokio::time::timeout(
+                        budget + Duration::from_secs(10),
+                        rmcp::serve_client_with_lifecycle(handler, transport, self.lifecycle()),
+                    )
+                    .await;
                     match attempt {
                         Ok(Ok(running)) => {
                             return Ok(Connection {
@@ -866,6 +1009,23 @@ impl Shared {
         found.cloned().ok_or(Unattributed::Nobody)
     }
 
+    /// How to open the next connection: the configured era, or the one found before.
+    fn lifecycle(&self) -> rmcp::ClientLifecycleMode {
+        let modern = || rmcp::ClientLifecycleMode::Discover {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+        };
+        match (self.spec.era, *self.modern.lock().expect("era lock")) {
+            (config::Era::Legacy, _) | (config::Era::Auto, Some(false)) => {
+                rmcp::ClientLifecycleMode::Initialize
+            }
+            (config::Era::Modern, _) | (config::Era::Auto, Some(true)) => modern(),
+            (config::Era::Auto, None) => rmcp::ClientLifecycleMode::Auto {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+                legacy_version: None,
+            },
+        }
+    }
+
     /// Log messages of this connection go with the raw call they are about.
     fn attach_logs(self: &Arc<Self>, link: &Arc<RawLink>) {
         let weak = Arc::downgrade(self);
@@ -998,6 +1158,13 @@ async fn run_connection(
     } = conn;
     let peer = running.peer().clone();
     let ct = running.cancellation_token();
+    let modern = peer
+        .peer_info()
+        .is_some_and(|i| !i.protocol_version.has_initialize());
+    if shared.modern.lock().expect("era lock").replace(modern) != Some(modern) {
+        tracing::info!(connector = %shared.spec.id, era = if modern { "2026-07-28" } else { "legacy" }, "upstream protocol era");
+    }
+    raw.set_modern(modern);
     match shared.refresh_and_publish(&peer, &raw).await {
         Ok(()) => {}
         Err(e) => {

@@ -68,6 +68,35 @@ pub(crate) struct RawLink {
     /// Server→client requests that arrived on a raw request's own HTTP exchange: upstream
     /// request id → raw request id (taken by the handler).
     origins: Mutex<HashMap<rmcp::model::RequestId, u64>>,
+    /// The upstream speaks 2026-07-28: every request carries its own protocol `_meta` (and, over
+    /// HTTP, the routing headers) and no session.
+    modern: AtomicBool,
+}
+
+/// An upstream's `input_required` result.
+#[derive(serde::Deserialize)]
+pub(crate) struct InputRequired {
+    #[serde(rename = "inputRequests", default)]
+    pub input_requests: serde_json::Map<String, serde_json::Value>,
+    #[serde(rename = "requestState")]
+    pub request_state: Option<String>,
+}
+
+/// `result` if it is an `input_required` result (cheap check first).
+pub(crate) fn input_required(result: &RawValue) -> Option<InputRequired> {
+    if !result.get().contains("input_required") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "resultType", borrow)]
+        result_type: Option<&'a str>,
+    }
+    let kind: Kind = serde_json::from_str(result.get()).ok()?;
+    if kind.result_type != Some("input_required") {
+        return None;
+    }
+    serde_json::from_str(result.get()).ok()
 }
 
 pub(crate) enum RawOut {
@@ -148,7 +177,43 @@ impl RawLink {
             closed: AtomicBool::new(false),
             log_target: std::sync::OnceLock::new(),
             origins: Mutex::new(HashMap::new()),
+            modern: AtomicBool::new(false),
         })
+    }
+
+    pub fn is_modern(&self) -> bool {
+        self.modern.load(Ordering::Acquire)
+    }
+
+    pub fn set_modern(&self, modern: bool) {
+        self.modern.store(modern, Ordering::Release);
+    }
+
+    /// Add the per-request protocol `_meta` a 2026-07-28 upstream needs (nothing for legacy):
+    /// the client's capabilities when known, else everything the gateway can relay.
+    pub fn modern_meta(
+        &self,
+        meta: &mut serde_json::Map<String, serde_json::Value>,
+        caps: Option<&rmcp::model::ClientCapabilities>,
+    ) {
+        if !self.modern.load(Ordering::Acquire) {
+            return;
+        }
+        meta.insert(
+            "io.modelcontextprotocol/protocolVersion".into(),
+            "2026-07-28".into(),
+        );
+        let caps = match caps {
+            Some(c) => serde_json::to_value(c).unwrap_or_default(),
+            None => {
+                serde_json::json!({ "roots": {}, "sampling": {}, "elicitation": { "form": {}, "url": {} } })
+            }
+        };
+        meta.insert("io.modelcontextprotocol/clientCapabilities".into(), caps);
+        meta.insert(
+            "io.modelcontextprotocol/clientInfo".into(),
+            serde_json::json!({ "name": "manifold", "version": env!("CARGO_PKG_VERSION") }),
+        );
     }
 
     /// The id the next request will get (so its progress token can be put in its params).
@@ -164,6 +229,7 @@ impl RawLink {
         method: &str,
         params: &RawValue,
         events: bool,
+        headers: Vec<(String, String)>,
     ) -> Option<Pending> {
         if self.closed.load(Ordering::Acquire) {
             return None;
@@ -203,7 +269,14 @@ impl RawLink {
             params,
         })
         .expect("a request serialises");
-        pending.io = self.write(body, Some(id)).ok()?;
+        let name = if self.modern.load(Ordering::Relaxed) {
+            routing_name(method, params)
+        } else {
+            None
+        };
+        pending.io = self
+            .write(body, Some(id), Some((method, name)), headers)
+            .ok()?;
         Some(pending)
     }
 
@@ -215,14 +288,20 @@ impl RawLink {
             "params": { "requestId": token(id), "reason": reason },
         }))
         .expect("a notification serialises");
-        if let Ok(Some(io)) = self.write(body, None) {
+        if let Ok(Some(io)) = self.write(body, None, None, Vec::new()) {
             tokio::spawn(io);
         }
     }
 
     /// Hand `body` to the transport. Over Streamable HTTP the exchange is returned, for the
     /// caller to drive.
-    fn write(self: &Arc<Self>, body: Vec<u8>, id: Option<u64>) -> Result<Option<Io>, ()> {
+    fn write(
+        self: &Arc<Self>,
+        body: Vec<u8>,
+        id: Option<u64>,
+        route: Option<(&str, Option<String>)>,
+        extra: Vec<(String, String)>,
+    ) -> Result<Option<Io>, ()> {
         match &self.out {
             RawOut::Lines(tx) => tx.try_send(body).map(|_| None).map_err(|_| ()),
             RawOut::Http(h) => {
@@ -241,7 +320,20 @@ impl RawLink {
                 if let Some(s) = session {
                     req = req.header("mcp-session-id", &*s);
                 }
-                if let Some(v) = version {
+                if self.modern.load(Ordering::Relaxed)
+                    && let Some((method, name)) = route
+                {
+                    req = req.header("mcp-method", method);
+                    if let Some(n) = name {
+                        req = req.header("mcp-name", n);
+                    }
+                }
+                for (k, v) in extra {
+                    req = req.header(k, v);
+                }
+                if self.modern.load(Ordering::Relaxed) {
+                    req = req.header("mcp-protocol-version", "2026-07-28");
+                } else if let Some(v) = version {
                     req = req.header("mcp-protocol-version", v);
                 }
                 let link = self.clone();
@@ -475,6 +567,17 @@ impl RawLink {
     }
 }
 
+/// The `Mcp-Name` of a request: the tool or prompt name, or the resource URI.
+fn routing_name(method: &str, params: &RawValue) -> Option<String> {
+    let key = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return None,
+    };
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(params.get()).ok()?;
+    v.get(key).and_then(|n| n.as_str()).map(str::to_owned)
+}
+
 fn preview(s: &str) -> String {
     let mut p: String = s.chars().take(200).collect();
     if p.len() < s.len() {
@@ -642,7 +745,7 @@ pub(crate) async fn call(
 ) -> Result<Box<RawValue>, String> {
     let id = link.next_id();
     let mut pending = link
-        .send(id, method, params, false)
+        .send(id, method, params, false, Vec::new())
         .ok_or_else(|| "the connection is closed".to_owned())?;
     let reply = async {
         loop {
@@ -677,10 +780,15 @@ pub(crate) async fn list_all<T: serde::de::DeserializeOwned>(
     let mut json = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..10_000 {
-        let params = match &cursor {
-            Some(c) => serde_json::json!({ "cursor": c }),
-            None => serde_json::json!({}),
-        };
+        let mut params = serde_json::Map::new();
+        if let Some(c) = &cursor {
+            params.insert("cursor".into(), c.clone().into());
+        }
+        let mut meta = serde_json::Map::new();
+        link.modern_meta(&mut meta, None);
+        if !meta.is_empty() {
+            params.insert("_meta".into(), meta.into());
+        }
         let params = serde_json::value::to_raw_value(&params).expect("params serialise");
         let result = call(link, method, &params, timeout).await?;
         let mut page: serde_json::Map<String, serde_json::Value> =

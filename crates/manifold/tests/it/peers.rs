@@ -470,13 +470,14 @@ async fn inspector_cli_lists_and_calls() {
     assert!(stdout.contains("Echo: modern inspector"), "{stdout}");
 }
 
-#[tokio::test]
-async fn conformance_suite_2025_11_25_through_the_gateway() {
-    let Some(p) = Peers::get("conformance_suite_2025_11_25_through_the_gateway") else {
+/// `--requirements 2025-11-25` (legacy clients) against the gateway fronting the fixture over
+/// stdio as an upstream of `era`; failures must be exactly those in `baseline`.
+async fn conformance_2025(name: &str, era: &str, baseline: &str) {
+    let Some(p) = Peers::get(name) else {
         return;
     };
     let config = format!(
-        "[connectors.conformance]\nkind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
+        "[connectors.conformance]\nkind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\nera = \"{era}\"\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
         p.python(),
         fixture("conformance_upstream.py")
     );
@@ -493,7 +494,7 @@ async fn conformance_suite_2025_11_25_through_the_gateway() {
             "2025-11-25",
         ])
         .arg("--expected-failures")
-        .arg(repo().join("tests/conformance/expected-failures-2025-11-25.yaml"))
+        .arg(repo().join("tests/conformance").join(baseline))
         .arg("-o")
         .arg(&dir.0)
         .output()
@@ -504,13 +505,35 @@ async fn conformance_suite_2025_11_25_through_the_gateway() {
         .lines()
         .find(|l| l.starts_with("Total:"))
         .unwrap_or("no total line");
-    eprintln!("conformance 2025-11-25: {total}");
+    eprintln!("conformance 2025-11-25, {era} upstream: {total}");
     assert!(
         out.status.success(),
-        "conformance failures beyond tests/conformance/expected-failures-2025-11-25.yaml:\n{stdout}\n{}",
+        "conformance failures beyond tests/conformance/{baseline}:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Baseline check passed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn conformance_suite_2025_11_25_through_the_gateway() {
+    conformance_2025(
+        "conformance_suite_2025_11_25_through_the_gateway",
+        "legacy",
+        "expected-failures-2025-11-25.yaml",
+    )
+    .await;
+}
+
+/// Legacy clients, modern upstream (found by `era = "auto"` over stdio): the upstream's
+/// `input_required` results become server→client requests on the legacy session.
+#[tokio::test]
+async fn conformance_suite_2025_11_25_modern_upstream() {
+    conformance_2025(
+        "conformance_suite_2025_11_25_modern_upstream",
+        "auto",
+        "expected-failures-2025-11-25-modern-upstream.yaml",
+    )
+    .await;
 }
 
 /// `tests/fixtures/conformance_upstream.py` serving Streamable HTTP on a free loopback port.
@@ -546,17 +569,15 @@ impl Drop for ConformanceHttp {
     }
 }
 
-/// The 2026-07-28 requirements against the gateway fronting the fixture as a legacy upstream
-/// over Streamable HTTP: every modern client request crosses eras, and every MRTR scenario goes
-/// through the gateway's bridge (server→client requests become `input_required` rounds).
-#[tokio::test]
-async fn conformance_suite_2026_07_28_through_the_gateway() {
-    let Some(p) = Peers::get("conformance_suite_2026_07_28_through_the_gateway") else {
+/// `--requirements 2026-07-28` against the gateway fronting the fixture over Streamable HTTP as
+/// an upstream of `era`; failures must be exactly those in `baseline`.
+async fn conformance_2026(name: &str, era: &str, baseline: &str) {
+    let Some(p) = Peers::get(name) else {
         return;
     };
     let upstream = ConformanceHttp::start(p);
     let config = format!(
-        "[connectors.conformance]\nkind = \"http\"\nurl = \"{}\"\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
+        "[connectors.conformance]\nkind = \"http\"\nurl = \"{}\"\nera = \"{era}\"\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
         upstream.url
     );
     let gw = Gw::start(&config);
@@ -572,7 +593,7 @@ async fn conformance_suite_2026_07_28_through_the_gateway() {
             "2026-07-28",
         ])
         .arg("--expected-failures")
-        .arg(repo().join("tests/conformance/expected-failures-2026-07-28.yaml"))
+        .arg(repo().join("tests/conformance").join(baseline))
         .arg("-o")
         .arg(&dir.0)
         .output()
@@ -583,13 +604,38 @@ async fn conformance_suite_2026_07_28_through_the_gateway() {
         .lines()
         .find(|l| l.starts_with("Total:"))
         .unwrap_or("no total line");
-    eprintln!("conformance 2026-07-28: {total}");
+    eprintln!("conformance 2026-07-28, {era} upstream: {total}");
     assert!(
         out.status.success(),
-        "conformance failures beyond tests/conformance/expected-failures-2026-07-28.yaml:\n{stdout}\n{}",
+        "conformance failures beyond tests/conformance/{baseline}:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     drop(upstream);
+}
+
+/// Modern clients, legacy upstream: every MRTR scenario goes through the gateway's bridge
+/// (server→client requests become `input_required` rounds).
+#[tokio::test]
+async fn conformance_suite_2026_07_28_through_the_gateway() {
+    conformance_2026(
+        "conformance_suite_2026_07_28_through_the_gateway",
+        "legacy",
+        "expected-failures-2026-07-28.yaml",
+    )
+    .await;
+}
+
+/// Modern clients, modern upstream (found by `era = "auto"`): the upstream's own
+/// `input_required` results are answered through the bridge, with the client's capabilities
+/// forwarded in `_meta` and `Mcp-Param-*` headers built from the upstream's schemas.
+#[tokio::test]
+async fn conformance_suite_2026_07_28_modern_upstream() {
+    conformance_2026(
+        "conformance_suite_2026_07_28_modern_upstream",
+        "auto",
+        "expected-failures-2026-07-28-modern-upstream.yaml",
+    )
+    .await;
 }
 
 #[tokio::test]
