@@ -341,6 +341,7 @@ async fn forward(
         })),
         progress_token,
         ct: ct.clone(),
+        log_level: gw.sessions.level(session),
     };
     let key = (session, id.get().to_owned());
     gw.relays

@@ -108,6 +108,7 @@ impl SessionHandler {
                             client,
                             ct: gw.shutdown.child_token(),
                             ttl: gw.config().gateway.input_wait,
+                            log_level: cx.meta.log_level(),
                         },
                         move |mut c: Caller| {
                             c.meta = meta;
@@ -146,6 +147,11 @@ impl SessionHandler {
             downstream: Some(Arc::new(cx.peer.clone())),
             progress_token: cx.meta.get_progress_token(),
             ct: cx.ct.clone(),
+            log_level: cx.meta.log_level().or_else(|| {
+                self.gateway
+                    .upgrade()
+                    .and_then(|gw| gw.sessions.level(self.session))
+            }),
         }
     }
 }
@@ -272,6 +278,7 @@ impl ServerHandler for SessionHandler {
             downstream: None,
             progress_token: None,
             ct: gw.shutdown.child_token(),
+            log_level: None,
         };
         gw.sessions
             .listen(id, self.server.clone(), context.sink().clone());

@@ -76,6 +76,7 @@ pub(crate) struct Call {
     pub client: Client,
     pub ct: CancellationToken,
     pub ttl: Duration,
+    pub log_level: Option<rmcp::model::LoggingLevel>,
 }
 
 /// A call in progress between rounds.
@@ -146,6 +147,7 @@ impl Bridge {
             client,
             ct,
             ttl,
+            log_level,
         } = call;
         let call = run;
         let (tx, events) = mpsc::channel(16);
@@ -164,6 +166,7 @@ impl Bridge {
             })),
             progress_token,
             ct: ct.clone(),
+            log_level,
         };
         let fut = call(caller);
         tokio::spawn(async move {

@@ -185,6 +185,14 @@ impl Sessions {
             .collect()
     }
 
+    pub fn level(&self, id: u64) -> Option<LoggingLevel> {
+        self.map
+            .lock()
+            .expect("sessions lock")
+            .get(&id)
+            .and_then(|e| e.level)
+    }
+
     pub fn set_level(&self, id: u64, level: LoggingLevel) {
         if let Some(e) = self.map.lock().expect("sessions lock").get_mut(&id) {
             e.level = Some(level);

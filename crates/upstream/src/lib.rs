@@ -137,6 +137,9 @@ pub struct Caller {
     pub downstream: Option<Arc<dyn Downstream>>,
     pub progress_token: Option<ProgressToken>,
     pub ct: CancellationToken,
+    /// The least severe log level the client wants (its session's `logging/setLevel`, or a
+    /// modern request's own `logLevel`); told to 2026-07-28 upstreams per request.
+    pub log_level: Option<rmcp::model::LoggingLevel>,
 }
 
 /// Why a server→client request has no client to go to.
@@ -365,6 +368,14 @@ impl Connector {
         }
         let declared = caller.downstream.as_ref().and_then(|d| d.declared());
         link.modern_meta(&mut meta, declared.as_ref());
+        if link.is_modern()
+            && let Some(level) = caller.log_level
+        {
+            meta.insert(
+                "io.modelcontextprotocol/logLevel".into(),
+                serde_json::to_value(level).unwrap_or_default(),
+            );
+        }
         if !meta.is_empty() {
             params.insert("_meta".into(), meta.into());
         }

@@ -37,7 +37,7 @@ fn modern(
     r.body(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string())
 }
 
-async fn call(url: &str, tool: &str, params: Value, caps: Value) -> (u16, Value) {
+async fn call_modern(url: &str, tool: &str, params: Value, caps: Value) -> (u16, Value) {
     let r = modern(url, "tools/call", Some(tool), params, caps)
         .send()
         .await
@@ -58,7 +58,7 @@ async fn elicitation_and_sampling_become_input_required_rounds() {
 
     // Round 1: the legacy upstream's elicitation/create comes back as an input request.
     let args = json!({"name": "fa__elicit", "arguments": {"message": "who are you?"}});
-    let (status, v) = call(&url, "fa__elicit", args.clone(), elicit_caps()).await;
+    let (status, v) = call_modern(&url, "fa__elicit", args.clone(), elicit_caps()).await;
     assert_eq!(status, 200);
     let r = &v["result"];
     assert_eq!(r["resultType"], "input_required", "{v}");
@@ -76,7 +76,7 @@ async fn elicitation_and_sampling_become_input_required_rounds() {
     let mut retry = args.clone();
     retry["requestState"] = json!(state);
     retry["inputResponses"] = json!({key: {"action": "accept", "content": {"name": "Ada"}}});
-    let (_, v) = call(&url, "fa__elicit", retry.clone(), elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__elicit", retry.clone(), elicit_caps()).await;
     assert_eq!(v["result"]["resultType"], "complete", "{v}");
     assert_eq!(
         v["result"]["content"][0]["text"], "elicited: accept {\"name\":\"Ada\"}",
@@ -84,7 +84,7 @@ async fn elicitation_and_sampling_become_input_required_rounds() {
     );
 
     // The same state again: the round was used up.
-    let (_, v) = call(&url, "fa__elicit", retry, elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__elicit", retry, elicit_caps()).await;
     assert_eq!(v["error"]["code"], -32602, "replayed: {v}");
     assert!(
         v["error"]["message"]
@@ -96,7 +96,7 @@ async fn elicitation_and_sampling_become_input_required_rounds() {
 
     // Sampling works the same way.
     let args = json!({"name": "fa__sample", "arguments": {"prompt": "hi"}});
-    let (_, v) = call(&url, "fa__sample", args.clone(), elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__sample", args.clone(), elicit_caps()).await;
     let (key, req) = v["result"]["inputRequests"]
         .as_object()
         .unwrap()
@@ -107,7 +107,7 @@ async fn elicitation_and_sampling_become_input_required_rounds() {
     let mut retry = args;
     retry["requestState"] = v["result"]["requestState"].clone();
     retry["inputResponses"] = json!({key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "hello back"}}});
-    let (_, v) = call(&url, "fa__sample", retry, elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__sample", retry, elicit_caps()).await;
     assert_eq!(
         v["result"]["content"][0]["text"], "sampled: hello back",
         "{v}"
@@ -123,7 +123,7 @@ async fn bad_request_states_are_refused() {
     let first = |args: Value| {
         let url = url.clone();
         async move {
-            let (_, v) = call(&url, "fa__elicit", args, elicit_caps()).await;
+            let (_, v) = call_modern(&url, "fa__elicit", args, elicit_caps()).await;
             v["result"]["requestState"]
                 .as_str()
                 .unwrap_or_else(|| panic!("input_required: {v}"))
@@ -144,10 +144,10 @@ async fn bad_request_states_are_refused() {
     let i = bytes.len() - 5;
     bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(bytes).unwrap();
-    let (_, v) = call(&url, "fa__elicit", retry(&tampered, &args), elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__elicit", retry(&tampered, &args), elicit_caps()).await;
     assert_eq!(v["error"]["code"], -32602, "tampered: {v}");
     // Forged from scratch.
-    let (_, v) = call(
+    let (_, v) = call_modern(
         &url,
         "fa__elicit",
         retry("rs1.bm9wZQ.bm9wZQ", &args),
@@ -157,16 +157,16 @@ async fn bad_request_states_are_refused() {
     assert_eq!(v["error"]["code"], -32602, "forged: {v}");
     // Another request's state (different arguments).
     let other = json!({"name": "fa__elicit", "arguments": {"message": "something else"}});
-    let (_, v) = call(&url, "fa__elicit", retry(&state, &other), elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__elicit", retry(&state, &other), elicit_caps()).await;
     assert_eq!(v["error"]["code"], -32602, "other request: {v}");
     // The genuine state still works after those attempts.
-    let (_, v) = call(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
     assert_eq!(v["result"]["resultType"], "complete", "{v}");
 
     // Expired: past gateway.input_wait the state (and the parked call) are gone.
     let state = first(args.clone()).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let (_, v) = call(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
+    let (_, v) = call_modern(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
     assert_eq!(v["error"]["code"], -32602, "expired: {v}");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("expired"),
@@ -207,7 +207,7 @@ async fn headers_versions_and_capabilities_are_checked() {
     assert_eq!(r.status(), 400, "unsupported version");
     // The upstream asks for elicitation but the client did not declare it: -32021, HTTP 400,
     // naming the capability, and the upstream call is abandoned.
-    let (status, v) = call(
+    let (status, v) = call_modern(
         &url,
         "fa__elicit",
         json!({"name": "fa__elicit", "arguments": {"message": "m"}}),
@@ -221,7 +221,7 @@ async fn headers_versions_and_capabilities_are_checked() {
         "{v}"
     );
     // A plain call works, with resultType.
-    let (_, v) = call(
+    let (_, v) = call_modern(
         &url,
         "fa__echo",
         json!({"name": "fa__echo", "arguments": {"message": "plain"}}),
@@ -230,4 +230,55 @@ async fn headers_versions_and_capabilities_are_checked() {
     .await;
     assert_eq!(v["result"]["resultType"], "complete", "{v}");
     assert_eq!(v["result"]["content"][0]["text"], "Echo: plain", "{v}");
+}
+
+/// A legacy server that never answers `server/discover` costs one probe (rmcp's 10 s) on the
+/// connector's first start with `era = "auto"`; restarts reuse the answer. `era = "legacy"`
+/// never probes.
+#[tokio::test]
+async fn a_silent_legacy_server_is_probed_once() {
+    let silent = "env = { FAULTY_SILENT_UNKNOWN = \"1\" }";
+    let probes = |gw: &Gw| {
+        gw.log()
+            .matches("ignored unknown request server/discover")
+            .count()
+    };
+
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", silent)
+    ));
+    gw.wait_up().await;
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    c.peer()
+        .call_tool(call("fa__crash", json!({})))
+        .await
+        .expect_err("the process died");
+    gw.wait_health("fa restarted", |h| h["connectors"]["fa"]["restarts"] == 1)
+        .await;
+    gw.wait_up().await;
+    let r = c
+        .peer()
+        .call_tool(call("fa__echo", json!({"message": "back"})))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "Echo: back");
+    assert_eq!(
+        probes(&gw),
+        1,
+        "probed once, not on the restart:\n{}",
+        gw.log()
+    );
+
+    let gw = Gw::start(&format!(
+        "{}era = \"legacy\"\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", silent)
+    ));
+    gw.wait_up().await;
+    assert_eq!(
+        probes(&gw),
+        0,
+        "era = \"legacy\" never probes:\n{}",
+        gw.log()
+    );
 }
