@@ -12,11 +12,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use config::{ConnectorId, VirtualServerSpec};
-use rmcp::model::JsonObject;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientRequest, CompleteRequestParams, CompleteResult,
-    GetPromptRequestParams, GetPromptResult, ReadResourceRequestParams, ReadResourceResult,
-    ServerResult, SubscribeRequestParams, UnsubscribeRequestParams,
+    GetPromptRequestParams, GetPromptResult, JsonObject, ReadResourceRequestParams,
+    ReadResourceResult,
 };
 use upstream::{Caller, Connector, Pool, RawValue, UpstreamError};
 
@@ -197,21 +196,6 @@ impl VirtualServer {
     ) -> Result<Box<RawValue>, RouteError> {
         self.target(id, caller)?
             .raw_request(method, params, caller)
-            .await
-            .map_err(|error| RouteError::Upstream {
-                connector: id.clone(),
-                error,
-            })
-    }
-
-    async fn forward(
-        &self,
-        id: &ConnectorId,
-        req: ClientRequest,
-        caller: &Caller,
-    ) -> Result<ServerResult, RouteError> {
-        self.target(id, caller)?
-            .request(req, caller)
             .await
             .map_err(|error| RouteError::Upstream {
                 connector: id.clone(),
@@ -426,15 +410,13 @@ impl VirtualServer {
             .route_resource(uri)
             .ok_or_else(|| RouteError::UnknownResource(uri.to_owned()))?;
         drop(cat);
-        let params: SubscribeRequestParams =
-            serde_json::from_value(serde_json::json!({ "uri": upstream_uri }))
-                .expect("a valid subscribe request");
-        self.forward(
-            &connector,
-            ClientRequest::SubscribeRequest(rmcp::model::Request::new(params)),
-            caller,
-        )
-        .await?;
+        self.target(&connector, caller)?
+            .watch(&upstream_uri, caller)
+            .await
+            .map_err(|error| RouteError::Upstream {
+                connector: connector.clone(),
+                error,
+            })?;
         Ok((connector, upstream_uri))
     }
 
@@ -444,16 +426,10 @@ impl VirtualServer {
             .route_resource(uri)
             .ok_or_else(|| RouteError::UnknownResource(uri.to_owned()))?;
         drop(cat);
-        let params: UnsubscribeRequestParams =
-            serde_json::from_value(serde_json::json!({ "uri": upstream_uri }))
-                .expect("a valid unsubscribe request");
-        self.forward(
-            &connector,
-            ClientRequest::UnsubscribeRequest(rmcp::model::Request::new(params)),
-            caller,
-        )
-        .await?;
-        Ok(())
+        self.target(&connector, caller)?
+            .unwatch(&upstream_uri, caller)
+            .await
+            .map_err(|error| RouteError::Upstream { connector, error })
     }
 
     pub async fn complete(

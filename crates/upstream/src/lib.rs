@@ -187,6 +187,10 @@ struct Shared {
     /// The era the upstream was found to speak (`era = "auto"`), kept across reconnections:
     /// `Some(true)` for 2026-07-28.
     modern: Mutex<Option<bool>>,
+    /// Upstream URIs clients watch. A legacy upstream is told with `resources/subscribe`; a
+    /// modern one through the connector's `subscriptions/listen` stream, reopened on change.
+    watched: Mutex<std::collections::BTreeSet<String>>,
+    watched_changed: Notify,
     catalog: ArcSwap<UpstreamCatalog>,
     events: broadcast::Sender<UpstreamEvent>,
     /// Keyed by the progress token rmcp put on the upstream request (unique per connection).
@@ -228,6 +232,8 @@ impl Connector {
             peer: ArcSwapOption::empty(),
             raw: ArcSwapOption::empty(),
             modern: Mutex::new(None),
+            watched: Mutex::new(Default::default()),
+            watched_changed: Notify::new(),
             catalog: ArcSwap::from_pointee(UpstreamCatalog::default()),
             events,
             inflight: Mutex::new(HashMap::new()),
@@ -440,6 +446,59 @@ impl Connector {
         };
         abandon.armed = false;
         r
+    }
+
+    /// Start watching upstream resource `uri` (a client subscribed to it).
+    pub async fn watch(&self, uri: &str, caller: &Caller) -> Result<(), UpstreamError> {
+        self.live_peer().await?;
+        self.shared
+            .watched
+            .lock()
+            .expect("watched lock")
+            .insert(uri.to_owned());
+        if self.is_modern() {
+            self.shared.watched_changed.notify_one();
+            return Ok(());
+        }
+        let params: rmcp::model::SubscribeRequestParams =
+            serde_json::from_value(serde_json::json!({ "uri": uri }))
+                .expect("a valid subscribe request");
+        self.request(
+            ClientRequest::SubscribeRequest(rmcp::model::Request::new(params)),
+            caller,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stop watching upstream resource `uri` (nobody subscribes to it any more).
+    pub async fn unwatch(&self, uri: &str, caller: &Caller) -> Result<(), UpstreamError> {
+        self.shared
+            .watched
+            .lock()
+            .expect("watched lock")
+            .remove(uri);
+        if self.is_modern() {
+            self.shared.watched_changed.notify_one();
+            return Ok(());
+        }
+        let params: rmcp::model::UnsubscribeRequestParams =
+            serde_json::from_value(serde_json::json!({ "uri": uri }))
+                .expect("a valid unsubscribe request");
+        self.request(
+            ClientRequest::UnsubscribeRequest(rmcp::model::Request::new(params)),
+            caller,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn is_modern(&self) -> bool {
+        self.shared
+            .raw
+            .load()
+            .as_ref()
+            .is_some_and(|l| l.is_modern())
     }
 
     async fn live_peer(&self) -> Result<Arc<Peer<RoleClient>>, UpstreamError> {
@@ -1194,6 +1253,18 @@ async fn run_connection(
         .expect("inflight lock")
         .retain(|_, e| !e.done);
     shared.raw.store(Some(raw.clone()));
+    // Ends the listen task (below) when this connection ends, however it ends.
+    let listening = CancellationToken::new();
+    let _stop_listening = listening.clone().drop_guard();
+    if modern {
+        // A modern upstream has no session to announce changes on: the connector listens.
+        tokio::spawn(listen_upstream(
+            Arc::downgrade(shared),
+            peer.clone(),
+            raw.clone(),
+            listening,
+        ));
+    }
     shared.peer.store(Some(Arc::new(peer)));
     shared.set_health(HealthState::Up, None);
     let started = Instant::now();
@@ -1237,6 +1308,81 @@ async fn run_connection(
         *backoff = shared.spec.restart.initial_backoff;
     }
     outcome
+}
+
+/// A modern upstream's `subscriptions/listen` stream for its list changes and the resources
+/// clients watch; reopened whenever the watched set changes, ended with the connection.
+async fn listen_upstream(
+    shared: std::sync::Weak<Shared>,
+    peer: Peer<RoleClient>,
+    link: Arc<RawLink>,
+    ct: CancellationToken,
+) {
+    use rmcp::model::ServerNotification as N;
+    let mut failures = 0u32;
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let uris: Vec<String> = s
+            .watched
+            .lock()
+            .expect("watched lock")
+            .iter()
+            .cloned()
+            .collect();
+        let caps = s.catalog.load().capabilities.clone().unwrap_or_default();
+        let mut filter = rmcp::model::SubscriptionFilter::new();
+        filter.tools_list_changed = caps.tools.is_some().then_some(true);
+        filter.prompts_list_changed = caps.prompts.is_some().then_some(true);
+        filter.resources_list_changed = caps.resources.is_some().then_some(true);
+        if !uris.is_empty() {
+            filter.resource_subscriptions = Some(uris);
+        }
+        let id = s.spec.id.clone();
+        drop(s);
+        let opened = tokio::select! {
+            r = peer.listen(filter) => r,
+            _ = ct.cancelled() => return,
+        };
+        let mut sub = match opened {
+            Ok(sub) => {
+                failures = 0;
+                sub
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(connector = %id, error = %e, "subscriptions/listen to the upstream failed; list changes and resource updates of this connector will be missed until it works");
+                let wait = Duration::from_secs(u64::from(failures.min(6)) * 5);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = ct.cancelled() => return,
+                }
+            }
+        };
+        let Some(s) = shared.upgrade() else { return };
+        loop {
+            let changed = s.watched_changed.notified();
+            tokio::select! {
+                n = sub.next() => match n {
+                    Ok(Some(N::ToolListChangedNotification(_)))
+                    | Ok(Some(N::PromptListChangedNotification(_)))
+                    | Ok(Some(N::ResourceListChangedNotification(_))) => {
+                        let (s, peer, link) = (s.clone(), peer.clone(), link.clone());
+                        tokio::spawn(async move { s.refresh_after_change(&peer, &link).await });
+                    }
+                    Ok(Some(N::ResourceUpdatedNotification(u))) => {
+                        let _ = s.events.send(UpstreamEvent::ResourceUpdated(
+                            s.spec.id.clone(),
+                            u.params.uri,
+                        ));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                },
+                _ = changed => break,
+                _ = ct.cancelled() => return,
+            }
+        }
+    }
 }
 
 /// ±25% so that many connectors restarting together do not stampede.
