@@ -335,7 +335,7 @@ impl Connector {
     ) -> Result<Box<RawValue>, UpstreamError> {
         params.remove("_meta");
         for _round in 0..MAX_INPUT_ROUNDS {
-            let result = self.raw_once(method, params.clone(), caller).await?;
+            let result = self.raw_once(method, &params, caller).await?;
             let Some(input) = raw::input_required(&result) else {
                 return Ok(result);
             };
@@ -354,7 +354,7 @@ impl Connector {
     async fn raw_once(
         &self,
         method: &str,
-        mut params: serde_json::Map<String, serde_json::Value>,
+        params: &serde_json::Map<String, serde_json::Value>,
         caller: &Caller,
     ) -> Result<Box<RawValue>, UpstreamError> {
         let shared = &self.shared;
@@ -382,10 +382,16 @@ impl Connector {
                 serde_json::to_value(level).unwrap_or_default(),
             );
         }
-        if !meta.is_empty() {
-            params.insert("_meta".into(), meta.into());
+        // The params as given plus this hop's `_meta`, serialised without copying them.
+        #[derive(serde::Serialize)]
+        struct WithMeta<'a> {
+            #[serde(flatten)]
+            params: &'a serde_json::Map<String, serde_json::Value>,
+            #[serde(rename = "_meta", skip_serializing_if = "serde_json::Map::is_empty")]
+            meta: serde_json::Map<String, serde_json::Value>,
         }
-        let body = serde_json::value::to_raw_value(&params).expect("params serialise");
+        let body =
+            serde_json::value::to_raw_value(&WithMeta { params, meta }).expect("params serialise");
         // Registered before sending, so early progress and sampling find their caller.
         let _guard = InflightGuard::register(
             shared,
