@@ -83,6 +83,9 @@ struct Envelope<'a> {
 }
 
 pub(crate) async fn handle(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
+    if modern_eligible(gw, req.headers()) {
+        return modern_call(gw, server, req).await;
+    }
     let Some((session, peer)) = eligible(gw, server, req.headers()) else {
         return Outcome::Rmcp(req);
     };
@@ -151,6 +154,219 @@ fn eligible(gw: &Gateway, server: &str, h: &HeaderMap) -> Option<(u64, Peer<Role
     }
     let (session, srv, peer) = gw.sessions.by_key(key)?;
     (&*srv == server).then_some((session, peer))
+}
+
+/// A stateless 2026-07-28 `tools/call` from a non-browser client with no `Mcp-Param-*`
+/// headers. Whatever this path does not fully check goes to rmcp, which answers with the
+/// precise error (header mismatch -32020, unsupported version, ...).
+fn modern_eligible(gw: &Gateway, h: &HeaderMap) -> bool {
+    let is = |name: &str, want: &str| h.get(name).is_some_and(|v| v.as_bytes() == want.as_bytes());
+    !h.contains_key("mcp-session-id")
+        && !h.contains_key(header::ORIGIN)
+        && is("mcp-protocol-version", MODERN_VERSION)
+        && is("mcp-method", "tools/call")
+        && h.get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/json") && a.contains("text/event-stream"))
+        && h.get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/json"))
+        && !h.keys().any(|k| k.as_str().starts_with("mcp-param-"))
+        && host_allowed(h, &gw.config().gateway.allowed_hosts)
+}
+
+const MODERN_VERSION: &str = "2026-07-28";
+
+/// A modern `tools/call` on the gateway's own data path, through the MRTR bridge like rmcp's
+/// handler does (a legacy upstream's questions become `input_required` rounds), answered with
+/// one JSON body. Requests with a progress token or a log level, MRTR retries, tools with
+/// header-mapped parameters and anything malformed go to rmcp instead.
+async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
+    let (parts, body) = req.into_parts();
+    let max = gw.config().gateway.max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
+        return Outcome::Done(
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {max} bytes (gateway.max_body_bytes)"),
+            )
+                .into_response(),
+        );
+    };
+    let name_header = parts
+        .headers
+        .get("mcp-name")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let rmcp = |bytes: Bytes| Outcome::Rmcp(Request::from_parts(parts, Body::from(bytes)));
+    let Some(prepared) = prepare_modern(gw, server, &bytes, name_header.as_deref()) else {
+        return rmcp(bytes);
+    };
+    let ModernCall {
+        id,
+        vs,
+        params,
+        meta,
+        caps,
+    } = prepared;
+    let binding = crate::mrtr::binding(server, "tools/call", &params);
+    let session = gw.sessions.next_id();
+    let pool = gw.pool.clone();
+    let round = gw
+        .bridge
+        .start(
+            crate::mrtr::Call {
+                binding,
+                caps,
+                session,
+                client: crate::mrtr::Client {
+                    peer: None,
+                    progress_token: None,
+                },
+                ct: gw.shutdown.child_token(),
+                ttl: gw.config().gateway.input_wait,
+                log_level: None,
+            },
+            move |mut c: Caller| {
+                c.meta = meta;
+                Box::pin(async move {
+                    let r = vs.call_tool_raw(params, &c).await;
+                    pool.end_session(session);
+                    r
+                })
+            },
+        )
+        .await;
+    Outcome::Done(match round {
+        crate::mrtr::Round::Done(Ok(raw)) => {
+            json_response(result_message(&id, &with_result_type(raw.get())))
+        }
+        crate::mrtr::Round::Done(Err(e)) => modern_error(&id, &to_error(e)),
+        crate::mrtr::Round::Input(i) => json_response(result_message(
+            &id,
+            &serde_json::to_string(&i).expect("a result serialises"),
+        )),
+        crate::mrtr::Round::Missing(caps) => {
+            modern_error(&id, &ErrorData::missing_required_client_capability(caps))
+        }
+    })
+}
+
+/// A JSON-RPC error for a 2026-07-28 client: the request-level errors (-32020 header mismatch,
+/// -32021 missing capability, -32022 unsupported version) also get HTTP 400, like rmcp's.
+fn modern_error(id: &RawValue, e: &ErrorData) -> Response {
+    let mut r = json_response(error_message(id, e));
+    if matches!(e.code.0, -32022..=-32020) {
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    r
+}
+
+struct ModernCall {
+    id: Box<RawValue>,
+    vs: Arc<router::VirtualServer>,
+    params: serde_json::Map<String, serde_json::Value>,
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
+    caps: ClientCapabilities,
+}
+
+/// Everything this path needs, or None if rmcp should take the request.
+fn prepare_modern(
+    gw: &Gateway,
+    server: &str,
+    body: &[u8],
+    name_header: Option<&str>,
+) -> Option<ModernCall> {
+    let env: Envelope = serde_json::from_slice(body).ok()?;
+    if env.method.as_deref() != Some("tools/call") {
+        return None;
+    }
+    let id = env.id?.to_owned();
+    let mut params: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(env.params?.get()).ok()?;
+    let name = params.get("name")?.as_str()?;
+    if name_header != Some(name)
+        || params.contains_key("requestState")
+        || params.contains_key("inputResponses")
+    {
+        return None;
+    }
+    let vs = gw.virtual_server(server)?;
+    let cat = vs.catalog();
+    let tool = &cat.tools[*cat.tool_index.get(name)?];
+    if has_param_headers(&tool.input_schema) {
+        return None;
+    }
+    drop(cat);
+    let serde_json::Value::Object(meta) = params.remove("_meta")? else {
+        return None;
+    };
+    if meta
+        .get("io.modelcontextprotocol/protocolVersion")
+        .and_then(|v| v.as_str())
+        != Some(MODERN_VERSION)
+        || meta.contains_key("progressToken")
+        || meta.contains_key("io.modelcontextprotocol/logLevel")
+    {
+        return None;
+    }
+    let caps: ClientCapabilities = serde_json::from_value(
+        meta.get("io.modelcontextprotocol/clientCapabilities")?
+            .clone(),
+    )
+    .ok()?;
+    Some(ModernCall {
+        id,
+        meta: forwarded_meta(&meta),
+        vs,
+        params,
+        caps,
+    })
+}
+
+/// Whether a tool's schema maps arguments to `Mcp-Param-*` headers (rmcp validates those).
+fn has_param_headers(schema: &serde_json::Map<String, serde_json::Value>) -> bool {
+    schema
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .is_some_and(|props| {
+            props.values().any(|p| {
+                p.as_object()
+                    .is_some_and(|p| p.contains_key("x-mcp-header") || has_param_headers(p))
+            })
+        })
+}
+
+/// A result object with `"resultType"` (2026-07-28 requires it; legacy upstreams omit it).
+fn with_result_type(result: &str) -> String {
+    struct HasKey;
+    impl<'de> serde::de::Visitor<'de> for HasKey {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a result object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut found = false;
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                found |= k == "resultType";
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(result);
+    let has = serde::Deserializer::deserialize_map(&mut de, HasKey).unwrap_or(true);
+    match result.trim_start().strip_prefix('{') {
+        Some(rest) if !has => {
+            let sep = if rest.trim_start().starts_with('}') {
+                ""
+            } else {
+                ","
+            };
+            format!("{{\"resultType\":\"complete\"{sep}{rest}")
+        }
+        _ => result.to_owned(),
+    }
 }
 
 /// The Host check of rmcp's service (host and, if the entry has one, port); anything it would

@@ -81,7 +81,7 @@ impl SessionHandler {
         let binding = crate::mrtr::binding(&self.server, method, &params);
         // Progress of this round goes to this request's response stream.
         let client = crate::mrtr::Client {
-            peer: cx.peer.clone(),
+            peer: Some(cx.peer.clone()),
             progress_token: cx.meta.get_progress_token(),
         };
         let round = match params.get("requestState").and_then(|s| s.as_str()) {

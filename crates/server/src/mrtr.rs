@@ -63,7 +63,9 @@ enum Event {
 
 /// The request a round answers: where its progress goes.
 pub(crate) struct Client {
-    pub peer: rmcp::Peer<rmcp::RoleServer>,
+    /// None when the request was answered by the gateway's own data path (it has no progress
+    /// token then: such requests go to rmcp).
+    pub peer: Option<rmcp::Peer<rmcp::RoleServer>>,
     pub progress_token: Option<rmcp::model::ProgressToken>,
 }
 
@@ -377,7 +379,7 @@ impl Downstream for Asker {
             .lock()
             .expect("client lock")
             .as_ref()
-            .and_then(|c| c.progress_token.clone().map(|t| (c.peer.clone(), t)));
+            .and_then(|c| Some((c.peer.clone()?, c.progress_token.clone()?)));
         Box::pin(async move {
             if let Some((peer, token)) = target {
                 p.progress_token = token;

@@ -230,6 +230,21 @@ async fn headers_versions_and_capabilities_are_checked() {
     .await;
     assert_eq!(v["result"]["resultType"], "complete", "{v}");
     assert_eq!(v["result"]["content"][0]["text"], "Echo: plain", "{v}");
+    // Stateless calls take the gateway's own data path too: unknown fields survive both ways.
+    let (_, v) = call_modern(
+        &url,
+        "fa__echo",
+        json!({"name": "fa__echo", "arguments": {"message": "x"}, "x-client": 1}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(v["result"]["x-extra"], "kept", "{v}");
+    assert_eq!(
+        v["result"]["_meta"]["seen_extra"],
+        json!({"x-client": 1}),
+        "{v}"
+    );
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
 }
 
 /// A legacy server that never answers `server/discover` costs one probe (rmcp's 10 s) on the
