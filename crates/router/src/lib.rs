@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use config::{ConnectorId, VirtualServerSpec};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientRequest, CompleteRequestParams, CompleteResult,
+    CallToolRequestParams, CallToolResult, CompleteRequestParams, CompleteResult,
     GetPromptRequestParams, GetPromptResult, JsonObject, ReadResourceRequestParams,
     ReadResourceResult,
 };
@@ -488,20 +488,7 @@ impl VirtualServer {
     /// `logging/setLevel` goes to every running connector that supports logging.
     pub async fn set_level(&self, level: rmcp::model::LoggingLevel, caller: &Caller) {
         for c in &self.connectors {
-            let supports = c
-                .catalog()
-                .capabilities
-                .as_ref()
-                .is_some_and(|caps| caps.logging.is_some());
-            if supports {
-                let params: rmcp::model::SetLevelRequestParams =
-                    serde_json::from_value(serde_json::json!({ "level": level }))
-                        .expect("a valid setLevel request");
-                let req = ClientRequest::SetLevelRequest(rmcp::model::Request::new(params));
-                if let Err(e) = c.request(req, caller).await {
-                    tracing::debug!(connector = %c.id(), error = %e, "logging/setLevel not applied");
-                }
-            }
+            c.set_log_level(level, caller).await;
         }
     }
 }

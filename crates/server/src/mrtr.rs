@@ -388,8 +388,20 @@ impl Downstream for Asker {
         })
     }
 
-    fn log(&self, _p: LoggingMessageNotificationParam) -> BoxFut<'_, ()> {
-        Box::pin(async {})
+    fn log(&self, p: LoggingMessageNotificationParam) -> BoxFut<'_, ()> {
+        // Only requests that asked for a log level reach here with a peer (the gateway's own
+        // data path sends those to rmcp); logs between rounds have nowhere to go.
+        let peer = self
+            .client
+            .lock()
+            .expect("client lock")
+            .as_ref()
+            .and_then(|c| c.peer.clone());
+        Box::pin(async move {
+            if let Some(peer) = peer {
+                let _ = peer.notify_logging_message(p).await;
+            }
+        })
     }
 
     fn create_message(

@@ -191,6 +191,8 @@ struct Shared {
     /// modern one through the connector's `subscriptions/listen` stream, reopened on change.
     watched: Mutex<std::collections::BTreeSet<String>>,
     watched_changed: Notify,
+    /// The `logging/setLevel` last sent to a legacy upstream (its session has one level).
+    log_level: Mutex<Option<rmcp::model::LoggingLevel>>,
     catalog: ArcSwap<UpstreamCatalog>,
     events: broadcast::Sender<UpstreamEvent>,
     /// Keyed by the progress token rmcp put on the upstream request (unique per connection).
@@ -234,6 +236,7 @@ impl Connector {
             modern: Mutex::new(None),
             watched: Mutex::new(Default::default()),
             watched_changed: Notify::new(),
+            log_level: Mutex::new(None),
             catalog: ArcSwap::from_pointee(UpstreamCatalog::default()),
             events,
             inflight: Mutex::new(HashMap::new()),
@@ -366,6 +369,12 @@ impl Connector {
             ))
         };
         let link = shared.raw.load_full().ok_or_else(closed)?;
+        // A request's own log level (a 2026-07-28 client's) becomes the legacy upstream's.
+        if let Some(level) = caller.log_level
+            && !link.is_modern()
+        {
+            self.set_log_level(level, caller).await;
+        }
         let id = link.next_id();
         let token = raw::token(id);
         let mut meta = caller.meta.clone().unwrap_or_default();
@@ -497,6 +506,37 @@ impl Connector {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Send `logging/setLevel` to a legacy upstream that logs, unless it already has `level`.
+    /// (A modern upstream gets the level with each request instead.)
+    pub async fn set_log_level(&self, level: rmcp::model::LoggingLevel, caller: &Caller) {
+        let logs = self
+            .catalog()
+            .capabilities
+            .as_ref()
+            .is_some_and(|c| c.logging.is_some());
+        if !logs || self.is_modern() {
+            return;
+        }
+        if self
+            .shared
+            .log_level
+            .lock()
+            .expect("level lock")
+            .replace(level)
+            == Some(level)
+        {
+            return;
+        }
+        let params: rmcp::model::SetLevelRequestParams =
+            serde_json::from_value(serde_json::json!({ "level": level }))
+                .expect("a valid setLevel request");
+        let req = ClientRequest::SetLevelRequest(rmcp::model::Request::new(params));
+        if let Err(e) = self.request(req, caller).await {
+            *self.shared.log_level.lock().expect("level lock") = None;
+            tracing::debug!(connector = %self.id(), error = %e, "logging/setLevel not applied");
+        }
     }
 
     fn is_modern(&self) -> bool {
@@ -1259,6 +1299,8 @@ async fn run_connection(
         .expect("inflight lock")
         .retain(|_, e| !e.done);
     shared.raw.store(Some(raw.clone()));
+    // A new process (or session) starts at its own default log level.
+    *shared.log_level.lock().expect("level lock") = None;
     // Ends the listen task (below) when this connection ends, however it ends.
     let listening = CancellationToken::new();
     let _stop_listening = listening.clone().drop_guard();

@@ -297,3 +297,51 @@ async fn a_silent_legacy_server_is_probed_once() {
         gw.log()
     );
 }
+
+/// A modern request's own `logLevel` becomes the legacy upstream's `logging/setLevel`, and the
+/// log messages of the call reach the client on the call's response stream.
+#[tokio::test]
+async fn a_request_log_level_reaches_a_legacy_upstream() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let logged = |level: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut params = json!({"name": "fa__log", "arguments": {"level": "warning", "message": "from upstream"}});
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                "io.modelcontextprotocol/logLevel": level,
+            });
+            let r = reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", VERSION)
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "fa__log")
+                .body(
+                    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+                        .to_string(),
+                )
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        }
+    };
+    let body = logged("info").await;
+    assert!(
+        body.contains("notifications/message") && body.contains("from upstream"),
+        "{body}"
+    );
+    assert!(body.contains("logged"), "{body}");
+    let body = logged("error").await;
+    assert!(
+        !body.contains("from upstream"),
+        "a warning is below error: {body}"
+    );
+    assert!(body.contains("logged"), "{body}");
+}
