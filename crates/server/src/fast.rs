@@ -90,18 +90,9 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, server: &str, req: Request) -> Out
         return Outcome::Rmcp(req);
     };
     let (parts, body) = req.into_parts();
-    let max = gw.config().gateway.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, max).await {
+    let bytes = match read_body(gw, body).await {
         Ok(b) => b,
-        Err(_) => {
-            return Outcome::Done(
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body larger than {max} bytes (gateway.max_body_bytes)"),
-                )
-                    .into_response(),
-            );
-        }
+        Err(too_large) => return Outcome::Done(too_large),
     };
     let rmcp = |bytes: Bytes| Outcome::Rmcp(Request::from_parts(parts, Body::from(bytes)));
     let Ok(text) = std::str::from_utf8(&bytes) else {
@@ -129,27 +120,41 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, server: &str, req: Request) -> Out
     }
 }
 
+/// The request body, up to `gateway.max_body_bytes` (else the 413 answer).
+async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
+    let max = gw.config().gateway.max_body_bytes;
+    axum::body::to_bytes(body, max).await.map_err(|_| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {max} bytes (gateway.max_body_bytes)"),
+        )
+            .into_response()
+    })
+}
+
+/// What both data paths ask of a request: no `Origin` (browsers go to rmcp, which checks it),
+/// both answer forms accepted, a JSON body, an allowed `Host`.
+fn plain_client(gw: &Gateway, h: &HeaderMap) -> bool {
+    !h.contains_key(header::ORIGIN)
+        && h.get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/json") && a.contains("text/event-stream"))
+        && h.get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/json"))
+        && host_allowed(h, &gw.config().gateway.allowed_hosts)
+}
+
 /// A POST in a live legacy session of this server, from a non-browser client that accepts
 /// both answer forms: the session number and its rmcp peer.
 fn eligible(gw: &Gateway, server: &str, h: &HeaderMap) -> Option<(u64, Peer<RoleServer>)> {
     let key = h.get("mcp-session-id")?.to_str().ok()?;
-    if h.contains_key(header::ORIGIN) {
-        return None;
-    }
-    let accept = h.get(header::ACCEPT)?.to_str().ok()?;
-    if !(accept.contains("application/json") && accept.contains("text/event-stream")) {
-        return None;
-    }
-    let ct = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    if !ct.starts_with("application/json") {
-        return None;
-    }
     if let Some(v) = h.get("mcp-protocol-version")
         && !LEGACY_VERSIONS.iter().any(|l| v.as_bytes() == l.as_bytes())
     {
         return None;
     }
-    if !host_allowed(h, &gw.config().gateway.allowed_hosts) {
+    if !plain_client(gw, h) {
         return None;
     }
     let (session, srv, peer) = gw.sessions.by_key(key)?;
@@ -162,17 +167,10 @@ fn eligible(gw: &Gateway, server: &str, h: &HeaderMap) -> Option<(u64, Peer<Role
 fn modern_eligible(gw: &Gateway, h: &HeaderMap) -> bool {
     let is = |name: &str, want: &str| h.get(name).is_some_and(|v| v.as_bytes() == want.as_bytes());
     !h.contains_key("mcp-session-id")
-        && !h.contains_key(header::ORIGIN)
         && is("mcp-protocol-version", MODERN_VERSION)
         && is("mcp-method", "tools/call")
-        && h.get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("application/json") && a.contains("text/event-stream"))
-        && h.get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/json"))
         && !h.keys().any(|k| k.as_str().starts_with("mcp-param-"))
-        && host_allowed(h, &gw.config().gateway.allowed_hosts)
+        && plain_client(gw, h)
 }
 
 const MODERN_VERSION: &str = "2026-07-28";
@@ -183,15 +181,9 @@ const MODERN_VERSION: &str = "2026-07-28";
 /// header-mapped parameters and anything malformed go to rmcp instead.
 async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
     let (parts, body) = req.into_parts();
-    let max = gw.config().gateway.max_body_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
-        return Outcome::Done(
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {max} bytes (gateway.max_body_bytes)"),
-            )
-                .into_response(),
-        );
+    let bytes = match read_body(gw, body).await {
+        Ok(b) => b,
+        Err(too_large) => return Outcome::Done(too_large),
     };
     let name_header = parts
         .headers
