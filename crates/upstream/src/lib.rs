@@ -191,6 +191,8 @@ struct Shared {
     /// modern one through the connector's `subscriptions/listen` stream, reopened on change.
     watched: Mutex<std::collections::BTreeSet<String>>,
     watched_changed: Notify,
+    /// The last connection attempt probed the era and failed (see `connect`).
+    probe_failed: std::sync::atomic::AtomicBool,
     /// The `logging/setLevel` last sent to a legacy upstream (its session has one level).
     log_level: Mutex<Option<rmcp::model::LoggingLevel>>,
     catalog: ArcSwap<UpstreamCatalog>,
@@ -237,6 +239,7 @@ impl Connector {
             watched: Mutex::new(Default::default()),
             watched_changed: Notify::new(),
             log_level: Mutex::new(None),
+            probe_failed: std::sync::atomic::AtomicBool::new(false),
             catalog: ArcSwap::from_pointee(UpstreamCatalog::default()),
             events,
             inflight: Mutex::new(HashMap::new()),
@@ -877,7 +880,24 @@ impl Shared {
             .send(UpstreamEvent::CatalogChanged(self.spec.id.clone()));
     }
 
+    /// Open a connection. If probing the era (`era = "auto"`, nothing known yet) fails, the
+    /// next attempt uses `initialize` directly (some legacy servers trip up on the probe), and
+    /// if that fails too, the one after probes again.
     async fn connect(self: &Arc<Self>) -> Result<Connection, String> {
+        let lifecycle = self.lifecycle();
+        let probing = matches!(lifecycle, rmcp::ClientLifecycleMode::Auto { .. });
+        let result = self.connect_with(lifecycle).await;
+        if result.is_err() && self.modern.lock().expect("era lock").is_none() {
+            self.probe_failed
+                .store(probing, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn connect_with(
+        self: &Arc<Self>,
+        lifecycle: rmcp::ClientLifecycleMode,
+    ) -> Result<Connection, String> {
         let cell = Arc::new(std::sync::OnceLock::new());
         let handler = UpstreamHandler::new(Arc::downgrade(self), cell.clone());
         match &self.spec.transport {
@@ -896,8 +916,7 @@ impl Shared {
                     stdout,
                 } = spawned;
                 *self.starting_group.lock().expect("group lock") = pgid;
-                let init =
-                    rmcp::serve_client_with_lifecycle(handler, (stdout, stdin), self.lifecycle());
+                let init = rmcp::serve_client_with_lifecycle(handler, (stdout, stdin), lifecycle);
                 let init_timeout = Duration::from_secs(60);
                 tokio::select! {
                     r = tokio::time::timeout(init_timeout, init) => match r {
@@ -965,7 +984,7 @@ impl Shared {
                     self.attach_logs(&raw);
                     let attempt = tokio::time::timeout(
                         budget + Duration::from_secs(10),
-                        rmcp::serve_client_with_lifecycle(handler, transport, self.lifecycle()),
+                        rmcp::serve_client_with_lifecycle(handler, transport, lifecycle),
                     )
                     .await;
                     match attempt {
@@ -1135,6 +1154,11 @@ impl Shared {
                 rmcp::ClientLifecycleMode::Initialize
             }
             (config::Era::Modern, _) | (config::Era::Auto, Some(true)) => modern(),
+            (config::Era::Auto, None)
+                if self.probe_failed.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                rmcp::ClientLifecycleMode::Initialize
+            }
             (config::Era::Auto, None) => rmcp::ClientLifecycleMode::Auto {
                 preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
                 legacy_version: None,

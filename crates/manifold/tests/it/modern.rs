@@ -345,3 +345,39 @@ async fn a_request_log_level_reaches_a_legacy_upstream() {
     );
     assert!(body.contains("logged"), "{body}");
 }
+
+/// When the era probe itself fails (here the server answers `server/discover` with the wrong
+/// id, as a slow-starting server's late answer looks), the next attempt uses `initialize`
+/// directly, and the era found then is kept.
+#[tokio::test]
+async fn a_failed_era_probe_falls_back_to_initialize() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "env = { FAULTY_WRONG_ID_UNKNOWN = \"1\" }")
+    ));
+    gw.wait_up().await;
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    let r = c
+        .peer()
+        .call_tool(call("fa__echo", json!({"message": "up"})))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "Echo: up");
+    let probes = gw
+        .log()
+        .matches("misanswered unknown request server/discover")
+        .count();
+    assert_eq!(
+        probes,
+        1,
+        "one failed probe, then initialize:\n{}",
+        gw.log()
+    );
+    // (Field names in the log may carry terminal styling, so the line is matched in parts.)
+    let log = gw.log();
+    let era = log
+        .lines()
+        .find(|l| l.contains("upstream protocol era"))
+        .unwrap_or_else(|| panic!("the era found is logged:\n{log}"));
+    assert!(era.contains("\"legacy\""), "{era}");
+}
