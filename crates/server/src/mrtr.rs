@@ -136,11 +136,11 @@ pub(crate) fn binding(
 }
 
 impl Bridge {
-    /// Start `call` for a modern client with `caps`; returns its first round.
+    /// Start `body` (the upstream call, given its `Caller`) as `call`; returns its first round.
     pub(crate) async fn start(
         &self,
         call: Call,
-        run: impl FnOnce(upstream::Caller) -> BoxFut<'static, Outcome>,
+        body: impl FnOnce(upstream::Caller) -> BoxFut<'static, Outcome>,
     ) -> Round {
         let Call {
             binding,
@@ -151,7 +151,6 @@ impl Bridge {
             ttl,
             log_level,
         } = call;
-        let call = run;
         let (tx, events) = mpsc::channel(16);
         let (done_tx, done) = oneshot::channel();
         // With a token, the upstream is asked for progress; each round's own token is used
@@ -170,7 +169,7 @@ impl Bridge {
             ct: ct.clone(),
             log_level,
         };
-        let fut = call(caller);
+        let fut = body(caller);
         tokio::spawn(async move {
             let _ = done_tx.send(fut.await);
         });
@@ -246,7 +245,7 @@ impl Bridge {
             match next {
                 Some(Event::Missing(caps)) => return Round::Missing(caps),
                 Some(Event::Input { request, answer }) => {
-                    let key = format!("r{}", run.waiting.len() + requests.len() + 1);
+                    let key = format!("r{}", requests.len() + 1);
                     match serde_json::from_value(request) {
                         Ok(r) => {
                             requests.insert(key.clone(), r);
