@@ -84,43 +84,53 @@ impl SessionHandler {
             peer: Some(cx.peer.clone()),
             progress_token: cx.meta.get_progress_token(),
         };
-        let round = match params.get("requestState").and_then(|s| s.as_str()) {
-            Some(state) => {
-                let responses = params.get("inputResponses").and_then(|r| r.as_object());
-                gw.bridge.resume(binding, state, responses, client).await?
-            }
-            None => {
-                let caps = cx.meta.client_capabilities().unwrap_or_default();
-                let mut fwd = params.clone();
-                fwd.remove("inputResponses");
-                fwd.remove("requestState");
-                let meta = forwarded_meta(&cx.meta.0.0);
-                // The call outlives this request (it may be parked between rounds), so it gets
-                // a session number of its own, whose per-client upstream sessions end with it.
-                let session = gw.sessions.next_id();
-                let pool = gw.pool.clone();
-                gw.bridge
-                    .start(
-                        crate::mrtr::Call {
-                            binding,
-                            caps,
-                            session,
-                            client,
-                            ct: gw.shutdown.child_token(),
-                            ttl: gw.config().gateway.input_wait,
-                            log_level: cx.meta.log_level(),
-                        },
-                        move |mut c: Caller| {
-                            c.meta = meta;
-                            let fut = call(fwd, c);
-                            Box::pin(async move {
-                                let r = fut.await;
-                                pool.end_session(session);
-                                r
-                            })
-                        },
-                    )
-                    .await
+        // While this request waits for its round, the client closing it (rmcp cancels `cx.ct`)
+        // abandons the round, and with it the upstream call; a parked call outlives the request.
+        let round = async {
+            Ok(match params.get("requestState").and_then(|s| s.as_str()) {
+                Some(state) => {
+                    let responses = params.get("inputResponses").and_then(|r| r.as_object());
+                    gw.bridge.resume(binding, state, responses, client).await?
+                }
+                None => {
+                    let caps = cx.meta.client_capabilities().unwrap_or_default();
+                    let mut fwd = params.clone();
+                    fwd.remove("inputResponses");
+                    fwd.remove("requestState");
+                    let meta = forwarded_meta(&cx.meta.0.0);
+                    // The call outlives this request (it may be parked between rounds), so it gets
+                    // a session number of its own, whose per-client upstream sessions end with it.
+                    let session = gw.sessions.next_id();
+                    let pool = gw.pool.clone();
+                    gw.bridge
+                        .start(
+                            crate::mrtr::Call {
+                                binding,
+                                caps,
+                                session,
+                                client,
+                                ct: gw.shutdown.child_token(),
+                                ttl: gw.config().gateway.input_wait,
+                                log_level: cx.meta.log_level(),
+                            },
+                            move |mut c: Caller| {
+                                c.meta = meta;
+                                let fut = call(fwd, c);
+                                Box::pin(async move {
+                                    let r = fut.await;
+                                    pool.end_session(session);
+                                    r
+                                })
+                            },
+                        )
+                        .await
+                }
+            })
+        };
+        let round = tokio::select! {
+            r = round => r?,
+            _ = cx.ct.cancelled() => {
+                return Err(ErrorData::internal_error("request cancelled", None));
             }
         };
         match round {

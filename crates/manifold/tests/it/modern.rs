@@ -381,3 +381,54 @@ async fn a_failed_era_probe_falls_back_to_initialize() {
         .unwrap_or_else(|| panic!("the era found is logged:\n{log}"));
     assert!(era.contains("\"legacy\""), "{era}");
 }
+
+/// Closing a modern request's response (the client goes away) cancels the call upstream, on
+/// the gateway's own data path and through rmcp's (a progress token sends it there).
+#[tokio::test]
+async fn closing_the_response_cancels_the_upstream_call() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "env = { FAULTY_DEBUG = \"1\" }")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    for (i, with_progress) in [false, true].into_iter().enumerate() {
+        let mut params = json!({"name": "fa__slow", "arguments": {"ms": 20_000, "steps": 200}});
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": VERSION,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        });
+        if with_progress {
+            params["_meta"]["progressToken"] = json!("p");
+        }
+        let send = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", VERSION)
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "fa__slow")
+            .body(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+                    .to_string(),
+            )
+            .send();
+        // The client gives up after a moment, dropping the connection.
+        let _ = tokio::time::timeout(Duration::from_millis(600), async {
+            let r = send.await.unwrap();
+            let _ = r.text().await;
+        })
+        .await;
+        let want = i + 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gw.log().matches("slow: cancelled at step").count() < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upstream call was not cancelled (progress: {with_progress}):\n{}",
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
