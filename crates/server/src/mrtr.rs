@@ -55,6 +55,8 @@ pub(crate) enum Round {
 
 enum Event {
     Input {
+        /// The modern upstream's own key for it, when it has one.
+        key: Option<String>,
         request: Value,
         answer: oneshot::Sender<Result<Value, ErrorData>>,
     },
@@ -244,8 +246,14 @@ impl Bridge {
         loop {
             match next {
                 Some(Event::Missing(caps)) => return Round::Missing(caps),
-                Some(Event::Input { request, answer }) => {
-                    let key = format!("r{}", requests.len() + 1);
+                Some(Event::Input {
+                    key,
+                    request,
+                    answer,
+                }) => {
+                    let key = key
+                        .filter(|k| !requests.contains_key(k))
+                        .unwrap_or_else(|| format!("r{}", requests.len() + 1));
                     match serde_json::from_value(request) {
                         Ok(r) => {
                             requests.insert(key.clone(), r);
@@ -342,8 +350,13 @@ impl Asker {
         }
         let (answer, rx) = oneshot::channel();
         let request = serde_json::json!({ "method": method, "params": params });
+        let key = upstream::INPUT_KEY.try_with(Clone::clone).ok();
         self.tx
-            .send(Event::Input { request, answer })
+            .send(Event::Input {
+                key,
+                request,
+                answer,
+            })
             .await
             .map_err(|_| ErrorData::internal_error("the client's call has ended", None))?;
         let v = rx

@@ -610,6 +610,11 @@ async fn recv_event(
     }
 }
 
+tokio::task_local! {
+    /// While a modern upstream's input request is put to a client: the upstream's key for it.
+    pub static INPUT_KEY: String;
+}
+
 /// Rounds of `input_required` a request may take before the gateway gives up.
 const MAX_INPUT_ROUNDS: usize = 10;
 
@@ -624,11 +629,13 @@ async fn answer_inputs(
         ));
     };
     // All at once: the client (or the MRTR bridge) may gather them into one round.
-    let answers = futures::future::join_all(
-        requests
-            .into_iter()
-            .map(|(key, req)| async move { (key, answer_input(client.as_ref(), req).await) }),
-    )
+    let answers = futures::future::join_all(requests.into_iter().map(|(key, req)| async move {
+        // The client side may reuse the upstream's key (the MRTR bridge does).
+        let answer = INPUT_KEY
+            .scope(key.clone(), answer_input(client.as_ref(), req))
+            .await;
+        (key, answer)
+    }))
     .await;
     let mut out = serde_json::Map::new();
     for (key, answer) in answers {
