@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    http::{post, post_in, rpc, session},
+    http::{post_in, rpc, session, session_with},
     support::*,
 };
 
@@ -242,16 +242,7 @@ async fn read_events(
 const INIT_SAMPLING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 async fn sampling_session(url: &str) -> String {
-    let r = post(url).body(INIT_SAMPLING).send().await.unwrap();
-    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    let _ = r.text().await;
-    let r = post_in(url, &sid)
-        .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    sid
+    session_with(url, INIT_SAMPLING).await
 }
 
 #[tokio::test]

@@ -23,7 +23,12 @@ pub(crate) fn post_in(url: &str, sid: &str) -> reqwest::RequestBuilder {
 
 /// Initialize a session; returns its id.
 pub(crate) async fn session(url: &str) -> String {
-    let r = post(url).body(INIT).send().await.unwrap();
+    session_with(url, INIT).await
+}
+
+/// Initialize a session with the `initialize` request `init`; returns its id.
+pub(crate) async fn session_with(url: &str, init: &str) -> String {
+    let r = post(url).body(init.to_owned()).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let _ = r.text().await;

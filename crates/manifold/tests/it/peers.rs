@@ -470,16 +470,12 @@ async fn inspector_cli_lists_and_calls() {
     assert!(stdout.contains("Echo: modern inspector"), "{stdout}");
 }
 
-/// `--requirements 2025-11-25` (legacy clients) against the gateway fronting the fixture over
-/// stdio as an upstream of `era`; failures must be exactly those in `baseline`.
-async fn conformance_2025(name: &str, era: &str, baseline: &str) {
-    let Some(p) = Peers::get(name) else {
-        return;
-    };
+/// The conformance suite with `--requirements` `reqs` against the gateway fronting the
+/// fixture (unprefixed) through the connector TOML `connector`; failures must be exactly those
+/// in `tests/conformance/{baseline}`.
+async fn conformance(p: &Peers, reqs: &str, connector: &str, baseline: &str) {
     let config = format!(
-        "[connectors.conformance]\nkind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\nera = \"{era}\"\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
-        p.python(),
-        fixture("conformance_upstream.py")
+        "[connectors.conformance]\n{connector}\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n"
     );
     let gw = Gw::start(&config);
     gw.wait_up().await;
@@ -491,7 +487,7 @@ async fn conformance_2025(name: &str, era: &str, baseline: &str) {
             "--url",
             &gw.url("conformance"),
             "--requirements",
-            "2025-11-25",
+            reqs,
         ])
         .arg("--expected-failures")
         .arg(repo().join("tests/conformance").join(baseline))
@@ -505,13 +501,40 @@ async fn conformance_2025(name: &str, era: &str, baseline: &str) {
         .lines()
         .find(|l| l.starts_with("Total:"))
         .unwrap_or("no total line");
-    eprintln!("conformance 2025-11-25, {era} upstream: {total}");
+    eprintln!("conformance {reqs}, {baseline}: {total}");
     assert!(
         out.status.success(),
         "conformance failures beyond tests/conformance/{baseline}:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Baseline check passed"), "{stdout}");
+}
+
+/// `--requirements 2025-11-25` (legacy clients), the fixture over stdio as an upstream of `era`.
+async fn conformance_2025(name: &str, era: &str, baseline: &str) {
+    let Some(p) = Peers::get(name) else {
+        return;
+    };
+    let connector = format!(
+        "kind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\nera = \"{era}\"",
+        p.python(),
+        fixture("conformance_upstream.py")
+    );
+    conformance(p, "2025-11-25", &connector, baseline).await;
+}
+
+/// `--requirements 2026-07-28`, the fixture over Streamable HTTP as an upstream of `era`.
+async fn conformance_2026(name: &str, era: &str, baseline: &str) {
+    let Some(p) = Peers::get(name) else {
+        return;
+    };
+    let upstream = ConformanceHttp::start(p);
+    let connector = format!(
+        "kind = \"http\"\nurl = \"{}\"\nera = \"{era}\"",
+        upstream.url
+    );
+    conformance(p, "2026-07-28", &connector, baseline).await;
+    drop(upstream);
 }
 
 #[tokio::test]
@@ -567,50 +590,6 @@ impl Drop for ConformanceHttp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `--requirements 2026-07-28` against the gateway fronting the fixture over Streamable HTTP as
-/// an upstream of `era`; failures must be exactly those in `baseline`.
-async fn conformance_2026(name: &str, era: &str, baseline: &str) {
-    let Some(p) = Peers::get(name) else {
-        return;
-    };
-    let upstream = ConformanceHttp::start(p);
-    let config = format!(
-        "[connectors.conformance]\nkind = \"http\"\nurl = \"{}\"\nera = \"{era}\"\n\n[servers.conformance]\nconnectors = [\"conformance\"]\n[servers.conformance.curation.conformance]\nprefix = false\n",
-        upstream.url
-    );
-    let gw = Gw::start(&config);
-    gw.wait_up().await;
-    let dir = TempDir::new("conf26");
-    let out = tokio::process::Command::new(p.node22())
-        .arg(p.npm_bin("conformance"))
-        .args([
-            "server",
-            "--url",
-            &gw.url("conformance"),
-            "--requirements",
-            "2026-07-28",
-        ])
-        .arg("--expected-failures")
-        .arg(repo().join("tests/conformance").join(baseline))
-        .arg("-o")
-        .arg(&dir.0)
-        .output()
-        .await
-        .expect("run the conformance suite");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let total = stdout
-        .lines()
-        .find(|l| l.starts_with("Total:"))
-        .unwrap_or("no total line");
-    eprintln!("conformance 2026-07-28, {era} upstream: {total}");
-    assert!(
-        out.status.success(),
-        "conformance failures beyond tests/conformance/{baseline}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop(upstream);
 }
 
 /// Modern clients, legacy upstream: every MRTR scenario goes through the gateway's bridge
