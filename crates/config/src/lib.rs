@@ -119,6 +119,9 @@ pub struct GatewaySettings {
     /// How long a modern client's call waits, parked, for the retry that answers its
     /// `input_required` round (and how long its `requestState` is valid).
     pub input_wait: Duration,
+    /// How long 2026-07-28 clients may treat `server/discover` and the merged lists as fresh
+    /// (`ttlMs`); changes are still announced on `subscriptions/listen`.
+    pub cache_ttl: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -365,6 +368,11 @@ impl Builder<'_> {
                 g.input_wait,
                 "gateway.input_wait",
                 Duration::from_secs(300),
+            )?,
+            cache_ttl: self.duration_or(
+                g.cache_ttl,
+                "gateway.cache_ttl",
+                Duration::from_secs(60),
             )?,
         })
     }

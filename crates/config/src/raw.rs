@@ -29,6 +29,7 @@ pub struct RawGateway {
     pub watch: Option<bool>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub input_wait: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -277,18 +277,21 @@ impl VirtualServer {
         Ok(raw)
     }
 
-    /// One page of a list as JSON text (`{"<key>": [...], "nextCursor": ...}`), from the
-    /// catalog's serialised items.
+    /// One page of a list as JSON text (`{<head>"<key>": [...], "nextCursor": ...}`), from the
+    /// catalog's serialised items; `head` is empty or members ending with a comma.
     pub fn page_json(
         &self,
         items: &[Box<RawValue>],
         key: &str,
         cursor: Option<&str>,
+        head: &str,
     ) -> Result<String, RouteError> {
         let (page, next) = self.page(items, cursor)?;
         let len: usize = page.iter().map(|t| t.get().len() + 1).sum();
-        let mut out = String::with_capacity(len + 64);
-        out.push_str("{\"");
+        let mut out = String::with_capacity(len + head.len() + 64);
+        out.push('{');
+        out.push_str(head);
+        out.push('"');
         out.push_str(key);
         out.push_str("\":[");
         for (i, t) in page.iter().enumerate() {
@@ -378,19 +381,30 @@ impl VirtualServer {
             .forward_raw(&connector, "resources/read", params, caller)
             .await?;
         // Contents name their URI; show the client the URI it asked for.
+        let per_client =
+            self.connector(&connector).spec().sessions == config::SessionMode::PerClient;
         let cat = self.catalog();
-        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get())
-            && let Some(serde_json::Value::Array(contents)) = v.get_mut("contents")
-        {
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get()) {
             let mut changed = false;
-            for c in contents {
-                if let Some(serde_json::Value::String(u)) = c.get_mut("uri") {
-                    let e = cat.expose_uri(&connector, u);
-                    if e != *u {
-                        *u = e;
-                        changed = true;
+            if let Some(serde_json::Value::Array(contents)) = v.get_mut("contents") {
+                for c in contents {
+                    if let Some(serde_json::Value::String(u)) = c.get_mut("uri") {
+                        let e = cat.expose_uri(&connector, u);
+                        if e != *u {
+                            *u = e;
+                            changed = true;
+                        }
                     }
                 }
+            }
+            // A per-client connector reads with each person's own upstream session (their
+            // grant), so its contents are never shareable, whatever the upstream says.
+            if per_client
+                && let Some(scope) = v.get_mut("cacheScope")
+                && scope != "private"
+            {
+                *scope = "private".into();
+                changed = true;
             }
             if changed {
                 return Ok(serde_json::value::to_raw_value(&v).expect("a result serialises"));

@@ -2,9 +2,10 @@
 //! catalog's serialised items, and `tools/call`, `prompts/get`, `resources/read` and
 //! `completion/complete` are parsed once into an envelope, forwarded as JSON text, and answered
 //! with the upstream's result as it came (unknown fields included), changed only where names
-//! and URIs are exposed differently. Everything else (initialize, ping, subscriptions,
-//! `logging/setLevel`, GET streams, DELETE, requests with an `Origin`, other protocol eras)
-//! goes to rmcp's service.
+//! and URIs are exposed differently. For stateless 2026-07-28 requests it answers the lists
+//! (with their caching hints) and plain `tools/call`s the same way. Everything else
+//! (initialize, ping, subscriptions, `logging/setLevel`, GET streams, DELETE, requests with an
+//! `Origin`, anything it does not fully check) goes to rmcp's service.
 //!
 //! A call is answered with a plain JSON body unless something about it must reach the client
 //! first (progress, a log message, a sampling, elicitation or roots request): then the answer
@@ -108,7 +109,7 @@ pub(crate) async fn handle(gw: &Arc<Gateway>, server: &str, req: Request) -> Out
         }
         (Some(m), Some(id)) if let Some(list) = List::of(m) => {
             let id = id.to_owned();
-            Outcome::Done(list_page(gw, server, &id, list, env.params).await)
+            Outcome::Done(list_page(gw, server, &id, list, env.params, "").await)
         }
         (Some("notifications/cancelled"), None) if cancel(gw, session, env.params) => {
             Outcome::Done(StatusCode::ACCEPTED.into_response())
@@ -161,14 +162,18 @@ fn eligible(gw: &Gateway, server: &str, h: &HeaderMap) -> Option<(u64, Peer<Role
     (&*srv == server).then_some((session, peer))
 }
 
-/// A stateless 2026-07-28 `tools/call` from a non-browser client with no `Mcp-Param-*`
-/// headers. Whatever this path does not fully check goes to rmcp, which answers with the
+/// A stateless 2026-07-28 `tools/call` or list request from a non-browser client with no
+/// `Mcp-Param-*` headers. Whatever this path does not fully check goes to rmcp, which answers with the
 /// precise error (header mismatch -32020, unsupported version, ...).
 fn modern_eligible(gw: &Gateway, h: &HeaderMap) -> bool {
     let is = |name: &str, want: &str| h.get(name).is_some_and(|v| v.as_bytes() == want.as_bytes());
     !h.contains_key("mcp-session-id")
         && is("mcp-protocol-version", MODERN_VERSION)
-        && is("mcp-method", "tools/call")
+        && h.get("mcp-method")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m == "tools/call" || List::of(m).is_some() && !h.contains_key("mcp-name")
+            })
         && !h.keys().any(|k| k.as_str().starts_with("mcp-param-"))
         && plain_client(gw, h)
 }
@@ -190,7 +195,21 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
         .get("mcp-name")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let list = parts
+        .headers
+        .get("mcp-method")
+        .and_then(|v| v.to_str().ok())
+        .and_then(List::of);
     let rmcp = |bytes: Bytes| Outcome::Rmcp(Request::from_parts(parts, Body::from(bytes)));
+    if let Some(list) = list {
+        let Some((id, params)) = prepare_modern_list(&bytes, list) else {
+            return rmcp(bytes);
+        };
+        let (ttl, scope) = crate::handler::list_hints(gw);
+        let scope = serde_json::to_string(&scope).expect("a scope serialises");
+        let head = format!("\"resultType\":\"complete\",\"ttlMs\":{ttl},\"cacheScope\":{scope},");
+        return Outcome::Done(list_page(gw, server, &id, list, Some(&params), &head).await);
+    }
     let Some(prepared) = prepare_modern(gw, server, &bytes, name_header.as_deref()) else {
         return rmcp(bytes);
     };
@@ -314,6 +333,37 @@ fn prepare_modern(
         params,
         caps,
     })
+}
+
+/// A modern list request this path answers whole: the body's method is the header's, and the
+/// `_meta` is a plain 2026-07-28 one (no progress token or log level, which rmcp handles).
+/// Returns the id and the params (for the cursor).
+fn prepare_modern_list(body: &[u8], list: List) -> Option<(Box<RawValue>, Box<RawValue>)> {
+    let env: Envelope = serde_json::from_slice(body).ok()?;
+    if env.method.as_deref() != Some(list.method()) {
+        return None;
+    }
+    let id = env.id?.to_owned();
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "_meta")]
+        meta: serde_json::Map<String, serde_json::Value>,
+    }
+    let params = env.params?;
+    let meta = serde_json::from_str::<Params>(params.get()).ok()?.meta;
+    if meta
+        .get("io.modelcontextprotocol/protocolVersion")
+        .and_then(|v| v.as_str())
+        != Some(MODERN_VERSION)
+        || !meta
+            .get("io.modelcontextprotocol/clientCapabilities")
+            .is_some_and(|c| c.is_object())
+        || meta.contains_key("progressToken")
+        || meta.contains_key("io.modelcontextprotocol/logLevel")
+    {
+        return None;
+    }
+    Some((id, params.to_owned()))
 }
 
 /// Whether a tool's schema maps arguments to `Mcp-Param-*` headers (rmcp validates those).
@@ -455,6 +505,15 @@ impl List {
             _ => return None,
         })
     }
+
+    fn method(self) -> &'static str {
+        match self {
+            List::Tools => "tools/list",
+            List::Prompts => "prompts/list",
+            List::Resources => "resources/list",
+            List::Templates => "resources/templates/list",
+        }
+    }
 }
 
 async fn list_page(
@@ -463,6 +522,7 @@ async fn list_page(
     id: &RawValue,
     list: List,
     params: Option<&RawValue>,
+    head: &str,
 ) -> Response {
     let Some(vs) = gw.virtual_server(server) else {
         let e =
@@ -492,7 +552,7 @@ async fn list_page(
         List::Resources => (&cat.resources_json, "resources"),
         List::Templates => (&cat.resource_templates_json, "resourceTemplates"),
     };
-    match vs.page_json(items, key, cursor.as_deref()) {
+    match vs.page_json(items, key, cursor.as_deref(), head) {
         Ok(page) => json_response(result_message(id, &page)),
         Err(e) => json_response(error_message(id, &to_error(e))),
     }

@@ -8,12 +8,12 @@ use std::sync::{Arc, Weak};
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
-        GetPromptRequestParams, GetPromptResponse, Implementation, InitializeResult,
-        InputRequiredResult, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
-        ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-        ReadResourceResponse, ResultType, ServerCapabilities, SetLevelRequestParams,
-        SubscribeRequestParams, UnsubscribeRequestParams,
+        CacheScope, CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
+        DiscoverResult, GetPromptRequestParams, GetPromptResponse, Implementation,
+        InitializeResult, InputRequiredResult, JsonObject, ListPromptsResult,
+        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+        ReadResourceRequestParams, ReadResourceResponse, ResultType, ServerCapabilities,
+        SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
     },
     service::{NotificationContext, RequestContext},
 };
@@ -166,6 +166,14 @@ impl SessionHandler {
     }
 }
 
+/// The caching hints (2026-07-28) of `server/discover` and the merged lists: fresh for
+/// `gateway.cache_ttl`, and the same for every caller. Once lists are filtered per caller,
+/// this must become `private`.
+pub(crate) fn list_hints(gw: &Gateway) -> (u64, CacheScope) {
+    let ttl = gw.config().gateway.cache_ttl.as_millis();
+    (u64::try_from(ttl).unwrap_or(u64::MAX), CacheScope::Public)
+}
+
 /// The client's `_meta` as forwarded upstream. The progress token is remapped per hop, and the
 /// `io.modelcontextprotocol/*` keys (protocol version, client capabilities, log level) describe
 /// the client's own hop, not the gateway's upstream session. Everything else (trace context,
@@ -254,6 +262,18 @@ impl ServerHandler for SessionHandler {
         info
     }
 
+    /// `server/discover`: rmcp's answer from `get_info`, with the caching hints of the lists.
+    async fn discover(&self, _cx: RequestContext<RoleServer>) -> Result<DiscoverResult, ErrorData> {
+        let (gw, _) = self.server()?;
+        let (ttl, scope) = list_hints(&gw);
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        )
+        .with_ttl_ms(ttl)
+        .with_cache_scope(scope))
+    }
+
     /// The exposed tool, for rmcp's validation of 2026-07-28 `Mcp-Param-*` headers against
     /// the tool's `inputSchema` (SEP-2243).
     fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
@@ -327,7 +347,7 @@ impl ServerHandler for SessionHandler {
     async fn list_tools(
         &self,
         p: Option<PaginatedRequestParams>,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let (gw, vs) = self.server()?;
         let changes = vs.settle(router::SETTLE_WAIT).await;
@@ -340,6 +360,10 @@ impl ServerHandler for SessionHandler {
             .map_err(to_error)?;
         let mut r = ListToolsResult::with_all_items(page.to_vec());
         r.next_cursor = next;
+        if Self::modern(&cx) {
+            let (ttl, scope) = list_hints(&gw);
+            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
+        }
         Ok(r)
     }
 
@@ -382,15 +406,19 @@ impl ServerHandler for SessionHandler {
     async fn list_prompts(
         &self,
         p: Option<PaginatedRequestParams>,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let (_, vs) = self.server()?;
+        let (gw, vs) = self.server()?;
         let cat = vs.catalog();
         let (page, next) = vs
             .page(&cat.prompts, p.as_ref().and_then(|p| p.cursor.as_deref()))
             .map_err(to_error)?;
         let mut r = ListPromptsResult::with_all_items(page.to_vec());
         r.next_cursor = next;
+        if Self::modern(&cx) {
+            let (ttl, scope) = list_hints(&gw);
+            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
+        }
         Ok(r)
     }
 
@@ -430,24 +458,28 @@ impl ServerHandler for SessionHandler {
     async fn list_resources(
         &self,
         p: Option<PaginatedRequestParams>,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let (_, vs) = self.server()?;
+        let (gw, vs) = self.server()?;
         let cat = vs.catalog();
         let (page, next) = vs
             .page(&cat.resources, p.as_ref().and_then(|p| p.cursor.as_deref()))
             .map_err(to_error)?;
         let mut r = ListResourcesResult::with_all_items(page.to_vec());
         r.next_cursor = next;
+        if Self::modern(&cx) {
+            let (ttl, scope) = list_hints(&gw);
+            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
+        }
         Ok(r)
     }
 
     async fn list_resource_templates(
         &self,
         p: Option<PaginatedRequestParams>,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let (_, vs) = self.server()?;
+        let (gw, vs) = self.server()?;
         let cat = vs.catalog();
         let (page, next) = vs
             .page(
@@ -457,6 +489,10 @@ impl ServerHandler for SessionHandler {
             .map_err(to_error)?;
         let mut r = ListResourceTemplatesResult::with_all_items(page.to_vec());
         r.next_cursor = next;
+        if Self::modern(&cx) {
+            let (ttl, scope) = list_hints(&gw);
+            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
+        }
         Ok(r)
     }
 
@@ -479,6 +515,10 @@ impl ServerHandler for SessionHandler {
             return Ok(match r {
                 Ok(mut r) => {
                     r.result_type.get_or_insert(ResultType::COMPLETE);
+                    // An upstream that gives no hint (every legacy one) gets the cautious one:
+                    // stale at once, for this caller only.
+                    r.ttl_ms.get_or_insert(0);
+                    r.cache_scope.get_or_insert(CacheScope::Private);
                     ReadResourceResponse::Complete(r)
                 }
                 Err(i) => ReadResourceResponse::InputRequired(i),

@@ -432,3 +432,115 @@ async fn closing_the_response_cancels_the_upstream_call() {
         }
     }
 }
+
+/// The 2026-07-28 caching hints: `server/discover` and every merged list are fresh for
+/// `gateway.cache_ttl` and public, on the gateway's own path and on rmcp's (a browser's
+/// request with an `Origin` goes there); `resources/read` keeps the upstream's hints, is
+/// private and stale at once when the upstream gives none, and always private from a
+/// per-client connector. Lists on the own path keep the upstream's unknown fields.
+#[tokio::test]
+async fn discover_lists_and_reads_carry_caching_hints() {
+    let gw = Gw::start(&format!(
+        "[gateway]\ncache_ttl = \"90s\"\n{}{}{}\n[servers.main]\nconnectors = [\"fa\", \"fb\", \"fc\"]\n",
+        faulty("fa", "env = { FAULTY_READ_HINTS = \"1\" }"),
+        faulty(
+            "fb",
+            "env = { FAULTY_READ_HINTS = \"1\" }\nsessions = \"per_client\""
+        ),
+        faulty("fc", ""),
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let send = |r: reqwest::RequestBuilder| async move {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        message(&r.text().await.unwrap())
+    };
+    for (method, key) in [
+        ("tools/list", "tools"),
+        ("prompts/list", "prompts"),
+        ("resources/list", "resources"),
+        ("resources/templates/list", "resourceTemplates"),
+    ] {
+        for browser in [false, true] {
+            let mut r = modern(&url, method, None, json!({}), json!({}));
+            if browser {
+                r = r.header("origin", "http://localhost:9");
+            }
+            let v = send(r).await;
+            let res = &v["result"];
+            assert_eq!(res["resultType"], "complete", "{method} {v}");
+            assert_eq!(res["ttlMs"], 90_000, "{method} (browser: {browser}) {v}");
+            assert_eq!(res["cacheScope"], "public", "{method} {v}");
+            let items = res[key].as_array().unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(items.len() % 3, 0, "three connectors' items: {v}");
+            assert!(!items.is_empty(), "{v}");
+            if !browser {
+                // rmcp's typed model drops unknown fields; the own path keeps them.
+                assert!(items.iter().any(|i| i.get("x-vendor").is_some()), "{v}");
+            }
+        }
+    }
+    // A cursor is honoured on the own path, and a bad one is a clear error.
+    let v = send(modern(
+        &url,
+        "tools/list",
+        None,
+        json!({"cursor": "nope"}),
+        json!({}),
+    ))
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("cursor"),
+        "{v}"
+    );
+    // A list whose body disagrees with its Mcp-Method header is refused (rmcp's check).
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", VERSION)
+        .header("mcp-method", "prompts/list")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "header/body mismatch on a list");
+
+    let v = send(modern(&url, "server/discover", None, json!({}), json!({}))).await;
+    assert_eq!(v["result"]["ttlMs"], 90_000, "{v}");
+    assert_eq!(v["result"]["cacheScope"], "public", "{v}");
+    assert!(
+        v["result"]["supportedVersions"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!(VERSION))),
+        "{v}"
+    );
+
+    for (uri, ttl, scope) in [
+        ("fa+fixture://static", 5000, "public"),
+        ("fb+fixture://static", 5000, "private"),
+        ("fc+fixture://static", 0, "private"),
+    ] {
+        let v = send(modern(
+            &url,
+            "resources/read",
+            Some(uri),
+            json!({"uri": uri}),
+            json!({}),
+        ))
+        .await;
+        let res = &v["result"];
+        assert_eq!(res["contents"][0]["text"], "static content", "{uri} {v}");
+        assert_eq!(res["contents"][0]["uri"], uri, "{v}");
+        assert_eq!(res["ttlMs"], ttl, "{uri} {v}");
+        assert_eq!(res["cacheScope"], scope, "{uri} {v}");
+    }
+}
