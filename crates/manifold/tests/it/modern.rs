@@ -13,7 +13,7 @@ const VERSION: &str = "2026-07-28";
 
 /// A stateless request: the 2026-07-28 headers and `_meta`, with `caps` as the client's
 /// capabilities. `name` goes in `Mcp-Name` (None: omitted).
-fn modern(
+pub(crate) fn modern(
     url: &str,
     method: &str,
     name: Option<&str>,

@@ -650,3 +650,88 @@ async fn legacy_http_sse_upstream_explicit_and_by_fallback() {
         .unwrap();
     assert!(text(&r).contains('5'), "{}", text(&r));
 }
+
+/// How many `fixture_wait_for_cancel` calls connector `c` (the conformance fixture) saw
+/// cancelled, once it reaches `want` (or the test fails after 10 s).
+async fn wait_cancelled(client: &Client, c: &str, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
+            .peer()
+            .call_tool(call(&format!("{c}__fixture_cancelled_count"), json!({})))
+            .await
+            .unwrap();
+        let n = text(&r);
+        if n == want.to_string() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{c}: {n} upstream calls cancelled, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Cancellation across eras to modern (2026-07-28) upstreams, the fixture over Streamable HTTP
+/// and over stdio: a legacy client's `notifications/cancelled`, a legacy client going away and
+/// a modern client closing its response each cancel the upstream call (by closing the
+/// upstream exchange over HTTP, by `notifications/cancelled` over stdio).
+#[tokio::test]
+async fn cancellation_reaches_modern_upstreams() {
+    let Some(p) = Peers::get("cancellation_reaches_modern_upstreams") else {
+        return;
+    };
+    let upstream = ConformanceHttp::start(p);
+    let gw = Gw::start(&format!(
+        "[connectors.mh]\nkind = \"http\"\nurl = \"{}\"\nera = \"modern\"\n\n[connectors.ms]\nkind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\nera = \"modern\"\n\n[servers.main]\nconnectors = [\"mh\", \"ms\"]\n",
+        upstream.url,
+        p.python(),
+        fixture("conformance_upstream.py")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let client = connect(&url, TestClient::new("legacy")).await;
+    let gives_up = |send: reqwest::RequestBuilder| async move {
+        let _ = tokio::time::timeout(Duration::from_millis(600), async {
+            let _ = send.send().await.unwrap().text().await;
+        })
+        .await;
+    };
+    for c in ["mh", "ms"] {
+        let tool = format!("{c}__fixture_wait_for_cancel");
+        wait_cancelled(&client, c, 0).await;
+        // A legacy client cancels its call.
+        let handle = client
+            .peer()
+            .send_cancellable_request(
+                rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(call(
+                    &tool,
+                    json!({}),
+                ))),
+                rmcp::service::PeerRequestOptions::no_options(),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        handle.cancel(Some("test".into())).await.unwrap();
+        wait_cancelled(&client, c, 1).await;
+        // A legacy client goes away during its call.
+        let sid = crate::http::session(&url).await;
+        let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": tool, "arguments": {}}});
+        gives_up(crate::http::post_in(&url, &sid).body(body.to_string())).await;
+        wait_cancelled(&client, c, 2).await;
+        // A modern client closes its response.
+        gives_up(crate::modern::modern(
+            &url,
+            "tools/call",
+            Some(&tool),
+            json!({"name": tool, "arguments": {}}),
+            json!({}),
+        ))
+        .await;
+        wait_cancelled(&client, c, 3).await;
+    }
+    drop(upstream);
+}
