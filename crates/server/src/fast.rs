@@ -200,6 +200,7 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
         .get("mcp-method")
         .and_then(|v| v.to_str().ok())
         .and_then(List::of);
+    let caller = crate::mrtr::caller_of(Some(&parts.headers));
     let rmcp = |bytes: Bytes| Outcome::Rmcp(Request::from_parts(parts, Body::from(bytes)));
     if let Some(list) = list {
         let Some((id, params)) = prepare_modern_list(&bytes, list) else {
@@ -220,7 +221,7 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
         meta,
         caps,
     } = prepared;
-    let binding = crate::mrtr::binding(server, "tools/call", &params);
+    let binding = crate::mrtr::binding(&caller, server, "tools/call", &params);
     let session = gw.sessions.next_id();
     let pool = gw.pool.clone();
     let round = gw

@@ -78,7 +78,12 @@ impl SessionHandler {
             Ok(serde_json::Value::Object(m)) => m,
             _ => return Err(ErrorData::invalid_params("params must be an object", None)),
         };
-        let binding = crate::mrtr::binding(&self.server, method, &params);
+        let caller = crate::mrtr::caller_of(
+            cx.extensions
+                .get::<http::request::Parts>()
+                .map(|p| &p.headers),
+        );
+        let binding = crate::mrtr::binding(&caller, &self.server, method, &params);
         // Progress of this round goes to this request's response stream.
         let client = crate::mrtr::Client {
             peer: Some(cx.peer.clone()),

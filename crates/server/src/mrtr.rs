@@ -121,10 +121,11 @@ impl Default for Bridge {
     }
 }
 
-/// What identifies a request across rounds: the virtual server, the method and what the
-/// request is about (tool or prompt name and arguments, or resource URI). Other params (the MRTR
-/// fields, `_meta`, anything unrecognised) may differ between rounds.
+/// What identifies a request across rounds: who sends it (`caller_of`), the virtual server, the
+/// method and what the request is about (tool or prompt name and arguments, or resource URI).
+/// Other params (the MRTR fields, `_meta`, anything unrecognised) may differ between rounds.
 pub(crate) fn binding(
+    caller: &str,
     server: &str,
     method: &str,
     params: &serde_json::Map<String, Value>,
@@ -134,7 +135,21 @@ pub(crate) fn binding(
         .filter_map(|k| params.get(*k).map(|v| ((*k).to_owned(), v.clone())))
         .collect();
     // serde_json's map is ordered by key, so this text is canonical.
-    format!("{server}\n{method}\n{}", Value::Object(about))
+    format!("{caller}\n{server}\n{method}\n{}", Value::Object(about))
+}
+
+/// Who sends a modern request, as far as the gateway can tell: a digest of its `Authorization`
+/// header (`-` without one), so one caller's `requestState` is refused from another. Once the
+/// gateway authenticates callers itself, the principal takes this place.
+pub(crate) fn caller_of(headers: Option<&http::HeaderMap>) -> String {
+    use sha2::Digest;
+    match headers.and_then(|h| h.get(http::header::AUTHORIZATION)) {
+        None => "-".to_owned(),
+        Some(v) => sha2::Sha256::digest(v.as_bytes())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
 }
 
 impl Bridge {
