@@ -1343,6 +1343,28 @@ async fn run_connection(
             raw.clone(),
             listening,
         ));
+    } else {
+        // A legacy upstream's subscriptions end with its session: renew the watched ones.
+        let uris: Vec<String> = shared
+            .watched
+            .lock()
+            .expect("watched lock")
+            .iter()
+            .cloned()
+            .collect();
+        if !uris.is_empty() {
+            let (peer, id) = (peer.clone(), shared.spec.id.clone());
+            tokio::spawn(async move {
+                for uri in uris {
+                    let params: rmcp::model::SubscribeRequestParams =
+                        serde_json::from_value(serde_json::json!({ "uri": uri }))
+                            .expect("a valid subscribe request");
+                    if let Err(e) = peer.subscribe(params).await {
+                        tracing::warn!(connector = %id, %uri, error = %e, "renewing a resource subscription after a restart failed; updates of this resource will be missed");
+                    }
+                }
+            });
+        }
     }
     shared.peer.store(Some(Arc::new(peer)));
     shared.set_health(HealthState::Up, None);

@@ -689,3 +689,62 @@ async fn per_client_sessions_make_concurrent_sampling_unambiguous() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A legacy upstream forgets its subscriptions when it restarts; the connector renews the
+/// watched ones on the new session, so clients keep getting `resources/updated`.
+#[tokio::test]
+async fn resource_subscriptions_survive_an_upstream_restart() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let client = TestClient::new("a");
+    let c = connect(&gw.url("main"), client.clone()).await;
+    let sub: rmcp::model::SubscribeRequestParams =
+        serde_json::from_value(json!({"uri": "fa+fixture://static"})).unwrap();
+    c.peer().subscribe(sub).await.unwrap();
+    let touch = || async {
+        text(
+            &c.peer()
+                .call_tool(call(
+                    "fa__touch_resource",
+                    json!({"uri": "fixture://static"}),
+                ))
+                .await
+                .unwrap(),
+        )
+    };
+    assert_eq!(touch().await, "touched fixture://static");
+    client
+        .wait_event("resources/updated", |e| e == "updated:fa+fixture://static")
+        .await;
+    let _ = c.peer().call_tool(call("fa__crash", json!({}))).await;
+    gw.wait_health("fa restarted", |v| {
+        v["connectors"]["fa"]["state"] == "up"
+            && v["connectors"]["fa"]["restarts"].as_u64() >= Some(1)
+    })
+    .await;
+    // The renewal runs beside the restart; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = touch().await;
+        if t == "touched fixture://static" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted upstream was not subscribed again: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let updates = || {
+        client
+            .events()
+            .iter()
+            .filter(|e| *e == "updated:fa+fixture://static")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while updates() < 2 {
+        assert!(Instant::now() < deadline, "no update after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
