@@ -309,7 +309,7 @@ impl Connector {
         // Register the caller before sending: a fast upstream may ask for sampling (or report
         // progress) before `send_cancellable_request` returns. rmcp picks the progress token
         // while sending, so the entry is re-keyed once it is known.
-        let mut guard = InflightGuard::register(shared, pending_token(), caller.clone());
+        let mut guard = InflightGuard::register(shared, pending_token(), caller.clone(), true);
         let handle = peer
             .send_cancellable_request(req, options)
             .await
@@ -409,6 +409,7 @@ impl Connector {
             shared,
             ProgressToken(rmcp::model::NumberOrString::String(token.into())),
             caller.clone(),
+            false,
         );
         // A modern HTTP upstream wants annotated arguments repeated as Mcp-Param-* headers.
         let headers = match (link.is_modern(), method, params.get("name")) {
@@ -742,6 +743,10 @@ impl Drop for Abandon<'_> {
 struct InflightGuard {
     shared: Arc<Shared>,
     token: ProgressToken,
+    /// Keep the entry a while after the call for late progress (rmcp's typed path, which may
+    /// hand over the response before a progress notification). A raw request's progress is
+    /// taken in arrival order before its answer, so its entry goes at once.
+    linger: bool,
 }
 
 /// A placeholder key for a call whose upstream progress token is not known yet.
@@ -762,7 +767,7 @@ impl InflightGuard {
         self.token = token;
     }
 
-    fn register(shared: &Arc<Shared>, token: ProgressToken, caller: Caller) -> Self {
+    fn register(shared: &Arc<Shared>, token: ProgressToken, caller: Caller, linger: bool) -> Self {
         shared.inflight.lock().expect("inflight lock").insert(
             token.clone(),
             Inflight {
@@ -773,6 +778,7 @@ impl InflightGuard {
         Self {
             shared: shared.clone(),
             token,
+            linger,
         }
     }
 }
@@ -780,6 +786,10 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         let mut map = self.shared.inflight.lock().expect("inflight lock");
+        if !self.linger {
+            map.remove(&self.token);
+            return;
+        }
         if let Some(e) = map.get_mut(&self.token) {
             e.done = true;
         }
