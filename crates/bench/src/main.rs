@@ -117,6 +117,8 @@ struct Bench {
     spec: RunSpec,
     concurrency: Vec<usize>,
     rows: Vec<Row>,
+    /// RSS (KiB) of the proxy group's gateway after all its runs, and the requests measured.
+    after_load: Option<(u64, u64)>,
 }
 
 /// How a run reaches its server.
@@ -165,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         },
         concurrency: cli.concurrency.clone(),
         rows: Vec::new(),
+        after_load: None,
     };
     let started = Instant::now();
     let wanted = |g: Group| cli.only.is_empty() || cli.only.contains(&g);
@@ -211,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         header,
         rows: std::mem::take(&mut b.rows),
         memory,
+        after_load: b.after_load,
     };
     Ok(report.render())
 }
@@ -355,6 +359,7 @@ impl Bench {
 
     /// tools/call and tools/list through an HTTP and a stdio upstream.
     async fn proxied(&mut self) -> anyhow::Result<()> {
+        let first = self.rows.len();
         let (up, up_url) = self.start_http_upstream("upstream", 0)?;
         let config = format!(
             "[connectors.up_http]\nkind = \"http\"\nurl = {}\ntransport = \"streamable\"\n\n{}[servers.http]\nconnectors = [\"up_http\"]\n\n[servers.stdio]\nconnectors = [\"up_stdio\"]\n",
@@ -464,6 +469,14 @@ impl Bench {
                     .await;
             }
         }
+        // Memory that grows with the requests served (per-call state kept too long) shows here.
+        let served = self.rows[first..]
+            .iter()
+            .filter(|r| r.path == Path::Gateway)
+            .filter_map(|r| r.outcome.as_ref().ok())
+            .map(|s| s.requests)
+            .sum();
+        self.after_load = procs::rss_kib(gw.pid()).map(|k| (k, served));
         drop(gw);
         drop(up);
         Ok(())

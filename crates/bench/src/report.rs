@@ -44,6 +44,9 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// `None` when the memory group was not run.
     pub memory: Option<Memory>,
+    /// RSS (KiB) of the proxy group's gateway after all its runs, and the requests measured
+    /// (`None`: not run).
+    pub after_load: Option<(u64, u64)>,
 }
 
 const CPU_TARGET_US: f64 = 40.0;
@@ -143,6 +146,13 @@ impl Report {
             if let Some(e) = &m.error {
                 let _ = writeln!(w, "\nmemory scenario failed: {e}");
             }
+        }
+        if let Some((k, served)) = self.after_load {
+            let _ = writeln!(
+                w,
+                "\nGateway RSS after the proxy runs ({served} measured requests, plus warm-ups): {}",
+                kib(Some(k))
+            );
         }
         let _ = writeln!(w, "\n### Targets\n");
         let _ = writeln!(w, "| target | measured | result |\n|---|---:|---|");
