@@ -51,6 +51,9 @@ pub struct Catalog {
     /// Unprefixed connectors, in configuration order.
     pub unprefixed: Vec<ConnectorId>,
     pub instructions: Option<String>,
+    /// What the virtual server offers: the union of its connectors' capabilities, with every
+    /// list announcing changes (the gateway announces them).
+    pub capabilities: rmcp::model::ServerCapabilities,
     /// Problems found while merging (name collisions), for health and logs.
     pub conflicts: Vec<String>,
     /// Fingerprints of each list, to tell clients only about real changes.
@@ -91,6 +94,7 @@ impl Catalog {
         let mut resources: Vec<(Resource, Box<RawValue>)> = Vec::new();
         let mut templates: Vec<(ResourceTemplate, Box<RawValue>)> = Vec::new();
         let mut instructions: Vec<String> = spec.instructions.iter().cloned().collect();
+        cat.capabilities = merged_capabilities(inputs.iter().map(|(_, u)| u.capabilities.as_ref()));
         for (usage, upstream) in inputs {
             let cid = &usage.connector;
             if usage.prefix {
@@ -280,6 +284,58 @@ impl Catalog {
             uri.to_owned()
         }
     }
+}
+
+/// The union of the connectors' capabilities (`None`: a connector not reached yet, which may
+/// offer anything, so everything is offered). Lists always announce changes: the gateway
+/// re-reads its connectors and tells clients when the merged list changes.
+fn merged_capabilities<'a>(
+    upstreams: impl Iterator<Item = Option<&'a rmcp::model::ServerCapabilities>>,
+) -> rmcp::model::ServerCapabilities {
+    let (mut tools, mut prompts, mut resources, mut subscribe, mut completions, mut logging) =
+        (false, false, false, false, false, false);
+    for caps in upstreams {
+        match caps {
+            None => {
+                (tools, prompts, resources, subscribe, completions, logging) =
+                    (true, true, true, true, true, true);
+            }
+            Some(c) => {
+                tools |= c.tools.is_some();
+                prompts |= c.prompts.is_some();
+                resources |= c.resources.is_some();
+                subscribe |= c
+                    .resources
+                    .as_ref()
+                    .is_some_and(|r| r.subscribe == Some(true));
+                completions |= c.completions.is_some();
+                #[allow(deprecated)] // logging is a legacy-era capability we route
+                {
+                    logging |= c.logging.is_some();
+                }
+            }
+        }
+    }
+    let mut v = serde_json::Map::new();
+    if tools {
+        v.insert("tools".into(), serde_json::json!({ "listChanged": true }));
+    }
+    if prompts {
+        v.insert("prompts".into(), serde_json::json!({ "listChanged": true }));
+    }
+    if resources {
+        v.insert(
+            "resources".into(),
+            serde_json::json!({ "listChanged": true, "subscribe": subscribe }),
+        );
+    }
+    if completions {
+        v.insert("completions".into(), serde_json::json!({}));
+    }
+    if logging {
+        v.insert("logging".into(), serde_json::json!({}));
+    }
+    serde_json::from_value(serde_json::Value::Object(v)).expect("valid server capabilities")
 }
 
 /// `{connector}{sep}{name}` (or `name` unprefixed), made a valid name of at most 64 characters.

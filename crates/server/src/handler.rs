@@ -242,20 +242,19 @@ pub fn to_error(e: RouteError) -> ErrorData {
 
 impl ServerHandler for SessionHandler {
     fn get_info(&self) -> InitializeResult {
-        let (instructions, title) = match self.server() {
-            Ok((_, vs)) => (vs.catalog().instructions.clone(), vs.spec.title.clone()),
-            Err(_) => (None, None),
+        // The union of the connectors' capabilities (everything while one is not reached yet);
+        // logging and completions are routed to the connectors that have them.
+        let (instructions, title, capabilities) = match self.server() {
+            Ok((_, vs)) => {
+                let cat = vs.catalog();
+                (
+                    cat.instructions.clone(),
+                    vs.spec.title.clone(),
+                    cat.capabilities.clone(),
+                )
+            }
+            Err(_) => (None, None, ServerCapabilities::default()),
         };
-        // Lists may grow when a connector comes up, so every list capability is advertised with
-        // listChanged; logging and completions are routed to the connectors that have them.
-        let capabilities: ServerCapabilities = serde_json::from_value(serde_json::json!({
-            "tools": { "listChanged": true },
-            "prompts": { "listChanged": true },
-            "resources": { "listChanged": true, "subscribe": true },
-            "completions": {},
-            "logging": {}
-        }))
-        .expect("valid server capabilities");
         let mut implementation = Implementation::default();
         implementation.name = format!("manifold/{}", self.server);
         implementation.title = title;

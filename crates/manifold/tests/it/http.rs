@@ -297,3 +297,68 @@ async fn idle_sessions_expire() {
         "an idle session is closed after session_idle_timeout"
     );
 }
+
+/// A virtual server offers the union of its connectors' capabilities, in `initialize` and
+/// `server/discover` alike: a tools-only upstream makes a tools-only server; a connector not
+/// reached yet (lazy, never started) may offer anything, so everything is offered.
+#[tokio::test]
+async fn capabilities_are_the_union_of_the_connectors() {
+    let lazy = format!(
+        "\n[connectors.lz]\nkind = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\"]\nstart = \"lazy\"\n",
+        fixture("faulty_upstream.py")
+    );
+    let gw = Gw::start(&format!(
+        "{}{}{lazy}\n[servers.tools]\nconnectors = [\"ta\"]\n[servers.both]\nconnectors = [\"ta\", \"fb\"]\n[servers.unknown]\nconnectors = [\"ta\", \"lz\"]\n",
+        faulty("ta", "env = { FAULTY_TOOLS_ONLY = \"1\" }"),
+        faulty("fb", ""),
+    ));
+    gw.wait_health("ta and fb up", |v| {
+        v["connectors"]["ta"]["state"] == "up" && v["connectors"]["fb"]["state"] == "up"
+    })
+    .await;
+    let initialize = |server: &str| {
+        let url = gw.url(server);
+        async move {
+            let r = post(&url).body(INIT.to_owned()).send().await.unwrap();
+            message(&r.text().await.unwrap())["result"]["capabilities"].clone()
+        }
+    };
+    let discover = |server: &str| {
+        let url = gw.url(server);
+        async move {
+            let r = crate::modern::modern(&url, "server/discover", None, json!({}), json!({}))
+                .send()
+                .await
+                .unwrap();
+            message(&r.text().await.unwrap())["result"]["capabilities"].clone()
+        }
+    };
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    let all = ["completions", "logging", "prompts", "resources", "tools"];
+    // The catalog follows the connectors' first answers; give it a moment after "up".
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while keys(&initialize("tools").await) != ["tools"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            initialize("tools").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let caps = discover("tools").await;
+    assert_eq!(keys(&caps), ["tools"], "{caps}");
+    assert_eq!(caps["tools"]["listChanged"], true, "{caps}");
+    for server in ["both", "unknown"] {
+        let caps = initialize(server).await;
+        assert_eq!(keys(&caps), all, "{server}: {caps}");
+        assert_eq!(caps["resources"]["subscribe"], true, "{server}: {caps}");
+        assert_eq!(keys(&discover(server).await), all, "{server}");
+    }
+}
