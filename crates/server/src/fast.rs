@@ -162,9 +162,10 @@ fn eligible(gw: &Gateway, server: &str, h: &HeaderMap) -> Option<(u64, Peer<Role
     (&*srv == server).then_some((session, peer))
 }
 
-/// A stateless 2026-07-28 `tools/call` or list request from a non-browser client with no
-/// `Mcp-Param-*` headers. Whatever this path does not fully check goes to rmcp, which answers with the
-/// precise error (header mismatch -32020, unsupported version, ...).
+/// A stateless 2026-07-28 `tools/call`, `prompts/get`, `resources/read` or list request from a
+/// non-browser client with no `Mcp-Param-*` headers. Whatever this path does not fully check
+/// goes to rmcp, which answers with the precise error (header mismatch -32020, unsupported
+/// version, ...).
 fn modern_eligible(gw: &Gateway, h: &HeaderMap) -> bool {
     let is = |name: &str, want: &str| h.get(name).is_some_and(|v| v.as_bytes() == want.as_bytes());
     !h.contains_key("mcp-session-id")
@@ -172,7 +173,7 @@ fn modern_eligible(gw: &Gateway, h: &HeaderMap) -> bool {
         && h.get("mcp-method")
             .and_then(|m| m.to_str().ok())
             .is_some_and(|m| {
-                m == "tools/call" || List::of(m).is_some() && !h.contains_key("mcp-name")
+                Op::modern(m).is_some() || List::of(m).is_some() && !h.contains_key("mcp-name")
             })
         && !h.keys().any(|k| k.as_str().starts_with("mcp-param-"))
         && plain_client(gw, h)
@@ -180,10 +181,11 @@ fn modern_eligible(gw: &Gateway, h: &HeaderMap) -> bool {
 
 const MODERN_VERSION: &str = "2026-07-28";
 
-/// A modern `tools/call` on the gateway's own data path, through the MRTR bridge like rmcp's
-/// handler does (a legacy upstream's questions become `input_required` rounds), answered with
-/// one JSON body. Requests with a progress token or a log level, MRTR retries, tools with
-/// header-mapped parameters and anything malformed go to rmcp instead.
+/// A modern `tools/call`, `prompts/get` or `resources/read` on the gateway's own data path,
+/// through the MRTR bridge like rmcp's handler does (a legacy upstream's questions become
+/// `input_required` rounds), answered with one JSON body; or a list, answered from the catalog.
+/// Requests with a progress token or a log level, MRTR retries, tools with header-mapped
+/// parameters and anything malformed go to rmcp instead.
 async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
     let (parts, body) = req.into_parts();
     let bytes = match read_body(gw, body).await {
@@ -195,11 +197,12 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
         .get("mcp-name")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let list = parts
+    let method = parts
         .headers
         .get("mcp-method")
-        .and_then(|v| v.to_str().ok())
-        .and_then(List::of);
+        .and_then(|v| v.to_str().ok());
+    let list = method.and_then(List::of);
+    let op = method.and_then(Op::modern);
     let caller = crate::mrtr::caller_of(Some(&parts.headers));
     let rmcp = |bytes: Bytes| Outcome::Rmcp(Request::from_parts(parts, Body::from(bytes)));
     if let Some(list) = list {
@@ -211,7 +214,10 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
         let head = format!("\"resultType\":\"complete\",\"ttlMs\":{ttl},\"cacheScope\":{scope},");
         return Outcome::Done(list_page(gw, server, &id, list, Some(&params), &head).await);
     }
-    let Some(prepared) = prepare_modern(gw, server, &bytes, name_header.as_deref()) else {
+    let Some(op) = op else {
+        return rmcp(bytes);
+    };
+    let Some(prepared) = prepare_modern(gw, server, &bytes, op, name_header.as_deref()) else {
         return rmcp(bytes);
     };
     let ModernCall {
@@ -221,7 +227,7 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
         meta,
         caps,
     } = prepared;
-    let binding = crate::mrtr::binding(&caller, server, "tools/call", &params);
+    let binding = crate::mrtr::binding(&caller, server, op.method(), &params);
     let session = gw.sessions.next_id();
     let pool = gw.pool.clone();
     let round = gw
@@ -242,7 +248,11 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
             move |mut c: Caller| {
                 c.meta = meta;
                 Box::pin(async move {
-                    let r = vs.call_tool_raw(params, &c).await;
+                    let r = match op {
+                        Op::GetPrompt => vs.get_prompt_raw(params, &c).await,
+                        Op::ReadResource => vs.read_resource_raw(params, &c).await,
+                        _ => vs.call_tool_raw(params, &c).await,
+                    };
                     pool.end_session(session);
                     r
                 })
@@ -251,7 +261,17 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
         .await;
     Outcome::Done(match round {
         crate::mrtr::Round::Done(Ok(raw)) => {
-            json_response(result_message(&id, &with_result_type(raw.get())))
+            // 2026-07-28 requires resultType (legacy upstreams omit it) and caching hints on
+            // reads; an upstream that gives none gets the cautious ones (stale, this caller only).
+            let defaults: &[(&str, &str)] = match op {
+                Op::ReadResource => &[
+                    ("resultType", "\"complete\""),
+                    ("ttlMs", "0"),
+                    ("cacheScope", "\"private\""),
+                ],
+                _ => &[("resultType", "\"complete\"")],
+            };
+            json_response(result_message(&id, &with_defaults(raw.get(), defaults)))
         }
         crate::mrtr::Round::Done(Err(e)) => modern_error(&id, &to_error(e)),
         crate::mrtr::Round::Input(i) => json_response(result_message(
@@ -287,16 +307,24 @@ fn prepare_modern(
     gw: &Gateway,
     server: &str,
     body: &[u8],
+    op: Op,
     name_header: Option<&str>,
 ) -> Option<ModernCall> {
     let env: Envelope = serde_json::from_slice(body).ok()?;
-    if env.method.as_deref() != Some("tools/call") {
+    if env.method.as_deref() != Some(op.method()) {
         return None;
     }
     let id = env.id?.to_owned();
     let mut params: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(env.params?.get()).ok()?;
-    let name = params.get("name")?.as_str()?;
+    // Mcp-Name carries the tool or prompt name, or the resource URI (SEP-2243); an encoded or
+    // mismatched one is rmcp's to judge.
+    let key = if matches!(op, Op::ReadResource) {
+        "uri"
+    } else {
+        "name"
+    };
+    let name = params.get(key)?.as_str()?;
     if name_header != Some(name)
         || params.contains_key("requestState")
         || params.contains_key("inputResponses")
@@ -304,12 +332,13 @@ fn prepare_modern(
         return None;
     }
     let vs = gw.virtual_server(server)?;
-    let cat = vs.catalog();
-    let tool = &cat.tools[*cat.tool_index.get(name)?];
-    if has_param_headers(&tool.input_schema) {
-        return None;
+    if matches!(op, Op::CallTool) {
+        let cat = vs.catalog();
+        let tool = &cat.tools[*cat.tool_index.get(name)?];
+        if has_param_headers(&tool.input_schema) {
+            return None;
+        }
     }
-    drop(cat);
     let serde_json::Value::Object(meta) = params.remove("_meta")? else {
         return None;
     };
@@ -380,36 +409,52 @@ fn has_param_headers(schema: &serde_json::Map<String, serde_json::Value>) -> boo
         })
 }
 
-/// A result object with `"resultType"` (2026-07-28 requires it; legacy upstreams omit it).
-fn with_result_type(result: &str) -> String {
-    struct HasKey;
-    impl<'de> serde::de::Visitor<'de> for HasKey {
-        type Value = bool;
+/// A result object with each of `defaults` (key, JSON value) that it lacks put in front,
+/// leaving the rest of the text as it came. Anything but an object comes back unchanged.
+fn with_defaults(result: &str, defaults: &[(&str, &str)]) -> String {
+    struct Keys<'k>(&'k [(&'k str, &'k str)]);
+    impl<'de> serde::de::Visitor<'de> for Keys<'_> {
+        /// Bit i set: the object has `defaults[i]`'s key.
+        type Value = u64;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a result object")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-            let mut found = false;
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            let mut found = 0;
             while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                found |= k == "resultType";
+                if let Some(i) = self.0.iter().position(|(d, _)| *d == k) {
+                    found |= 1 << i;
+                }
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
             Ok(found)
         }
     }
     let mut de = serde_json::Deserializer::from_str(result);
-    let has = serde::Deserializer::deserialize_map(&mut de, HasKey).unwrap_or(true);
-    match result.trim_start().strip_prefix('{') {
-        Some(rest) if !has => {
-            let sep = if rest.trim_start().starts_with('}') {
-                ""
-            } else {
-                ","
-            };
-            format!("{{\"resultType\":\"complete\"{sep}{rest}")
+    let Ok(found) = serde::Deserializer::deserialize_map(&mut de, Keys(defaults)) else {
+        return result.to_owned();
+    };
+    let Some(rest) = result.trim_start().strip_prefix('{') else {
+        return result.to_owned();
+    };
+    let mut out = String::with_capacity(result.len() + 64);
+    out.push('{');
+    for (i, (k, v)) in defaults.iter().enumerate() {
+        if found & (1 << i) == 0 {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(k);
+            out.push_str("\":");
+            out.push_str(v);
         }
-        _ => result.to_owned(),
     }
+    if out.len() > 1 && !rest.trim_start().starts_with('}') {
+        out.push(',');
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The Host check of rmcp's service (host and, if the entry has one, port); anything it would
@@ -467,6 +512,11 @@ enum Op {
 }
 
 impl Op {
+    /// The requests a 2026-07-28 client sends through the MRTR bridge.
+    fn modern(method: &str) -> Option<Self> {
+        Self::of(method).filter(|op| !matches!(op, Op::Complete))
+    }
+
     fn of(method: &str) -> Option<Self> {
         Some(match method {
             "tools/call" => Op::CallTool,
@@ -885,5 +935,35 @@ impl Downstream for Relay {
 
     fn list_roots(&self) -> BoxFut<'_, Result<ListRootsResult, ErrorData>> {
         Box::pin(self.request("roots/list", serde_json::json!({})))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_defaults;
+
+    #[test]
+    fn defaults_go_in_front_of_what_is_missing_only() {
+        let d = [("resultType", "\"complete\""), ("ttlMs", "0")];
+        assert_eq!(
+            with_defaults(r#"{"contents":[],"x-extra":1}"#, &d),
+            r#"{"resultType":"complete","ttlMs":0,"contents":[],"x-extra":1}"#
+        );
+        assert_eq!(
+            with_defaults(r#"{"ttlMs":5000,"contents":[]}"#, &d),
+            r#"{"resultType":"complete","ttlMs":5000,"contents":[]}"#
+        );
+        assert_eq!(
+            with_defaults("{}", &d),
+            r#"{"resultType":"complete","ttlMs":0}"#
+        );
+        assert_eq!(
+            with_defaults(" { } ", &d),
+            r#"{"resultType":"complete","ttlMs":0 } "#
+        );
+        let whole = r#"{"resultType":"input_required","ttlMs":1}"#;
+        assert_eq!(with_defaults(whole, &d), whole);
+        assert_eq!(with_defaults("[1]", &d), "[1]");
+        assert_eq!(with_defaults("not json", &d), "not json");
     }
 }

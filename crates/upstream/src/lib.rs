@@ -1123,6 +1123,12 @@ impl Shared {
         }
     }
 
+    /// The upstream resources clients watch.
+    fn watched_uris(&self) -> Vec<String> {
+        let watched = self.watched.lock().expect("watched lock");
+        watched.iter().cloned().collect()
+    }
+
     /// The caller of raw request `origin` if known (it arrived on that call's own exchange),
     /// else the single client session with calls in flight.
     fn caller_for(&self, origin: Option<u64>) -> Result<Caller, Unattributed> {
@@ -1355,13 +1361,7 @@ async fn run_connection(
         ));
     } else {
         // A legacy upstream's subscriptions end with its session: renew the watched ones.
-        let uris: Vec<String> = shared
-            .watched
-            .lock()
-            .expect("watched lock")
-            .iter()
-            .cloned()
-            .collect();
+        let uris = shared.watched_uris();
         if !uris.is_empty() {
             let (peer, id) = (peer.clone(), shared.spec.id.clone());
             tokio::spawn(async move {
@@ -1433,13 +1433,7 @@ async fn listen_upstream(
     let mut failures = 0u32;
     loop {
         let Some(s) = shared.upgrade() else { return };
-        let uris: Vec<String> = s
-            .watched
-            .lock()
-            .expect("watched lock")
-            .iter()
-            .cloned()
-            .collect();
+        let uris = s.watched_uris();
         let caps = s.catalog.load().capabilities.clone().unwrap_or_default();
         let mut filter = rmcp::model::SubscriptionFilter::new();
         filter.tools_list_changed = caps.tools.is_some().then_some(true);

@@ -556,5 +556,34 @@ async fn discover_lists_and_reads_carry_caching_hints() {
         assert_eq!(res["contents"][0]["uri"], uri, "{v}");
         assert_eq!(res["ttlMs"], ttl, "{uri} {v}");
         assert_eq!(res["cacheScope"], scope, "{uri} {v}");
+        assert_eq!(res["resultType"], "complete", "{uri} {v}");
+        // Reads take the gateway's own data path: unknown fields survive.
+        assert_eq!(res["contents"][0]["x-extra"], "content", "{uri} {v}");
     }
+    // So do prompts.
+    let v = send(modern(
+        &url,
+        "prompts/get",
+        Some("fc__greet"),
+        json!({"name": "fc__greet", "arguments": {"name": "ada"}}),
+        json!({}),
+    ))
+    .await;
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(v["result"]["x-extra"], "prompt-result", "{v}");
+    assert!(v["result"]["messages"].to_string().contains("ada"), "{v}");
+    // The same read through rmcp (a browser's request) gets the same hints.
+    let v = send(
+        modern(
+            &url,
+            "resources/read",
+            Some("fc+fixture://static"),
+            json!({"uri": "fc+fixture://static"}),
+            json!({}),
+        )
+        .header("origin", "http://localhost:9"),
+    )
+    .await;
+    assert_eq!(v["result"]["ttlMs"], 0, "{v}");
+    assert_eq!(v["result"]["cacheScope"], "private", "{v}");
 }
