@@ -1453,6 +1453,13 @@ async fn listen_upstream(
                 failures = 0;
                 sub
             }
+            // The connection is ending (a restart or shutdown): nothing to report.
+            Err(_)
+                if ct.is_cancelled()
+                    || shared.upgrade().is_none_or(|s| s.shutdown.is_cancelled()) =>
+            {
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(connector = %id, error = %e, "subscriptions/listen to the upstream failed; list changes and resource updates of this connector will be missed until it works");
