@@ -504,10 +504,28 @@ async fn conformance(p: &Peers, reqs: &str, connector: &str, baseline: &str) {
     eprintln!("conformance {reqs}, {baseline}: {total}");
     assert!(
         out.status.success(),
-        "conformance failures beyond tests/conformance/{baseline}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "conformance failures beyond tests/conformance/{baseline}:\n{stdout}\n{}\nfailed checks:\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        failed_checks(&dir.0),
+        gw.log()
     );
     assert!(stdout.contains("Baseline check passed"), "{stdout}");
+}
+
+/// The failed checks the conformance suite wrote under `dir` (`*/checks.json`), with their
+/// details, for a failure report.
+fn failed_checks(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("checks.json")) else {
+            continue;
+        };
+        let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        for c in checks.iter().filter(|c| c["status"] == "FAILURE") {
+            out.push_str(&format!("{c}\n"));
+        }
+    }
+    out
 }
 
 /// `--requirements 2025-11-25` (legacy clients), the fixture over stdio as an upstream of `era`.
