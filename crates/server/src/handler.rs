@@ -155,6 +155,19 @@ impl SessionHandler {
         }
     }
 
+    /// Make this legacy session known to the gateway (its key, peer, level, subscriptions).
+    /// rmcp may run a request before the `notifications/initialized` that precedes it, so the
+    /// requests that set session state register too; registering again changes nothing.
+    fn register(&self, gw: &Gateway, peer: rmcp::Peer<RoleServer>, ext: &rmcp::model::Extensions) {
+        let key = ext
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(Arc::from);
+        gw.sessions
+            .register(self.session, self.server.clone(), peer, key);
+    }
+
     fn caller(&self, cx: &RequestContext<RoleServer>) -> Caller {
         Caller {
             session: self.session,
@@ -337,14 +350,7 @@ impl ServerHandler for SessionHandler {
     async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
         if let Ok((gw, vs)) = self.server() {
             vs.demand();
-            let key = cx
-                .extensions
-                .get::<http::request::Parts>()
-                .and_then(|p| p.headers.get("mcp-session-id"))
-                .and_then(|v| v.to_str().ok())
-                .map(Arc::from);
-            gw.sessions
-                .register(self.session, self.server.clone(), cx.peer, key);
+            self.register(&gw, cx.peer, &cx.extensions);
         }
     }
 
@@ -543,6 +549,7 @@ impl ServerHandler for SessionHandler {
         cx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let (gw, vs) = self.server()?;
+        self.register(&gw, cx.peer.clone(), &cx.extensions);
         vs.subscribe(&p.uri, &self.caller(&cx))
             .await
             .map_err(to_error)?;
@@ -585,6 +592,7 @@ impl ServerHandler for SessionHandler {
         cx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let (gw, vs) = self.server()?;
+        self.register(&gw, cx.peer.clone(), &cx.extensions);
         gw.sessions.set_level(self.session, p.level);
         vs.set_level(p.level, &self.caller(&cx)).await;
         Ok(())

@@ -61,16 +61,19 @@ impl Sessions {
                 .expect("sessions lock")
                 .insert(k.clone(), id);
         }
-        self.map.lock().expect("sessions lock").insert(
-            id,
-            Entry {
+        // Idempotent: a request that needs the session (logging/setLevel, subscribe) may be
+        // handled before `notifications/initialized`, and registers it first; what it set stays.
+        self.map
+            .lock()
+            .expect("sessions lock")
+            .entry(id)
+            .or_insert(Entry {
                 server,
                 key,
                 peer,
                 subscriptions: HashSet::new(),
                 level: None,
-            },
-        );
+            });
     }
 
     pub fn remove(&self, id: u64) {

@@ -753,3 +753,51 @@ async fn cancellation_reaches_modern_upstreams() {
     }
     drop(upstream);
 }
+
+/// A legacy session's log level reaches a modern upstream (in each request's `_meta`) even
+/// when rmcp handles `logging/setLevel` before the session's `notifications/initialized`
+/// (here: not sent at all), which once lost the level under load.
+#[tokio::test]
+async fn a_log_level_set_before_initialized_reaches_a_modern_upstream() {
+    let Some(p) = Peers::get("a_log_level_set_before_initialized_reaches_a_modern_upstream") else {
+        return;
+    };
+    let gw = Gw::start(&format!(
+        "[connectors.up]\nkind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\nera = \"modern\"\n\n[servers.main]\nconnectors = [\"up\"]\n",
+        p.python(),
+        fixture("conformance_upstream.py")
+    ));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let r = crate::http::post(&url)
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.text().await;
+    let v = crate::http::rpc(
+        &url,
+        &sid,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel", "params": {"level": "debug"}}),
+    )
+    .await;
+    assert!(v.get("result").is_some(), "{v}");
+    let body = crate::http::post_in(&url, &sid)
+        .body(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "up__test_tool_with_logging", "arguments": {}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        body.matches("notifications/message").count(),
+        3,
+        "the tool's three log messages come before its result:\n{body}"
+    );
+}
