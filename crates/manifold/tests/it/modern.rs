@@ -219,6 +219,14 @@ async fn headers_versions_and_capabilities_are_checked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400, "unsupported version");
+    let v = message(&r.text().await.unwrap());
+    assert_eq!(v["error"]["code"], -32022, "{v}");
+    assert!(
+        v["error"]["data"]["supported"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!(VERSION))),
+        "the answer names the supported versions: {v}"
+    );
     // The upstream asks for elicitation but the client did not declare it: -32021, HTTP 400,
     // naming the capability, and the upstream call is abandoned.
     let (status, v) = call_modern(
