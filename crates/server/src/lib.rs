@@ -77,6 +77,7 @@ impl Gateway {
     /// Start every eager connector and the event fan-out. Needs a Tokio runtime.
     pub fn start(config: Config, env: EnvLookup) -> Arc<Self> {
         let (events, _) = broadcast::channel(4096);
+        let pool = Arc::new(upstream::Pool::new(env.clone(), events.clone()));
         let gw = Arc::new(Self {
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config.clone()),
@@ -87,7 +88,7 @@ impl Gateway {
             apply_lock: Mutex::new(()),
             sessions: Sessions::default(),
             events,
-            pool: Arc::new(upstream::Pool::new(env.clone())),
+            pool,
             env,
             shutdown: CancellationToken::new(),
             inflight: drain::Inflight::default(),
@@ -371,37 +372,66 @@ async fn fan_out(gw: std::sync::Weak<Gateway>, mut rx: broadcast::Receiver<Upstr
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(gw) = gw.upgrade() else { return };
-        match ev {
-            UpstreamEvent::CatalogChanged(id) => {
-                for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
-                    let ch = vs.rebuild();
-                    if ch.any() {
-                        gw.notify_changes(vs.name(), ch);
-                    }
+        deliver(&gw, ev).await;
+    }
+}
+
+/// Hand one upstream event to the clients it concerns: everyone it is about, or, for a
+/// per-client upstream session's event, its own client alone.
+async fn deliver(gw: &Gateway, ev: UpstreamEvent) {
+    let (ev, only) = match ev {
+        UpstreamEvent::ForSession(session, ev) => (*ev, Some(session)),
+        ev => (ev, None),
+    };
+    let concerns = |id: u64| only.is_none_or(|o| o == id);
+    match ev {
+        // Lists and health come from the shared instance.
+        UpstreamEvent::CatalogChanged(_) | UpstreamEvent::HealthChanged(..) if only.is_some() => {}
+        UpstreamEvent::ForSession(..) => {}
+        UpstreamEvent::CatalogChanged(id) => {
+            for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
+                let ch = vs.rebuild();
+                if ch.any() {
+                    gw.notify_changes(vs.name(), ch);
                 }
             }
-            UpstreamEvent::ResourceUpdated(id, uri) => {
-                for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
-                    let exposed = vs.catalog().expose_uri(&id, &uri);
-                    for sink in gw.sessions.resource_listeners(vs.name(), &exposed) {
-                        let _ = sink.notify_resource_updated(exposed.clone()).await;
-                    }
-                    for (_, peer) in gw.sessions.subscribers(vs.name(), &exposed) {
-                        let params = serde_json::from_value(serde_json::json!({ "uri": exposed }))
-                            .expect("valid params");
-                        let _ = peer.notify_resource_updated(params).await;
-                    }
-                }
-            }
-            UpstreamEvent::Log(id, params) => {
-                for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
-                    for (_, peer) in gw.sessions.log_listeners(vs.name(), params.level) {
-                        let _ = peer.notify_logging_message(params.clone()).await;
-                    }
-                }
-            }
-            UpstreamEvent::HealthChanged(..) => {}
         }
+        UpstreamEvent::ResourceUpdated(id, uri) => {
+            for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
+                let exposed = vs.catalog().expose_uri(&id, &uri);
+                for (_, sink) in gw
+                    .sessions
+                    .resource_listeners(vs.name(), &exposed)
+                    .into_iter()
+                    .filter(|(s, _)| concerns(*s))
+                {
+                    let _ = sink.notify_resource_updated(exposed.clone()).await;
+                }
+                for (_, peer) in gw
+                    .sessions
+                    .subscribers(vs.name(), &exposed)
+                    .into_iter()
+                    .filter(|(s, _)| concerns(*s))
+                {
+                    let params = serde_json::from_value(serde_json::json!({ "uri": exposed }))
+                        .expect("valid params");
+                    let _ = peer.notify_resource_updated(params).await;
+                }
+            }
+        }
+        UpstreamEvent::Log(id, params) => {
+            for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
+                for (_, peer) in gw
+                    .sessions
+                    .log_listeners(vs.name(), params.level)
+                    .into_iter()
+                    .filter(|(s, _)| concerns(*s))
+                {
+                    let _ = peer.notify_logging_message(params.clone()).await;
+                }
+            }
+        }
+        UpstreamEvent::HealthChanged(..) => {}
     }
 }
 

@@ -171,12 +171,12 @@ impl Sessions {
     }
 
     /// The listen streams of `server` that watch `uri`.
-    pub fn resource_listeners(&self, server: &str, uri: &str) -> Vec<SubscriptionSink> {
+    pub fn resource_listeners(&self, server: &str, uri: &str) -> Vec<(u64, SubscriptionSink)> {
         self.listeners
             .lock()
             .expect("sessions lock")
-            .values()
-            .filter(|(s, sink)| {
+            .iter()
+            .filter(|(_, (s, sink))| {
                 &**s == server
                     && sink
                         .accepted()
@@ -184,7 +184,7 @@ impl Sessions {
                         .as_ref()
                         .is_some_and(|u| u.iter().any(|u| u == uri))
             })
-            .map(|(_, sink)| sink.clone())
+            .map(|(id, (_, sink))| (*id, sink.clone()))
             .collect()
     }
 

@@ -124,6 +124,8 @@ pub enum UpstreamEvent {
     /// A log message not attributable to one in-flight call.
     Log(ConnectorId, rmcp::model::LoggingMessageNotificationParam),
     HealthChanged(ConnectorId, HealthState),
+    /// An event of a per-client upstream session: it concerns client session `.0` only.
+    ForSession(u64, Box<UpstreamEvent>),
 }
 
 /// The downstream side of one forwarded request: whom progress, logs and server→client requests

@@ -16,15 +16,15 @@ type Entries = HashMap<(ConnectorId, u64), (ConnectorSpec, Arc<Connector>)>;
 
 pub struct Pool {
     entries: Mutex<Entries>,
-    /// Catalog and resource events of per-client sessions are not fanned out: the shared
-    /// connector instance is what lists are built from.
+    /// The gateway's event channel. A per-client session's resource updates and logs reach it
+    /// as `ForSession` (they concern its client only); its catalog and health events do not:
+    /// the shared connector instance is what lists and health are built from.
     events: broadcast::Sender<UpstreamEvent>,
     env: EnvLookup,
 }
 
 impl Pool {
-    pub fn new(env: EnvLookup) -> Self {
-        let (events, _) = broadcast::channel(16);
+    pub fn new(env: EnvLookup, events: broadcast::Sender<UpstreamEvent>) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             events,
@@ -56,11 +56,28 @@ impl Pool {
             s.start = StartMode::Eager;
         }
         tracing::info!(connector = %spec.id, session, "starting a per-client upstream session");
-        let c = Arc::new(Connector::start(
-            eager,
-            self.events.clone(),
-            self.env.clone(),
-        ));
+        let (own, mut rx) = broadcast::channel(16);
+        let c = Arc::new(Connector::start(eager, own, self.env.clone()));
+        let (events, weak) = (self.events.clone(), Arc::downgrade(&c));
+        tokio::spawn(async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if matches!(
+                    ev,
+                    UpstreamEvent::ResourceUpdated(..) | UpstreamEvent::Log(..)
+                ) {
+                    let _ = events.send(UpstreamEvent::ForSession(session, Box::new(ev)));
+                }
+                // The session ended and its instance is gone.
+                if weak.strong_count() == 0 {
+                    return;
+                }
+            }
+        });
         entries.insert(key, (spec.clone(), c.clone()));
         Ok(c)
     }

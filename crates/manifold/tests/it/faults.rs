@@ -748,3 +748,57 @@ async fn resource_subscriptions_survive_an_upstream_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// With `sessions = "per_client"` each client's subscription lives in its own upstream
+/// session: an update there reaches that client, and only that client.
+#[tokio::test]
+async fn per_client_subscriptions_deliver_to_their_own_client() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"pc\"]\n",
+        faulty("pc", "sessions = \"per_client\"")
+    ));
+    gw.wait_up().await;
+    let (ca, cb) = (TestClient::new("a"), TestClient::new("b"));
+    let a = connect(&gw.url("main"), ca.clone()).await;
+    let b = connect(&gw.url("main"), cb.clone()).await;
+    for c in [&a, &b] {
+        let sub: rmcp::model::SubscribeRequestParams =
+            serde_json::from_value(json!({"uri": "pc+fixture://static"})).unwrap();
+        c.peer().subscribe(sub).await.unwrap();
+    }
+    // a's upstream session changes the resource; b's does not.
+    let r = a
+        .peer()
+        .call_tool(call(
+            "pc__touch_resource",
+            json!({"uri": "fixture://static"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "touched fixture://static");
+    ca.wait_event("resources/updated", |e| e == "updated:pc+fixture://static")
+        .await;
+    // b hears nothing of a's upstream session (give a stray event the time to arrive).
+    let r = b
+        .peer()
+        .call_tool(call("pc__echo", json!({"message": "sync"})))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "Echo: sync");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !cb.events().iter().any(|e| e.starts_with("updated:")),
+        "{:?}",
+        cb.events()
+    );
+    // And b's own update reaches b.
+    b.peer()
+        .call_tool(call(
+            "pc__touch_resource",
+            json!({"uri": "fixture://static"}),
+        ))
+        .await
+        .unwrap();
+    cb.wait_event("resources/updated", |e| e == "updated:pc+fixture://static")
+        .await;
+}
