@@ -168,6 +168,18 @@ impl SessionHandler {
             .register(self.session, self.server.clone(), peer, key);
     }
 
+    /// A list's caching hints: `list_hints` for a modern client, none for a legacy one.
+    fn list_hints_for(
+        gw: &Gateway,
+        cx: &RequestContext<RoleServer>,
+    ) -> (Option<u64>, Option<CacheScope>) {
+        if !Self::modern(cx) {
+            return (None, None);
+        }
+        let (ttl, scope) = list_hints(gw);
+        (Some(ttl), Some(scope))
+    }
+
     fn caller(&self, cx: &RequestContext<RoleServer>) -> Caller {
         Caller {
             session: self.session,
@@ -370,10 +382,7 @@ impl ServerHandler for SessionHandler {
             .map_err(to_error)?;
         let mut r = ListToolsResult::with_all_items(page.to_vec());
         r.next_cursor = next;
-        if Self::modern(&cx) {
-            let (ttl, scope) = list_hints(&gw);
-            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
-        }
+        (r.ttl_ms, r.cache_scope) = Self::list_hints_for(&gw, &cx);
         Ok(r)
     }
 
@@ -425,10 +434,7 @@ impl ServerHandler for SessionHandler {
             .map_err(to_error)?;
         let mut r = ListPromptsResult::with_all_items(page.to_vec());
         r.next_cursor = next;
-        if Self::modern(&cx) {
-            let (ttl, scope) = list_hints(&gw);
-            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
-        }
+        (r.ttl_ms, r.cache_scope) = Self::list_hints_for(&gw, &cx);
         Ok(r)
     }
 
@@ -477,10 +483,7 @@ impl ServerHandler for SessionHandler {
             .map_err(to_error)?;
         let mut r = ListResourcesResult::with_all_items(page.to_vec());
         r.next_cursor = next;
-        if Self::modern(&cx) {
-            let (ttl, scope) = list_hints(&gw);
-            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
-        }
+        (r.ttl_ms, r.cache_scope) = Self::list_hints_for(&gw, &cx);
         Ok(r)
     }
 
@@ -499,10 +502,7 @@ impl ServerHandler for SessionHandler {
             .map_err(to_error)?;
         let mut r = ListResourceTemplatesResult::with_all_items(page.to_vec());
         r.next_cursor = next;
-        if Self::modern(&cx) {
-            let (ttl, scope) = list_hints(&gw);
-            (r.ttl_ms, r.cache_scope) = (Some(ttl), Some(scope));
-        }
+        (r.ttl_ms, r.cache_scope) = Self::list_hints_for(&gw, &cx);
         Ok(r)
     }
 
