@@ -3,7 +3,8 @@
 //! `completion/complete` are parsed once into an envelope, forwarded as JSON text, and answered
 //! with the upstream's result as it came (unknown fields included), changed only where names
 //! and URIs are exposed differently. For stateless 2026-07-28 requests it answers the lists
-//! (with their caching hints) and plain `tools/call`s the same way. Everything else
+//! (with their caching hints) and plain `tools/call`, `prompts/get` and `resources/read` the
+//! same way. Everything else
 //! (initialize, ping, subscriptions, `logging/setLevel`, GET streams, DELETE, requests with an
 //! `Origin`, anything it does not fully check) goes to rmcp's service.
 //!
@@ -251,7 +252,8 @@ async fn modern_call(gw: &Arc<Gateway>, server: &str, req: Request) -> Outcome {
                     let r = match op {
                         Op::GetPrompt => vs.get_prompt_raw(params, &c).await,
                         Op::ReadResource => vs.read_resource_raw(params, &c).await,
-                        _ => vs.call_tool_raw(params, &c).await,
+                        Op::Complete => vs.complete_raw(params, &c).await,
+                        Op::CallTool => vs.call_tool_raw(params, &c).await,
                     };
                     pool.end_session(session);
                     r
@@ -342,13 +344,7 @@ fn prepare_modern(
     let serde_json::Value::Object(meta) = params.remove("_meta")? else {
         return None;
     };
-    if meta
-        .get("io.modelcontextprotocol/protocolVersion")
-        .and_then(|v| v.as_str())
-        != Some(MODERN_VERSION)
-        || meta.contains_key("progressToken")
-        || meta.contains_key("io.modelcontextprotocol/logLevel")
-    {
+    if !plain_modern_meta(&meta) {
         return None;
     }
     let caps: ClientCapabilities = serde_json::from_value(
@@ -381,19 +377,20 @@ fn prepare_modern_list(body: &[u8], list: List) -> Option<(Box<RawValue>, Box<Ra
     }
     let params = env.params?;
     let meta = serde_json::from_str::<Params>(params.get()).ok()?.meta;
-    if meta
-        .get("io.modelcontextprotocol/protocolVersion")
+    plain_modern_meta(&meta).then(|| (id, params.to_owned()))
+}
+
+/// A request `_meta` this path serves: 2026-07-28 with the client's capabilities, and no
+/// progress token or log level (rmcp's path streams those).
+fn plain_modern_meta(meta: &serde_json::Map<String, serde_json::Value>) -> bool {
+    meta.get("io.modelcontextprotocol/protocolVersion")
         .and_then(|v| v.as_str())
-        != Some(MODERN_VERSION)
-        || !meta
+        == Some(MODERN_VERSION)
+        && meta
             .get("io.modelcontextprotocol/clientCapabilities")
             .is_some_and(|c| c.is_object())
-        || meta.contains_key("progressToken")
-        || meta.contains_key("io.modelcontextprotocol/logLevel")
-    {
-        return None;
-    }
-    Some((id, params.to_owned()))
+        && !meta.contains_key("progressToken")
+        && !meta.contains_key("io.modelcontextprotocol/logLevel")
 }
 
 /// Whether a tool's schema maps arguments to `Mcp-Param-*` headers (rmcp validates those).
