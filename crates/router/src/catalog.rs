@@ -4,6 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use config::{ConnectorId, ConnectorUse, MAX_NAME_LEN, VirtualServerSpec};
+use policy::glob;
 use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool};
 use serde_json::value::RawValue;
 use upstream::UpstreamCatalog;
@@ -25,6 +26,13 @@ pub struct PromptRoute {
     pub upstream_name: String,
 }
 
+/// Which connector an item comes from, and the upstream's own name or URI of it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub connector: ConnectorId,
+    pub name: String,
+}
+
 /// One virtual server's merged, curated lists, in a deterministic order, with routes back.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -38,6 +46,12 @@ pub struct Catalog {
     pub resources_json: Vec<Box<RawValue>>,
     pub resource_templates: Vec<ResourceTemplate>,
     pub resource_templates_json: Vec<Box<RawValue>>,
+    /// Where each item of `tools`, `prompts`, `resources` and `resource_templates` comes from
+    /// (same order): its connector and the upstream's name or URI, for per-caller views.
+    pub tools_from: Vec<Origin>,
+    pub prompts_from: Vec<Origin>,
+    pub resources_from: Vec<Origin>,
+    pub resource_templates_from: Vec<Origin>,
     pub tool_routes: HashMap<String, ToolRoute>,
     /// Exposed tool name → index in `tools`.
     pub tool_index: HashMap<String, usize>,
@@ -89,14 +103,18 @@ impl Catalog {
         inputs: &[(&ConnectorUse, Arc<UpstreamCatalog>)],
     ) -> Catalog {
         let mut cat = Catalog::default();
-        let mut tools: Vec<(Tool, Box<RawValue>)> = Vec::new();
-        let mut prompts: Vec<(Prompt, Box<RawValue>)> = Vec::new();
-        let mut resources: Vec<(Resource, Box<RawValue>)> = Vec::new();
-        let mut templates: Vec<(ResourceTemplate, Box<RawValue>)> = Vec::new();
+        let mut tools: Vec<(Tool, Box<RawValue>, Origin)> = Vec::new();
+        let mut prompts: Vec<(Prompt, Box<RawValue>, Origin)> = Vec::new();
+        let mut resources: Vec<(Resource, Box<RawValue>, Origin)> = Vec::new();
+        let mut templates: Vec<(ResourceTemplate, Box<RawValue>, Origin)> = Vec::new();
         let mut instructions: Vec<String> = spec.instructions.iter().cloned().collect();
         cat.capabilities = merged_capabilities(inputs.iter().map(|(_, u)| u.capabilities.as_ref()));
         for (usage, upstream) in inputs {
             let cid = &usage.connector;
+            let from = |name: &str| Origin {
+                connector: cid.clone(),
+                name: name.to_owned(),
+            };
             if usage.prefix {
                 cat.prefixed.push(cid.clone());
             } else {
@@ -163,7 +181,7 @@ impl Catalog {
                         pinned,
                     },
                 );
-                tools.push((t, json));
+                tools.push((t, json, from(name)));
             }
             for (i, prompt) in upstream.prompts.iter().enumerate() {
                 let exposed = exposed_name(usage, &spec.separator, &prompt.name);
@@ -184,9 +202,10 @@ impl Catalog {
                         upstream_name: prompt.name.clone(),
                     },
                 );
-                prompts.push((p, raw(&json)));
+                prompts.push((p, raw(&json), from(&prompt.name)));
             }
             for (i, r) in upstream.resources.iter().enumerate() {
+                let origin = from(&r.uri);
                 let mut json = as_sent(&upstream.resources_json, upstream.resources.len(), i, r);
                 let mut r = r.clone();
                 if usage.prefix {
@@ -198,7 +217,7 @@ impl Catalog {
                     cat.exact_resources.insert(r.uri.clone(), cid.clone());
                 }
                 json.insert("uri".into(), r.uri.clone().into());
-                resources.push((r, raw(&json)));
+                resources.push((r, raw(&json), origin));
             }
             for (i, t) in upstream.resource_templates.iter().enumerate() {
                 let mut json = as_sent(
@@ -207,6 +226,7 @@ impl Catalog {
                     i,
                     t,
                 );
+                let origin = from(&t.uri_template);
                 let mut t = t.clone();
                 if usage.prefix {
                     t.uri_template = format!("{cid}+{}", t.uri_template);
@@ -220,14 +240,14 @@ impl Catalog {
                     cat.template_prefixes.push((literal, cid.clone()));
                 }
                 json.insert("uriTemplate".into(), t.uri_template.clone().into());
-                templates.push((t, raw(&json)));
+                templates.push((t, raw(&json), origin));
             }
         }
         // Longest literal prefix wins; ties keep configuration order (stable sort).
         cat.template_prefixes
             .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         tools.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        (cat.tools, cat.tools_json) = tools.into_iter().unzip();
+        (cat.tools, cat.tools_json, cat.tools_from) = unzip3(tools);
         cat.tool_index = cat
             .tools
             .iter()
@@ -235,11 +255,15 @@ impl Catalog {
             .map(|(i, t)| (t.name.to_string(), i))
             .collect();
         prompts.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        (cat.prompts, cat.prompts_json) = prompts.into_iter().unzip();
+        (cat.prompts, cat.prompts_json, cat.prompts_from) = unzip3(prompts);
         resources.sort_by(|a, b| a.0.uri.cmp(&b.0.uri));
-        (cat.resources, cat.resources_json) = resources.into_iter().unzip();
+        (cat.resources, cat.resources_json, cat.resources_from) = unzip3(resources);
         templates.sort_by(|a, b| a.0.uri_template.cmp(&b.0.uri_template));
-        (cat.resource_templates, cat.resource_templates_json) = templates.into_iter().unzip();
+        (
+            cat.resource_templates,
+            cat.resource_templates_json,
+            cat.resource_templates_from,
+        ) = unzip3(templates);
         cat.instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
         cat.fingerprints = [
             fingerprint(&texts(&cat.tools_json)),
@@ -398,6 +422,20 @@ fn as_sent<T: serde::Serialize>(
     }
 }
 
+fn unzip3<A, B, C>(v: Vec<(A, B, C)>) -> (Vec<A>, Vec<B>, Vec<C>) {
+    let mut out = (
+        Vec::with_capacity(v.len()),
+        Vec::with_capacity(v.len()),
+        Vec::with_capacity(v.len()),
+    );
+    for (a, b, c) in v {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+    }
+    out
+}
+
 fn texts(v: &[Box<RawValue>]) -> Vec<&str> {
     v.iter().map(|j| j.get()).collect()
 }
@@ -408,29 +446,6 @@ fn raw(json: &JsonObject) -> Box<RawValue> {
 
 fn fingerprint<T: serde::Serialize>(v: &T) -> u64 {
     fnv1a(&serde_json::to_vec(v).unwrap_or_default())
-}
-
-/// `*` matches any run of characters, `?` one character; everything else is literal.
-pub fn glob(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// The schema without the given properties (and without them in `required`).

@@ -1,5 +1,9 @@
 //! A virtual server: its connectors, its merged catalog (rebuilt on change, swapped whole), and
-//! routing of each client request to the owning connector with curation applied.
+//! the three steps of a request between the edge and the upstream: `route` (an exposed name or
+//! URI to its connector and the upstream's name, with curation applied), then — once the policy
+//! has turned the routed request into a `Permit` — `forward` with the credential the
+//! credentials seam chose, or `page` for a list. Nothing reaches an upstream or a list page
+//! without a permit.
 
 // logging/setLevel is deprecated by MCP 2026-07-28 but legacy clients and upstreams use it.
 #![allow(deprecated)]
@@ -8,18 +12,19 @@ mod catalog;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwap;
-use config::{ConnectorId, VirtualServerSpec};
-use rmcp::model::{
-    CallToolRequestParams, CallToolResult, CompleteRequestParams, CompleteResult,
-    GetPromptRequestParams, GetPromptResult, JsonObject, ReadResourceRequestParams,
-    ReadResourceResult,
-};
-use upstream::{Caller, Connector, Pool, RawValue, UpstreamError};
+use config::{ConnectorId, SessionMode, VirtualServerSpec};
+use policy::{Action, ActionKind, Item, ItemKind, Permit, Target, Verb};
+use rmcp::model::JsonObject;
+use serde_json::value::RawValue;
+use upstream::{Caller, Connector, Credential, Pool, UpstreamCatalog, UpstreamError};
 
-pub use catalog::{Catalog, Changes, PromptRoute, ToolRoute, exposed_name, glob, shorten};
+pub use catalog::{Catalog, Changes, Origin, PromptRoute, ToolRoute, exposed_name, shorten};
 
 /// Why a client request could not be served. Mapped to JSON-RPC at the edge (server crate).
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +39,9 @@ pub enum RouteError {
     InvalidCursor(String),
     #[error("{0}")]
     InvalidParams(String),
-    /// An upstream result that does not decode (on rmcp's typed path).
+    /// The gateway could not serve the request (overloaded, the call was lost).
     #[error("{0}")]
-    BadResult(String),
+    Gateway(String),
     #[error("connector {connector:?}: {error}")]
     Upstream {
         connector: ConnectorId,
@@ -47,18 +52,145 @@ pub enum RouteError {
 /// How long a request waits for connectors that are still starting.
 pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// The requests the router forwards to one connector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    CallTool,
+    GetPrompt,
+    ReadResource,
+    Complete,
+    Subscribe,
+    Unsubscribe,
+}
+
+impl Method {
+    pub fn of(method: &str) -> Option<Self> {
+        Some(match method {
+            "tools/call" => Method::CallTool,
+            "prompts/get" => Method::GetPrompt,
+            "resources/read" => Method::ReadResource,
+            "completion/complete" => Method::Complete,
+            "resources/subscribe" => Method::Subscribe,
+            "resources/unsubscribe" => Method::Unsubscribe,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::CallTool => "tools/call",
+            Method::GetPrompt => "prompts/get",
+            Method::ReadResource => "resources/read",
+            Method::Complete => "completion/complete",
+            Method::Subscribe => "resources/subscribe",
+            Method::Unsubscribe => "resources/unsubscribe",
+        }
+    }
+
+    fn verb(self) -> Verb {
+        match self {
+            Method::CallTool => Verb::Call,
+            Method::GetPrompt => Verb::Get,
+            Method::ReadResource => Verb::Read,
+            Method::Complete => Verb::Complete,
+            Method::Subscribe | Method::Unsubscribe => Verb::Subscribe,
+        }
+    }
+}
+
+/// A client request routed to its connector: what the policy decides on, and what `forward`
+/// sends once it is permitted.
+#[derive(Debug)]
+pub struct Routed {
+    server: Arc<str>,
+    pub method: Method,
+    pub connector: ConnectorId,
+    pub kind: ItemKind,
+    /// The upstream's name of the tool or prompt, or the upstream URI.
+    pub name: String,
+    /// What the client named.
+    pub exposed: String,
+    /// The params as they go upstream (name or URI rewritten, hidden and pinned arguments
+    /// applied).
+    params: JsonObject,
+}
+
+impl Target for Routed {
+    fn action(&self) -> Action<'_> {
+        let arguments = match self.params.get("arguments") {
+            Some(serde_json::Value::Object(a)) => Some(a),
+            _ => None,
+        };
+        Action {
+            server: &self.server,
+            kind: ActionKind::Use {
+                verb: self.method.verb(),
+                item: Item {
+                    kind: self.kind,
+                    connector: self.connector.as_str(),
+                    name: &self.name,
+                    exposed: &self.exposed,
+                    arguments,
+                },
+            },
+        }
+    }
+}
+
+/// A list request: one kind of item, one page.
+#[derive(Debug)]
+pub struct ListRequest {
+    server: Arc<str>,
+    pub kind: ItemKind,
+    pub cursor: Option<String>,
+}
+
+impl Target for ListRequest {
+    fn action(&self) -> Action<'_> {
+        Action {
+            server: &self.server,
+            kind: ActionKind::List(self.kind),
+        }
+    }
+}
+
+/// A request about the virtual server itself (connect, discover, ping, log level, listen).
+#[derive(Debug)]
+pub struct ServerRequest {
+    server: Arc<str>,
+}
+
+impl Target for ServerRequest {
+    fn action(&self) -> Action<'_> {
+        Action {
+            server: &self.server,
+            kind: ActionKind::Connect,
+        }
+    }
+}
+
 /// One virtual server at runtime. Rebuilt whole on reload; its catalog is swapped on change.
 pub struct VirtualServer {
     pub spec: VirtualServerSpec,
+    name: Arc<str>,
     connectors: Vec<Arc<Connector>>,
     /// Upstream sessions of `sessions = "per_client"` connectors.
     pool: Arc<Pool>,
     catalog: ArcSwap<Catalog>,
+    /// Catalogs of clients that have their own upstream sessions of per-client connectors
+    /// (built from those sessions' lists), with the upstream catalogs they were built from.
+    client_catalogs: Mutex<HashMap<u64, ClientCatalog>>,
     page_size: usize,
 }
 
+struct ClientCatalog {
+    /// The connectors' catalogs it was built from (kept, so they are compared by identity).
+    inputs: Vec<Arc<UpstreamCatalog>>,
+    catalog: Arc<Catalog>,
+}
+
 impl VirtualServer {
-    /// `connectors` must hold every connector named in `spec`, in any order.
+    /// `all` must hold every connector named in `spec`, in any order.
     pub fn new(
         spec: VirtualServerSpec,
         all: &[Arc<Connector>],
@@ -71,10 +203,12 @@ impl VirtualServer {
             .filter_map(|u| all.iter().find(|c| c.id() == &u.connector).cloned())
             .collect();
         let vs = Self {
+            name: spec.name.as_str().into(),
             spec,
             connectors,
             pool,
             catalog: ArcSwap::from_pointee(Catalog::default()),
+            client_catalogs: Mutex::new(HashMap::new()),
             page_size,
         };
         vs.rebuild();
@@ -93,29 +227,118 @@ impl VirtualServer {
         self.connectors.iter().any(|c| c.id() == id)
     }
 
+    /// The catalog every client sees (built from the connectors' shared instances).
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.load_full()
     }
 
     /// Rebuild the merged catalog from the connectors' current catalogs; report what changed.
     pub fn rebuild(&self) -> Changes {
-        let inputs: Vec<_> = self
-            .spec
-            .connectors
-            .iter()
-            .filter_map(|u| {
-                self.connectors
-                    .iter()
-                    .find(|c| c.id() == &u.connector)
-                    .map(|c| (u, c.catalog()))
-            })
-            .collect();
-        let new = Catalog::build(&self.spec, &inputs);
+        let new = self.build(None);
         for c in &new.conflicts {
             tracing::warn!(server = %self.spec.name, "{c}");
         }
         let old = self.catalog.swap(Arc::new(new));
         self.catalog.load().changes_from(&old)
+    }
+
+    /// The merged catalog from each connector's instance for `client` (its own upstream
+    /// session where it has one), or the shared instances'.
+    fn build(&self, client: Option<u64>) -> Catalog {
+        let inputs: Vec<_> = self
+            .spec
+            .connectors
+            .iter()
+            .filter_map(|u| {
+                let shared = self.connectors.iter().find(|c| c.id() == &u.connector)?;
+                Some((u, self.instance_catalog(shared, client)))
+            })
+            .collect();
+        Catalog::build(&self.spec, &inputs)
+    }
+
+    fn instance_catalog(
+        &self,
+        shared: &Arc<Connector>,
+        client: Option<u64>,
+    ) -> Arc<UpstreamCatalog> {
+        if let Some(client) = client
+            && shared.spec().sessions == SessionMode::PerClient
+            && let Some(own) = self.pool.existing(shared.id(), client)
+        {
+            let cat = own.catalog();
+            // A session still starting has no lists yet: show the shared ones meanwhile.
+            if cat.capabilities.is_some() {
+                return cat;
+            }
+        }
+        shared.catalog()
+    }
+
+    /// The catalog `client` sees: the shared one, unless it has upstream sessions of its own
+    /// (`sessions = "per_client"`), whose own lists are merged instead.
+    pub fn catalog_for(&self, client: u64) -> Arc<Catalog> {
+        let shared = self.catalog();
+        let per_client: Vec<&Arc<Connector>> = self
+            .connectors
+            .iter()
+            .filter(|c| c.spec().sessions == SessionMode::PerClient)
+            .collect();
+        if per_client.is_empty()
+            || per_client
+                .iter()
+                .all(|c| self.pool.existing(c.id(), client).is_none())
+        {
+            return shared;
+        }
+        let inputs: Vec<Arc<UpstreamCatalog>> = self
+            .connectors
+            .iter()
+            .map(|c| self.instance_catalog(c, Some(client)))
+            .collect();
+        let same = |a: &[Arc<UpstreamCatalog>]| {
+            a.len() == inputs.len() && a.iter().zip(&inputs).all(|(x, y)| Arc::ptr_eq(x, y))
+        };
+        let map = self.client_catalogs.lock().expect("client catalogs lock");
+        if let Some(c) = map.get(&client)
+            && same(&c.inputs)
+        {
+            return c.catalog.clone();
+        }
+        drop(map);
+        let catalog = Arc::new(self.build(Some(client)));
+        self.client_catalogs
+            .lock()
+            .expect("client catalogs lock")
+            .insert(
+                client,
+                ClientCatalog {
+                    inputs,
+                    catalog: catalog.clone(),
+                },
+            );
+        catalog
+    }
+
+    /// What changed in `client`'s own catalog since it last listed (its per-client upstream
+    /// session announced a change).
+    pub fn client_changes(&self, client: u64) -> Changes {
+        let old = self
+            .client_catalogs
+            .lock()
+            .expect("client catalogs lock")
+            .get(&client)
+            .map(|c| c.catalog.clone())
+            .unwrap_or_else(|| self.catalog());
+        self.catalog_for(client).changes_from(&old)
+    }
+
+    /// A client ended: forget its catalog.
+    pub fn forget_client(&self, client: u64) {
+        self.client_catalogs
+            .lock()
+            .expect("client catalogs lock")
+            .remove(&client);
     }
 
     /// Start lazy connectors (a client is about to use this server).
@@ -145,148 +368,73 @@ impl VirtualServer {
         self.rebuild()
     }
 
-    /// One page of `items` and the cursor of the next. Cursors are opaque offsets.
-    pub fn page<'a, T>(
+    /// A request about the server itself, for the policy.
+    pub fn server_request(&self) -> ServerRequest {
+        ServerRequest {
+            server: self.name.clone(),
+        }
+    }
+
+    /// A list request, for the policy.
+    pub fn list_request(&self, kind: ItemKind, cursor: Option<String>) -> ListRequest {
+        ListRequest {
+            server: self.name.clone(),
+            kind,
+            cursor,
+        }
+    }
+
+    /// One page of a permitted list as JSON text (`{<head>"<key>": [...], "nextCursor": ...}`),
+    /// from the catalog `client` sees; `head` is empty or members ending with a comma. A
+    /// filtered list is paged over the items the permit shows, so cursors stay consistent per
+    /// caller. Cursors are opaque offsets.
+    pub fn page(
         &self,
-        items: &'a [T],
-        cursor: Option<&str>,
-    ) -> Result<(&'a [T], Option<String>), RouteError> {
-        let start = match cursor {
+        permit: &Permit<ListRequest>,
+        client: u64,
+        head: &str,
+    ) -> Result<String, RouteError> {
+        let cat = self.catalog_for(client);
+        let req = permit.target();
+        let (items, from, key) = match req.kind {
+            ItemKind::Tool => (&cat.tools_json, &cat.tools_from, "tools"),
+            ItemKind::Prompt => (&cat.prompts_json, &cat.prompts_from, "prompts"),
+            ItemKind::Resource => (&cat.resources_json, &cat.resources_from, "resources"),
+            ItemKind::ResourceTemplate => (
+                &cat.resource_templates_json,
+                &cat.resource_templates_from,
+                "resourceTemplates",
+            ),
+        };
+        let visible: Vec<&RawValue> = if permit.filters() {
+            items
+                .iter()
+                .zip(from.iter())
+                .enumerate()
+                .filter(|(i, (_, o))| {
+                    permit.shows(&Item {
+                        kind: req.kind,
+                        connector: o.connector.as_str(),
+                        name: &o.name,
+                        exposed: exposed_of(&cat, req.kind, *i),
+                        arguments: None,
+                    })
+                })
+                .map(|(_, (j, _))| &**j)
+                .collect()
+        } else {
+            items.iter().map(|j| &**j).collect()
+        };
+        let start = match req.cursor.as_deref() {
             None | Some("") => 0,
             Some(c) => c
                 .strip_prefix("mf1.")
                 .and_then(|n| n.parse::<usize>().ok())
-                .filter(|n| *n <= items.len())
+                .filter(|n| *n <= visible.len())
                 .ok_or_else(|| RouteError::InvalidCursor(c.to_owned()))?,
         };
-        let end = (start + self.page_size).min(items.len());
-        let next = (end < items.len()).then(|| format!("mf1.{end}"));
-        Ok((&items[start..end], next))
-    }
-
-    fn connector(&self, id: &ConnectorId) -> &Arc<Connector> {
-        self.connectors
-            .iter()
-            .find(|c| c.id() == id)
-            .expect("routes only name this server's connectors")
-    }
-
-    /// The connector (or this client's own session of it) that serves `id`.
-    fn target(&self, id: &ConnectorId, caller: &Caller) -> Result<Arc<Connector>, RouteError> {
-        let shared = self.connector(id);
-        match shared.spec().sessions {
-            config::SessionMode::Shared => Ok(shared.clone()),
-            config::SessionMode::PerClient => {
-                self.pool
-                    .get(shared.spec(), caller.session)
-                    .map_err(|error| RouteError::Upstream {
-                        connector: id.clone(),
-                        error,
-                    })
-            }
-        }
-    }
-
-    async fn forward_raw(
-        &self,
-        id: &ConnectorId,
-        method: &str,
-        params: JsonObject,
-        caller: &Caller,
-    ) -> Result<Box<RawValue>, RouteError> {
-        self.target(id, caller)?
-            .raw_request(method, params, caller)
-            .await
-            .map_err(|error| RouteError::Upstream {
-                connector: id.clone(),
-                error,
-            })
-    }
-
-    /// `tools/call` through rmcp's typed model (the raw path, decoded at the end).
-    pub async fn call_tool(
-        &self,
-        params: CallToolRequestParams,
-        caller: &Caller,
-    ) -> Result<CallToolResult, RouteError> {
-        let serde_json::Value::Object(params) =
-            serde_json::to_value(&params).map_err(|e| RouteError::InvalidParams(e.to_string()))?
-        else {
-            return Err(RouteError::InvalidParams("params must be an object".into()));
-        };
-        let raw = self.call_tool_raw(params, caller).await?;
-        serde_json::from_str(raw.get()).map_err(|e| {
-            RouteError::InvalidParams(format!(
-                "the upstream's tools/call result is not valid: {e}"
-            ))
-        })
-    }
-
-    /// `tools/call` on the raw data path: `params` is the client's params object; the result
-    /// is the upstream's JSON, changed only where URIs must be exposed.
-    pub async fn call_tool_raw(
-        &self,
-        mut params: JsonObject,
-        caller: &Caller,
-    ) -> Result<Box<RawValue>, RouteError> {
-        let name = string_param(&params, "name", "tools/call")?;
-        let mut cat = self.catalog();
-        if !cat.tool_routes.contains_key(&name) {
-            // Perhaps its connector has not started yet (lazy, or just booting).
-            self.settle(SETTLE_WAIT).await;
-            cat = self.catalog();
-        }
-        let Some(route) = cat.tool_routes.get(&name) else {
-            return Err(RouteError::UnknownTool(name));
-        };
-        params.insert("name".into(), route.upstream_name.clone().into());
-        if !route.strip.is_empty() || !route.pinned.is_empty() {
-            let args = params
-                .entry("arguments")
-                .or_insert_with(|| serde_json::Value::Object(JsonObject::new()));
-            let serde_json::Value::Object(args) = args else {
-                return Err(RouteError::InvalidParams(
-                    "\"arguments\" must be an object".into(),
-                ));
-            };
-            for k in &route.strip {
-                args.remove(k);
-            }
-            for (k, v) in &route.pinned {
-                args.insert(k.clone(), v.clone());
-            }
-        }
-        let connector = route.connector.clone();
-        drop(cat);
-        let raw = self
-            .forward_raw(&connector, "tools/call", params, caller)
-            .await?;
-        // Resource links and embedded resources name upstream URIs; expose them the way
-        // resources/list does, so the client can read them back through us.
-        let cat = self.catalog();
-        if cat.prefixed.contains(&connector)
-            && raw.get().contains("\"uri\"")
-            && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get())
-            && let Some(serde_json::Value::Array(content)) = v.get_mut("content")
-        {
-            for block in content {
-                rewrite_block_uri_json(block, |u| cat.expose_uri(&connector, u));
-            }
-            return Ok(serde_json::value::to_raw_value(&v).expect("a result serialises"));
-        }
-        Ok(raw)
-    }
-
-    /// One page of a list as JSON text (`{<head>"<key>": [...], "nextCursor": ...}`), from the
-    /// catalog's serialised items; `head` is empty or members ending with a comma.
-    pub fn page_json(
-        &self,
-        items: &[Box<RawValue>],
-        key: &str,
-        cursor: Option<&str>,
-        head: &str,
-    ) -> Result<String, RouteError> {
-        let (page, next) = self.page(items, cursor)?;
+        let end = (start + self.page_size).min(visible.len());
+        let page = &visible[start..end];
         let len: usize = page.iter().map(|t| t.get().len() + 1).sum();
         let mut out = String::with_capacity(len + head.len() + 64);
         out.push('{');
@@ -301,224 +449,311 @@ impl VirtualServer {
             out.push_str(t.get());
         }
         out.push(']');
-        if let Some(n) = next {
-            out.push_str(",\"nextCursor\":");
-            out.push_str(&serde_json::to_string(&n).expect("a cursor serialises"));
+        if end < visible.len() {
+            out.push_str(",\"nextCursor\":\"mf1.");
+            out.push_str(&end.to_string());
+            out.push('"');
         }
         out.push('}');
         Ok(out)
     }
 
-    pub async fn get_prompt(
-        &self,
-        params: GetPromptRequestParams,
-        caller: &Caller,
-    ) -> Result<GetPromptResult, RouteError> {
-        typed(
-            &self.get_prompt_raw(to_object(&params)?, caller).await?,
-            "prompts/get",
-        )
+    fn connector(&self, id: &ConnectorId) -> &Arc<Connector> {
+        self.connectors
+            .iter()
+            .find(|c| c.id() == id)
+            .expect("routes only name this server's connectors")
     }
 
-    /// `prompts/get` on the raw data path.
-    pub async fn get_prompt_raw(
+    /// The connection that serves connector `id` for this credential and caller: the shared
+    /// instance, or the client's own session of it.
+    fn target(
         &self,
-        mut params: JsonObject,
+        id: &ConnectorId,
+        credential: &Credential,
         caller: &Caller,
-    ) -> Result<Box<RawValue>, RouteError> {
-        let name = string_param(&params, "name", "prompts/get")?;
-        let cat = self.catalog();
-        let Some(route) = cat.prompt_routes.get(&name) else {
-            return Err(RouteError::UnknownPrompt(name));
-        };
-        params.insert("name".into(), route.upstream_name.clone().into());
-        let connector = route.connector.clone();
-        drop(cat);
-        let raw = self
-            .forward_raw(&connector, "prompts/get", params, caller)
-            .await?;
-        let cat = self.catalog();
-        if cat.prefixed.contains(&connector)
-            && raw.get().contains("\"uri\"")
-            && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get())
-            && let Some(serde_json::Value::Array(messages)) = v.get_mut("messages")
-        {
-            for m in messages {
-                if let Some(block) = m.get_mut("content") {
-                    rewrite_block_uri_json(block, |u| cat.expose_uri(&connector, u));
-                }
-            }
-            return Ok(serde_json::value::to_raw_value(&v).expect("a result serialises"));
+    ) -> Result<Arc<Connector>, RouteError> {
+        let shared = self.connector(id);
+        match (credential, shared.spec().sessions) {
+            (Credential::Configured, SessionMode::Shared) => Ok(shared.clone()),
+            (Credential::Configured, SessionMode::PerClient) => self
+                .pool
+                .get(shared.spec(), caller.client)
+                .map_err(|error| RouteError::Upstream {
+                    connector: id.clone(),
+                    error,
+                }),
         }
-        Ok(raw)
     }
 
-    pub async fn read_resource(
-        &self,
-        params: ReadResourceRequestParams,
-        caller: &Caller,
-    ) -> Result<ReadResourceResult, RouteError> {
-        typed(
-            &self.read_resource_raw(to_object(&params)?, caller).await?,
-            "resources/read",
-        )
+    /// The connector spec a routed request goes to (for the credentials seam).
+    pub fn connector_spec(&self, id: &ConnectorId) -> &config::ConnectorSpec {
+        self.connector(id).spec()
     }
 
-    /// `resources/read` on the raw data path.
-    pub async fn read_resource_raw(
+    /// Route one request: find the connector that serves what `params` name (in the catalog
+    /// `client` sees) and rewrite the params for it. An unknown or curated-away name is an
+    /// error naming it; a tool not listed yet may belong to a connector still starting, so
+    /// that case waits for them first.
+    pub async fn route(
         &self,
+        method: Method,
         mut params: JsonObject,
-        caller: &Caller,
-    ) -> Result<Box<RawValue>, RouteError> {
-        let exposed = string_param(&params, "uri", "resources/read")?;
-        let cat = self.catalog();
-        let Some((connector, uri)) = cat.route_resource(&exposed) else {
-            return Err(RouteError::UnknownResource(exposed));
-        };
-        params.insert("uri".into(), uri.into());
-        drop(cat);
-        let raw = self
-            .forward_raw(&connector, "resources/read", params, caller)
-            .await?;
-        // Contents name their URI; show the client the URI it asked for.
-        let per_client =
-            self.connector(&connector).spec().sessions == config::SessionMode::PerClient;
-        let cat = self.catalog();
-        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get()) {
-            let mut changed = false;
-            if let Some(serde_json::Value::Array(contents)) = v.get_mut("contents") {
-                for c in contents {
-                    if let Some(serde_json::Value::String(u)) = c.get_mut("uri") {
-                        let e = cat.expose_uri(&connector, u);
-                        if e != *u {
-                            *u = e;
-                            changed = true;
-                        }
+        client: u64,
+    ) -> Result<Routed, RouteError> {
+        let mut cat = self.catalog_for(client);
+        let (connector, kind, name, exposed) = match method {
+            Method::CallTool => {
+                let exposed = string_param(&params, "name", "tools/call")?;
+                if !cat.tool_routes.contains_key(&exposed) {
+                    // Perhaps its connector has not started yet (lazy, or just booting).
+                    self.settle(SETTLE_WAIT).await;
+                    cat = self.catalog_for(client);
+                }
+                let Some(route) = cat.tool_routes.get(&exposed) else {
+                    return Err(RouteError::UnknownTool(exposed));
+                };
+                params.insert("name".into(), route.upstream_name.clone().into());
+                if !route.strip.is_empty() || !route.pinned.is_empty() {
+                    let args = params
+                        .entry("arguments")
+                        .or_insert_with(|| serde_json::Value::Object(JsonObject::new()));
+                    let serde_json::Value::Object(args) = args else {
+                        return Err(RouteError::InvalidParams(
+                            "\"arguments\" must be an object".into(),
+                        ));
+                    };
+                    for k in &route.strip {
+                        args.remove(k);
+                    }
+                    for (k, v) in &route.pinned {
+                        args.insert(k.clone(), v.clone());
+                    }
+                }
+                (
+                    route.connector.clone(),
+                    ItemKind::Tool,
+                    route.upstream_name.clone(),
+                    exposed,
+                )
+            }
+            Method::GetPrompt => {
+                let exposed = string_param(&params, "name", "prompts/get")?;
+                let Some(route) = cat.prompt_routes.get(&exposed) else {
+                    return Err(RouteError::UnknownPrompt(exposed));
+                };
+                params.insert("name".into(), route.upstream_name.clone().into());
+                (
+                    route.connector.clone(),
+                    ItemKind::Prompt,
+                    route.upstream_name.clone(),
+                    exposed,
+                )
+            }
+            Method::ReadResource | Method::Subscribe | Method::Unsubscribe => {
+                let exposed = string_param(&params, "uri", method.as_str())?;
+                let Some((connector, uri)) = cat.route_resource(&exposed) else {
+                    return Err(RouteError::UnknownResource(exposed));
+                };
+                params.insert("uri".into(), uri.clone().into());
+                (connector, ItemKind::Resource, uri, exposed)
+            }
+            Method::Complete => {
+                let Some(serde_json::Value::Object(r)) = params.get_mut("ref") else {
+                    return Err(RouteError::InvalidParams(
+                        "completion/complete needs a \"ref\" object".into(),
+                    ));
+                };
+                match r.get("type").and_then(|t| t.as_str()) {
+                    Some("ref/prompt") => {
+                        let exposed = string_param(r, "name", "a ref/prompt reference")?;
+                        let route = cat
+                            .prompt_routes
+                            .get(&exposed)
+                            .ok_or_else(|| RouteError::UnknownPrompt(exposed.clone()))?;
+                        r.insert("name".into(), route.upstream_name.clone().into());
+                        (
+                            route.connector.clone(),
+                            ItemKind::Prompt,
+                            route.upstream_name.clone(),
+                            exposed,
+                        )
+                    }
+                    Some("ref/resource") => {
+                        let exposed = string_param(r, "uri", "a ref/resource reference")?;
+                        let (c, uri) = cat
+                            .route_resource(&exposed)
+                            .ok_or_else(|| RouteError::UnknownResource(exposed.clone()))?;
+                        r.insert("uri".into(), uri.clone().into());
+                        (c, ItemKind::ResourceTemplate, uri, exposed)
+                    }
+                    _ => {
+                        return Err(RouteError::InvalidParams(
+                            "unsupported completion reference type (ref/prompt or ref/resource)"
+                                .into(),
+                        ));
                     }
                 }
             }
-            // A per-client connector reads with each person's own upstream session (their
-            // grant), so its contents are never shareable, whatever the upstream says.
-            if per_client
-                && let Some(scope) = v.get_mut("cacheScope")
-                && scope != "private"
-            {
-                *scope = "private".into();
-                changed = true;
-            }
-            if changed {
-                return Ok(serde_json::value::to_raw_value(&v).expect("a result serialises"));
-            }
-        }
-        Ok(raw)
+        };
+        Ok(Routed {
+            server: self.name.clone(),
+            method,
+            connector,
+            kind,
+            name,
+            exposed,
+            params,
+        })
     }
 
-    /// Route a subscription; returns the connector and upstream URI it was forwarded to.
-    pub async fn subscribe(
+    /// Send a permitted request to its connector with `credential`; the upstream's result as
+    /// JSON text, changed only where names and URIs are exposed differently. Subscriptions are
+    /// answered `{}` once the upstream watches the resource.
+    pub async fn forward(
         &self,
-        uri: &str,
-        caller: &Caller,
-    ) -> Result<(ConnectorId, String), RouteError> {
-        let cat = self.catalog();
-        let (connector, upstream_uri) = cat
-            .route_resource(uri)
-            .ok_or_else(|| RouteError::UnknownResource(uri.to_owned()))?;
-        drop(cat);
-        self.target(&connector, caller)?
-            .watch(&upstream_uri, caller)
-            .await
-            .map_err(|error| RouteError::Upstream {
-                connector: connector.clone(),
-                error,
-            })?;
-        Ok((connector, upstream_uri))
-    }
-
-    pub async fn unsubscribe(&self, uri: &str, caller: &Caller) -> Result<(), RouteError> {
-        let cat = self.catalog();
-        let (connector, upstream_uri) = cat
-            .route_resource(uri)
-            .ok_or_else(|| RouteError::UnknownResource(uri.to_owned()))?;
-        drop(cat);
-        self.target(&connector, caller)?
-            .unwatch(&upstream_uri, caller)
-            .await
-            .map_err(|error| RouteError::Upstream { connector, error })
-    }
-
-    pub async fn complete(
-        &self,
-        params: CompleteRequestParams,
-        caller: &Caller,
-    ) -> Result<CompleteResult, RouteError> {
-        typed(
-            &self.complete_raw(to_object(&params)?, caller).await?,
-            "completion/complete",
-        )
-    }
-
-    /// `completion/complete` on the raw data path: the reference is routed (prompt name or
-    /// resource URI) and rewritten to the upstream's.
-    pub async fn complete_raw(
-        &self,
-        mut params: JsonObject,
+        permit: &Permit<Routed>,
+        credential: &Credential,
         caller: &Caller,
     ) -> Result<Box<RawValue>, RouteError> {
+        let routed = permit.target();
+        let id = &routed.connector;
+        let upstream_error = |error| RouteError::Upstream {
+            connector: id.clone(),
+            error,
+        };
+        let conn = self.target(id, credential, caller)?;
+        let raw = match routed.method {
+            Method::Subscribe => {
+                conn.watch(&routed.name, caller)
+                    .await
+                    .map_err(upstream_error)?;
+                return Ok(empty());
+            }
+            Method::Unsubscribe => {
+                conn.unwatch(&routed.name, caller)
+                    .await
+                    .map_err(upstream_error)?;
+                return Ok(empty());
+            }
+            m => conn
+                .forward(m.as_str(), &routed.params, caller)
+                .await
+                .map_err(upstream_error)?,
+        };
+        Ok(self.expose(routed, raw))
+    }
+
+    /// Resource URIs in a result (links, embedded resources, read contents) are exposed the
+    /// way `resources/list` shows them, so the client can read them back through us.
+    fn expose(&self, routed: &Routed, raw: Box<RawValue>) -> Box<RawValue> {
+        let connector = &routed.connector;
         let cat = self.catalog();
-        let Some(serde_json::Value::Object(r)) = params.get_mut("ref") else {
-            return Err(RouteError::InvalidParams(
-                "completion/complete needs a \"ref\" object".into(),
-            ));
-        };
-        let connector = match r.get("type").and_then(|t| t.as_str()) {
-            Some("ref/prompt") => {
-                let name = string_param(r, "name", "a ref/prompt reference")?;
-                let route = cat
-                    .prompt_routes
-                    .get(&name)
-                    .ok_or(RouteError::UnknownPrompt(name))?;
-                r.insert("name".into(), route.upstream_name.clone().into());
-                route.connector.clone()
+        let prefixed = cat.prefixed.contains(connector);
+        match routed.method {
+            Method::CallTool | Method::GetPrompt if prefixed && raw.get().contains("\"uri\"") => {
+                let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+                    return raw;
+                };
+                let blocks: Vec<&mut serde_json::Value> = match (routed.method, &mut v) {
+                    (Method::CallTool, v) => match v.get_mut("content") {
+                        Some(serde_json::Value::Array(c)) => c.iter_mut().collect(),
+                        _ => Vec::new(),
+                    },
+                    (_, v) => match v.get_mut("messages") {
+                        Some(serde_json::Value::Array(m)) => {
+                            m.iter_mut().filter_map(|m| m.get_mut("content")).collect()
+                        }
+                        _ => Vec::new(),
+                    },
+                };
+                for block in blocks {
+                    rewrite_block_uri_json(block, |u| cat.expose_uri(connector, u));
+                }
+                serde_json::value::to_raw_value(&v).expect("a result serialises")
             }
-            Some("ref/resource") => {
-                let uri = string_param(r, "uri", "a ref/resource reference")?;
-                let (c, upstream_uri) = cat
-                    .route_resource(&uri)
-                    .ok_or(RouteError::UnknownResource(uri))?;
-                r.insert("uri".into(), upstream_uri.into());
-                c
+            Method::ReadResource => {
+                let per_client =
+                    self.connector(connector).spec().sessions == SessionMode::PerClient;
+                if !prefixed && !per_client {
+                    return raw;
+                }
+                let Ok(mut v) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+                    return raw;
+                };
+                let mut changed = false;
+                if let Some(serde_json::Value::Array(contents)) = v.get_mut("contents") {
+                    for c in contents {
+                        if let Some(serde_json::Value::String(u)) = c.get_mut("uri") {
+                            let e = cat.expose_uri(connector, u);
+                            if e != *u {
+                                *u = e;
+                                changed = true;
+                            }
+                        }
+                    }
+                }
+                // A per-client connector reads with each person's own upstream session (their
+                // grant), so its contents are never shareable, whatever the upstream says.
+                if per_client
+                    && let Some(scope) = v.get_mut("cacheScope")
+                    && scope != "private"
+                {
+                    *scope = "private".into();
+                    changed = true;
+                }
+                if changed {
+                    serde_json::value::to_raw_value(&v).expect("a result serialises")
+                } else {
+                    raw
+                }
             }
-            _ => {
-                return Err(RouteError::InvalidParams(
-                    "unsupported completion reference type (ref/prompt or ref/resource)".into(),
-                ));
-            }
-        };
-        drop(cat);
-        self.forward_raw(&connector, "completion/complete", params, caller)
+            _ => raw,
+        }
+    }
+
+    /// Stop watching the resource a permitted subscription watched (its last watcher went
+    /// away).
+    pub async fn unwatch(
+        &self,
+        permit: &Permit<Routed>,
+        credential: &Credential,
+        caller: &Caller,
+    ) -> Result<(), RouteError> {
+        let routed = permit.target();
+        self.target(&routed.connector, credential, caller)?
+            .unwatch(&routed.name, caller)
             .await
+            .map_err(|error| RouteError::Upstream {
+                connector: routed.connector.clone(),
+                error,
+            })
     }
 
     /// `logging/setLevel` goes to every running connector that supports logging.
-    pub async fn set_level(&self, level: rmcp::model::LoggingLevel, caller: &Caller) {
+    pub async fn set_level(
+        &self,
+        _permit: &Permit<ServerRequest>,
+        level: rmcp::model::LoggingLevel,
+        caller: &Caller,
+    ) {
         for c in &self.connectors {
             c.set_log_level(level, caller).await;
         }
     }
 }
 
-fn to_object<T: serde::Serialize>(params: &T) -> Result<JsonObject, RouteError> {
-    match serde_json::to_value(params) {
-        Ok(serde_json::Value::Object(m)) => Ok(m),
-        _ => Err(RouteError::InvalidParams("params must be an object".into())),
+fn exposed_of(cat: &Catalog, kind: ItemKind, i: usize) -> &str {
+    match kind {
+        ItemKind::Tool => &cat.tools[i].name,
+        ItemKind::Prompt => &cat.prompts[i].name,
+        ItemKind::Resource => &cat.resources[i].uri,
+        ItemKind::ResourceTemplate => &cat.resource_templates[i].uri_template,
     }
 }
 
-/// Decode a raw result for rmcp's typed path.
-fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue, method: &str) -> Result<T, RouteError> {
-    serde_json::from_str(raw.get()).map_err(|e| {
-        RouteError::BadResult(format!("the upstream's {method} result is not valid: {e}"))
-    })
+fn empty() -> Box<RawValue> {
+    RawValue::from_string("{}".into()).expect("valid JSON")
 }
 
 fn string_param(params: &JsonObject, key: &str, what: &str) -> Result<String, RouteError> {

@@ -9,7 +9,7 @@
 //! requests and resumes the same call, until it produces its result.
 //!
 //! `requestState` is sealed with HMAC-SHA256 (rmcp's `RequestStateCodec`, a per-process random
-//! key), bound to the virtual server and method, and expires; a parked call can be resumed once
+//! key), bound to the principal, the virtual server and the request, and expires; a parked call can be resumed once
 //! (the state of each round names a fresh round), so a replayed, forged, altered or expired
 //! state is refused. The retry must repeat the original request (same tool and arguments).
 
@@ -25,8 +25,7 @@ use std::{
 };
 
 use rmcp::model::{
-    ClientCapabilities, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
-    ElicitResult, ErrorData, InputRequests, InputRequiredResult, ListRootsResult,
+    ClientCapabilities, ErrorData, InputRequests, InputRequiredResult, LoggingLevel,
     LoggingMessageNotificationParam, ProgressNotificationParam, RequestStateCodec, ResultType,
     SealOptions,
 };
@@ -34,7 +33,9 @@ use router::RouteError;
 use serde_json::{Value, value::RawValue};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use upstream::{BoxFut, Downstream};
+use upstream::{Ask, AskKind, BoxFut, Downstream};
+
+use crate::{jsonrpc, session::severity, stream::Outbox};
 
 /// At most this many calls wait parked at once; beyond it a call that needs input fails (its
 /// upstream call is cancelled) rather than letting clients pile up waiting upstream calls.
@@ -63,24 +64,24 @@ enum Event {
     Missing(ClientCapabilities),
 }
 
-/// The request a round answers: where its progress goes.
+/// The request a round answers: where its progress and log messages go.
 pub(crate) struct Client {
-    /// None when the request was answered by the gateway's own data path (it has no progress
-    /// token then: such requests go to rmcp).
-    pub peer: Option<rmcp::Peer<rmcp::RoleServer>>,
+    pub outbox: Outbox,
     pub progress_token: Option<rmcp::model::ProgressToken>,
+    /// The request's own log level (none: it wants no log messages).
+    pub log_level: Option<LoggingLevel>,
 }
 
-/// A new bridged call: what it is (`binding`), the client's capabilities, its own session
-/// number, the request that started it, its cancellation and how long it may wait parked.
+/// A new bridged call: what it is (`binding`), the client's capabilities, its own client key,
+/// the request that started it, its cancellation and how long it may wait parked.
 pub(crate) struct Call {
     pub binding: String,
     pub caps: ClientCapabilities,
-    pub session: u64,
+    pub client_key: u64,
     pub client: Client,
     pub ct: CancellationToken,
     pub ttl: Duration,
-    pub log_level: Option<rmcp::model::LoggingLevel>,
+    pub meta: Option<serde_json::Map<String, Value>>,
 }
 
 /// A call in progress between rounds.
@@ -121,9 +122,10 @@ impl Default for Bridge {
     }
 }
 
-/// What identifies a request across rounds: who sends it (`caller_of`), the virtual server, the
-/// method and what the request is about (tool or prompt name and arguments, or resource URI).
-/// Other params (the MRTR fields, `_meta`, anything unrecognised) may differ between rounds.
+/// What identifies a request across rounds: who sends it (the principal), the virtual server,
+/// the method and what the request is about (tool or prompt name and arguments, or resource
+/// URI). Other params (the MRTR fields, `_meta`, anything unrecognised) may differ between
+/// rounds.
 pub(crate) fn binding(
     caller: &str,
     server: &str,
@@ -138,20 +140,6 @@ pub(crate) fn binding(
     format!("{caller}\n{server}\n{method}\n{}", Value::Object(about))
 }
 
-/// Who sends a modern request, as far as the gateway can tell: a digest of its `Authorization`
-/// header (`-` without one), so one caller's `requestState` is refused from another. Once the
-/// gateway authenticates callers itself, the principal takes this place.
-pub(crate) fn caller_of(headers: Option<&http::HeaderMap>) -> String {
-    use sha2::Digest;
-    match headers.and_then(|h| h.get(http::header::AUTHORIZATION)) {
-        None => "-".to_owned(),
-        Some(v) => sha2::Sha256::digest(v.as_bytes())[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    }
-}
-
 impl Bridge {
     /// Start `body` (the upstream call, given its `Caller`) as `call`; returns its first round.
     pub(crate) async fn start(
@@ -162,21 +150,22 @@ impl Bridge {
         let Call {
             binding,
             caps,
-            session,
+            client_key,
             client,
             ct,
             ttl,
-            log_level,
+            meta,
         } = call;
         let (tx, events) = mpsc::channel(16);
         let (done_tx, done) = oneshot::channel();
         // With a token, the upstream is asked for progress; each round's own token is used
         // when relaying it (see `Asker::progress`).
         let progress_token = client.progress_token.clone();
+        let log_level = client.log_level;
         let current = Arc::new(Mutex::new(Some(client)));
         let caller = upstream::Caller {
-            session,
-            meta: None,
+            client: client_key,
+            meta,
             downstream: Some(Arc::new(Asker {
                 tx,
                 caps,
@@ -252,7 +241,7 @@ impl Bridge {
         let first = tokio::select! {
             biased;
             e = run.events.recv() => e,
-            r = &mut run.done => return Round::Done(r.unwrap_or_else(|_| Err(RouteError::BadResult(
+            r = &mut run.done => return Round::Done(r.unwrap_or_else(|_| Err(RouteError::Gateway(
                 "the call ended without a result".into(),
             )))),
         };
@@ -294,7 +283,7 @@ impl Bridge {
             return Round::Done(
                 (&mut run.done)
                     .await
-                    .unwrap_or_else(|_| Err(RouteError::BadResult("the call ended".into()))),
+                    .unwrap_or_else(|_| Err(RouteError::Gateway("the call ended".into()))),
             );
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +304,7 @@ impl Bridge {
                     limit = MAX_PARKED,
                     "too many calls waiting for client input"
                 );
-                return Round::Done(Err(RouteError::BadResult(format!(
+                return Round::Done(Err(RouteError::Gateway(format!(
                     "the gateway already has {MAX_PARKED} calls waiting for client input; try again later"
                 ))));
             }
@@ -349,45 +338,48 @@ struct Asker {
 }
 
 impl Asker {
-    async fn ask<T: serde::de::DeserializeOwned>(
-        &self,
-        method: &str,
-        params: Value,
-        has: bool,
-        missing: ClientCapabilities,
-    ) -> Result<T, ErrorData> {
-        if !has {
-            let _ = self.tx.send(Event::Missing(missing)).await;
+    async fn ask(&self, ask: Ask) -> Result<Value, ErrorData> {
+        let method = ask.kind.method();
+        if !ask.kind.declared_by(&self.caps) {
+            // A client without roots has none (as for legacy clients); nothing to ask.
+            if ask.kind == AskKind::Roots {
+                return Ok(serde_json::json!({ "roots": [] }));
+            }
+            let _ = self.tx.send(Event::Missing(ask.kind.capability())).await;
             return Err(ErrorData::invalid_request(
                 format!("the client did not declare the capability {method} needs"),
                 None,
             ));
         }
         let (answer, rx) = oneshot::channel();
-        let request = serde_json::json!({ "method": method, "params": params });
-        let key = upstream::INPUT_KEY.try_with(Clone::clone).ok();
+        let request = serde_json::json!({ "method": method, "params": ask.params });
         self.tx
             .send(Event::Input {
-                key,
+                key: ask.key,
                 request,
                 answer,
             })
             .await
             .map_err(|_| ErrorData::internal_error("the client's call has ended", None))?;
-        let v = rx
-            .await
-            .map_err(|_| ErrorData::internal_error("the client did not come back", None))??;
-        serde_json::from_value(v).map_err(|e| {
-            ErrorData::invalid_params(
-                format!("the client's answer to {method} is not valid: {e}"),
-                None,
-            )
-        })
+        rx.await
+            .map_err(|_| ErrorData::internal_error("the client did not come back", None))?
     }
-}
 
-fn caps(v: Value) -> ClientCapabilities {
-    serde_json::from_value(v).expect("valid capabilities")
+    /// The current round's response stream, if it wants this message.
+    fn outbox(
+        &self,
+        log: Option<LoggingLevel>,
+    ) -> Option<(Outbox, Option<rmcp::model::ProgressToken>)> {
+        let client = self.client.lock().expect("client lock");
+        let c = client.as_ref()?;
+        if let Some(level) = log
+            && c.log_level
+                .is_none_or(|min| severity(level) < severity(min))
+        {
+            return None;
+        }
+        Some((c.outbox.clone(), c.progress_token.clone()))
+    }
 }
 
 impl Downstream for Asker {
@@ -401,72 +393,30 @@ impl Downstream for Asker {
     }
 
     fn progress(&self, mut p: ProgressNotificationParam) -> BoxFut<'_, ()> {
-        let target = self
-            .client
-            .lock()
-            .expect("client lock")
-            .as_ref()
-            .and_then(|c| Some((c.peer.clone()?, c.progress_token.clone()?)));
+        let target = self.outbox(None).and_then(|(o, token)| Some((o, token?)));
         Box::pin(async move {
-            if let Some((peer, token)) = target {
+            if let Some((outbox, token)) = target {
                 p.progress_token = token;
-                let _ = peer.notify_progress(p).await;
+                let _ = outbox
+                    .send(jsonrpc::notification("notifications/progress", p))
+                    .await;
             }
         })
     }
 
     fn log(&self, p: LoggingMessageNotificationParam) -> BoxFut<'_, ()> {
-        // Only requests that asked for a log level reach here with a peer (the gateway's own
-        // data path sends those to rmcp); logs between rounds have nowhere to go.
-        let peer = self
-            .client
-            .lock()
-            .expect("client lock")
-            .as_ref()
-            .and_then(|c| c.peer.clone());
+        // Logs between rounds have no request to go to.
+        let target = self.outbox(Some(p.level));
         Box::pin(async move {
-            if let Some(peer) = peer {
-                let _ = peer.notify_logging_message(p).await;
+            if let Some((outbox, _)) = target {
+                let _ = outbox
+                    .send(jsonrpc::notification("notifications/message", p))
+                    .await;
             }
         })
     }
 
-    fn create_message(
-        &self,
-        p: CreateMessageRequestParams,
-    ) -> BoxFut<'_, Result<CreateMessageResult, ErrorData>> {
-        let params = serde_json::to_value(p).unwrap_or_default();
-        Box::pin(self.ask(
-            "sampling/createMessage",
-            params,
-            self.caps.sampling.is_some(),
-            caps(serde_json::json!({ "sampling": {} })),
-        ))
-    }
-
-    fn create_elicitation(
-        &self,
-        p: ElicitRequestParams,
-    ) -> BoxFut<'_, Result<ElicitResult, ErrorData>> {
-        let params = serde_json::to_value(p).unwrap_or_default();
-        Box::pin(self.ask(
-            "elicitation/create",
-            params,
-            self.caps.elicitation.is_some(),
-            caps(serde_json::json!({ "elicitation": {} })),
-        ))
-    }
-
-    fn list_roots(&self) -> BoxFut<'_, Result<ListRootsResult, ErrorData>> {
-        // A client without roots has none (as for legacy clients); nothing to ask.
-        if self.caps.roots.is_none() {
-            return Box::pin(async { Ok(ListRootsResult::default()) });
-        }
-        Box::pin(self.ask(
-            "roots/list",
-            serde_json::json!({}),
-            true,
-            caps(serde_json::json!({ "roots": {} })),
-        ))
+    fn ask(&self, ask: Ask) -> BoxFut<'_, Result<Value, ErrorData>> {
+        Box::pin(Asker::ask(self, ask))
     }
 }

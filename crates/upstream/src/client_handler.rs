@@ -1,6 +1,6 @@
-//! The rmcp client handler of one upstream connection: relays server→client requests, progress
-//! and log messages to the client session that caused them, and refreshes the catalog on
-//! `list_changed`.
+//! The rmcp `ClientHandler` of one upstream connection: puts the upstream's requests to the
+//! client (sampling, elicitation, roots) to the client whose call caused them, fans out log
+//! messages no call claims, and refreshes the catalog on `list_changed`.
 
 #![allow(deprecated)]
 
@@ -11,26 +11,22 @@ use rmcp::{
     model::{
         ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
         ElicitRequestParams, ElicitResult, ErrorData, Implementation, ListRootsResult,
-        LoggingMessageNotificationParam, ProgressNotificationParam,
-        ResourceUpdatedNotificationParam,
+        LoggingMessageNotificationParam, ResourceUpdatedNotificationParam,
     },
     service::{NotificationContext, RequestContext},
 };
 
-use crate::{Shared, UpstreamEvent};
+use crate::{Ask, AskKind, UpstreamEvent, connector::Shared, inflight::Unattributed, link::Link};
 
 pub struct UpstreamHandler {
     shared: Weak<Shared>,
-    /// The raw data path of this handler's connection (set once it exists).
-    raw: Arc<std::sync::OnceLock<Arc<crate::raw::RawLink>>>,
+    /// The data path of this handler's connection (set once it exists).
+    link: Arc<std::sync::OnceLock<Arc<Link>>>,
     info: ClientConfig,
 }
 
 impl UpstreamHandler {
-    pub(crate) fn new(
-        shared: Weak<Shared>,
-        raw: Arc<std::sync::OnceLock<Arc<crate::raw::RawLink>>>,
-    ) -> Self {
+    pub(crate) fn new(shared: Weak<Shared>, link: Arc<std::sync::OnceLock<Arc<Link>>>) -> Self {
         // A shared upstream session must declare everything any client may need; a client that
         // lacks a capability gets a clear error relayed back instead of a hang.
         let capabilities: ClientCapabilities = serde_json::from_value(serde_json::json!({
@@ -45,19 +41,66 @@ impl UpstreamHandler {
         let mut info = ClientConfig::default();
         info.capabilities = capabilities;
         info.client_info = implementation;
-        Self { shared, raw, info }
+        Self { shared, link, info }
     }
 
-    /// The raw call a server→client request arrived with (Streamable HTTP upstreams).
-    fn origin(&self, cx: &RequestContext<RoleClient>) -> Option<u64> {
-        self.raw.get().and_then(|l| l.origin(&cx.id))
-    }
-
-    fn shared(&self) -> Result<Arc<Shared>, ErrorData> {
-        self.shared
+    /// Put one request of the upstream to the client it belongs to; its answer decoded as `T`.
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: AskKind,
+        params: serde_json::Value,
+        cx: &RequestContext<RoleClient>,
+    ) -> Result<T, ErrorData> {
+        let shared = self
+            .shared
             .upgrade()
-            .ok_or_else(|| ErrorData::internal_error("connector is shutting down", None))
+            .ok_or_else(|| ErrorData::internal_error("connector is shutting down", None))?;
+        let origin = self.link.get().and_then(|l| l.origin(&cx.id));
+        let caller = match shared.calls.attribute(origin).await {
+            Ok(c) => c,
+            // Outside any call (servers often ask right after initialize) the shared session
+            // has no client, so it has no roots.
+            Err(Unattributed::Nobody) if kind == AskKind::Roots => {
+                return decode(serde_json::json!({ "roots": [] }), kind);
+            }
+            Err(e) => return Err(ErrorData::invalid_request(e.message(), None)),
+        };
+        let client = caller.downstream.expect("attributed callers have a client");
+        if let Some(caps) = client.capabilities()
+            && !kind.declared_by(&caps)
+        {
+            if kind == AskKind::Roots {
+                return decode(serde_json::json!({ "roots": [] }), kind);
+            }
+            return Err(ErrorData::invalid_request(
+                format!(
+                    "the client did not declare the capability {} needs",
+                    kind.method()
+                ),
+                None,
+            ));
+        }
+        let answer = client
+            .ask(Ask {
+                kind,
+                params,
+                key: None,
+            })
+            .await?;
+        decode(answer, kind)
     }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    v: serde_json::Value,
+    kind: AskKind,
+) -> Result<T, ErrorData> {
+    serde_json::from_value(v).map_err(|e| {
+        ErrorData::invalid_params(
+            format!("the client's answer to {} is not valid: {e}", kind.method()),
+            None,
+        )
+    })
 }
 
 impl ClientHandler for UpstreamHandler {
@@ -70,18 +113,8 @@ impl ClientHandler for UpstreamHandler {
         params: CreateMessageRequestParams,
         cx: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        let shared = self.shared()?;
-        let caller = shared
-            .caller_for(self.origin(&cx))
-            .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
-        let client = caller.downstream.expect("attributed callers have a client");
-        if client.capabilities().is_some_and(|c| c.sampling.is_none()) {
-            return Err(ErrorData::invalid_request(
-                "the client did not declare the sampling capability",
-                None,
-            ));
-        }
-        client.create_message(params).await
+        let params = serde_json::to_value(params).unwrap_or_default();
+        self.ask(AskKind::Sampling, params, &cx).await
     }
 
     async fn create_elicitation(
@@ -89,68 +122,15 @@ impl ClientHandler for UpstreamHandler {
         params: ElicitRequestParams,
         cx: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
-        let shared = self.shared()?;
-        let caller = shared
-            .caller_for(self.origin(&cx))
-            .map_err(|e| ErrorData::invalid_request(e.message(), None))?;
-        let client = caller.downstream.expect("attributed callers have a client");
-        if client
-            .capabilities()
-            .is_some_and(|c| c.elicitation.is_none())
-        {
-            return Err(ErrorData::invalid_request(
-                "the client did not declare the elicitation capability",
-                None,
-            ));
-        }
-        client.create_elicitation(params).await
+        let params = serde_json::to_value(params).unwrap_or_default();
+        self.ask(AskKind::Elicitation, params, &cx).await
     }
 
     async fn list_roots(
         &self,
         cx: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
-        let shared = self.shared()?;
-        let caller = match shared.caller_for(self.origin(&cx)) {
-            Ok(c) => c,
-            // Outside any call (servers often ask right after initialize) the shared session
-            // has no client, so it has no roots.
-            Err(crate::Unattributed::Nobody) => return Ok(ListRootsResult::default()),
-            Err(e) => return Err(ErrorData::invalid_request(e.message(), None)),
-        };
-        let client = caller.downstream.expect("attributed callers have a client");
-        if client.capabilities().is_some_and(|c| c.roots.is_none()) {
-            return Ok(ListRootsResult::default());
-        }
-        client.list_roots().await
-    }
-
-    async fn on_progress(
-        &self,
-        mut params: ProgressNotificationParam,
-        _cx: NotificationContext<RoleClient>,
-    ) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        // The call registers its token just after rmcp sends it; an early notification waits a
-        // moment for that instead of being dropped.
-        let mut caller = shared.caller_for_progress(&params.progress_token);
-        for _ in 0..5 {
-            if caller.is_some() || shared.pending_calls() == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            caller = shared.caller_for_progress(&params.progress_token);
-        }
-        let Some(caller) = caller else {
-            return;
-        };
-        let (Some(client), Some(token)) = (caller.downstream, caller.progress_token) else {
-            return;
-        };
-        params.progress_token = token;
-        client.progress(params).await;
+        self.ask(AskKind::Roots, serde_json::json!({}), &cx).await
     }
 
     async fn on_logging_message(
@@ -158,16 +138,11 @@ impl ClientHandler for UpstreamHandler {
         params: LoggingMessageNotificationParam,
         _cx: NotificationContext<RoleClient>,
     ) {
+        // A message the link did not attribute to a call (several clients had calls in
+        // flight, or none) goes to every session that watches this connector's logs.
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        // Related to a call when exactly one session has calls in flight; otherwise fan out.
-        if let Ok(caller) = shared.attributed_caller()
-            && let Some(client) = caller.downstream
-        {
-            client.log(params).await;
-            return;
-        }
         let _ = shared
             .events
             .send(UpstreamEvent::Log(shared.spec.id.clone(), params));
@@ -204,7 +179,7 @@ impl UpstreamHandler {
     /// Refresh off the notification path: the refresh itself sends requests on this connection.
     /// It uses the notifying connection's own peer, which may still be in its first refresh.
     fn spawn_refresh(&self, peer: rmcp::Peer<RoleClient>) {
-        if let (Some(shared), Some(link)) = (self.shared.upgrade(), self.raw.get().cloned()) {
+        if let (Some(shared), Some(link)) = (self.shared.upgrade(), self.link.get().cloned()) {
             tokio::spawn(async move { shared.refresh_after_change(&peer, &link).await });
         }
     }

@@ -1,11 +1,13 @@
-//! The raw data path of one upstream connection. Requests sent here carry their params and get
-//! their results as JSON text, bypassing rmcp's typed model: unknown fields survive, and nothing
-//! is decoded or re-encoded that the gateway does not touch.
+//! The data path of one upstream connection (its `Link`). Requests sent here carry their params
+//! and get their results as JSON text, bypassing rmcp's typed model: unknown fields survive, and
+//! nothing is decoded or re-encoded that the gateway does not touch.
 //!
-//! Raw requests use string ids `mf-N` (rmcp's own ids are numbers), so their answers can be
-//! picked out of the connection's incoming messages before rmcp sees them. Everything else on
-//! the connection (notifications, server→client requests) still flows through rmcp, so progress
-//! and sampling of a raw call are relayed by the same handler as those of a typed call.
+//! Requests on the link use string ids `mf-N` (rmcp's own ids are numbers), so their answers can
+//! be picked out of the connection's incoming messages before rmcp sees them. Everything else
+//! on the connection (server→client requests, unrelated notifications) still flows through rmcp,
+//! to the connector's `client_handler`.
+
+mod http;
 
 use std::{
     collections::HashMap,
@@ -15,58 +17,48 @@ use std::{
     },
 };
 
-use futures::StreamExt;
-use rmcp::{
-    model::{ClientJsonRpcMessage, ErrorData, ServerJsonRpcMessage},
-    transport::{
-        Transport,
-        streamable_http_client::{
-            StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
-            StreamableHttpResponseLimits,
-        },
-    },
-};
+use rmcp::model::ErrorData;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a raw request gets back: the upstream's `result` text, or its JSON-RPC error.
-pub type RawReply = Result<Box<RawValue>, ErrorData>;
+pub(crate) use http::{HttpOut, Injecting, Negotiated, Recording};
 
-/// Prefix of raw request ids and progress tokens.
+/// What a request on the link gets back: the upstream's `result` text, or its JSON-RPC error.
+pub type Reply = Result<Box<RawValue>, ErrorData>;
+
+/// Prefix of link request ids and progress tokens.
 pub(crate) const ID_PREFIX: &str = "mf-";
 
-/// Largest upstream answer a raw HTTP request reads (the stdio line cap applies to stdio).
-const MAX_HTTP_BODY: usize = 64 * 1024 * 1024;
-
-/// Where the messages about one raw request go: its progress and log messages, in order, then
-/// its answer.
+/// Where the messages about one request go: its progress and log messages, in order, then its
+/// answer.
 struct Slot {
-    reply: oneshot::Sender<RawReply>,
+    reply: oneshot::Sender<Reply>,
     /// Only for requests made for a client (not catalog reads).
     events: Option<mpsc::Sender<Event>>,
 }
 
-/// A message about a raw request that arrived before its answer.
+/// A message about a request that arrived before its answer.
 pub enum Event {
     Progress(rmcp::model::ProgressNotificationParam),
+    #[allow(deprecated)]
     Log(rmcp::model::LoggingMessageNotificationParam),
 }
 
-/// Which raw request (if any) a log message from the upstream is about.
+/// Which request (if any) a log message from the upstream is about.
 pub(crate) type LogTarget = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// Messages buffered per request before further ones are dropped.
 const EVENT_BUFFER: usize = 256;
 
-pub(crate) struct RawLink {
-    out: RawOut,
+pub(crate) struct Link {
+    out: Out,
     pending: Mutex<HashMap<u64, Slot>>,
     next: AtomicU64,
     closed: AtomicBool,
-    /// Set by the connector: attributes upstream log messages to a raw request.
+    /// Set by the connector: attributes upstream log messages to a request.
     pub log_target: std::sync::OnceLock<LogTarget>,
-    /// Server→client requests that arrived on a raw request's own HTTP exchange: upstream
-    /// request id → raw request id (taken by the handler).
+    /// Server→client requests that arrived on a request's own HTTP exchange: upstream request
+    /// id → link request id (taken by the client handler).
     origins: Mutex<HashMap<rmcp::model::RequestId, u64>>,
     /// The upstream speaks 2026-07-28: every request carries its own protocol `_meta` (and, over
     /// HTTP, the routing headers) and no session.
@@ -99,50 +91,32 @@ pub(crate) fn input_required(result: &RawValue) -> Option<InputRequired> {
     serde_json::from_str(result.get()).ok()
 }
 
-pub(crate) enum RawOut {
+pub(crate) enum Out {
     /// Whole JSON-RPC messages for the transport's own writer (stdio stdin, HTTP+SSE POSTs).
     Lines(mpsc::Sender<Vec<u8>>),
     /// Streamable HTTP: our own POSTs in the session rmcp opened.
     Http(HttpOut),
 }
 
-pub(crate) struct HttpOut {
-    pub client: reqwest::Client,
-    /// Parsed once: parsing per request showed up in profiles.
-    pub url: reqwest::Url,
-    pub headers: HashMap<http::HeaderName, http::HeaderValue>,
-    pub seen: Arc<Mutex<Seen>>,
-    /// Messages that arrive on a raw POST's event stream but are not its answer (progress,
-    /// sampling requests, logs) go to rmcp as if its own transport had received them.
-    pub inject: mpsc::Sender<ServerJsonRpcMessage>,
-}
-
-/// What rmcp's Streamable HTTP transport negotiated: the session and protocol version.
-#[derive(Default)]
-pub(crate) struct Seen {
-    session: Option<Arc<str>>,
-    version: Option<http::HeaderValue>,
-}
-
 #[derive(PartialEq, Eq)]
 enum Taken {
     No,
-    /// Progress or a log message about a raw request.
+    /// Progress or a log message about a request.
     Event,
     Answer,
 }
 
-/// A pending raw request; dropping it forgets the request.
+/// A pending request; dropping it forgets the request.
 pub(crate) struct Pending {
     pub id: u64,
-    pub reply: oneshot::Receiver<RawReply>,
+    pub reply: oneshot::Receiver<Reply>,
     /// Progress and log messages about this request, in the order they arrived (before the
     /// answer: the reader handles all of them, one message at a time).
     pub events: Option<mpsc::Receiver<Event>>,
     /// The HTTP exchange that carries the request (Streamable HTTP): driven by the caller's
     /// own task rather than a spawned one, and dropped with it.
     pub io: Option<Io>,
-    link: Arc<RawLink>,
+    link: Arc<Link>,
 }
 
 pub(crate) type Io = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -160,7 +134,11 @@ pub(crate) async fn drive(io: &mut Option<Io>) {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.link.pending.lock().expect("raw lock").remove(&self.id);
+        self.link
+            .pending
+            .lock()
+            .expect("link lock")
+            .remove(&self.id);
     }
 }
 
@@ -168,8 +146,8 @@ pub(crate) fn token(id: u64) -> String {
     format!("{ID_PREFIX}{id}")
 }
 
-impl RawLink {
-    pub fn new(out: RawOut) -> Arc<Self> {
+impl Link {
+    pub fn new(out: Out) -> Arc<Self> {
         Arc::new(Self {
             out,
             pending: Mutex::new(HashMap::new()),
@@ -187,6 +165,13 @@ impl RawLink {
 
     pub fn set_modern(&self, modern: bool) {
         self.modern.store(modern, Ordering::Release);
+    }
+
+    /// Whether every server→client request about a request arrives on that request's own
+    /// exchange, so attribution needs no guessing: Streamable HTTP. (A modern upstream asks in
+    /// its results instead, which is exact on any transport.)
+    pub fn exact_attribution(&self) -> bool {
+        matches!(self.out, Out::Http(_)) || self.is_modern()
     }
 
     /// Add the per-request protocol `_meta` a 2026-07-28 upstream needs (nothing for legacy):
@@ -241,7 +226,7 @@ impl RawLink {
         } else {
             (None, None)
         };
-        self.pending.lock().expect("raw lock").insert(
+        self.pending.lock().expect("link lock").insert(
             id,
             Slot {
                 reply: tx,
@@ -269,7 +254,7 @@ impl RawLink {
             params,
         })
         .expect("a request serialises");
-        let name = if self.modern.load(Ordering::Relaxed) {
+        let name = if self.is_modern() {
             routing_name(method, params)
         } else {
             None
@@ -303,164 +288,40 @@ impl RawLink {
         extra: Vec<(String, String)>,
     ) -> Result<Option<Io>, ()> {
         match &self.out {
-            RawOut::Lines(tx) => tx.try_send(body).map(|_| None).map_err(|_| ()),
-            RawOut::Http(h) => {
-                let (session, version) = {
-                    let s = h.seen.lock().expect("seen lock");
-                    (s.session.clone(), s.version.clone())
-                };
-                let mut req = h
-                    .client
-                    .post(h.url.clone())
-                    .header(http::header::ACCEPT, "application/json, text/event-stream")
-                    .header(http::header::CONTENT_TYPE, "application/json");
-                for (k, v) in &h.headers {
-                    req = req.header(k, v);
-                }
-                if let Some(s) = session {
-                    req = req.header("mcp-session-id", &*s);
-                }
-                if self.modern.load(Ordering::Relaxed)
-                    && let Some((method, name)) = route
-                {
-                    req = req.header("mcp-method", method);
-                    if let Some(n) = name {
-                        req = req.header("mcp-name", n);
-                    }
-                }
-                for (k, v) in extra {
-                    req = req.header(k, v);
-                }
-                if self.modern.load(Ordering::Relaxed) {
-                    req = req.header("mcp-protocol-version", "2026-07-28");
-                } else if let Some(v) = version {
-                    req = req.header("mcp-protocol-version", v);
-                }
-                let link = self.clone();
-                let inject = h.inject.clone();
-                Ok(Some(Box::pin(async move {
-                    let outcome = link.post(req.body(body), inject, id).await;
-                    // An exchange that ended without the answer fails its request now rather
-                    // than at the deadline.
-                    let slot = id.and_then(|id| link.pending.lock().expect("raw lock").remove(&id));
-                    if let Some(slot) = slot {
-                        let why = match outcome {
-                            Err(e) => e,
-                            Ok(()) => "the upstream ended the exchange without answering".into(),
-                        };
-                        tracing::debug!(error = %why, "raw upstream POST failed");
-                        let _ = slot.reply.send(Err(ErrorData::internal_error(why, None)));
-                    }
-                })))
-            }
+            Out::Lines(tx) => tx.try_send(body).map(|_| None).map_err(|_| ()),
+            Out::Http(h) => Ok(Some(h.exchange(self, body, id, route, extra))),
         }
     }
 
-    /// One POST and its answer: a JSON body, or an event stream that carries the answer and
-    /// perhaps messages about it (handed to rmcp).
-    async fn post(
-        &self,
-        req: reqwest::RequestBuilder,
-        inject: mpsc::Sender<ServerJsonRpcMessage>,
-        id: Option<u64>,
-    ) -> Result<(), String> {
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::ACCEPTED {
-            return Ok(());
-        }
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            // A JSON-RPC error body for our id fails that request with the upstream's error.
-            if !self.intercept(&text) {
-                tracing::debug!(%status, body = %preview(&text), "raw upstream POST rejected");
-            }
-            return Err(format!("the upstream answered HTTP {status}"));
-        }
-        let is_sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !is_sse {
-            if resp
-                .content_length()
-                .is_some_and(|n| n as usize > MAX_HTTP_BODY)
-            {
-                return Err("the upstream answer is too large".into());
-            }
-            let body = resp.bytes().await.map_err(|e| e.to_string())?;
-            let text = std::str::from_utf8(&body).map_err(|e| e.to_string())?;
-            if !self.intercept(text) {
-                return Err(format!("unexpected answer: {}", preview(text)));
-            }
-            return Ok(());
-        }
-        let mut events = sse_stream::SseStream::from_byte_stream(resp.bytes_stream());
-        let mut bad = 0u32;
-        while let Some(ev) = events.next().await {
-            // A malformed event (invalid UTF-8, say) is dropped like a garbage stdout line;
-            // a stream that yields nothing else is given up.
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) if bad < 64 => {
-                    bad += 1;
-                    tracing::warn!(error = %e, "dropped a malformed upstream event");
-                    continue;
-                }
-                Err(e) => return Err(e.to_string()),
+    /// An exchange that ended without the answer fails its request now rather than at the
+    /// deadline.
+    fn unanswered(&self, id: Option<u64>, outcome: Result<(), String>) {
+        let slot = id.and_then(|id| self.pending.lock().expect("link lock").remove(&id));
+        if let Some(slot) = slot {
+            let why = match outcome {
+                Err(e) => e,
+                Ok(()) => "the upstream ended the exchange without answering".into(),
             };
-            let Some(data) = ev.data else { continue };
-            if data.len() > MAX_HTTP_BODY {
-                return Err("an upstream event is too large".into());
-            }
-            match self.take(&data) {
-                Taken::Answer => return Ok(()),
-                Taken::Event => continue,
-                Taken::No => {}
-            }
-            match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
-                Ok(msg) => {
-                    // A request on this exchange's stream is about this raw request: note that,
-                    // so it goes to this call's client even when several have calls in flight.
-                    if let (ServerJsonRpcMessage::Request(r), Some(id)) = (&msg, id)
-                        && matches!(
-                            r.request,
-                            rmcp::model::ServerRequest::CreateMessageRequest(_)
-                                | rmcp::model::ServerRequest::ElicitRequest(_)
-                                | rmcp::model::ServerRequest::ListRootsRequest(_)
-                        )
-                    {
-                        self.origins
-                            .lock()
-                            .expect("origins lock")
-                            .insert(r.id.clone(), id);
-                    }
-                    if inject.send(msg).await.is_err() {
-                        return Err("the connection closed".into());
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "dropped an undecodable upstream event"),
-            }
+            tracing::debug!(error = %why, "upstream POST failed");
+            let _ = slot.reply.send(Err(ErrorData::internal_error(why, None)));
         }
-        Ok(())
     }
 
-    /// If `text` is the answer to a raw request or a message about one, deliver it and return
-    /// true.
+    /// If `text` is the answer to a request on the link or a message about one, deliver it and
+    /// return true.
     pub fn intercept(&self, text: &str) -> bool {
         self.take(text) != Taken::No
     }
 
-    /// What `text` was for the raw data path.
+    /// What `text` was for the link.
     fn take(&self, text: &str) -> Taken {
-        // Only answers and progress of raw requests (ids and tokens `mf-N`) and log messages
+        // Only answers and progress of link requests (ids and tokens `mf-N`) and log messages
         // are candidates; everything else is left to rmcp without parsing.
         if !text.contains("\"mf-") && !text.contains("notifications/message") {
             return Taken::No;
         }
         #[derive(serde::Deserialize)]
-        struct Reply<'a> {
+        struct Message<'a> {
             #[serde(borrow)]
             id: Option<&'a RawValue>,
             #[serde(borrow)]
@@ -469,7 +330,7 @@ impl RawLink {
             result: Option<&'a RawValue>,
             error: Option<ErrorData>,
         }
-        let Ok(r) = serde_json::from_str::<Reply>(text) else {
+        let Ok(r) = serde_json::from_str::<Message>(text) else {
             return Taken::No;
         };
         if let Some(m) = r.method {
@@ -497,13 +358,13 @@ impl RawLink {
                 None,
             )),
         };
-        if let Some(slot) = self.pending.lock().expect("raw lock").remove(&n) {
+        if let Some(slot) = self.pending.lock().expect("link lock").remove(&n) {
             let _ = slot.reply.send(reply);
         }
         Taken::Answer
     }
 
-    /// Progress for a raw request goes to that request, in order with its answer.
+    /// Progress for a link request goes to that request, in order with its answer.
     fn progress(&self, text: &str) -> bool {
         #[derive(serde::Deserialize)]
         struct Note {
@@ -522,12 +383,13 @@ impl RawLink {
             return false;
         };
         self.event(n, Event::Progress(note.params));
-        // A raw request's progress never goes to rmcp, even after the request ended.
+        // Progress of a link request never goes to rmcp, even after the request ended.
         true
     }
 
-    /// A log message about a raw request (as its connector attributes it) goes with it, in
+    /// A log message about a link request (as its connector attributes it) goes with it, in
     /// order; others go to rmcp, which fans them out.
+    #[allow(deprecated)]
     fn log(&self, text: &str) -> bool {
         #[derive(serde::Deserialize)]
         struct Note {
@@ -536,7 +398,7 @@ impl RawLink {
         let Some(n) = self.log_target.get().and_then(|f| f()) else {
             return false;
         };
-        if !self.pending.lock().expect("raw lock").contains_key(&n) {
+        if !self.pending.lock().expect("link lock").contains_key(&n) {
             return false;
         }
         let Ok(note) = serde_json::from_str::<Note>(text) else {
@@ -547,7 +409,7 @@ impl RawLink {
     }
 
     fn event(&self, n: u64, e: Event) {
-        if let Some(slot) = self.pending.lock().expect("raw lock").get(&n)
+        if let Some(slot) = self.pending.lock().expect("link lock").get(&n)
             && let Some(tx) = &slot.events
             && tx.try_send(e).is_err()
         {
@@ -555,7 +417,15 @@ impl RawLink {
         }
     }
 
-    /// The raw request a server→client request arrived with, if it came on one's exchange.
+    /// Note that a server→client request arrived on request `n`'s own exchange.
+    fn note_origin(&self, request: rmcp::model::RequestId, n: u64) {
+        self.origins
+            .lock()
+            .expect("origins lock")
+            .insert(request, n);
+    }
+
+    /// The link request a server→client request arrived with, if it came on one's exchange.
     pub fn origin(&self, id: &rmcp::model::RequestId) -> Option<u64> {
         self.origins.lock().expect("origins lock").remove(id)
     }
@@ -563,7 +433,7 @@ impl RawLink {
     /// The connection is gone: every pending request fails now, later ones at once.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.pending.lock().expect("raw lock").clear();
+        self.pending.lock().expect("link lock").clear();
     }
 }
 
@@ -574,11 +444,18 @@ fn routing_name(method: &str, params: &RawValue) -> Option<String> {
         "resources/read" => "uri",
         _ => return None,
     };
-    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(params.get()).ok()?;
-    v.get(key).and_then(|n| n.as_str()).map(str::to_owned)
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        name: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        uri: Option<std::borrow::Cow<'a, str>>,
+    }
+    let v: Named = serde_json::from_str(params.get()).ok()?;
+    if key == "uri" { v.uri } else { v.name }.map(|n| n.into_owned())
 }
 
-fn preview(s: &str) -> String {
+pub(crate) fn preview(s: &str) -> String {
     let mut p: String = s.chars().take(200).collect();
     if p.len() < s.len() {
         p.push('…');
@@ -586,159 +463,9 @@ fn preview(s: &str) -> String {
     p
 }
 
-/// The reqwest client rmcp's Streamable HTTP transport uses, noting the session id and
-/// protocol version it negotiates, so raw requests can join that session.
-#[derive(Clone)]
-pub(crate) struct Recording {
-    pub inner: reqwest::Client,
-    pub seen: Arc<Mutex<Seen>>,
-}
-
-impl Recording {
-    fn note(
-        &self,
-        session: &Option<Arc<str>>,
-        headers: &HashMap<http::HeaderName, http::HeaderValue>,
-    ) {
-        let mut s = self.seen.lock().expect("seen lock");
-        if session.is_some() {
-            s.session = session.clone();
-        }
-        if let Some(v) = headers.get("mcp-protocol-version") {
-            s.version = Some(v.clone());
-        }
-    }
-}
-
-impl StreamableHttpClient for Recording {
-    type Error = reqwest::Error;
-
-    fn post_message(
-        &self,
-        uri: Arc<str>,
-        message: ClientJsonRpcMessage,
-        session_id: Option<Arc<str>>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
-    ) -> impl Future<Output = Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>>>
-    + Send
-    + '_ {
-        self.note(&session_id, &custom_headers);
-        self.inner
-            .post_message(uri, message, session_id, auth_header, custom_headers)
-    }
-
-    fn post_message_with_response_limits(
-        &self,
-        uri: Arc<str>,
-        message: ClientJsonRpcMessage,
-        session_id: Option<Arc<str>>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
-        limits: StreamableHttpResponseLimits,
-    ) -> impl Future<Output = Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>>>
-    + Send
-    + '_ {
-        self.note(&session_id, &custom_headers);
-        self.inner.post_message_with_response_limits(
-            uri,
-            message,
-            session_id,
-            auth_header,
-            custom_headers,
-            limits,
-        )
-    }
-
-    fn delete_session(
-        &self,
-        uri: Arc<str>,
-        session_id: Arc<str>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
-    ) -> impl Future<Output = Result<(), StreamableHttpError<Self::Error>>> + Send + '_ {
-        self.inner
-            .delete_session(uri, session_id, auth_header, custom_headers)
-    }
-
-    fn get_stream(
-        &self,
-        uri: Arc<str>,
-        session_id: Option<Arc<str>>,
-        last_event_id: Option<String>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
-    ) -> impl Future<
-        Output = Result<
-            futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>,
-            StreamableHttpError<Self::Error>,
-        >,
-    > + Send
-    + '_ {
-        self.inner
-            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
-    }
-
-    fn get_stream_with_max_sse_event_size(
-        &self,
-        uri: Arc<str>,
-        session_id: Option<Arc<str>>,
-        last_event_id: Option<String>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
-        max_sse_event_size: usize,
-    ) -> impl Future<
-        Output = Result<
-            futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>,
-            StreamableHttpError<Self::Error>,
-        >,
-    > + Send
-    + '_ {
-        self.inner.get_stream_with_max_sse_event_size(
-            uri,
-            session_id,
-            last_event_id,
-            auth_header,
-            custom_headers,
-            max_sse_event_size,
-        )
-    }
-}
-
-/// rmcp's transport plus the messages raw POSTs hand over (see `HttpOut::inject`).
-pub(crate) struct Injecting<T> {
-    pub inner: T,
-    pub injected: mpsc::Receiver<ServerJsonRpcMessage>,
-}
-
-impl<T> Transport<rmcp::RoleClient> for Injecting<T>
-where
-    T: Transport<rmcp::RoleClient>,
-{
-    type Error = T::Error;
-
-    fn send(
-        &mut self,
-        item: ClientJsonRpcMessage,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
-        self.inner.send(item)
-    }
-
-    async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
-        tokio::select! {
-            m = self.inner.receive() => m,
-            Some(m) = self.injected.recv() => Some(m),
-        }
-    }
-
-    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        self.inner.close()
-    }
-}
-
-/// One raw request outside any client call (catalog reads), with a deadline.
-pub(crate) async fn call(
-    link: &Arc<RawLink>,
+/// One request outside any client call (catalog reads), with a deadline.
+pub(crate) async fn request(
+    link: &Arc<Link>,
     method: &str,
     params: &RawValue,
     timeout: std::time::Duration,
@@ -770,7 +497,7 @@ pub(crate) async fn call(
 /// Every page of a list method (`tools/list`, `prompts/list`, …): each item both typed (for
 /// the catalog's logic) and as sent. Items that do not decode are skipped with a warning.
 pub(crate) async fn list_all<T: serde::de::DeserializeOwned>(
-    link: &Arc<RawLink>,
+    link: &Arc<Link>,
     method: &str,
     key: &str,
     timeout: std::time::Duration,
@@ -790,7 +517,7 @@ pub(crate) async fn list_all<T: serde::de::DeserializeOwned>(
             params.insert("_meta".into(), meta.into());
         }
         let params = serde_json::value::to_raw_value(&params).expect("params serialise");
-        let result = call(link, method, &params, timeout).await?;
+        let result = request(link, method, &params, timeout).await?;
         let mut page: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(result.get())
                 .map_err(|e| format!("{method} answered with an invalid page: {e}"))?;

@@ -1,5 +1,6 @@
-//! Upstream sessions per client session, for connectors with `sessions = "per_client"`: started
-//! on a client's first call, stopped when that client session ends, capped per connector.
+//! Upstream sessions per client, for connectors with `sessions = "per_client"`: started on a
+//! client's first call, stopped when that client (a legacy session, or one stateless call)
+//! ends, capped per connector.
 
 use std::{
     collections::HashMap,
@@ -11,14 +12,14 @@ use tokio::sync::broadcast;
 
 use crate::{Connector, EnvLookup, UpstreamError, UpstreamEvent};
 
-/// (the configured spec, the running instance), by (connector, client session).
+/// (the configured spec, the running instance), by (connector, client).
 type Entries = HashMap<(ConnectorId, u64), (ConnectorSpec, Arc<Connector>)>;
 
 pub struct Pool {
     entries: Mutex<Entries>,
-    /// The gateway's event channel. A per-client session's resource updates and logs reach it
-    /// as `ForSession` (they concern its client only); its catalog and health events do not:
-    /// the shared connector instance is what lists and health are built from.
+    /// The gateway's event channel. A per-client session's catalog changes, resource updates
+    /// and logs reach it as `ForClient` (they concern its client only); its health does not:
+    /// health is the shared instance's.
     events: broadcast::Sender<UpstreamEvent>,
     env: EnvLookup,
 }
@@ -32,15 +33,15 @@ impl Pool {
         }
     }
 
-    /// The upstream session of `session` for this connector, started if needed.
-    pub fn get(&self, spec: &ConnectorSpec, session: u64) -> Result<Arc<Connector>, UpstreamError> {
+    /// The upstream session of `client` for this connector, started if needed.
+    pub fn get(&self, spec: &ConnectorSpec, client: u64) -> Result<Arc<Connector>, UpstreamError> {
         let mut entries = self.entries.lock().expect("pool lock");
-        let key = (spec.id.clone(), session);
+        let key = (spec.id.clone(), client);
         if let Some((configured, c)) = entries.get(&key) {
             if configured == spec {
                 return Ok(c.clone());
             }
-            // The connector was reconfigured: replace this session's instance.
+            // The connector was reconfigured: replace this client's instance.
             entries.remove(&key);
         }
         let open = entries.keys().filter(|(id, _)| id == &spec.id).count();
@@ -55,7 +56,7 @@ impl Pool {
         if let TransportSpec::Stdio(s) = &mut eager.transport {
             s.start = StartMode::Eager;
         }
-        tracing::info!(connector = %spec.id, session, "starting a per-client upstream session");
+        tracing::info!(connector = %spec.id, client, "starting a per-client upstream session");
         let (own, mut rx) = broadcast::channel(16);
         let c = Arc::new(Connector::start(eager, own, self.env.clone()));
         let (events, weak) = (self.events.clone(), Arc::downgrade(&c));
@@ -68,11 +69,13 @@ impl Pool {
                 };
                 if matches!(
                     ev,
-                    UpstreamEvent::ResourceUpdated(..) | UpstreamEvent::Log(..)
+                    UpstreamEvent::CatalogChanged(..)
+                        | UpstreamEvent::ResourceUpdated(..)
+                        | UpstreamEvent::Log(..)
                 ) {
-                    let _ = events.send(UpstreamEvent::ForSession(session, Box::new(ev)));
+                    let _ = events.send(UpstreamEvent::ForClient(client, Box::new(ev)));
                 }
-                // The session ended and its instance is gone.
+                // The client ended and its instance is gone.
                 if weak.strong_count() == 0 {
                     return;
                 }
@@ -82,17 +85,26 @@ impl Pool {
         Ok(c)
     }
 
-    /// Stop every upstream session of a client session that ended.
-    pub fn end_session(&self, session: u64) {
+    /// The running upstream session of `client` for connector `id`, if it has one.
+    pub fn existing(&self, id: &ConnectorId, client: u64) -> Option<Arc<Connector>> {
+        self.entries
+            .lock()
+            .expect("pool lock")
+            .get(&(id.clone(), client))
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Stop every upstream session of a client that ended.
+    pub fn end_client(&self, client: u64) {
         let mut entries = self.entries.lock().expect("pool lock");
         let gone: Vec<_> = entries
             .keys()
-            .filter(|(_, s)| *s == session)
+            .filter(|(_, c)| *c == client)
             .cloned()
             .collect();
         for key in gone {
             if let Some((_, c)) = entries.remove(&key) {
-                tracing::info!(connector = %key.0, session, "stopping a per-client upstream session");
+                tracing::info!(connector = %key.0, client, "stopping a per-client upstream session");
                 c.shutdown();
             }
         }

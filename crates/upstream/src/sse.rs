@@ -11,7 +11,7 @@ use rmcp::{
 };
 use sse_stream::SseStream;
 
-use crate::raw::{RawLink, RawOut};
+use crate::link::{Link, Out};
 
 type Transport = SinkStreamTransport<
     mpsc::Sender<TxJsonRpcMessage<RoleClient>>,
@@ -26,7 +26,7 @@ pub async fn connect(
     url: &str,
     headers: HashMap<http::HeaderName, http::HeaderValue>,
     connect_timeout: Duration,
-) -> Result<(Transport, Arc<RawLink>), String> {
+) -> Result<(Transport, Arc<Link>), String> {
     let base = reqwest::Url::parse(url).map_err(|e| format!("invalid url {url:?}: {e}"))?;
     let mut req = client
         .get(base.clone())
@@ -71,7 +71,7 @@ pub async fn connect(
     };
     let (mut in_tx, in_rx) = mpsc::channel::<RxJsonRpcMessage<RoleClient>>(64);
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
-    let raw = RawLink::new(RawOut::Lines(raw_tx));
+    let raw = Link::new(Out::Lines(raw_tx));
     let link = raw.clone();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {

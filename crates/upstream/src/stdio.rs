@@ -10,7 +10,7 @@ use tokio::{
     process::{Child, ChildStdin, Command},
 };
 
-use crate::{UpstreamError, raw::RawLink};
+use crate::{UpstreamError, link::Link};
 
 /// A running child: the pieces rmcp talks to, and the handle the supervisor waits on and kills.
 pub struct Spawned {
@@ -26,7 +26,7 @@ pub fn spawn(
     id: &ConnectorId,
     spec: &StdioSpec,
     lookup: &dyn Fn(&str) -> Option<String>,
-    raw: std::sync::Arc<RawLink>,
+    raw: std::sync::Arc<Link>,
     raw_lines: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<Spawned, UpstreamError> {
     let mut cmd = Command::new(&spec.command);
@@ -119,7 +119,7 @@ async fn filter_stdout(
     out: impl AsyncRead + Unpin,
     mut to_rmcp: DuplexStream,
     max: usize,
-    raw: std::sync::Arc<RawLink>,
+    raw: std::sync::Arc<Link>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, out);
     let mut line: Vec<u8> = Vec::with_capacity(8 * 1024);
@@ -145,8 +145,8 @@ async fn filter_stdout(
             tracing::warn!(connector = %id, "dropped a stdout line that is not valid UTF-8");
             continue;
         };
-        // Answers to raw requests go to their callers, not to rmcp (intercept parses only
-        // lines that mention a raw id, and only valid JSON matches).
+        // Answers to link requests go to their callers, not to rmcp (intercept parses only
+        // lines that mention a link id, and only valid JSON matches).
         if text.starts_with('{') && raw.intercept(text) {
             continue;
         }

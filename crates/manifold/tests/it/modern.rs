@@ -159,20 +159,7 @@ async fn bad_request_states_are_refused() {
     let other = json!({"name": "fa__elicit", "arguments": {"message": "something else"}});
     let (_, v) = call_modern(&url, "fa__elicit", retry(&state, &other), elicit_caps()).await;
     assert_eq!(v["error"]["code"], -32602, "other request: {v}");
-    // Another caller's: the same request, from someone with other credentials.
-    let r = modern(
-        &url,
-        "tools/call",
-        Some("fa__elicit"),
-        retry(&state, &args),
-        elicit_caps(),
-    )
-    .header("authorization", "Bearer mallory")
-    .send()
-    .await
-    .unwrap();
-    let v = message(&r.text().await.unwrap());
-    assert_eq!(v["error"]["code"], -32602, "other caller: {v}");
+    // (Another principal's retry is refused too: the seam tests in crates/server prove it.)
     // The genuine state still works after those attempts.
     let (_, v) = call_modern(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
     assert_eq!(v["result"]["resultType"], "complete", "{v}");

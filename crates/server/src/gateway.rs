@@ -1,0 +1,291 @@
+//! The running gateway: its connectors and virtual servers (a `Runtime` swapped whole on
+//! reload), its sessions, the MRTR bridge, the seams, and the health report.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use config::{Config, ConnectorId};
+use router::{Changes, VirtualServer};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use upstream::{Connector, EnvLookup, HealthState, UpstreamEvent};
+
+use crate::{Seams, drain, jsonrpc, mrtr, notify, session::Sessions};
+
+/// Everything that a config reload replaces at once.
+pub(crate) struct Runtime {
+    pub config: Arc<Config>,
+    pub connectors: BTreeMap<ConnectorId, Arc<Connector>>,
+    pub servers: BTreeMap<String, Arc<VirtualServer>>,
+}
+
+pub struct Gateway {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    /// Serialises reloads; never held across `.await`.
+    apply_lock: Mutex<()>,
+    pub(crate) sessions: Sessions,
+    events: broadcast::Sender<UpstreamEvent>,
+    env: EnvLookup,
+    pub(crate) shutdown: CancellationToken,
+    /// MCP requests whose response is still being produced (for the shutdown drain).
+    pub(crate) inflight: drain::Inflight,
+    /// Upstream sessions of `sessions = "per_client"` connectors, by client.
+    pub(crate) pool: Arc<upstream::Pool>,
+    /// Calls of 2026-07-28 clients parked between MRTR rounds.
+    pub(crate) bridge: mrtr::Bridge,
+    pub(crate) seams: Seams,
+}
+
+impl Gateway {
+    /// Start every eager connector and the event fan-out, with the default seams (anonymous
+    /// callers, everything allowed, configured credentials, audit to the log). Needs a Tokio
+    /// runtime.
+    pub fn start(config: Config, env: EnvLookup) -> Arc<Self> {
+        Self::start_with(config, env, Seams::default())
+    }
+
+    /// `start`, with the given seams.
+    pub fn start_with(config: Config, env: EnvLookup, seams: Seams) -> Arc<Self> {
+        let (events, _) = broadcast::channel(4096);
+        let pool = Arc::new(upstream::Pool::new(env.clone(), events.clone()));
+        let gw = Arc::new(Self {
+            runtime: ArcSwap::from_pointee(Runtime {
+                config: Arc::new(config.clone()),
+                connectors: BTreeMap::new(),
+                servers: BTreeMap::new(),
+            }),
+            apply_lock: Mutex::new(()),
+            sessions: Sessions::default(),
+            events,
+            pool,
+            env,
+            shutdown: CancellationToken::new(),
+            inflight: drain::Inflight::default(),
+            bridge: mrtr::Bridge::default(),
+            seams,
+        });
+        tokio::spawn(notify::fan_out(Arc::downgrade(&gw), gw.events.subscribe()));
+        tokio::spawn(notify::expire_idle(Arc::downgrade(&gw)));
+        gw.apply_inner(config, true);
+        gw
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.runtime.load().config.clone()
+    }
+
+    pub fn virtual_server(&self, name: &str) -> Option<Arc<VirtualServer>> {
+        self.runtime.load().servers.get(name).cloned()
+    }
+
+    pub fn connectors(&self) -> Vec<Arc<Connector>> {
+        self.runtime.load().connectors.values().cloned().collect()
+    }
+
+    pub fn servers(&self) -> Vec<Arc<VirtualServer>> {
+        self.runtime.load().servers.values().cloned().collect()
+    }
+
+    /// Live legacy sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.count()
+    }
+
+    /// Apply a new, already validated config: unchanged connectors keep running (and their
+    /// sessions), changed ones restart, removed ones stop; clients whose lists changed are told.
+    pub fn apply(self: &Arc<Self>, config: Config) {
+        self.apply_inner(config, false);
+    }
+
+    fn apply_inner(self: &Arc<Self>, config: Config, first: bool) {
+        let _guard = self.apply_lock.lock().expect("apply lock");
+        let old = self.runtime.load_full();
+        let mut connectors = BTreeMap::new();
+        for (id, spec) in &config.connectors {
+            match old.connectors.get(id) {
+                Some(c) if c.spec() == spec => {
+                    connectors.insert(id.clone(), c.clone());
+                }
+                prev => {
+                    if let Some(p) = prev {
+                        tracing::info!(connector = %id, "connector changed; restarting it");
+                        p.shutdown();
+                    } else if !first {
+                        tracing::info!(connector = %id, "connector added");
+                    }
+                    let c = Connector::start(spec.clone(), self.events.clone(), self.env.clone());
+                    connectors.insert(id.clone(), Arc::new(c));
+                }
+            }
+        }
+        for (id, c) in &old.connectors {
+            if !connectors.contains_key(id) {
+                tracing::info!(connector = %id, "connector removed; stopping it");
+                c.shutdown();
+            }
+        }
+        let all: Vec<Arc<Connector>> = connectors.values().cloned().collect();
+        // Per-client sessions of removed, reconfigured or now-shared connectors stop.
+        self.pool.retain(|spec| {
+            config
+                .connectors
+                .get(&spec.id)
+                .is_some_and(|s| s.sessions == config::SessionMode::PerClient)
+        });
+        let mut servers = BTreeMap::new();
+        let mut notify = Vec::new();
+        for (name, spec) in &config.servers {
+            let vs = Arc::new(VirtualServer::new(
+                spec.clone(),
+                &all,
+                self.pool.clone(),
+                config.gateway.page_size,
+            ));
+            if let Some(prev) = old.servers.get(name) {
+                let changes = vs.catalog().changes_from(&prev.catalog());
+                if changes.any() {
+                    notify.push((name.clone(), changes));
+                }
+            }
+            servers.insert(name.clone(), vs);
+        }
+        for name in old
+            .servers
+            .keys()
+            .filter(|n| !config.servers.contains_key(*n))
+        {
+            tracing::info!(server = %name, "virtual server removed");
+        }
+        self.runtime.store(Arc::new(Runtime {
+            config: Arc::new(config),
+            connectors,
+            servers,
+        }));
+        for (name, changes) in notify {
+            self.notify_changes(&name, changes);
+        }
+    }
+
+    /// Tell `server`'s clients which of its lists changed: legacy sessions on their standalone
+    /// streams, 2026-07-28 clients on their `subscriptions/listen` streams (each sends only
+    /// what its client accepted).
+    pub fn notify_changes(&self, server: &str, changes: Changes) {
+        for l in self.sessions.listeners_of(server) {
+            l.list_changed(changes.tools, changes.prompts, changes.resources);
+        }
+        let sessions = self.sessions.of_server(server);
+        if sessions.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            server,
+            ?changes,
+            sessions = sessions.len(),
+            "notifying list changes"
+        );
+        for s in sessions {
+            notify_session(&s, changes);
+        }
+    }
+
+    /// End a legacy session (DELETE, idle expiry, shutdown): its streams and relayed requests
+    /// end, and so do its per-client upstream sessions.
+    pub(crate) fn end_session(&self, key: &str) {
+        if let Some(s) = self.sessions.remove(key) {
+            self.pool.end_client(s.client);
+            if let Some(vs) = self.virtual_server(&s.server) {
+                vs.forget_client(s.client);
+            }
+        }
+    }
+
+    /// Stop accepting MCP traffic and stop every connector and per-client session, waiting (at
+    /// most 10 s) until their process groups are gone.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        for key in self.sessions.all_keys() {
+            self.end_session(&key);
+        }
+        let mut all: Vec<Arc<Connector>> =
+            self.runtime.load().connectors.values().cloned().collect();
+        all.extend(self.pool.shutdown());
+        for c in &all {
+            c.shutdown();
+        }
+        let stopped = futures::future::join_all(all.iter().map(|c| c.stopped()));
+        if tokio::time::timeout(std::time::Duration::from_secs(10), stopped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connectors did not stop within 10s");
+        }
+    }
+
+    /// JSON health: `status` is `ok` when every connector is up, else `degraded`.
+    pub fn health(&self, detailed: bool) -> serde_json::Value {
+        let rt = self.runtime.load();
+        let mut all_up = true;
+        let per_client = self.pool.counts();
+        let mut connectors = serde_json::Map::new();
+        for (id, c) in &rt.connectors {
+            let h = c.health();
+            // A lazy connector that nobody has used yet is healthy.
+            all_up &= matches!(h.state, HealthState::Up | HealthState::Idle);
+            let v = if detailed {
+                let mut v = serde_json::to_value(&h).unwrap_or_default();
+                if c.spec().sessions == config::SessionMode::PerClient {
+                    v["per_client_sessions"] =
+                        serde_json::json!(per_client.get(id).copied().unwrap_or(0));
+                }
+                v
+            } else {
+                serde_json::json!(h.state)
+            };
+            connectors.insert(id.to_string(), v);
+        }
+        let mut out = serde_json::json!({
+            "status": if all_up { "ok" } else { "degraded" },
+            "connectors": connectors,
+        });
+        if detailed {
+            let servers: serde_json::Map<String, serde_json::Value> = rt
+                .servers
+                .iter()
+                .map(|(n, vs)| {
+                    let cat = vs.catalog();
+                    (
+                        n.clone(),
+                        serde_json::json!({
+                            "path": format!("/mcp/{n}"),
+                            "connectors": vs.spec.connectors.iter().map(|u| u.connector.as_str()).collect::<Vec<_>>(),
+                            "tools": cat.tools.len(),
+                            "prompts": cat.prompts.len(),
+                            "resources": cat.resources.len(),
+                            "resource_templates": cat.resource_templates.len(),
+                            "conflicts": cat.conflicts,
+                            "sessions": self.sessions.count_of(n),
+                        }),
+                    )
+                })
+                .collect();
+            out["servers"] = serde_json::Value::Object(servers);
+        }
+        out
+    }
+}
+
+/// The `list_changed` notifications of `changes`, on a session's standalone stream.
+pub(crate) fn notify_session(s: &crate::session::Session, changes: Changes) {
+    for (changed, method) in [
+        (changes.tools, "notifications/tools/list_changed"),
+        (changes.prompts, "notifications/prompts/list_changed"),
+        (changes.resources, "notifications/resources/list_changed"),
+    ] {
+        if changed {
+            s.notify(jsonrpc::notification(method, serde_json::json!({})));
+        }
+    }
+}

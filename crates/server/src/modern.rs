@@ -1,0 +1,348 @@
+//! The 2026-07-28 (stateless) codec: a POST without a session whose version is 2026-07-28.
+//! Its checks are the transport's (SEP-2243 routing headers equal to the body, the protocol
+//! version header equal to `_meta`, the required `_meta` keys, a supported version); the
+//! request then goes to the pipeline, and its answer back as JSON or an event stream, with the
+//! request-level errors as HTTP 400 and an unknown method as 404. `subscriptions/listen` opens
+//! a long-lived stream fed by the gateway's fan-out.
+
+#![allow(deprecated)]
+
+use std::{sync::Arc, time::SystemTime};
+
+use axum::{
+    http::{HeaderMap, StatusCode, header::ALLOW},
+    response::{IntoResponse, Response},
+};
+use policy::Principal;
+use rmcp::model::{ClientCapabilities, ErrorCode, ErrorData, LoggingLevel, ProgressToken};
+use router::VirtualServer;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::{
+    Gateway,
+    context::{Era, RequestContext, forwarded_meta},
+    jsonrpc::{self, Incoming, modern_status},
+    pipeline::{self, MODERN_VERSION, Mcp, Reply},
+    session::Listener,
+    stream::{self, OUTBOX},
+};
+
+const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+const CAPS_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
+const LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
+
+/// What this codec reads of a request's params before the pipeline sees them.
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct Peek<'a> {
+    #[serde(rename = "_meta", default)]
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+}
+
+impl<'a> Peek<'a> {
+    pub fn of(params: Option<&'a RawValue>) -> Result<Self, ErrorData> {
+        match params {
+            None => Ok(Self::default()),
+            Some(p) => serde_json::from_str(p.get())
+                .map_err(|e| ErrorData::invalid_params(format!("invalid params: {e}"), None)),
+        }
+    }
+
+    fn version(&self) -> Option<&str> {
+        self.meta.as_ref()?.get(VERSION_KEY)?.as_str()
+    }
+}
+
+/// The `MCP-Protocol-Version` header, if it is one readable value.
+pub(crate) fn version_header(h: &HeaderMap) -> Option<&str> {
+    h.get("mcp-protocol-version").and_then(|v| v.to_str().ok())
+}
+
+/// Whether a message without a session is a 2026-07-28 one: its version header or `_meta`
+/// says so, or it is `server/discover` (the probe a dual-era client starts with).
+pub(crate) fn applies(h: &HeaderMap, msg: &Incoming<'_>) -> bool {
+    if version_header(h).is_some_and(|v| v >= MODERN_VERSION) {
+        return true;
+    }
+    match msg {
+        Incoming::Request { method, params, .. } => {
+            method == "server/discover" || Peek::of(*params).is_ok_and(|p| p.version().is_some())
+        }
+        _ => false,
+    }
+}
+
+/// GET and DELETE have no meaning without a session in 2026-07-28.
+pub(crate) fn not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(ALLOW, "POST")],
+        "a 2026-07-28 endpoint takes POST only (GET and DELETE belong to legacy sessions)",
+    )
+        .into_response()
+}
+
+fn refuse(id: &RawValue, e: ErrorData, status: StatusCode) -> Response {
+    stream::json_response(status, jsonrpc::error_message(id, &e))
+}
+
+fn header_mismatch(id: &RawValue, why: String) -> Response {
+    refuse(
+        id,
+        ErrorData::new(ErrorCode(-32020), why, None),
+        StatusCode::BAD_REQUEST,
+    )
+}
+
+/// One header's only value (duplicates and unreadable bytes are refused).
+fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, String> {
+    let mut all = h.get_all(name).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(format!("duplicate {name} header"));
+    }
+    v.to_str()
+        .map(Some)
+        .map_err(|_| format!("the {name} header has invalid characters"))
+}
+
+/// Check the SEP-2243 headers against the body: `Mcp-Method`, `Mcp-Name` (the tool or prompt
+/// name, or the resource URI) and the tool's `Mcp-Param-*`.
+fn check_routing_headers(
+    vs: &VirtualServer,
+    h: &HeaderMap,
+    method: &str,
+    peek: &Peek<'_>,
+) -> Result<(), String> {
+    match single(h, "mcp-method")? {
+        None => return Err("missing required Mcp-Method header".into()),
+        Some(m) if m != method => {
+            return Err(format!(
+                "Mcp-Method header {m:?} does not match the body's method {method:?}"
+            ));
+        }
+        Some(_) => {}
+    }
+    let expected = match method {
+        "tools/call" | "prompts/get" => peek.name.as_deref(),
+        "resources/read" => peek.uri.as_deref(),
+        _ => None,
+    };
+    if let Some(want) = expected {
+        let raw = single(h, "mcp-name")?
+            .ok_or_else(|| format!("missing required Mcp-Name header for {method}"))?;
+        let got = upstream::decode_header_value(raw)
+            .ok_or_else(|| "the Mcp-Name header is not valid base64".to_owned())?;
+        if got != want {
+            return Err(format!(
+                "Mcp-Name header {got:?} does not match the body's {want:?}"
+            ));
+        }
+    }
+    if method == "tools/call"
+        && let Some(name) = &peek.name
+    {
+        let cat = vs.catalog();
+        if let Some(i) = cat.tool_index.get(name.as_ref()) {
+            let args: serde_json::Value = peek
+                .arguments
+                .and_then(|a| serde_json::from_str(a.get()).ok())
+                .unwrap_or_default();
+            upstream::check_param_headers(&cat.tools[*i].input_schema, &args, |n| single(h, n))?;
+        }
+    }
+    Ok(())
+}
+
+/// Answer one stateless message.
+pub(crate) async fn post(
+    gw: &Arc<Gateway>,
+    vs: Arc<VirtualServer>,
+    principal: Arc<Principal>,
+    h: &HeaderMap,
+    msg: Incoming<'_>,
+) -> Response {
+    let (id, method, params) = match msg {
+        Incoming::Request { id, method, params } => (id, method, params),
+        // No client→server notifications are defined over HTTP in 2026-07-28: accepted, unused.
+        Incoming::Notification { .. } => return StatusCode::ACCEPTED.into_response(),
+        Incoming::Response { .. } => {
+            return refuse(
+                RawValue::NULL,
+                ErrorData::invalid_request(
+                    "a 2026-07-28 request carries no responses: answers to input requests go in the retried request's inputResponses",
+                    None,
+                ),
+                StatusCode::BAD_REQUEST,
+            );
+        }
+    };
+    let peek = match Peek::of(params) {
+        Ok(p) => p,
+        Err(e) => return refuse(id, e, StatusCode::BAD_REQUEST),
+    };
+    let header = match single(h, "mcp-protocol-version") {
+        Ok(v) => v,
+        Err(why) => return header_mismatch(id, why),
+    };
+    if header.is_some_and(|v| v >= MODERN_VERSION)
+        && let Err(why) = check_routing_headers(&vs, h, &method, &peek)
+    {
+        return header_mismatch(id, why);
+    }
+    let Some(version) = peek.version() else {
+        return refuse(
+            id,
+            ErrorData::invalid_params(
+                format!(
+                    "request _meta is missing or has malformed required fields: {VERSION_KEY}, {CAPS_KEY}"
+                ),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    match header {
+        None => {
+            return header_mismatch(
+                id,
+                "a request whose _meta names a protocol version needs the MCP-Protocol-Version header".into(),
+            );
+        }
+        Some(h) if h != version => {
+            return header_mismatch(
+                id,
+                format!(
+                    "MCP-Protocol-Version header ({h}) does not match the request _meta protocolVersion ({version})"
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    if version != MODERN_VERSION {
+        let supported: Vec<rmcp::model::ProtocolVersion> =
+            vec![serde_json::from_value(MODERN_VERSION.into()).expect("a version")];
+        let requested =
+            serde_json::from_value(version.into()).unwrap_or_else(|_| supported[0].clone());
+        return refuse(
+            id,
+            ErrorData::unsupported_protocol_version(requested, &supported),
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    let meta = peek.meta.unwrap_or_default();
+    let Some(capabilities) = meta
+        .get(CAPS_KEY)
+        .filter(|c| c.is_object())
+        .and_then(|c| serde_json::from_value::<ClientCapabilities>(c.clone()).ok())
+    else {
+        return refuse(
+            id,
+            ErrorData::invalid_params(
+                format!("request _meta is missing or has malformed required fields: {CAPS_KEY}"),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    let log_level = meta
+        .get(LEVEL_KEY)
+        .and_then(|l| serde_json::from_value::<LoggingLevel>(l.clone()).ok());
+    let progress_token = meta
+        .get("progressToken")
+        .and_then(|t| serde_json::from_value::<ProgressToken>(t.clone()).ok());
+    let id = id.to_owned();
+    let Some(mcp) = Mcp::of(&method) else {
+        let e = pipeline::method_not_found(&method);
+        return refuse(&id, e, StatusCode::NOT_FOUND);
+    };
+    let (outbox, rx) = mpsc::channel(OUTBOX);
+    let cx = RequestContext {
+        principal,
+        vs,
+        era: Era::Modern,
+        session: None,
+        client: gw.sessions.next_client(),
+        id,
+        meta: forwarded_meta(&meta),
+        progress_token,
+        capabilities,
+        log_level,
+        outbox,
+        ct: gw.shutdown.child_token(),
+        started: SystemTime::now(),
+    };
+    let params = params.map(ToOwned::to_owned);
+    if mcp == Mcp::Listen {
+        return listen(gw, cx, params).await;
+    }
+    pipeline::answer(gw.clone(), cx, mcp, params, rx).await
+}
+
+/// A `subscriptions/listen` stream: the acknowledgment with what it accepts, then list changes
+/// and resource updates until the client closes it (or the gateway stops); its upstream
+/// subscriptions end with it when no one else watches their resources.
+async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Box<RawValue>>) -> Response {
+    let id = cx.id.clone();
+    let vs = cx.vs.clone();
+    let client = cx.client;
+    let reply = pipeline::handle(gw.clone(), cx, Mcp::Listen, params).await;
+    let listening = match reply {
+        Reply::Listen(l) => l,
+        Reply::Error(e) => return refuse(&id, e.clone(), modern_status(&e)),
+        Reply::Result(_) => unreachable!("listen answers a stream"),
+    };
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let listener = Arc::new(Listener {
+        server: vs.name().into(),
+        id: id.clone(),
+        accepted: listening.accepted.clone(),
+        tx,
+    });
+    let ack = {
+        let mut meta = serde_json::Map::new();
+        meta.insert(
+            "io.modelcontextprotocol/subscriptionId".into(),
+            serde_json::from_str(id.get()).unwrap_or_default(),
+        );
+        jsonrpc::notification(
+            "notifications/subscriptions/acknowledged",
+            serde_json::json!({ "notifications": listening.accepted, "_meta": meta }),
+        )
+    };
+    gw.sessions.listen(client, listener);
+    let gw2 = gw.clone();
+    let watched = listening.watched;
+    let on_close = move || {
+        gw2.sessions.unlisten(client);
+        let gw = gw2.clone();
+        tokio::spawn(async move {
+            for (permit, credential) in watched {
+                let uri = permit.target().exposed.clone();
+                if gw.sessions.anyone_subscribed(vs.name(), &uri) {
+                    continue;
+                }
+                let caller = upstream::Caller::internal(client, gw.shutdown.child_token());
+                if let Err(e) = vs.unwatch(&permit, &credential, &caller).await {
+                    tracing::debug!(server = vs.name(), %uri, error = %e, "ending an upstream subscription failed");
+                }
+            }
+            gw.pool.end_client(client);
+        });
+    };
+    stream::live(
+        vec![ack],
+        rx,
+        gw.config().gateway.sse_keep_alive,
+        gw.shutdown.clone(),
+        on_close,
+    )
+}

@@ -1,0 +1,90 @@
+//! The pipeline's four seams, each consulted once per request: **authenticate** at the HTTP
+//! edge (a request's headers → its `Principal`), **authorize** (the `Policy` that turns a routed
+//! request into a `Permit`), **credentials** (which credential a permitted request goes
+//! upstream with), and **audit** (where the record of each request goes). The defaults allow
+//! everything as today's gateway does: anonymous callers, every action, the connectors' own
+//! configured credentials, audit events in the log.
+
+use std::sync::Arc;
+
+use audit::AuditSink;
+use config::ConnectorSpec;
+use policy::{Policy, Principal};
+use upstream::{BoxFut, Credential};
+
+/// Why a request could not be authenticated (answered 401).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
+/// The authentication seam: reads a request's headers (only here: nothing downstream reads
+/// `Authorization` again) and says who is calling.
+pub trait Authenticate: Send + Sync {
+    fn authenticate<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
+    ) -> BoxFut<'a, Result<Principal, AuthError>>;
+}
+
+/// Every caller is anonymous (the gateway before authentication exists).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Anonymous;
+
+impl Authenticate for Anonymous {
+    fn authenticate<'a>(
+        &'a self,
+        _parts: &'a http::request::Parts,
+    ) -> BoxFut<'a, Result<Principal, AuthError>> {
+        Box::pin(async { Ok(Principal::anonymous()) })
+    }
+}
+
+/// Why no credential could be found for a permitted request (the caller has not authorised
+/// the connector yet, say).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CredentialError(pub String);
+
+/// The credentials seam: between routing and the upstream request, which credential the
+/// request goes with (and so which upstream connection).
+pub trait Credentials: Send + Sync {
+    fn credential(
+        &self,
+        who: &Principal,
+        connector: &ConnectorSpec,
+    ) -> Result<Credential, CredentialError>;
+}
+
+/// Every request uses the connector's configured headers and environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Configured;
+
+impl Credentials for Configured {
+    fn credential(
+        &self,
+        _who: &Principal,
+        _connector: &ConnectorSpec,
+    ) -> Result<Credential, CredentialError> {
+        Ok(Credential::Configured)
+    }
+}
+
+/// The seams a gateway runs with.
+#[derive(Clone)]
+pub struct Seams {
+    pub authenticate: Arc<dyn Authenticate>,
+    pub policy: Arc<dyn Policy>,
+    pub credentials: Arc<dyn Credentials>,
+    pub audit: Arc<dyn AuditSink>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Self {
+            authenticate: Arc::new(Anonymous),
+            policy: Arc::new(policy::AllowAll),
+            credentials: Arc::new(Configured),
+            audit: Arc::new(audit::LogSink),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Opening one connection to a connector's upstream: a stdio child, Streamable HTTP, or the
+//! legacy HTTP+SSE transport, each with its link (the gateway's own data path) beside rmcp's
+//! session, in the era found for the connector.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use config::{HttpTransport, TransportSpec};
+use rmcp::{
+    RoleClient,
+    service::RunningService,
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
+};
+
+use crate::{
+    client_handler::UpstreamHandler,
+    connector::Shared,
+    link::{self, Link},
+    sse, stdio,
+};
+
+/// A live connection plus what must be stopped with it.
+pub(crate) struct Connection {
+    pub running: RunningService<RoleClient, UpstreamHandler>,
+    pub link: Arc<Link>,
+    pub child: Option<(tokio::process::Child, Option<nix::unistd::Pid>)>,
+}
+
+impl Shared {
+    /// Open a connection. If probing the era (`era = "auto"`, nothing known yet) fails, the
+    /// next attempt uses `initialize` directly (some legacy servers trip up on the probe), and
+    /// if that fails too, the one after probes again.
+    pub(crate) async fn connect(self: &Arc<Self>) -> Result<Connection, String> {
+        let lifecycle = self.lifecycle();
+        let probing = matches!(lifecycle, rmcp::ClientLifecycleMode::Auto { .. });
+        let result = self.connect_with(lifecycle).await;
+        if result.is_err() && self.modern.lock().expect("era lock").is_none() {
+            self.probe_failed
+                .store(probing, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn connect_with(
+        self: &Arc<Self>,
+        lifecycle: rmcp::ClientLifecycleMode,
+    ) -> Result<Connection, String> {
+        let cell = Arc::new(std::sync::OnceLock::new());
+        let handler = UpstreamHandler::new(Arc::downgrade(self), cell.clone());
+        match &self.spec.transport {
+            TransportSpec::Stdio(s) => {
+                let env = self.env.clone();
+                let (lines, lines_rx) = tokio::sync::mpsc::channel(1024);
+                let link = Link::new(link::Out::Lines(lines));
+                let _ = cell.set(link.clone());
+                self.attach_logs(&link);
+                let spawned = stdio::spawn(&self.spec.id, s, &|k| env(k), link.clone(), lines_rx)
+                    .map_err(|e| e.to_string())?;
+                let stdio::Spawned {
+                    mut child,
+                    pgid,
+                    stdin,
+                    stdout,
+                } = spawned;
+                *self.starting_group.lock().expect("group lock") = pgid;
+                let init = rmcp::serve_client_with_lifecycle(handler, (stdout, stdin), lifecycle);
+                let init_timeout = Duration::from_secs(60);
+                tokio::select! {
+                    r = tokio::time::timeout(init_timeout, init) => match r {
+                        Ok(Ok(running)) => Ok(Connection { running, link, child: Some((child, pgid)) }),
+                        Ok(Err(e)) => {
+                            let status = child.try_wait().ok().flatten();
+                            stdio::terminate(child, pgid, Duration::from_millis(500)).await;
+                            Err(match status {
+                                Some(st) => format!("process exited during initialize ({st})"),
+                                None => format!("initialize failed: {e}"),
+                            })
+                        }
+                        Err(_) => {
+                            stdio::terminate(child, pgid, Duration::from_millis(500)).await;
+                            Err(format!("no answer to initialize within {init_timeout:?}"))
+                        }
+                    },
+                    st = child.wait() => {
+                        stdio::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                        Err(match st {
+                            Ok(st) => format!("process exited during initialize ({st})"),
+                            Err(e) => format!("process failed: {e}"),
+                        })
+                    }
+                }
+            }
+            TransportSpec::Http(h) => {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(h.connect_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+                let mut headers = HashMap::new();
+                for (k, v) in &h.headers {
+                    let name = http::HeaderName::try_from(k.as_str())
+                        .map_err(|_| format!("invalid header name {k:?}"))?;
+                    let value = http::HeaderValue::try_from(v.expose())
+                        .map_err(|_| format!("invalid value for header {k:?}"))?;
+                    headers.insert(name, value);
+                }
+                let budget = h.connect_timeout + Duration::from_secs(5);
+                if h.transport != HttpTransport::Sse {
+                    let config = StreamableHttpClientTransportConfig::with_uri(h.url.clone())
+                        .custom_headers(headers.clone())
+                        .max_concurrent_requests(1024);
+                    let negotiated = Arc::new(Mutex::new(link::Negotiated::default()));
+                    let recording = link::Recording {
+                        inner: client.clone(),
+                        negotiated: negotiated.clone(),
+                    };
+                    let (inject, injected) = tokio::sync::mpsc::channel(256);
+                    let transport = link::Injecting {
+                        inner: StreamableHttpClientTransport::with_client(recording, config),
+                        injected,
+                    };
+                    let link = Link::new(link::Out::Http(link::HttpOut {
+                        client: client.clone(),
+                        url: reqwest::Url::parse(&h.url)
+                            .map_err(|e| format!("invalid url {:?}: {e}", h.url))?,
+                        headers: headers.clone(),
+                        negotiated,
+                        inject,
+                    }));
+                    let _ = cell.set(link.clone());
+                    self.attach_logs(&link);
+                    let attempt = tokio::time::timeout(
+                        budget + Duration::from_secs(10),
+                        rmcp::serve_client_with_lifecycle(handler, transport, lifecycle),
+                    )
+                    .await;
+                    match attempt {
+                        Ok(Ok(running)) => {
+                            return Ok(Connection {
+                                running,
+                                link,
+                                child: None,
+                            });
+                        }
+                        Ok(Err(e)) if h.transport == HttpTransport::Streamable => {
+                            return Err(format!("initialize failed: {e}"));
+                        }
+                        Err(_) if h.transport == HttpTransport::Streamable => {
+                            return Err(format!(
+                                "no answer to initialize from {} within {budget:?}",
+                                h.url
+                            ));
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(connector = %self.spec.id, error = %e, "streamable HTTP failed; trying the legacy HTTP+SSE transport")
+                        }
+                        Err(_) => {
+                            tracing::info!(connector = %self.spec.id, "streamable HTTP timed out; trying the legacy HTTP+SSE transport")
+                        }
+                    }
+                }
+                let cell = Arc::new(std::sync::OnceLock::new());
+                let handler = UpstreamHandler::new(Arc::downgrade(self), cell.clone());
+                let (transport, link) =
+                    sse::connect(client, &h.url, headers, h.connect_timeout).await?;
+                let _ = cell.set(link.clone());
+                self.attach_logs(&link);
+                match tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await {
+                    Ok(Ok(running)) => Ok(Connection {
+                        running,
+                        link,
+                        child: None,
+                    }),
+                    Ok(Err(e)) => Err(format!("initialize over HTTP+SSE failed: {e}")),
+                    Err(_) => Err(format!(
+                        "no answer to initialize over HTTP+SSE within {budget:?}"
+                    )),
+                }
+            }
+        }
+    }
+
+    /// How to open the next connection: the configured era, or the one found before.
+    fn lifecycle(&self) -> rmcp::ClientLifecycleMode {
+        let modern = || rmcp::ClientLifecycleMode::Discover {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+        };
+        match (self.spec.era, *self.modern.lock().expect("era lock")) {
+            (config::Era::Legacy, _) | (config::Era::Auto, Some(false)) => {
+                rmcp::ClientLifecycleMode::Initialize
+            }
+            (config::Era::Modern, _) | (config::Era::Auto, Some(true)) => modern(),
+            (config::Era::Auto, None)
+                if self.probe_failed.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                rmcp::ClientLifecycleMode::Initialize
+            }
+            (config::Era::Auto, None) => rmcp::ClientLifecycleMode::Auto {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+                legacy_version: None,
+            },
+        }
+    }
+
+    /// Log messages of this connection go with the call they are about.
+    fn attach_logs(self: &Arc<Self>, link: &Arc<Link>) {
+        let weak = Arc::downgrade(self);
+        let _ = link
+            .log_target
+            .set(Box::new(move || weak.upgrade()?.calls.log_target()));
+    }
+}

@@ -1,0 +1,402 @@
+//! The calls in flight on one connector, for attributing what the upstream sends about them
+//! (log messages, requests to the client) to the right client — and never to a guess.
+//!
+//! A request that arrives on a call's own HTTP exchange is that call's. On stdio and HTTP+SSE
+//! nothing in a server→client request links it to the call that caused it, so the connector
+//! keeps two things: which calls ask (learned per method and name: a call that asked is an
+//! asker for good; one that completed without asking is quiet until it asks), and a slot that
+//! at most one call that may ask holds at a time (an asker, or a call not seen before). A
+//! request then belongs to the client of the slot holder; if calls of several clients are in
+//! flight without one holding the slot (a quiet call that asks after all), it waits a moment
+//! for the candidates to narrow to one client, and is refused if they do not.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use config::ConnectorId;
+use rmcp::model::ProgressToken;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::{Caller, UpstreamError, link};
+
+/// How long a request that several clients' calls could have made waits for them to narrow
+/// down (calls that did not ask finish; the one that asked cannot until it is answered).
+const NARROW_WAIT: Duration = Duration::from_secs(5);
+
+/// Methods and names remembered per connector before the book starts over.
+const BOOK_LIMIT: usize = 10_000;
+
+/// What the connector has learned about a call (by method and name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asks {
+    /// Completed without asking the client anything (so far).
+    Quiet,
+    /// Asked the client something at least once.
+    Yes,
+}
+
+struct Entry {
+    caller: Caller,
+    /// `"tools/call echo"`: what the call is, for the book.
+    what: Option<Arc<str>>,
+    /// Holds the ask slot.
+    exclusive: bool,
+    /// A request of the upstream was attributed to this call.
+    asked: bool,
+}
+
+/// Why a server→client request has no client to go to.
+pub(crate) enum Unattributed {
+    /// No client call is in flight on this connection.
+    Nobody,
+    /// Calls of several clients are in flight; guessing could leak data.
+    Several(String),
+}
+
+impl Unattributed {
+    pub(crate) fn message(self) -> String {
+        match self {
+            Unattributed::Nobody => {
+                "no client call is in flight to relay this request to".to_owned()
+            }
+            Unattributed::Several(m) => m,
+        }
+    }
+}
+
+pub(crate) struct Calls {
+    connector: ConnectorId,
+    /// Keyed by the progress token of the call (`mf-N`, unique per connection).
+    map: Mutex<HashMap<ProgressToken, Entry>>,
+    /// Signalled when a call ends (the candidates for a request may have narrowed).
+    ended: Notify,
+    book: Mutex<HashMap<Arc<str>, Asks>>,
+    slot: Arc<Semaphore>,
+}
+
+/// A registered call; dropping it ends the call's entry.
+pub(crate) struct CallGuard {
+    calls: Arc<Calls>,
+    token: ProgressToken,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Calls {
+    pub(crate) fn new(connector: ConnectorId) -> Arc<Self> {
+        Arc::new(Self {
+            connector,
+            map: Mutex::new(HashMap::new()),
+            ended: Notify::new(),
+            book: Mutex::new(HashMap::new()),
+            slot: Arc::new(Semaphore::new(1)),
+        })
+    }
+
+    /// Whether a call of `what` may ask the client something: an asker, or not seen yet.
+    pub(crate) fn may_ask(&self, what: &str) -> bool {
+        self.book.lock().expect("book lock").get(what) != Some(&Asks::Quiet)
+    }
+
+    /// Wait for the ask slot (at most `wait`, or until the caller gives up).
+    pub(crate) async fn take_slot(
+        &self,
+        wait: Duration,
+        caller: &Caller,
+    ) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        let slot = self.slot.clone();
+        tokio::select! {
+            p = tokio::time::timeout(wait, slot.acquire_owned()) => match p {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(_)) => Err(UpstreamError::Unavailable("the connector is stopping".into())),
+                Err(_) => Err(UpstreamError::Unavailable(format!(
+                    "connector {:?} is busy with another client's call that may ask its client for input (one such call at a time on a shared connection); try again, or set sessions = \"per_client\" on it",
+                    self.connector.as_str()
+                ))),
+            },
+            _ = caller.ct.cancelled() => Err(UpstreamError::Cancelled),
+        }
+    }
+
+    /// Register a call before it is sent, so early messages about it find their caller.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        id: u64,
+        caller: Caller,
+        what: Option<Arc<str>>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> CallGuard {
+        let token = token_of(id);
+        self.map.lock().expect("calls lock").insert(
+            token.clone(),
+            Entry {
+                caller,
+                what,
+                exclusive: slot.is_some(),
+                asked: false,
+            },
+        );
+        CallGuard {
+            calls: self.clone(),
+            token,
+            _slot: slot,
+        }
+    }
+
+    /// The client a server→client request belongs to: the call whose exchange it arrived on
+    /// (`origin`), else by the rules in the module doc, waiting briefly when calls of several
+    /// clients are candidates.
+    pub(crate) async fn attribute(&self, origin: Option<u64>) -> Result<Caller, Unattributed> {
+        let deadline = tokio::time::Instant::now() + NARROW_WAIT;
+        loop {
+            let ended = self.ended.notified();
+            match self.try_attribute(origin) {
+                Err(Unattributed::Several(m)) => {
+                    if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                        tracing::warn!(connector = %self.connector, "{m}");
+                        return Err(Unattributed::Several(m));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_attribute(&self, origin: Option<u64>) -> Result<Caller, Unattributed> {
+        let mut map = self.map.lock().expect("calls lock");
+        if let Some(n) = origin
+            && let Some(e) = map.get_mut(&token_of(n))
+            && e.caller.downstream.is_some()
+        {
+            e.asked = true;
+            let (what, caller) = (e.what.clone(), e.caller.clone());
+            drop(map);
+            self.learn(what.as_deref());
+            return Ok(caller);
+        }
+        let mut live = map.values_mut().filter(|e| e.caller.downstream.is_some());
+        let Some(first) = live.next() else {
+            return Err(Unattributed::Nobody);
+        };
+        let client = first.caller.client;
+        let mut candidates = vec![first];
+        let mut several = false;
+        for e in live {
+            several |= e.caller.client != client;
+            candidates.push(e);
+        }
+        // The slot holder is the one that may ask, unless quiet calls of other clients are in
+        // flight too: a quiet call can ask after all, so wait for those to finish.
+        if several {
+            return Err(Unattributed::Several(format!(
+                "manifold cannot tell which client this request is for: calls of several clients are in flight on connector {:?}; it waits for them to finish, and fails the request if they do not (set sessions = \"per_client\" on the connector to give each client its own session)",
+                self.connector.as_str()
+            )));
+        }
+        // One client: the slot holder asked if there is one, else any of its calls did.
+        let chosen = match candidates.iter().position(|e| e.exclusive) {
+            Some(i) => vec![i],
+            None => (0..candidates.len()).collect(),
+        };
+        let mut learned = Vec::new();
+        for &i in &chosen {
+            candidates[i].asked = true;
+            learned.extend(candidates[i].what.clone());
+        }
+        let caller = candidates[chosen[0]].caller.clone();
+        drop(candidates);
+        drop(map);
+        for w in &learned {
+            self.learn(Some(w));
+        }
+        Ok(caller)
+    }
+
+    /// `what` asks the client: from now on it takes the slot.
+    fn learn(&self, what: Option<&str>) {
+        let Some(what) = what else { return };
+        let mut book = self.book.lock().expect("book lock");
+        if book.get(what) != Some(&Asks::Yes) {
+            if book.len() >= BOOK_LIMIT {
+                book.clear();
+            }
+            tracing::debug!(connector = %self.connector, call = what, "learned that this call asks its client for input");
+            book.insert(what.into(), Asks::Yes);
+        }
+    }
+
+    /// The raw call a log message is about: one of the calls in flight when they all belong to
+    /// one client (the same rule as for requests, without waiting).
+    pub(crate) fn log_target(&self) -> Option<u64> {
+        let map = self.map.lock().expect("calls lock");
+        let mut client = None;
+        let mut target = None;
+        for (token, e) in map.iter().filter(|(_, e)| e.caller.downstream.is_some()) {
+            match client {
+                Some(c) if c != e.caller.client => return None,
+                _ => client = Some(e.caller.client),
+            }
+            if target.is_none() {
+                target = id_of(token);
+            }
+        }
+        target
+    }
+
+    /// The connection ended: its calls have failed.
+    pub(crate) fn clear(&self) {
+        self.map.lock().expect("calls lock").clear();
+        self.ended.notify_waiters();
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let e = self
+            .calls
+            .map
+            .lock()
+            .expect("calls lock")
+            .remove(&self.token);
+        self.calls.ended.notify_waiters();
+        // A call that completed without asking is quiet, unless it is known to ask.
+        if let Some(Entry {
+            what: Some(what),
+            asked: false,
+            ..
+        }) = e
+        {
+            let mut book = self.calls.book.lock().expect("book lock");
+            if !book.contains_key(&*what) && book.len() < BOOK_LIMIT {
+                book.insert(what, Asks::Quiet);
+            }
+        }
+    }
+}
+
+fn token_of(id: u64) -> ProgressToken {
+    ProgressToken(rmcp::model::NumberOrString::String(link::token(id).into()))
+}
+
+fn id_of(token: &ProgressToken) -> Option<u64> {
+    match &token.0 {
+        rmcp::model::NumberOrString::String(t) => {
+            t.strip_prefix(link::ID_PREFIX).and_then(|n| n.parse().ok())
+        }
+        rmcp::model::NumberOrString::Number(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{Ask, BoxFut, Downstream};
+
+    struct Nobody;
+    impl Downstream for Nobody {
+        fn capabilities(&self) -> Option<rmcp::model::ClientCapabilities> {
+            None
+        }
+        fn progress(&self, _: rmcp::model::ProgressNotificationParam) -> BoxFut<'_, ()> {
+            Box::pin(async {})
+        }
+        #[allow(deprecated)]
+        fn log(&self, _: rmcp::model::LoggingMessageNotificationParam) -> BoxFut<'_, ()> {
+            Box::pin(async {})
+        }
+        fn ask(&self, _: Ask) -> BoxFut<'_, Result<serde_json::Value, rmcp::model::ErrorData>> {
+            Box::pin(async { Ok(serde_json::Value::Null) })
+        }
+    }
+
+    fn caller(client: u64) -> Caller {
+        let mut c = Caller::internal(client, CancellationToken::new());
+        c.downstream = Some(Arc::new(Nobody));
+        c
+    }
+
+    fn what(s: &str) -> Option<Arc<str>> {
+        Some(s.into())
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_calls_own_exchange_is_that_calls() {
+        let calls = Calls::new(ConnectorId::parse("c").unwrap());
+        let _a = calls.register(1, caller(10), what("tools/call a"), None);
+        let _b = calls.register(2, caller(20), what("tools/call b"), None);
+        assert_eq!(calls.attribute(Some(2)).await.ok().unwrap().client, 20);
+        assert!(calls.may_ask("tools/call b"), "b asked");
+    }
+
+    #[tokio::test]
+    async fn one_client_with_calls_in_flight_gets_the_request() {
+        let calls = Calls::new(ConnectorId::parse("c").unwrap());
+        assert!(matches!(
+            calls.attribute(None).await,
+            Err(Unattributed::Nobody)
+        ));
+        let _a = calls.register(1, caller(10), what("tools/call a"), None);
+        let _a2 = calls.register(2, caller(10), what("tools/call a2"), None);
+        assert_eq!(calls.attribute(None).await.ok().unwrap().client, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_clients_wait_until_one_is_left() {
+        let calls = Calls::new(ConnectorId::parse("c").unwrap());
+        let a = calls.register(1, caller(10), what("tools/call quiet"), None);
+        let _b = calls.register(2, caller(20), what("tools/call asker"), None);
+        let waiting = {
+            let calls = calls.clone();
+            tokio::spawn(async move { calls.attribute(None).await.ok().map(|c| c.client) })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "two clients: no guess");
+        drop(a);
+        assert_eq!(
+            waiting.await.unwrap(),
+            Some(20),
+            "the call still in flight asked"
+        );
+        assert!(
+            !calls.may_ask("tools/call quiet"),
+            "a finished without asking"
+        );
+        assert!(calls.may_ask("tools/call asker"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_clients_that_stay_are_refused() {
+        let calls = Calls::new(ConnectorId::parse("c").unwrap());
+        let _a = calls.register(1, caller(10), what("tools/call x"), None);
+        let _b = calls.register(2, caller(20), what("tools/call y"), None);
+        assert!(matches!(
+            calls.attribute(None).await,
+            Err(Unattributed::Several(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_slot_holder_of_one_client_is_the_asker() {
+        let calls = Calls::new(ConnectorId::parse("c").unwrap());
+        let c = caller(10);
+        let slot = calls.take_slot(Duration::from_secs(1), &c).await.unwrap();
+        let _a = calls.register(1, c.clone(), what("tools/call new"), Some(slot));
+        let _q = calls.register(2, c, what("tools/call other"), None);
+        assert_eq!(calls.attribute(None).await.ok().unwrap().client, 10);
+        assert!(calls.may_ask("tools/call new"));
+        // A second caller waits for the slot and gives up after its wait.
+        let other = caller(20);
+        assert!(
+            calls
+                .take_slot(Duration::from_millis(20), &other)
+                .await
+                .is_err()
+        );
+    }
+}
