@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use policy::{ActionKind, Denied, Item, Permit, PrincipalId, Target, Verb};
+use manifold_policy::{ActionKind, Denied, Item, Permit, PrincipalId, Target, Verb};
 
 /// What happened to one request.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -200,7 +200,7 @@ mod micros {
 mod tests {
     use std::sync::Arc;
 
-    use policy::{Action, AllowAll, DenyExposed, ItemKind, Principal, authorize};
+    use manifold_policy::{Action, AllowAll, DenyExposed, ItemKind, Principal, authorize};
 
     use super::*;
 

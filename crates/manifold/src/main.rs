@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use config::{Config, TransportSpec};
-use server::Gateway;
+use manifold_config::{Config, TransportSpec};
+use manifold_server::Gateway;
 
 #[derive(Parser)]
 #[command(
@@ -110,7 +110,7 @@ fn init_logging(json: bool) {
 }
 
 /// The one place the gateway reads its own environment.
-pub fn env_lookup() -> upstream::EnvLookup {
+pub fn env_lookup() -> manifold_upstream::EnvLookup {
     Arc::new(|name: &str| std::env::var(name).ok())
 }
 
@@ -142,7 +142,7 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
         tracing::info!(url = %format!("http://{local}/mcp/{s}"), "virtual server");
     }
     let _reloader = reload::spawn(path.to_path_buf(), gw.clone(), watch)?;
-    server::serve(listener, gw, shutdown_signal())
+    manifold_server::serve(listener, gw, shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     tracing::info!("stopped");
@@ -161,7 +161,7 @@ async fn shutdown_signal() {
 
 async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<()> {
     let config = load(path)?;
-    let wait = config::parse_duration(probe_timeout)
+    let wait = manifold_config::parse_duration(probe_timeout)
         .with_context(|| format!("--probe-timeout {probe_timeout:?} is not a duration like 30s"))?;
     println!("{}: OK", path.display());
     println!("listen: {}", config.gateway.listen);
@@ -237,7 +237,7 @@ fn import(file: &Path) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let out = config::import_claude_desktop(&text)
+    let out = manifold_config::import_claude_desktop(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     print!("{}", out.toml);
     if !out.variables.is_empty() {

@@ -4,8 +4,8 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use manifold_server::Gateway;
 use notify::{RecursiveMode, Watcher};
-use server::Gateway;
 use tokio::sync::mpsc;
 
 /// Keeps the watcher alive; dropping it stops file watching.
@@ -52,7 +52,7 @@ pub fn spawn(path: PathBuf, gw: Arc<Gateway>, watch: bool) -> anyhow::Result<Rel
             tokio::time::sleep(Duration::from_millis(150)).await;
             while rx.try_recv().is_ok() {}
             let env = crate::env_lookup();
-            match config::Config::load(&path, &|k: &str| env(k)) {
+            match manifold_config::Config::load(&path, &|k: &str| env(k)) {
                 Ok(cfg) if *gw.config() == cfg => tracing::debug!(reason = why, "config unchanged"),
                 Ok(cfg) => {
                     tracing::info!(reason = why, path = %path.display(), "reloading config");

@@ -3,11 +3,11 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use config::{ConnectorId, ConnectorUse, MAX_NAME_LEN, VirtualServerSpec};
-use policy::glob;
+use manifold_config::{ConnectorId, ConnectorUse, MAX_NAME_LEN, VirtualServerSpec};
+use manifold_policy::glob;
+use manifold_upstream::UpstreamCatalog;
 use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool};
 use serde_json::value::RawValue;
-use upstream::UpstreamCatalog;
 
 /// Where an exposed tool goes, and what the gateway changes on the way.
 #[derive(Debug, Clone)]
@@ -377,7 +377,7 @@ pub fn exposed_name(usage: &ConnectorUse, separator: &str, local: &str) -> Strin
 /// to leave room for `_` and 8 hex digits of a hash of the original, so distinct names stay
 /// distinct across restarts and versions.
 pub fn shorten(full: &str) -> String {
-    if config::valid_tool_name(full) {
+    if manifold_config::valid_tool_name(full) {
         return full.to_owned();
     }
     let clean: String = full

@@ -18,11 +18,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use config::{ConnectorId, SessionMode, VirtualServerSpec};
-use policy::{Action, ActionKind, Item, ItemKind, Permit, Target, Verb};
+use manifold_config::{ConnectorId, SessionMode, VirtualServerSpec};
+use manifold_policy::{Action, ActionKind, Item, ItemKind, Permit, Target, Verb};
+use manifold_upstream::{Caller, Connector, Credential, Pool, UpstreamCatalog, UpstreamError};
 use rmcp::model::JsonObject;
 use serde_json::value::RawValue;
-use upstream::{Caller, Connector, Credential, Pool, UpstreamCatalog, UpstreamError};
 
 pub use catalog::{Catalog, Changes, Origin, PromptRoute, ToolRoute, exposed_name, shorten};
 
@@ -357,7 +357,7 @@ impl VirtualServer {
             .filter(|c| {
                 matches!(
                     c.health().state,
-                    upstream::HealthState::Idle | upstream::HealthState::Starting
+                    manifold_upstream::HealthState::Idle | manifold_upstream::HealthState::Starting
                 )
             })
             .collect();
@@ -487,7 +487,7 @@ impl VirtualServer {
     }
 
     /// The connector spec a routed request goes to (for the credentials seam).
-    pub fn connector_spec(&self, id: &ConnectorId) -> &config::ConnectorSpec {
+    pub fn connector_spec(&self, id: &ConnectorId) -> &manifold_config::ConnectorSpec {
         self.connector(id).spec()
     }
 

@@ -2,9 +2,9 @@
 
 use std::{path::Path, sync::Arc};
 
-use config::Config;
+use manifold_config::Config;
+use manifold_upstream::UpstreamCatalog;
 use rmcp::model::{Resource, ResourceTemplate, Tool};
-use upstream::UpstreamCatalog;
 
 use crate::{Catalog, shorten};
 
@@ -200,11 +200,11 @@ fn resources_route_back_to_their_connector() {
 }
 
 trait ParseId {
-    fn parse_id(&self) -> config::ConnectorId;
+    fn parse_id(&self) -> manifold_config::ConnectorId;
 }
 impl ParseId for str {
-    fn parse_id(&self) -> config::ConnectorId {
-        config::ConnectorId::parse(self).unwrap()
+    fn parse_id(&self) -> manifold_config::ConnectorId {
+        manifold_config::ConnectorId::parse(self).unwrap()
     }
 }
 

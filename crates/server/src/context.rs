@@ -5,9 +5,9 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use policy::Principal;
+use manifold_policy::Principal;
+use manifold_router::VirtualServer;
 use rmcp::model::{ClientCapabilities, LoggingLevel, ProgressToken};
-use router::VirtualServer;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 

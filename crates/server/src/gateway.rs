@@ -7,11 +7,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use config::{Config, ConnectorId};
-use router::{Changes, VirtualServer};
+use manifold_config::{Config, ConnectorId};
+use manifold_router::{Changes, VirtualServer};
+use manifold_upstream::{Connector, EnvLookup, HealthState, UpstreamEvent};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use upstream::{Connector, EnvLookup, HealthState, UpstreamEvent};
 
 use crate::{Seams, drain, jsonrpc, mrtr, notify, session::Sessions};
 
@@ -33,7 +33,7 @@ pub struct Gateway {
     /// MCP requests whose response is still being produced (for the shutdown drain).
     pub(crate) inflight: drain::Inflight,
     /// Upstream sessions of `sessions = "per_client"` connectors, by client.
-    pub(crate) pool: Arc<upstream::Pool>,
+    pub(crate) pool: Arc<manifold_upstream::Pool>,
     /// Calls of 2026-07-28 clients parked between MRTR rounds.
     pub(crate) bridge: mrtr::Bridge,
     pub(crate) seams: Seams,
@@ -50,7 +50,7 @@ impl Gateway {
     /// `start`, with the given seams.
     pub fn start_with(config: Config, env: EnvLookup, seams: Seams) -> Arc<Self> {
         let (events, _) = broadcast::channel(4096);
-        let pool = Arc::new(upstream::Pool::new(env.clone(), events.clone()));
+        let pool = Arc::new(manifold_upstream::Pool::new(env.clone(), events.clone()));
         let gw = Arc::new(Self {
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config.clone()),
@@ -133,7 +133,7 @@ impl Gateway {
             config
                 .connectors
                 .get(&spec.id)
-                .is_some_and(|s| s.sessions == config::SessionMode::PerClient)
+                .is_some_and(|s| s.sessions == manifold_config::SessionMode::PerClient)
         });
         let mut servers = BTreeMap::new();
         let mut notify = Vec::new();
@@ -236,7 +236,7 @@ impl Gateway {
             all_up &= matches!(h.state, HealthState::Up | HealthState::Idle);
             let v = if detailed {
                 let mut v = serde_json::to_value(&h).unwrap_or_default();
-                if c.spec().sessions == config::SessionMode::PerClient {
+                if c.spec().sessions == manifold_config::SessionMode::PerClient {
                     v["per_client_sessions"] =
                         serde_json::json!(per_client.get(id).copied().unwrap_or(0));
                 }

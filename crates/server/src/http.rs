@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{any, get},
 };
-use policy::Principal;
+use manifold_policy::Principal;
 
 use crate::{
     Gateway, drain,
@@ -172,7 +172,7 @@ fn is_json(h: &HeaderMap) -> bool {
 /// message) or the 2026-07-28 one.
 async fn post(
     gw: &Arc<Gateway>,
-    vs: Arc<router::VirtualServer>,
+    vs: Arc<manifold_router::VirtualServer>,
     principal: Arc<Principal>,
     req: Request,
 ) -> Response {

@@ -5,10 +5,10 @@
 use std::borrow::Cow;
 
 use axum::http::StatusCode;
+use manifold_router::RouteError;
+use manifold_upstream::UpstreamError;
 use rmcp::model::ErrorData;
-use router::RouteError;
 use serde_json::value::RawValue;
-use upstream::UpstreamError;
 
 /// One incoming message, borrowed from the request body.
 pub(crate) enum Incoming<'a> {
@@ -237,14 +237,14 @@ pub fn to_error(e: RouteError) -> ErrorData {
 }
 
 /// Whose fault an error answer was, for the audit trail.
-pub(crate) fn fault_of(e: &ErrorData, upstream: bool) -> audit::Fault {
+pub(crate) fn fault_of(e: &ErrorData, upstream: bool) -> manifold_audit::Fault {
     use rmcp::model::ErrorCode;
     if upstream {
-        return audit::Fault::Upstream;
+        return manifold_audit::Fault::Upstream;
     }
     match e.code {
-        ErrorCode::INTERNAL_ERROR => audit::Fault::Gateway,
-        _ => audit::Fault::Client,
+        ErrorCode::INTERNAL_ERROR => manifold_audit::Fault::Gateway,
+        _ => manifold_audit::Fault::Client,
     }
 }
 
@@ -346,7 +346,7 @@ mod tests {
     fn errors_map_to_json_rpc_and_http() {
         let e = to_error(RouteError::UnknownTool("x".into()));
         assert_eq!((e.code.0, e.message.as_ref()), (-32602, "unknown tool: x"));
-        let c = config::ConnectorId::parse("fa").unwrap();
+        let c = manifold_config::ConnectorId::parse("fa").unwrap();
         let e = to_error(RouteError::Upstream {
             connector: c.clone(),
             error: UpstreamError::Unavailable("connector \"fa\" is down".into()),

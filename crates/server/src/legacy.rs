@@ -12,9 +12,9 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use policy::Principal;
+use manifold_policy::Principal;
+use manifold_router::VirtualServer;
 use rmcp::model::{ClientCapabilities, ErrorData, ProgressToken};
-use router::VirtualServer;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 

@@ -13,9 +13,9 @@ use axum::{
     http::{HeaderMap, StatusCode, header::ALLOW},
     response::{IntoResponse, Response},
 };
-use policy::Principal;
+use manifold_policy::Principal;
+use manifold_router::VirtualServer;
 use rmcp::model::{ClientCapabilities, ErrorCode, ErrorData, LoggingLevel, ProgressToken};
-use router::VirtualServer;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
@@ -139,7 +139,7 @@ fn check_routing_headers(
     if let Some(want) = expected {
         let raw = single(h, "mcp-name")?
             .ok_or_else(|| format!("missing required Mcp-Name header for {method}"))?;
-        let got = upstream::decode_header_value(raw)
+        let got = manifold_upstream::decode_header_value(raw)
             .ok_or_else(|| "the Mcp-Name header is not valid base64".to_owned())?;
         if got != want {
             return Err(format!(
@@ -156,7 +156,9 @@ fn check_routing_headers(
                 .arguments
                 .and_then(|a| serde_json::from_str(a.get()).ok())
                 .unwrap_or_default();
-            upstream::check_param_headers(&cat.tools[*i].input_schema, &args, |n| single(h, n))?;
+            manifold_upstream::check_param_headers(&cat.tools[*i].input_schema, &args, |n| {
+                single(h, n)
+            })?;
         }
     }
     Ok(())
@@ -330,7 +332,7 @@ async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Box<RawVal
                 if gw.sessions.anyone_subscribed(vs.name(), &uri) {
                     continue;
                 }
-                let caller = upstream::Caller::internal(client, gw.shutdown.child_token());
+                let caller = manifold_upstream::Caller::internal(client, gw.shutdown.child_token());
                 if let Err(e) = vs.unwatch(&permit, &credential, &caller).await {
                     tracing::debug!(server = vs.name(), %uri, error = %e, "ending an upstream subscription failed");
                 }

@@ -24,16 +24,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use manifold_router::RouteError;
+use manifold_upstream::{Ask, AskKind, BoxFut, Downstream};
 use rmcp::model::{
     ClientCapabilities, ErrorData, InputRequests, InputRequiredResult, LoggingLevel,
     LoggingMessageNotificationParam, ProgressNotificationParam, RequestStateCodec, ResultType,
     SealOptions,
 };
-use router::RouteError;
 use serde_json::{Value, value::RawValue};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use upstream::{Ask, AskKind, BoxFut, Downstream};
 
 use crate::{jsonrpc, session::severity, stream::Outbox};
 
@@ -145,7 +145,7 @@ impl Bridge {
     pub(crate) async fn start(
         &self,
         call: Call,
-        body: impl FnOnce(upstream::Caller) -> BoxFut<'static, Outcome>,
+        body: impl FnOnce(manifold_upstream::Caller) -> BoxFut<'static, Outcome>,
     ) -> Round {
         let Call {
             binding,
@@ -163,7 +163,7 @@ impl Bridge {
         let progress_token = client.progress_token.clone();
         let log_level = client.log_level;
         let current = Arc::new(Mutex::new(Some(client)));
-        let caller = upstream::Caller {
+        let caller = manifold_upstream::Caller {
             client: client_key,
             meta,
             downstream: Some(Arc::new(Asker {

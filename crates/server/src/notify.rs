@@ -8,8 +8,8 @@
 
 use std::{sync::Weak, time::Duration};
 
+use manifold_upstream::UpstreamEvent;
 use tokio::sync::broadcast;
-use upstream::UpstreamEvent;
 
 use crate::{Gateway, gateway::notify_session, jsonrpc};
 

@@ -17,12 +17,12 @@
 
 use std::sync::Arc;
 
-use audit::{AuditEvent, Fault, Outcome};
-use policy::{ItemKind, Permit, Target};
+use manifold_audit::{AuditEvent, Fault, Outcome};
+use manifold_policy::{ItemKind, Permit, Target};
+use manifold_router::{Method, RouteError, Routed};
+use manifold_upstream::Caller;
 use rmcp::model::{ErrorCode, ErrorData, Implementation, InitializeResult, SubscriptionFilter};
-use router::{Method, RouteError, Routed};
 use serde_json::value::RawValue;
-use upstream::Caller;
 
 use axum::http::StatusCode;
 
@@ -311,7 +311,7 @@ fn connect(
     gw: &Gateway,
     cx: &RequestContext,
     record: &mut Record<'_>,
-) -> Result<Permit<router::ServerRequest>, ErrorData> {
+) -> Result<Permit<manifold_router::ServerRequest>, ErrorData> {
     decide(gw, cx, record, cx.vs.server_request()).map_err(|_| {
         ErrorData::invalid_request(
             format!("virtual server {:?} is not available to you", cx.vs.name()),
@@ -326,8 +326,8 @@ fn decide<T: Target>(
     cx: &RequestContext,
     record: &mut Record<'_>,
     target: T,
-) -> Result<Permit<T>, policy::Denied<T>> {
-    match policy::authorize(gw.seams.policy.as_ref(), &cx.principal, target) {
+) -> Result<Permit<T>, manifold_policy::Denied<T>> {
+    match manifold_policy::authorize(gw.seams.policy.as_ref(), &cx.principal, target) {
         Ok(p) => {
             record.permitted(&p);
             Ok(p)
@@ -465,7 +465,7 @@ async fn list(
         }
     };
     // A client's first list sees connectors that are still starting.
-    let changes = cx.vs.settle(router::SETTLE_WAIT).await;
+    let changes = cx.vs.settle(manifold_router::SETTLE_WAIT).await;
     if changes.any() {
         gw.notify_changes(cx.vs.name(), changes);
     }
@@ -670,7 +670,7 @@ fn credential(
     gw: &Gateway,
     cx: &RequestContext,
     permit: &Permit<Routed>,
-) -> Result<upstream::Credential, Failure> {
+) -> Result<manifold_upstream::Credential, Failure> {
     let spec = cx.vs.connector_spec(&permit.target().connector);
     gw.seams
         .credentials
@@ -689,7 +689,7 @@ fn credential(
 /// `resources/subscribe`; unknown and refused ones are left out of the accepted filter).
 pub(crate) struct Listening {
     pub accepted: SubscriptionFilter,
-    pub watched: Vec<(Permit<Routed>, upstream::Credential)>,
+    pub watched: Vec<(Permit<Routed>, manifold_upstream::Credential)>,
 }
 
 async fn listen(
@@ -715,7 +715,9 @@ async fn listen(
         let Ok(routed) = cx.vs.route(Method::Subscribe, params, cx.client).await else {
             continue;
         };
-        let Ok(permit) = policy::authorize(gw.seams.policy.as_ref(), &cx.principal, routed) else {
+        let Ok(permit) =
+            manifold_policy::authorize(gw.seams.policy.as_ref(), &cx.principal, routed)
+        else {
             continue;
         };
         let Ok(credential) = credential(gw, cx, &permit) else {

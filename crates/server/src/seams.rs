@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use audit::AuditSink;
-use config::ConnectorSpec;
-use policy::{Policy, Principal};
-use upstream::{BoxFut, Credential};
+use manifold_audit::AuditSink;
+use manifold_config::ConnectorSpec;
+use manifold_policy::{Policy, Principal};
+use manifold_upstream::{BoxFut, Credential};
 
 /// Why a request could not be authenticated (answered 401).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -82,9 +82,9 @@ impl Default for Seams {
     fn default() -> Self {
         Self {
             authenticate: Arc::new(Anonymous),
-            policy: Arc::new(policy::AllowAll),
+            policy: Arc::new(manifold_policy::AllowAll),
             credentials: Arc::new(Configured),
-            audit: Arc::new(audit::LogSink),
+            audit: Arc::new(manifold_audit::LogSink),
         }
     }
 }

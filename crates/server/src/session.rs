@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use policy::Principal;
+use manifold_policy::Principal;
 use rmcp::model::{ClientCapabilities, ErrorData, LoggingLevel, SubscriptionFilter};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};

@@ -12,13 +12,13 @@ use axum::{
     http::{StatusCode, header},
     response::Response,
 };
+use manifold_upstream::{Ask, BoxFut, Downstream};
 use rmcp::model::{
     ClientCapabilities, ErrorData, LoggingLevel, LoggingMessageNotificationParam,
     ProgressNotificationParam,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use upstream::{Ask, BoxFut, Downstream};
 
 use crate::{
     jsonrpc,

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use config::{HttpTransport, TransportSpec};
+use manifold_config::{HttpTransport, TransportSpec};
 use rmcp::{
     RoleClient,
     service::RunningService,
@@ -191,16 +191,18 @@ impl Shared {
             preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
         };
         match (self.spec.era, *self.modern.lock().expect("era lock")) {
-            (config::Era::Legacy, _) | (config::Era::Auto, Some(false)) => {
+            (manifold_config::Era::Legacy, _) | (manifold_config::Era::Auto, Some(false)) => {
                 rmcp::ClientLifecycleMode::Initialize
             }
-            (config::Era::Modern, _) | (config::Era::Auto, Some(true)) => modern(),
-            (config::Era::Auto, None)
+            (manifold_config::Era::Modern, _) | (manifold_config::Era::Auto, Some(true)) => {
+                modern()
+            }
+            (manifold_config::Era::Auto, None)
                 if self.probe_failed.load(std::sync::atomic::Ordering::Relaxed) =>
             {
                 rmcp::ClientLifecycleMode::Initialize
             }
-            (config::Era::Auto, None) => rmcp::ClientLifecycleMode::Auto {
+            (manifold_config::Era::Auto, None) => rmcp::ClientLifecycleMode::Auto {
                 preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
                 legacy_version: None,
             },

@@ -10,7 +10,7 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use config::{ConnectorId, ConnectorSpec, TransportSpec};
+use manifold_config::{ConnectorId, ConnectorSpec, TransportSpec};
 use rmcp::{
     RoleClient,
     model::{ClientRequest, LoggingLevel},

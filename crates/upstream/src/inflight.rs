@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use config::ConnectorId;
+use manifold_config::ConnectorId;
 use rmcp::model::ProgressToken;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 

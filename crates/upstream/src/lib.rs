@@ -39,7 +39,7 @@ mod supervise;
 
 use std::sync::Arc;
 
-use config::ConnectorId;
+use manifold_config::ConnectorId;
 
 pub use caller::{Caller, Credential};
 pub use catalog::{JsonMap, UpstreamCatalog};

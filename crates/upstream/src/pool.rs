@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use config::{ConnectorId, ConnectorSpec, StartMode, TransportSpec};
+use manifold_config::{ConnectorId, ConnectorSpec, StartMode, TransportSpec};
 use tokio::sync::broadcast;
 
 use crate::{Connector, EnvLookup, UpstreamError, UpstreamEvent};

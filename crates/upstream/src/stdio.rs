@@ -3,7 +3,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use config::{ConnectorId, StdioSpec};
+use manifold_config::{ConnectorId, StdioSpec};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, DuplexStream},

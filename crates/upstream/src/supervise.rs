@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use config::{StartMode, TransportSpec};
+use manifold_config::{StartMode, TransportSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
