@@ -19,9 +19,8 @@ Output: one line per check on stdout, `ok NAME` or `FAIL NAME: REASON`, then a f
 `N passed, M failed`. Exit status 0 if everything passed, 1 otherwise (2 for usage errors).
 Diagnostics from the SDK (e.g. its logging warnings) go to stderr.
 
-Run one instance at a time per gateway: the sampling and elicitation checks fail when other clients
-have calls in flight on the same stdio connector, because the gateway then cannot tell which client
-a server->client request belongs to (it answers -32600 by design).
+Several instances may run against one gateway at once: the gateway attributes every
+server->client request to the client whose call asked it (see concurrent_sampling.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ use crate::{Caller, UpstreamError, link};
 
 /// How long a request that several clients' calls could have made waits for them to narrow
 /// down (calls that did not ask finish; the one that asked cannot until it is answered).
-const NARROW_WAIT: Duration = Duration::from_secs(5);
+const NARROW_WAIT: Duration = Duration::from_secs(10);
 
 /// Methods and names remembered per connector before the book starts over.
 const BOOK_LIMIT: usize = 10_000;

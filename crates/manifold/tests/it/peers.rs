@@ -352,6 +352,53 @@ async fn python_sdk_client(name: &str, era: &str) {
     );
 }
 
+/// Two Python SDK clients, each with three concurrent calls of server-everything's sampling
+/// tool over one shared stdio connection, in `era`: every question reaches the client whose call
+/// asked it, and every call succeeds (without `sessions = "per_client"`).
+async fn concurrent_sampling(name: &str, era: &str) {
+    let Some(p) = Peers::get(name) else {
+        return;
+    };
+    let gw = Gw::start(&format!(
+        "[connectors.everything]\nkind = \"stdio\"\ncommand = \"node\"\nargs = [\"{}\", \"stdio\"]\nera = \"legacy\"\n[servers.all]\nconnectors = [\"everything\"]\n",
+        p.npm_bin("mcp-server-everything")
+    ));
+    gw.wait_up().await;
+    let out = tokio::process::Command::new(p.python())
+        .arg(repo().join("tests/clients/concurrent_sampling.py"))
+        .arg(gw.url("all"))
+        .arg("everything__trigger-sampling-request")
+        .args(["--era", era, "--clients", "2", "--calls", "3"])
+        .output()
+        .await
+        .expect("run the Python SDK clients");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("6 passed, 0 failed"),
+        "concurrent sampling ({era}):\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_sampling_of_legacy_clients_on_a_shared_stdio_upstream() {
+    concurrent_sampling(
+        "concurrent_sampling_of_legacy_clients_on_a_shared_stdio_upstream",
+        "legacy",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_sampling_of_modern_clients_on_a_shared_stdio_upstream() {
+    concurrent_sampling(
+        "concurrent_sampling_of_modern_clients_on_a_shared_stdio_upstream",
+        "modern",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn python_sdk_client_in_legacy_mode() {
     python_sdk_client("python_sdk_client_in_legacy_mode", "legacy").await;
