@@ -60,6 +60,10 @@ struct Cli {
     /// 1s runs and fewer sessions: the whole benchmark in well under a minute.
     #[arg(long)]
     quick: bool,
+    /// Pin the gateway to this CPU (with `taskset`, so its runtime gets one worker, as the
+    /// targets are stated) [default: the last CPU; "none" to leave it unpinned].
+    #[arg(long, default_value = "last")]
+    gateway_cpu: String,
     /// Run only these groups (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,
@@ -111,6 +115,8 @@ fn main() -> std::process::ExitCode {
 /// Everything a scenario needs: binaries, scratch space, the HTTP client and run settings.
 struct Bench {
     manifold: PathBuf,
+    /// The CPU the gateway is pinned to, if any.
+    gateway_cpu: Option<usize>,
     upstream: PathBuf,
     tmp: TempDir,
     client: reqwest::Client,
@@ -154,8 +160,21 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     let manifold = manifold.canonicalize()?;
     let upstream = upstream.canonicalize()?;
     let ticks = procs::clock_ticks();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gateway_cpu = match cli.gateway_cpu.as_str() {
+        "none" => None,
+        "last" if cpus > 1 && Command::new("taskset").arg("-V").output().is_ok() => Some(cpus - 1),
+        "last" => {
+            eprintln!("note: the gateway runs unpinned (one CPU, or no taskset)");
+            None
+        }
+        n => Some(n.parse::<usize>().with_context(|| {
+            format!("--gateway-cpu {n:?} is not a CPU number, \"last\" or \"none\"")
+        })?),
+    };
     let mut b = Bench {
         manifold,
+        gateway_cpu,
         upstream,
         tmp: TempDir::new()?,
         client: client::http_client()?,
@@ -283,7 +302,14 @@ impl Bench {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("manifold.toml");
         std::fs::write(&path, config)?;
-        let mut cmd = Command::new(&self.manifold);
+        let mut cmd = match self.gateway_cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&self.manifold);
+                c
+            }
+            None => Command::new(&self.manifold),
+        };
         cmd.args(["serve", "--config"])
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])

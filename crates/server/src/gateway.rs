@@ -18,6 +18,8 @@ use crate::{Seams, drain, jsonrpc, mrtr, notify, session::Sessions};
 /// Everything that a config reload replaces at once.
 pub(crate) struct Runtime {
     pub config: Arc<Config>,
+    /// `gateway.allowed_hosts` and `gateway.allowed_origins`, parsed.
+    pub allowed: crate::origin::Allowed,
     pub connectors: BTreeMap<ConnectorId, Arc<Connector>>,
     pub servers: BTreeMap<String, Arc<VirtualServer>>,
 }
@@ -53,6 +55,7 @@ impl Gateway {
         let pool = Arc::new(manifold_upstream::Pool::new(env.clone(), events.clone()));
         let gw = Arc::new(Self {
             runtime: ArcSwap::from_pointee(Runtime {
+                allowed: Default::default(),
                 config: Arc::new(config.clone()),
                 connectors: BTreeMap::new(),
                 servers: BTreeMap::new(),
@@ -160,6 +163,10 @@ impl Gateway {
             tracing::info!(server = %name, "virtual server removed");
         }
         self.runtime.store(Arc::new(Runtime {
+            allowed: crate::origin::Allowed::new(
+                &config.gateway.allowed_hosts,
+                &config.gateway.allowed_origins,
+            ),
             config: Arc::new(config),
             connectors,
             servers,

@@ -21,7 +21,7 @@ use crate::{
     Gateway, drain,
     jsonrpc::{self, Incoming},
     legacy, modern,
-    origin::{self, Refused},
+    origin::Refused,
 };
 
 /// The HTTP app: `/mcp/{server}`, `/healthz`, `/healthz/detail`.
@@ -38,9 +38,8 @@ pub fn app(gw: Arc<Gateway>) -> Router {
 
 /// Host/Origin, then authentication: once per HTTP request, before any MCP handling.
 async fn edge(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    let config = gw.config();
-    let g = &config.gateway;
-    match origin::check(req.headers(), &g.allowed_hosts, &g.allowed_origins) {
+    let checked = gw.runtime.load().allowed.check(req.headers());
+    match checked {
         Ok(()) => {}
         Err(Refused::BadHost) => {
             return (

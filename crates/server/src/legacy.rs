@@ -22,7 +22,7 @@ use crate::{
     Gateway,
     context::{Era, RequestContext, forwarded_meta},
     jsonrpc::{self, Incoming},
-    pipeline::{self, LEGACY_VERSIONS, Mcp, Reply},
+    pipeline::{self, LEGACY_VERSIONS, Mcp, Params, Reply},
     session::Session,
     stream::{self, OUTBOX},
 };
@@ -123,7 +123,7 @@ pub(crate) async fn initialize(
         ct: session.closed.child_token(),
         started: SystemTime::now(),
     };
-    match pipeline::handle(gw.clone(), cx, Mcp::Initialize, None).await {
+    match Box::pin(pipeline::handle(gw.clone(), cx, Mcp::Initialize, None)).await {
         Reply::Result(r) => {
             let mut resp = stream::json_response(StatusCode::OK, jsonrpc::result_message(id, &r));
             resp.headers_mut().insert(
@@ -236,15 +236,18 @@ pub(crate) async fn post(
         let e = ErrorData::invalid_request("this session is already initialized", None);
         return stream::json_response(StatusCode::OK, jsonrpc::error_message(id, &e));
     }
-    #[derive(serde::Deserialize, Default)]
-    struct Meta {
-        #[serde(rename = "_meta", default)]
-        meta: Option<serde_json::Map<String, serde_json::Value>>,
-    }
-    let meta = params
-        .and_then(|p| serde_json::from_str::<Meta>(p.get()).ok())
-        .and_then(|m| m.meta)
-        .unwrap_or_default();
+    let mut params: Option<Params> = match params.map(|p| serde_json::from_str(p.get())) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            let e = ErrorData::invalid_params(format!("invalid params: {e}"), None);
+            return stream::json_response(StatusCode::OK, jsonrpc::error_message(id, &e));
+        }
+    };
+    let meta = match params.as_mut().and_then(|p| p.remove("_meta")) {
+        Some(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let cx = RequestContext {
         principal,
@@ -263,7 +266,7 @@ pub(crate) async fn post(
         session: Some(session),
         started: SystemTime::now(),
     };
-    pipeline::answer(gw.clone(), cx, mcp, params.map(ToOwned::to_owned), rx).await
+    pipeline::answer(gw.clone(), cx, mcp, params, rx).await
 }
 
 /// GET: the session's standalone stream (a newer one replaces an older one), carrying list

@@ -23,7 +23,7 @@ use crate::{
     Gateway,
     context::{Era, RequestContext, forwarded_meta},
     jsonrpc::{self, Incoming, modern_status},
-    pipeline::{self, MODERN_VERSION, Mcp, Reply},
+    pipeline::{self, MODERN_VERSION, Mcp, Params, Reply},
     session::Listener,
     stream::{self, OUTBOX},
 };
@@ -32,31 +32,19 @@ const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const CAPS_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
 const LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
 
-/// What this codec reads of a request's params before the pipeline sees them.
-#[derive(serde::Deserialize, Default)]
-pub(crate) struct Peek<'a> {
-    #[serde(rename = "_meta", default)]
-    meta: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(borrow, default)]
-    name: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    uri: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    arguments: Option<&'a RawValue>,
-}
-
-impl<'a> Peek<'a> {
-    pub fn of(params: Option<&'a RawValue>) -> Result<Self, ErrorData> {
-        match params {
-            None => Ok(Self::default()),
-            Some(p) => serde_json::from_str(p.get())
-                .map_err(|e| ErrorData::invalid_params(format!("invalid params: {e}"), None)),
-        }
+/// The protocol version a request's `_meta` names, read without parsing the rest.
+fn meta_version(params: Option<&RawValue>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+        version: Option<String>,
     }
-
-    fn version(&self) -> Option<&str> {
-        self.meta.as_ref()?.get(VERSION_KEY)?.as_str()
+    #[derive(serde::Deserialize)]
+    struct P {
+        #[serde(rename = "_meta")]
+        meta: Option<Meta>,
     }
+    serde_json::from_str::<P>(params?.get()).ok()?.meta?.version
 }
 
 /// The `MCP-Protocol-Version` header, if it is one readable value.
@@ -72,7 +60,7 @@ pub(crate) fn applies(h: &HeaderMap, msg: &Incoming<'_>) -> bool {
     }
     match msg {
         Incoming::Request { method, params, .. } => {
-            method == "server/discover" || Peek::of(*params).is_ok_and(|p| p.version().is_some())
+            method == "server/discover" || meta_version(*params).is_some()
         }
         _ => false,
     }
@@ -120,8 +108,9 @@ fn check_routing_headers(
     vs: &VirtualServer,
     h: &HeaderMap,
     method: &str,
-    peek: &Peek<'_>,
+    params: &Params,
 ) -> Result<(), String> {
+    let text = |k: &str| params.get(k).and_then(|v| v.as_str());
     match single(h, "mcp-method")? {
         None => return Err("missing required Mcp-Method header".into()),
         Some(m) if m != method => {
@@ -132,8 +121,8 @@ fn check_routing_headers(
         Some(_) => {}
     }
     let expected = match method {
-        "tools/call" | "prompts/get" => peek.name.as_deref(),
-        "resources/read" => peek.uri.as_deref(),
+        "tools/call" | "prompts/get" => text("name"),
+        "resources/read" => text("uri"),
         _ => None,
     };
     if let Some(want) = expected {
@@ -148,15 +137,12 @@ fn check_routing_headers(
         }
     }
     if method == "tools/call"
-        && let Some(name) = &peek.name
+        && let Some(name) = text("name")
     {
         let cat = vs.catalog();
-        if let Some(i) = cat.tool_index.get(name.as_ref()) {
-            let args: serde_json::Value = peek
-                .arguments
-                .and_then(|a| serde_json::from_str(a.get()).ok())
-                .unwrap_or_default();
-            manifold_upstream::check_param_headers(&cat.tools[*i].input_schema, &args, |n| {
+        if let Some(i) = cat.tool_index.get(name) {
+            let args = params.get("arguments").unwrap_or(&serde_json::Value::Null);
+            manifold_upstream::check_param_headers(&cat.tools[*i].input_schema, args, |n| {
                 single(h, n)
             })?;
         }
@@ -187,20 +173,28 @@ pub(crate) async fn post(
             );
         }
     };
-    let peek = match Peek::of(params) {
-        Ok(p) => p,
-        Err(e) => return refuse(id, e, StatusCode::BAD_REQUEST),
+    let mut params: Params = match params.map(|p| serde_json::from_str(p.get())) {
+        None => Params::new(),
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let e = ErrorData::invalid_params(format!("invalid params: {e}"), None);
+            return refuse(id, e, StatusCode::BAD_REQUEST);
+        }
+    };
+    let meta = match params.remove("_meta") {
+        Some(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
     };
     let header = match single(h, "mcp-protocol-version") {
         Ok(v) => v,
         Err(why) => return header_mismatch(id, why),
     };
     if header.is_some_and(|v| v >= MODERN_VERSION)
-        && let Err(why) = check_routing_headers(&vs, h, &method, &peek)
+        && let Err(why) = check_routing_headers(&vs, h, &method, &params)
     {
         return header_mismatch(id, why);
     }
-    let Some(version) = peek.version() else {
+    let Some(version) = meta.get(VERSION_KEY).and_then(|v| v.as_str()) else {
         return refuse(
             id,
             ErrorData::invalid_params(
@@ -240,7 +234,6 @@ pub(crate) async fn post(
             StatusCode::BAD_REQUEST,
         );
     }
-    let meta = peek.meta.unwrap_or_default();
     let Some(capabilities) = meta
         .get(CAPS_KEY)
         .filter(|c| c.is_object())
@@ -282,7 +275,7 @@ pub(crate) async fn post(
         ct: gw.shutdown.child_token(),
         started: SystemTime::now(),
     };
-    let params = params.map(ToOwned::to_owned);
+    let params = Some(params);
     if mcp == Mcp::Listen {
         return listen(gw, cx, params).await;
     }
@@ -292,11 +285,11 @@ pub(crate) async fn post(
 /// A `subscriptions/listen` stream: the acknowledgment with what it accepts, then list changes
 /// and resource updates until the client closes it (or the gateway stops); its upstream
 /// subscriptions end with it when no one else watches their resources.
-async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Box<RawValue>>) -> Response {
+async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Params>) -> Response {
     let id = cx.id.clone();
     let vs = cx.vs.clone();
     let client = cx.client;
-    let reply = pipeline::handle(gw.clone(), cx, Mcp::Listen, params).await;
+    let reply = Box::pin(pipeline::handle(gw.clone(), cx, Mcp::Listen, params)).await;
     let listening = match reply {
         Reply::Listen(l) => l,
         Reply::Error(e) => return refuse(&id, e.clone(), modern_status(&e)),

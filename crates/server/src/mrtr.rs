@@ -157,7 +157,6 @@ impl Bridge {
             meta,
         } = call;
         let (tx, events) = mpsc::channel(16);
-        let (done_tx, done) = oneshot::channel();
         // With a token, the upstream is asked for progress; each round's own token is used
         // when relaying it (see `Asker::progress`).
         let progress_token = client.progress_token.clone();
@@ -175,7 +174,22 @@ impl Bridge {
             ct: ct.clone(),
             log_level,
         };
-        let fut = body(caller);
+        // Polled right here until it either ends (most calls never ask anything) or asks:
+        // only then does it move to a task of its own, to wait parked between rounds.
+        let mut fut = body(caller);
+        let mut events = events;
+        let first = tokio::select! {
+            biased;
+            e = events.recv() => e,
+            r = &mut fut => {
+                // A call refused for a capability the client lacks says so before it ends.
+                if let Ok(Event::Missing(caps)) = events.try_recv() {
+                    return Round::Missing(caps);
+                }
+                return Round::Done(r);
+            }
+        };
+        let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {
             let _ = done_tx.send(fut.await);
         });
@@ -187,7 +201,7 @@ impl Bridge {
             _cancel: ct.drop_guard(),
             ttl,
         };
-        self.round(binding, run).await
+        self.round_from(binding, run, first).await
     }
 
     /// Resume the call `state` names with the client's `responses`.
@@ -245,6 +259,11 @@ impl Bridge {
                 "the call ended without a result".into(),
             )))),
         };
+        self.round_from(binding, run, first).await
+    }
+
+    /// A round whose first event (`first`) has arrived: gather the rest of its input requests.
+    async fn round_from(&self, binding: String, mut run: Run, first: Option<Event>) -> Round {
         let mut requests = InputRequests::new();
         let mut next = first;
         loop {
@@ -418,5 +437,184 @@ impl Downstream for Asker {
 
     fn ask(&self, ask: Ask) -> BoxFut<'_, Result<Value, ErrorData>> {
         Box::pin(Asker::ask(self, ask))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use manifold_upstream::{Ask, AskKind, Caller};
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    fn client() -> Client {
+        let (outbox, _) = mpsc::channel(8);
+        Client {
+            outbox,
+            progress_token: None,
+            log_level: None,
+        }
+    }
+
+    fn call(caps: serde_json::Value, ttl: Duration) -> Call {
+        Call {
+            binding: binding(
+                "alice",
+                "main",
+                "tools/call",
+                &json!({"name": "t", "arguments": {"a": 1}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+            caps: serde_json::from_value(caps).unwrap(),
+            client_key: 1,
+            client: client(),
+            ct: CancellationToken::new(),
+            ttl,
+            meta: None,
+        }
+    }
+
+    /// An upstream call that asks its client once (under `key`) and answers with the answer.
+    fn asking(key: Option<&'static str>) -> impl FnOnce(Caller) -> BoxFut<'static, Outcome> {
+        move |caller: Caller| {
+            Box::pin(async move {
+                let client = caller.downstream.expect("a bridged call has a client");
+                let answer = client
+                    .ask(Ask {
+                        kind: AskKind::Elicitation,
+                        params: json!({"message": "who?", "requestedSchema": {"type": "object", "properties": {}}}),
+                        key: key.map(str::to_owned),
+                    })
+                    .await
+                    .map_err(|e| RouteError::Gateway(e.message.to_string()))?;
+                Ok(
+                    serde_json::value::to_raw_value(&json!({"content": [], "answer": answer}))
+                        .unwrap(),
+                )
+            })
+        }
+    }
+
+    fn state_of(r: &Round) -> (String, Vec<String>) {
+        let Round::Input(i) = r else {
+            panic!("not an input round")
+        };
+        let keys = i.input_requests.as_ref().unwrap().keys().cloned().collect();
+        (i.request_state.clone().unwrap(), keys)
+    }
+
+    #[tokio::test]
+    async fn a_question_becomes_a_round_and_the_retry_resumes_the_call_once() {
+        let bridge = Bridge::default();
+        let c = call(json!({"elicitation": {}}), Duration::from_secs(60));
+        let b = c.binding.clone();
+        let first = bridge.start(c, asking(None)).await;
+        let (state, keys) = state_of(&first);
+        assert_eq!(
+            keys,
+            ["r1"],
+            "a legacy upstream's question gets the gateway's key"
+        );
+        let answers = json!({"r1": {"action": "accept", "content": {"name": "Ada"}}});
+        let done = bridge
+            .resume(b.clone(), &state, answers.as_object(), client())
+            .await
+            .unwrap();
+        let Round::Done(Ok(raw)) = done else {
+            panic!("the call completes")
+        };
+        assert!(raw.get().contains("Ada"), "{}", raw.get());
+        let again = bridge
+            .resume(b, &state, answers.as_object(), client())
+            .await;
+        let e = again.err().expect("a state is single-use");
+        assert!(e.message.contains("already used"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn tampered_foreign_and_expired_states_are_refused() {
+        let bridge = Bridge::default();
+        let c = call(json!({"elicitation": {}}), Duration::from_millis(100));
+        let b = c.binding.clone();
+        let (state, _) = state_of(&bridge.start(c, asking(None)).await);
+        let mut tampered = state.clone().into_bytes();
+        let i = tampered.len() - 3;
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(
+            bridge
+                .resume(b.clone(), &tampered, None, client())
+                .await
+                .is_err()
+        );
+        let other = binding(
+            "bob",
+            "main",
+            "tools/call",
+            &json!({"name": "t", "arguments": {"a": 1}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let e = bridge
+            .resume(other, &state, None, client())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("invalid requestState"),
+            "another principal's: {}",
+            e.message
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let e = bridge
+            .resume(b, &state, None, client())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("invalid requestState"),
+            "expired: {}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstreams_own_key_is_kept_and_a_missing_capability_ends_the_call() {
+        let bridge = Bridge::default();
+        let (_, keys) = state_of(
+            &bridge
+                .start(
+                    call(json!({"elicitation": {}}), Duration::from_secs(60)),
+                    asking(Some("user_name")),
+                )
+                .await,
+        );
+        assert_eq!(keys, ["user_name"]);
+        let r = bridge
+            .start(call(json!({}), Duration::from_secs(60)), asking(None))
+            .await;
+        let Round::Missing(caps) = r else {
+            panic!("the client lacks elicitation")
+        };
+        assert!(caps.elicitation.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_call_that_asks_nothing_is_done_in_its_first_round() {
+        let bridge = Bridge::default();
+        let r = bridge
+            .start(call(json!({}), Duration::from_secs(60)), |_c| {
+                Box::pin(async {
+                    Ok(serde_json::value::to_raw_value(&json!({"content": []})).unwrap())
+                })
+            })
+            .await;
+        assert!(matches!(r, Round::Done(Ok(_))));
     }
 }

@@ -15,60 +15,93 @@ pub(crate) enum Refused {
     Origin(String),
 }
 
-/// Check `Host` against `hosts` (an entry without a port allows any port; an empty list
-/// allows every host) and a present `Origin` against `origins` (absent: a non-browser client).
-pub(crate) fn check(h: &HeaderMap, hosts: &[String], origins: &[String]) -> Result<(), Refused> {
-    let host = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(Refused::BadHost)?;
-    let authority = http::uri::Authority::try_from(host).map_err(|_| Refused::BadHost)?;
-    if !hosts.is_empty() && !host_allowed(&authority, hosts) {
-        return Err(Refused::Host(host.to_owned()));
-    }
-    if let Some(origin) = h.get(header::ORIGIN) {
-        let o = origin.to_str().unwrap_or("");
-        if !origin_allowed(o, origins) {
-            return Err(Refused::Origin(o.to_owned()));
+/// The allow-lists, parsed once per configuration (not per request).
+#[derive(Debug, Default)]
+pub(crate) struct Allowed {
+    /// (host, port if the entry has one); empty: every host.
+    hosts: Vec<(String, Option<u16>)>,
+    /// (scheme, host, port; `None` for any port), and whether `null` is allowed.
+    origins: Vec<(String, String, Option<Option<u16>>)>,
+    null: bool,
+}
+
+impl Allowed {
+    pub fn new(hosts: &[String], origins: &[String]) -> Self {
+        let hosts = hosts
+            .iter()
+            .map(|a| match http::uri::Authority::try_from(a.trim()) {
+                Ok(a) => (norm(a.host()), a.port_u16()),
+                Err(_) => (norm(a), None),
+            })
+            .collect();
+        let mut null = false;
+        let origins = origins
+            .iter()
+            .filter_map(|a| {
+                let a = a.trim();
+                if a == "null" {
+                    null = true;
+                    return None;
+                }
+                let (a, any_port) = match a.strip_suffix(":*") {
+                    Some(a) => (a, true),
+                    None => (a, false),
+                };
+                let (s, h, p) = split_origin(a)?;
+                Some((s, h, if any_port { None } else { Some(p) }))
+            })
+            .collect();
+        Self {
+            hosts,
+            origins,
+            null,
         }
     }
-    Ok(())
+
+    /// Check `Host` (an entry without a port allows any port; an empty list allows every host)
+    /// and a present `Origin` (absent: a non-browser client).
+    pub fn check(&self, h: &HeaderMap) -> Result<(), Refused> {
+        let host = h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Refused::BadHost)?;
+        let authority = http::uri::Authority::try_from(host).map_err(|_| Refused::BadHost)?;
+        if !self.hosts.is_empty() {
+            let (name, port) = (norm(authority.host()), authority.port_u16());
+            if !self
+                .hosts
+                .iter()
+                .any(|(n, p)| *n == name && p.is_none_or(|p| Some(p) == port))
+            {
+                return Err(Refused::Host(host.to_owned()));
+            }
+        }
+        if let Some(origin) = h.get(header::ORIGIN) {
+            let o = origin.to_str().unwrap_or("");
+            if !self.origin_allowed(o) {
+                return Err(Refused::Origin(o.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// An origin `scheme://host[:port]` against entries of the same form, where `:*` allows
+    /// any port, a portless entry the scheme's default port, and `null` the opaque origin.
+    fn origin_allowed(&self, origin: &str) -> bool {
+        if origin == "null" {
+            return self.null;
+        }
+        let Some((scheme, host, port)) = split_origin(origin) else {
+            return false;
+        };
+        self.origins
+            .iter()
+            .any(|(s, h, p)| *s == scheme && *h == host && p.is_none_or(|p| p == port))
+    }
 }
 
 fn norm(s: &str) -> String {
     s.trim_matches(['[', ']']).to_ascii_lowercase()
-}
-
-fn host_allowed(host: &http::uri::Authority, allowed: &[String]) -> bool {
-    let (name, port) = (norm(host.host()), host.port_u16());
-    allowed
-        .iter()
-        .any(|a| match http::uri::Authority::try_from(a.trim()) {
-            Ok(a) => norm(a.host()) == name && a.port_u16().is_none_or(|p| Some(p) == port),
-            Err(_) => norm(a) == name,
-        })
-}
-
-/// An origin `scheme://host[:port]` against entries of the same form, where `:*` allows any
-/// port, a portless entry the scheme's default port, and `null` the opaque origin.
-fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
-    if origin == "null" {
-        return allowed.iter().any(|a| a == "null");
-    }
-    let Some((scheme, host, port)) = split_origin(origin) else {
-        return false;
-    };
-    allowed.iter().any(|a| {
-        let a = a.trim();
-        let (a, any_port) = match a.strip_suffix(":*") {
-            Some(a) => (a, true),
-            None => (a, false),
-        };
-        let Some((s, h, p)) = split_origin(a) else {
-            return false;
-        };
-        s == scheme && h == host && (any_port || p == port)
-    })
 }
 
 /// (scheme, host, effective port) of `scheme://host[:port]` with nothing after the authority.
@@ -104,6 +137,10 @@ mod tests {
 
     fn list(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn check(h: &HeaderMap, hosts: &[String], origins: &[String]) -> Result<(), Refused> {
+        Allowed::new(hosts, origins).check(h)
     }
 
     #[test]

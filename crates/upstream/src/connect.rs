@@ -124,14 +124,17 @@ impl Shared {
                         inner: StreamableHttpClientTransport::with_client(recording, config),
                         injected,
                     };
-                    let link = Link::new(link::Out::Http(link::HttpOut {
-                        client: client.clone(),
-                        url: reqwest::Url::parse(&h.url)
-                            .map_err(|e| format!("invalid url {:?}: {e}", h.url))?,
-                        headers: headers.clone(),
+                    let uri: http::Uri = h
+                        .url
+                        .parse()
+                        .map_err(|e| format!("invalid url {:?}: {e}", h.url))?;
+                    let link = Link::new(link::Out::Http(Box::new(link::HttpOut {
+                        sender: link::Sender::for_uri(&uri, client.clone(), h.connect_timeout),
+                        uri,
+                        headers: link::HttpOut::fixed_headers(&headers),
                         negotiated,
                         inject,
-                    }));
+                    })));
                     let _ = cell.set(link.clone());
                     self.attach_logs(&link);
                     let attempt = tokio::time::timeout(

@@ -21,7 +21,7 @@ use rmcp::model::ErrorData;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use http::{HttpOut, Injecting, Negotiated, Recording};
+pub(crate) use http::{HttpOut, Injecting, Negotiated, Recording, Sender};
 
 /// What a request on the link gets back: the upstream's `result` text, or its JSON-RPC error.
 pub type Reply = Result<Box<RawValue>, ErrorData>;
@@ -95,7 +95,7 @@ pub(crate) enum Out {
     /// Whole JSON-RPC messages for the transport's own writer (stdio stdin, HTTP+SSE POSTs).
     Lines(mpsc::Sender<Vec<u8>>),
     /// Streamable HTTP: our own POSTs in the session rmcp opened.
-    Http(HttpOut),
+    Http(Box<HttpOut>),
 }
 
 #[derive(PartialEq, Eq)]

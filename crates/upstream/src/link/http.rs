@@ -5,9 +5,16 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
+use bytes::Bytes;
 use futures::StreamExt;
+use http_body_util::{BodyDataStream, BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use rmcp::{
     model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
     transport::{
@@ -25,11 +32,38 @@ use super::{Io, Link, Taken, preview};
 /// Largest upstream answer a POST reads (the stdio line cap applies to stdio).
 const MAX_HTTP_BODY: usize = 64 * 1024 * 1024;
 
+/// How the link's POSTs are sent: straight on hyper's pooled HTTP/1 client for `http://`
+/// upstreams (the gateway's hot path: no per-request URL parsing or client layers), through
+/// reqwest (TLS) for `https://` ones.
+pub(crate) enum Sender {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(reqwest::Client),
+}
+
+impl Sender {
+    /// The sender for `uri`, with the connector's connect timeout; `tls` is the reqwest client
+    /// used for `https://` (and by rmcp's own transport).
+    pub fn for_uri(uri: &http::Uri, tls: reqwest::Client, connect_timeout: Duration) -> Self {
+        if uri.scheme_str() == Some("https") {
+            return Sender::Tls(tls);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Sender::Plain(client)
+    }
+}
+
 pub(crate) struct HttpOut {
-    pub client: reqwest::Client,
+    pub sender: Sender,
     /// Parsed once: parsing per request showed up in profiles.
-    pub url: reqwest::Url,
-    pub headers: HashMap<http::HeaderName, http::HeaderValue>,
+    pub uri: http::Uri,
+    /// Every POST's fixed headers (Accept, Content-Type, the connector's own), built once.
+    pub headers: http::HeaderMap,
     pub negotiated: Arc<Mutex<Negotiated>>,
     /// Messages that arrive on a POST's event stream but are not its answer (progress, sampling
     /// requests, logs) go to rmcp as if its own transport had received them.
@@ -44,6 +78,23 @@ pub(crate) struct Negotiated {
 }
 
 impl HttpOut {
+    /// The fixed headers of every POST: the connector's own, then the transport's.
+    pub fn fixed_headers(own: &HashMap<http::HeaderName, http::HeaderValue>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::with_capacity(own.len() + 2);
+        for (k, v) in own {
+            h.insert(k.clone(), v.clone());
+        }
+        h.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        h
+    }
+
     /// The exchange that carries `body` (request `id`, or a notification), for the caller to
     /// drive.
     pub(super) fn exchange(
@@ -59,81 +110,111 @@ impl HttpOut {
             (s.session.clone(), s.version.clone())
         };
         let modern = link.is_modern();
-        let mut req = self
-            .client
-            .post(self.url.clone())
-            .header(http::header::ACCEPT, "application/json, text/event-stream")
-            .header(http::header::CONTENT_TYPE, "application/json");
-        for (k, v) in &self.headers {
-            req = req.header(k, v);
-        }
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", &*s);
+        let mut headers = self.headers.clone();
+        let mut add = |k: &str, v: &str| match (
+            http::HeaderName::try_from(k),
+            http::HeaderValue::try_from(v),
+        ) {
+            (Ok(k), Ok(v)) => {
+                headers.insert(k, v);
+            }
+            _ => tracing::debug!(header = k, "left out a header that is not valid"),
+        };
+        if let Some(s) = &session {
+            add("mcp-session-id", s);
         }
         if modern && let Some((method, name)) = route {
-            req = req.header("mcp-method", method);
-            if let Some(n) = name {
-                req = req.header("mcp-name", n);
+            add("mcp-method", method);
+            if let Some(n) = &name {
+                add("mcp-name", n);
             }
         }
-        for (k, v) in extra {
-            req = req.header(k, v);
+        for (k, v) in &extra {
+            add(k, v);
         }
         if modern {
-            req = req.header("mcp-protocol-version", "2026-07-28");
+            add("mcp-protocol-version", "2026-07-28");
         } else if let Some(v) = version {
-            req = req.header("mcp-protocol-version", v);
+            headers.insert("mcp-protocol-version", v);
         }
+        let mut req = http::Request::new(Bytes::from(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = headers;
+        let send = match &self.sender {
+            Sender::Plain(c) => Sending::Plain(c.request(req.map(Full::new))),
+            Sender::Tls(c) => Sending::Tls(c.clone(), Box::new(req)),
+        };
         let link = link.clone();
         let inject = self.inject.clone();
         Box::pin(async move {
-            let outcome = post(&link, req.body(body), inject, id).await;
+            let outcome = match send {
+                Sending::Plain(f) => match f.await {
+                    Ok(resp) => post(&link, resp, inject, id).await,
+                    Err(e) => Err(e.to_string()),
+                },
+                Sending::Tls(client, req) => {
+                    match reqwest::Request::try_from((*req).map(reqwest::Body::from)) {
+                        Ok(req) => match client.execute(req).await {
+                            Ok(resp) => post(&link, http::Response::from(resp), inject, id).await,
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
             link.unanswered(id, outcome);
         })
     }
 }
 
-/// One POST and its answer: a JSON body, or an event stream that carries the answer and
-/// perhaps messages about it (handed to rmcp).
-async fn post(
+enum Sending {
+    Plain(hyper_util::client::legacy::ResponseFuture),
+    Tls(reqwest::Client, Box<http::Request<Bytes>>),
+}
+
+/// One POST's answer: a JSON body, or an event stream that carries the answer and perhaps
+/// messages about it (handed to rmcp).
+async fn post<B>(
     link: &Link,
-    req: reqwest::RequestBuilder,
+    resp: http::Response<B>,
     inject: mpsc::Sender<ServerJsonRpcMessage>,
     id: Option<u64>,
-) -> Result<(), String> {
-    let resp = req.send().await.map_err(|e| e.to_string())?;
+) -> Result<(), String>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send + Sync + std::error::Error + 'static,
+{
     let status = resp.status();
-    if status == reqwest::StatusCode::ACCEPTED {
+    if status == http::StatusCode::ACCEPTED {
         return Ok(());
-    }
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        // A JSON-RPC error body for our id fails that request with the upstream's error.
-        if !link.intercept(&text) {
-            tracing::debug!(%status, body = %preview(&text), "upstream POST rejected");
-        }
-        return Err(format!("the upstream answered HTTP {status}"));
     }
     let is_sse = resp
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !is_sse {
-        if resp
-            .content_length()
-            .is_some_and(|n| n as usize > MAX_HTTP_BODY)
-        {
-            return Err("the upstream answer is too large".into());
+    let body = resp.into_body();
+    if !status.is_success() || !is_sse {
+        let bytes = Limited::new(body, MAX_HTTP_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the upstream's answer failed: {e}"))?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        if !status.is_success() {
+            // A JSON-RPC error body for our id fails that request with the upstream's error.
+            if !link.intercept(&text) {
+                tracing::debug!(%status, body = %preview(&text), "upstream POST rejected");
+            }
+            return Err(format!("the upstream answered HTTP {status}"));
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        let text = std::str::from_utf8(&body).map_err(|e| e.to_string())?;
-        if !link.intercept(text) {
-            return Err(format!("unexpected answer: {}", preview(text)));
+        if !link.intercept(&text) {
+            return Err(format!("unexpected answer: {}", preview(&text)));
         }
         return Ok(());
     }
-    let mut events = sse_stream::SseStream::from_byte_stream(resp.bytes_stream());
+    let mut events = sse_stream::SseStream::from_byte_stream(BodyDataStream::new(body));
     let mut bad = 0u32;
     while let Some(ev) = events.next().await {
         // A malformed event (invalid UTF-8, say) is dropped like a garbage stdout line;
@@ -158,8 +239,8 @@ async fn post(
         }
         match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
             Ok(msg) => {
-                // A request on this exchange's stream is about this raw request: note that,
-                // so it goes to this call's client even when several have calls in flight.
+                // A request on this exchange's stream is about this request: note that, so it
+                // goes to this call's client even when several have calls in flight.
                 if let (ServerJsonRpcMessage::Request(r), Some(id)) = (&msg, id)
                     && matches!(
                         r.request,
