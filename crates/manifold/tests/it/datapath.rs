@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{
-    http::{post_in, rpc, session, session_with},
-    support::*,
-};
+use crate::support::*;
 
 /// `fa` (stdio) and `fb` (Streamable HTTP) faulty fixtures in virtual server `main`.
 fn stdio_and_http(fb: &FaultyHttp, gateway: &str) -> String {
@@ -364,6 +361,8 @@ async fn typed_clients_get_progress_sampling_and_cancellation_via_an_http_upstre
         })
         .await;
     // A cancelled call ends at once and the connector keeps serving.
+    let calls = || upstream_requests(&fb.log(), "tools/call");
+    let before = calls();
     let handle = c
         .peer()
         .send_cancellable_request(
@@ -375,7 +374,12 @@ async fn typed_clients_get_progress_sampling_and_cancellation_via_an_http_upstre
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(
+        "fb__hang to reach the upstream",
+        Duration::from_secs(10),
+        || async { (calls() > before).then_some(()) },
+    )
+    .await;
     handle
         .cancel(Some("test".into()))
         .await
@@ -397,6 +401,7 @@ async fn a_session_busy_on_the_data_path_does_not_expire() {
     for i in 0..12 {
         let v = rpc(&url, &sid, json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "fa__echo", "arguments": {"message": "busy"}}})).await;
         assert_eq!(v["result"]["content"][0]["text"], "Echo: busy", "{v}");
+        // Not synchronisation: spreads the calls over 3 s, past the 1 s idle timeout.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Three seconds of tools/call only (never seen by rmcp's session): still alive.

@@ -50,24 +50,13 @@ async fn crash_mid_call_fails_fast_and_the_connector_comes_back() {
             && v["connectors"]["fa"]["restarts"].as_u64() >= Some(1)
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match c
-            .peer()
+    let r = eventually("fa to answer again", Duration::from_secs(20), || async {
+        c.peer()
             .call_tool(call("fa__echo", json!({"message": "back"})))
             .await
-        {
-            Ok(r) => {
-                assert_eq!(text(&r), "Echo: back");
-                break;
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("fa never came back: {e}"),
-        }
-    }
+    })
+    .await;
+    assert_eq!(text(&r), "Echo: back");
 }
 
 #[tokio::test]
@@ -204,11 +193,15 @@ async fn tool_list_changes_reach_the_client() {
     client
         .wait_event("tools/list_changed", |e| e == "tools_changed")
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !tool_names(&c).await.contains(&"fa__added_tool".to_string()) {
-        assert!(Instant::now() < deadline, "added_tool never appeared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("added_tool to appear", Duration::from_secs(10), || async {
+        let names = tool_names(&c).await;
+        if names.contains(&"fa__added_tool".to_string()) {
+            Ok(())
+        } else {
+            Err(format!("tools: {names:?}"))
+        }
+    })
+    .await;
     let r = c
         .peer()
         .call_tool(call("fa__added_tool", json!({"message": "new"})))
@@ -309,7 +302,7 @@ async fn sampling_elicitation_and_roots_are_relayed_to_the_caller() {
 
 #[tokio::test]
 async fn concurrent_sampling_on_a_shared_upstream_is_never_misdelivered() {
-    let gw = Gw::start(&two_faulty(""));
+    let gw = Gw::start(&two_faulty(FAULTY_DEBUG));
     gw.wait_up().await;
     let (ca, cb) = (TestClient::new("a"), TestClient::new("b"));
     let a = connect(&gw.url("main"), ca.clone()).await;
@@ -324,7 +317,19 @@ async fn concurrent_sampling_on_a_shared_upstream_is_never_misdelivered() {
         pb.call_tool(call("fa__slow", json!({"ms": 1500, "steps": 1})))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(
+        "both slow calls to reach fa",
+        Duration::from_secs(10),
+        || async {
+            let n = upstream_requests(&gw.log(), "tools/call");
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} tools/call requests reached fa"))
+            }
+        },
+    )
+    .await;
     let (sa, sb) = tokio::join!(
         a.peer()
             .call_tool(call("fa__sample", json!({"prompt": "from a"}))),
@@ -357,7 +362,7 @@ async fn concurrent_sampling_on_a_shared_upstream_is_never_misdelivered() {
 
 #[tokio::test]
 async fn cancellation_reaches_the_upstream_and_the_session_survives() {
-    let gw = Gw::start(&two_faulty(""));
+    let gw = Gw::start(&two_faulty(FAULTY_DEBUG));
     gw.wait_up().await;
     let client = TestClient::new("a");
     let c = connect(&gw.url("main"), client.clone()).await;
@@ -370,7 +375,12 @@ async fn cancellation_reaches_the_upstream_and_the_session_survives() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "the slow call to reach fa",
+        Duration::from_secs(10),
+        || async { (upstream_requests(&gw.log(), "tools/call") >= 1).then_some(()) },
+    )
+    .await;
     let t0 = Instant::now();
     handle.cancel(Some("test".into())).await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(2));
@@ -500,19 +510,20 @@ async fn stdio_children_are_killed_as_a_process_group() {
     assert!(running(), "the grandchild runs");
     let status = gw.terminate();
     assert!(status.success(), "graceful exit: {status:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while running() {
-        assert!(
-            Instant::now() < deadline,
-            "grandchild {marker} survived the gateway"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        &format!("grandchild {marker} to end with the gateway"),
+        Duration::from_secs(5),
+        || async { (!running()).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_then_exits_promptly() {
-    let gw = Gw::start(&one_faulty(""));
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", FAULTY_DEBUG)
+    ));
     gw.wait_up().await;
     let c = connect(&gw.url("main"), TestClient::new("a")).await;
     let peer = c.peer().clone();
@@ -520,7 +531,12 @@ async fn sigterm_drains_in_flight_calls_then_exits_promptly() {
         peer.call_tool(call("fa__slow", json!({"ms": 1500, "steps": 3})))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "the slow call to reach fa",
+        Duration::from_secs(10),
+        || async { (upstream_requests(&gw.log(), "tools/call") >= 1).then_some(()) },
+    )
+    .await;
     let pid = gw.child.id();
     let t0 = Instant::now();
     nix::sys::signal::kill(
@@ -580,6 +596,8 @@ async fn lazy_connectors_start_on_first_use() {
         faulty("lazy", "start = \"lazy\"")
     );
     let gw = Gw::start(&config);
+    // Not synchronisation: nothing is expected to happen; this gives an (eager, wrong) start
+    // the time to show in the health.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let h: serde_json::Value = reqwest::get(format!("{}/healthz", gw.base))
         .await
@@ -624,7 +642,7 @@ async fn upstream_log_messages_reach_the_client() {
 async fn per_client_sessions_make_concurrent_sampling_unambiguous() {
     let marker = format!("manifold-per-client-{}", std::process::id());
     let config = format!(
-        "[connectors.pc]\nkind = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\", \"--name\", \"{marker}\"]\nsessions = \"per_client\"\nmax_sessions = 2\n[servers.main]\nconnectors = [\"pc\"]\n",
+        "[connectors.pc]\nkind = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\", \"--name\", \"{marker}\"]\n{FAULTY_DEBUG}\nsessions = \"per_client\"\nmax_sessions = 2\n[servers.main]\nconnectors = [\"pc\"]\n",
         fixture("faulty_upstream.py")
     );
     let gw = Gw::start(&config);
@@ -649,7 +667,19 @@ async fn per_client_sessions_make_concurrent_sampling_unambiguous() {
         pb.call_tool(call("pc__slow", json!({"ms": 1000, "steps": 1})))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "both slow calls to reach their sessions",
+        Duration::from_secs(10),
+        || async {
+            let n = upstream_requests(&gw.log(), "tools/call");
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} tools/call requests reached pc"))
+            }
+        },
+    )
+    .await;
     let (sa, sb) = tokio::join!(
         a.peer()
             .call_tool(call("pc__sample", json!({"prompt": "from a"}))),
@@ -673,15 +703,17 @@ async fn per_client_sessions_make_concurrent_sampling_unambiguous() {
     // Ending a client session stops its upstream session.
     drop(c);
     a.cancel().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while processes() != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the ended session's upstream is still running ({} processes)",
-            processes()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the ended session's upstream to stop",
+        Duration::from_secs(10),
+        || async {
+            match processes() {
+                2 => Ok(()),
+                n => Err(format!("{n} processes")),
+            }
+        },
+    )
+    .await;
 }
 
 /// A per-client upstream session's list change reaches its own client, whose lists then come
@@ -763,18 +795,17 @@ async fn resource_subscriptions_survive_an_upstream_restart() {
     })
     .await;
     // The renewal runs beside the restart; give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let t = touch().await;
-        if t == "touched fixture://static" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted upstream was not subscribed again: {t}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the restarted upstream to be subscribed again",
+        Duration::from_secs(10),
+        || async {
+            match touch().await {
+                t if t == "touched fixture://static" => Ok(()),
+                t => Err(t),
+            }
+        },
+    )
+    .await;
     let updates = || {
         client
             .events()
@@ -782,11 +813,12 @@ async fn resource_subscriptions_survive_an_upstream_restart() {
             .filter(|e| *e == "updated:fa+fixture://static")
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while updates() < 2 {
-        assert!(Instant::now() < deadline, "no update after the restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "an update after the restart",
+        Duration::from_secs(10),
+        || async { (updates() >= 2).then_some(()) },
+    )
+    .await;
 }
 
 /// With `sessions = "per_client"` each client's subscription lives in its own upstream
@@ -825,6 +857,7 @@ async fn per_client_subscriptions_deliver_to_their_own_client() {
         .await
         .unwrap();
     assert_eq!(text(&r), "Echo: sync");
+    // Not synchronisation: nothing is expected to arrive; a stray event would within this.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !cb.events().iter().any(|e| e.starts_with("updated:")),

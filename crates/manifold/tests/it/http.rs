@@ -5,63 +5,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
-
-pub(crate) fn post(url: &str) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-}
-
-/// A POST within session `sid` at protocol 2025-11-25.
-pub(crate) fn post_in(url: &str, sid: &str) -> reqwest::RequestBuilder {
-    post(url)
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-11-25")
-}
-
-/// Initialize a session; returns its id.
-pub(crate) async fn session(url: &str) -> String {
-    session_with(url, INIT).await
-}
-
-/// Initialize a session with the `initialize` request `init`; returns its id.
-pub(crate) async fn session_with(url: &str, init: &str) -> String {
-    let r = post(url).body(init.to_owned()).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    let _ = r.text().await;
-    let r = post_in(url, &sid)
-        .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    sid
-}
-
-/// The JSON-RPC message in a JSON or single-event SSE response body.
-pub(crate) fn message(body: &str) -> Value {
-    if let Ok(v) = serde_json::from_str(body) {
-        return v;
-    }
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|v| v.get("id").is_some())
-        .unwrap_or_else(|| panic!("no JSON-RPC message in {body:?}"))
-}
-
-pub(crate) async fn rpc(url: &str, sid: &str, body: Value) -> Value {
-    let r = post_in(url, sid)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    message(&r.text().await.unwrap())
-}
-
 #[tokio::test]
 async fn host_origin_and_version_checks() {
     let gw = Gw::start(&one_faulty(""));
@@ -293,6 +236,7 @@ async fn idle_sessions_expire() {
     gw.wait_up().await;
     let url = gw.url("main");
     let sid = session(&url).await;
+    // Not synchronisation: the session must stay idle past its timeout, which is the point.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let r = post_in(&url, &sid)
         .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
@@ -334,7 +278,7 @@ async fn capabilities_are_the_union_of_the_connectors() {
     let discover = |server: &str| {
         let url = gw.url(server);
         async move {
-            let r = crate::modern::modern(&url, "server/discover", None, json!({}), json!({}))
+            let r = modern(&url, "server/discover", None, json!({}), json!({}))
                 .send()
                 .await
                 .unwrap();
@@ -351,15 +295,19 @@ async fn capabilities_are_the_union_of_the_connectors() {
     };
     let all = ["completions", "logging", "prompts", "resources", "tools"];
     // The catalog follows the connectors' first answers; give it a moment after "up".
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while keys(&initialize("tools").await) != ["tools"] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            initialize("tools").await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(
+        "server tools to offer only tools",
+        std::time::Duration::from_secs(10),
+        || async {
+            let caps = initialize("tools").await;
+            if keys(&caps) == ["tools"] {
+                Ok(())
+            } else {
+                Err(format!("capabilities: {caps}"))
+            }
+        },
+    )
+    .await;
     let caps = discover("tools").await;
     assert_eq!(keys(&caps), ["tools"], "{caps}");
     assert_eq!(caps["tools"]["listChanged"], true, "{caps}");

@@ -7,35 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{http::message, support::*};
-
-const VERSION: &str = "2026-07-28";
-
-/// A stateless request: the 2026-07-28 headers and `_meta`, with `caps` as the client's
-/// capabilities. `name` goes in `Mcp-Name` (None: omitted).
-pub(crate) fn modern(
-    url: &str,
-    method: &str,
-    name: Option<&str>,
-    mut params: Value,
-    caps: Value,
-) -> reqwest::RequestBuilder {
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": VERSION,
-        "io.modelcontextprotocol/clientCapabilities": caps,
-        "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
-    });
-    let mut r = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", VERSION)
-        .header("mcp-method", method);
-    if let Some(n) = name {
-        r = r.header("mcp-name", n);
-    }
-    r.body(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string())
-}
+use crate::support::*;
 
 async fn call_modern(url: &str, tool: &str, params: Value, caps: Value) -> (u16, Value) {
     let r = modern(url, "tools/call", Some(tool), params, caps)
@@ -166,6 +138,7 @@ async fn bad_request_states_are_refused() {
 
     // Expired: past gateway.input_wait the state (and the parked call) are gone.
     let state = first(args.clone()).await;
+    // Not synchronisation: waiting past input_wait (1 s) on purpose, for the state to expire.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let (_, v) = call_modern(&url, "fa__elicit", retry(&state, &args), elicit_caps()).await;
     assert_eq!(v["error"]["code"], -32602, "expired: {v}");
@@ -211,7 +184,7 @@ async fn headers_versions_and_capabilities_are_checked() {
     assert!(
         v["error"]["data"]["supported"]
             .as_array()
-            .is_some_and(|s| s.contains(&json!(VERSION))),
+            .is_some_and(|s| s.contains(&json!(MODERN_VERSION))),
         "the answer names the supported versions: {v}"
     );
     // The upstream asks for elicitation but the client did not declare it: -32021, HTTP 400,
@@ -319,7 +292,7 @@ async fn a_request_log_level_reaches_a_legacy_upstream() {
         async move {
             let mut params = json!({"name": "fa__log", "arguments": {"level": "warning", "message": "from upstream"}});
             params["_meta"] = json!({
-                "io.modelcontextprotocol/protocolVersion": VERSION,
+                "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
                 "io.modelcontextprotocol/clientCapabilities": {},
                 "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
                 "io.modelcontextprotocol/logLevel": level,
@@ -328,7 +301,7 @@ async fn a_request_log_level_reaches_a_legacy_upstream() {
                 .post(&url)
                 .header("content-type", "application/json")
                 .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", VERSION)
+                .header("mcp-protocol-version", MODERN_VERSION)
                 .header("mcp-method", "tools/call")
                 .header("mcp-name", "fa__log")
                 .body(
@@ -404,7 +377,7 @@ async fn closing_the_response_cancels_the_upstream_call() {
     for (i, with_progress) in [false, true].into_iter().enumerate() {
         let mut params = json!({"name": "fa__slow", "arguments": {"ms": 20_000, "steps": 200}});
         params["_meta"] = json!({
-            "io.modelcontextprotocol/protocolVersion": VERSION,
+            "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
             "io.modelcontextprotocol/clientCapabilities": {},
             "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
         });
@@ -415,7 +388,7 @@ async fn closing_the_response_cancels_the_upstream_call() {
             .post(&url)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", VERSION)
+            .header("mcp-protocol-version", MODERN_VERSION)
             .header("mcp-method", "tools/call")
             .header("mcp-name", "fa__slow")
             .body(
@@ -430,15 +403,19 @@ async fn closing_the_response_cancels_the_upstream_call() {
         })
         .await;
         let want = i + 1;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while gw.log().matches("slow: cancelled at step").count() < want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the upstream call was not cancelled (progress: {with_progress}):\n{}",
-                gw.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            &format!("the upstream call to be cancelled (progress: {with_progress})"),
+            Duration::from_secs(10),
+            || async {
+                let log = gw.log();
+                if log.matches("slow: cancelled at step").count() >= want {
+                    Ok(())
+                } else {
+                    Err(format!("log:\n{log}"))
+                }
+            },
+        )
+        .await;
     }
 }
 
@@ -509,11 +486,11 @@ async fn discover_lists_and_reads_carry_caching_hints() {
         .post(&url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", VERSION)
+        .header("mcp-protocol-version", MODERN_VERSION)
         .header("mcp-method", "prompts/list")
         .body(
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
-                "io.modelcontextprotocol/protocolVersion": VERSION,
+                "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
                 "io.modelcontextprotocol/clientCapabilities": {},
             }}})
             .to_string(),
@@ -529,7 +506,7 @@ async fn discover_lists_and_reads_carry_caching_hints() {
     assert!(
         v["result"]["supportedVersions"]
             .as_array()
-            .is_some_and(|s| s.contains(&json!(VERSION))),
+            .is_some_and(|s| s.contains(&json!(MODERN_VERSION))),
         "{v}"
     );
 

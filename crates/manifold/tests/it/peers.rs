@@ -4,7 +4,7 @@
 
 use std::{
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::json;
@@ -18,12 +18,12 @@ struct EverythingHttp {
 }
 
 impl EverythingHttp {
-    fn start(p: &Peers) -> Self {
-        Self::start_mode(p, "streamableHttp", "/mcp")
+    async fn start(p: &Peers) -> Self {
+        Self::start_mode(p, "streamableHttp", "/mcp").await
     }
 
     /// `mode` is server-everything's transport (`streamableHttp` or the legacy `sse`).
-    fn start_mode(p: &Peers, mode: &str, path: &str) -> Self {
+    async fn start_mode(p: &Peers, mode: &str, path: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -42,14 +42,12 @@ impl EverythingHttp {
             .stderr(Stdio::null())
             .spawn()
             .expect("start server-everything over HTTP");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "server-everything HTTP did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(
+            "server-everything HTTP to listen",
+            Duration::from_secs(30),
+            || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await },
+        )
+        .await;
         Self {
             child,
             url: format!("http://127.0.0.1:{port}{path}"),
@@ -99,18 +97,19 @@ connectors = ["everything", "everything-http", "memory", "time"]
 }
 
 async fn wait_tools(c: &Client, want: &[&str]) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let names = tool_names(c).await;
-        if want.iter().all(|w| names.iter().any(|n| n == w)) {
-            return names;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tools {want:?} never all appeared; have {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        &format!("tools {want:?} to all appear"),
+        Duration::from_secs(30),
+        || async {
+            let names = tool_names(c).await;
+            if want.iter().all(|w| names.iter().any(|n| n == w)) {
+                Ok(names)
+            } else {
+                Err(format!("have {names:?}"))
+            }
+        },
+    )
+    .await
 }
 
 fn kinds(r: &rmcp::model::CallToolResult) -> Vec<String> {
@@ -130,7 +129,7 @@ async fn reference_servers_bundled_through_rmcp_client() {
     let Some(p) = Peers::get("reference_servers_bundled_through_rmcp_client") else {
         return;
     };
-    let http = EverythingHttp::start(p);
+    let http = EverythingHttp::start(p).await;
     let dir = TempDir::new("bundle");
     let gw = Gw::start(&bundle(p, &http.url, &dir));
     gw.wait_up().await;
@@ -329,7 +328,7 @@ async fn python_sdk_client(name: &str, era: &str) {
         return;
     };
     let dir = TempDir::new("py");
-    let http = EverythingHttp::start(p);
+    let http = EverythingHttp::start(p).await;
     let gw = Gw::start(&bundle(p, &http.url, &dir));
     gw.wait_up().await;
     let out = tokio::process::Command::new(p.python())
@@ -417,7 +416,7 @@ async fn inspector_cli_lists_and_calls() {
         return;
     };
     let dir = TempDir::new("insp");
-    let http = EverythingHttp::start(p);
+    let http = EverythingHttp::start(p).await;
     let gw = Gw::start(&bundle(p, &http.url, &dir));
     gw.wait_up().await;
     let inspector = |args: &[&str]| {
@@ -687,7 +686,7 @@ async fn legacy_http_sse_upstream_explicit_and_by_fallback() {
     let Some(p) = Peers::get("legacy_http_sse_upstream_explicit_and_by_fallback") else {
         return;
     };
-    let sse = EverythingHttp::start_mode(p, "sse", "/sse");
+    let sse = EverythingHttp::start_mode(p, "sse", "/sse").await;
     let config = format!(
         "[connectors.old]\nkind = \"http\"\nurl = \"{0}\"\ntransport = \"sse\"\n\n[connectors.auto]\nkind = \"http\"\nurl = \"{0}\"\n\n[servers.main]\nconnectors = [\"old\", \"auto\"]\n",
         sse.url
@@ -719,23 +718,24 @@ async fn legacy_http_sse_upstream_explicit_and_by_fallback() {
 /// How many `fixture_wait_for_cancel` calls connector `c` (the conformance fixture) saw
 /// cancelled, once it reaches `want` (or the test fails after 10 s).
 async fn wait_cancelled(client: &Client, c: &str, want: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = client
-            .peer()
-            .call_tool(call(&format!("{c}__fixture_cancelled_count"), json!({})))
-            .await
-            .unwrap();
-        let n = text(&r);
-        if n == want.to_string() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{c}: {n} upstream calls cancelled, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("{c}: {want} upstream calls cancelled"),
+        Duration::from_secs(10),
+        || async {
+            let r = client
+                .peer()
+                .call_tool(call(&format!("{c}__fixture_cancelled_count"), json!({})))
+                .await
+                .unwrap();
+            let n = text(&r);
+            if n == want.to_string() {
+                Ok(())
+            } else {
+                Err(format!("{n} upstream calls cancelled, not {want}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Cancellation across eras to modern (2026-07-28) upstreams, the fixture over Streamable HTTP
@@ -778,17 +778,20 @@ async fn cancellation_reaches_modern_upstreams() {
             )
             .await
             .unwrap();
+        // A grace period, not a wait for an event: the fixture gives no sign that a call has
+        // started (no progress, no count of started calls), so the call is given the time to
+        // reach the upstream before it is cancelled.
         tokio::time::sleep(Duration::from_millis(500)).await;
         handle.cancel(Some("test".into())).await.unwrap();
         wait_cancelled(&client, c, 1).await;
         // A legacy client goes away during its call.
-        let sid = crate::http::session(&url).await;
+        let sid = session(&url).await;
         let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": tool, "arguments": {}}});
-        gives_up(crate::http::post_in(&url, &sid).body(body.to_string())).await;
+        gives_up(post_in(&url, &sid).body(body.to_string())).await;
         wait_cancelled(&client, c, 2).await;
         // A modern client closes its response.
-        gives_up(crate::modern::modern(
+        gives_up(modern(
             &url,
             "tools/call",
             Some(&tool),
@@ -816,21 +819,17 @@ async fn a_log_level_set_before_initialized_reaches_a_modern_upstream() {
     ));
     gw.wait_up().await;
     let url = gw.url("main");
-    let r = crate::http::post(&url)
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&url).body(INIT).send().await.unwrap();
     let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let _ = r.text().await;
-    let v = crate::http::rpc(
+    let v = rpc(
         &url,
         &sid,
         json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel", "params": {"level": "debug"}}),
     )
     .await;
     assert!(v.get("result").is_some(), "{v}");
-    let body = crate::http::post_in(&url, &sid)
+    let body = post_in(&url, &sid)
         .body(
             json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
                 "params": {"name": "up__test_tool_with_logging", "arguments": {}}})

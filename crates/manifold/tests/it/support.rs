@@ -1,6 +1,7 @@
 //! Test harness: runs the real `manifold` binary on a free loopback port with a temporary
 //! config, finds the pinned third-party peers, and provides an rmcp test client that answers
-//! sampling, elicitation and roots and records every notification it receives.
+//! sampling, elicitation and roots and records every notification it receives; `eventually`
+//! waits for something to happen; raw HTTP helpers speak to the gateway without an MCP client.
 
 #![allow(deprecated, dead_code)]
 
@@ -24,6 +25,7 @@ use rmcp::{
     service::{NotificationContext, RequestContext, RunningService},
     transport::StreamableHttpClientTransport,
 };
+use serde_json::{Value, json};
 
 /// The repository root (tests reference fixtures by path).
 pub fn repo() -> PathBuf {
@@ -40,6 +42,76 @@ pub fn fixture(name: &str) -> String {
         .display()
         .to_string()
 }
+
+/// How often `eventually` checks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Wait for something to have happened: run `check` every 50 ms until it reports success,
+/// and return what it found. Panics once `timeout` has passed (checked between attempts),
+/// with "timed out after {timeout} waiting for {what}" and what the last attempt saw.
+///
+/// `check` returns `Some(v)` or `Ok(v)` when the thing has happened; `None`, or `Err(seen)`
+/// with what it found instead (any `Display`: shown on a timeout), while it has not.
+pub async fn eventually<A, F, Fut>(what: &str, timeout: Duration, mut check: F) -> A::Value
+where
+    A: Attempt,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = A>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let seen = match check().await.settle() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            match seen {
+                Some(seen) => panic!("timed out after {timeout:?} waiting for {what}; {seen}"),
+                None => panic!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What an `eventually` check returns: `Option` (no detail when not yet) or `Result` (the
+/// error says what was seen instead).
+pub trait Attempt {
+    type Value;
+    /// The value once settled, or what was seen instead (if the check says).
+    fn settle(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl<T> Attempt for Option<T> {
+    type Value = T;
+    fn settle(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Attempt for Result<T, E> {
+    type Value = T;
+    fn settle(self) -> Result<T, Option<String>> {
+        self.map_err(|e| Some(e.to_string()))
+    }
+}
+
+/// How many `method` requests a faulty fixture run with `FAULTY_DEBUG=1` has received, from its
+/// debug log (`[faulty] request ID METHOD`): in the gateway's log for a stdio connector (the
+/// child's stderr lands there), or `FaultyHttp::log`.
+pub fn upstream_requests(log: &str, method: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.split_once("[faulty] request ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                == Some(method)
+        })
+        .count()
+}
+
+/// The `env` line that makes a faulty fixture connector log its debug lines (see
+/// `upstream_requests`).
+pub const FAULTY_DEBUG: &str = "env = { FAULTY_DEBUG = \"1\" }";
 
 /// Pinned third-party peers installed by `scripts/setup-peers` (read from its env.sh).
 pub struct Peers {
@@ -204,29 +276,26 @@ impl Gw {
         self.log.lock().unwrap().clone()
     }
 
-    /// Wait until `/healthz/detail` satisfies `pred`, or panic with the last body.
+    /// Wait until `/healthz/detail` satisfies `pred`, or panic with the last body and the log.
     pub async fn wait_health(
         &self,
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut last = serde_json::Value::Null;
-        while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(format!("{}/healthz/detail", self.base)).await
-                && let Ok(v) = r.json::<serde_json::Value>().await
-            {
-                if pred(&v) {
-                    return v;
-                }
-                last = v;
+        let url = format!("{}/healthz/detail", self.base);
+        let (url, pred) = (&url, &pred);
+        eventually(what, Duration::from_secs(90), move || async move {
+            let v = match reqwest::get(url).await {
+                Ok(r) => r.json::<serde_json::Value>().await,
+                Err(e) => Err(e),
+            };
+            match v {
+                Ok(v) if pred(&v) => Ok(v),
+                Ok(v) => Err(format!("last health: {v:#}\nlog:\n{}", self.log())),
+                Err(e) => Err(format!("health request failed: {e}\nlog:\n{}", self.log())),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "timed out waiting for {what}; last health: {last:#}\nlog:\n{}",
-            self.log()
-        );
+        })
+        .await
     }
 
     /// Wait until every connector is up.
@@ -239,6 +308,8 @@ impl Gw {
         .await
     }
 
+    /// SIGTERM, then SIGKILL if the gateway has not exited after a 15 s grace period. (Not
+    /// `eventually`: this runs in `Drop`, synchronously, and a slow exit is not a failure here.)
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -286,19 +357,21 @@ impl TestClient {
     fn push(&self, e: String) {
         self.events.lock().unwrap().push(e);
     }
+    /// Wait until an event satisfies `pred`, and return it.
     pub async fn wait_event(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "client {} never saw {what}; events: {:?}",
-            self.tag,
-            self.events()
-        );
+        let pred = &pred;
+        eventually(
+            &format!("client {} to see {what}", self.tag),
+            Duration::from_secs(30),
+            move || async move {
+                let events = self.events();
+                match events.iter().find(|e| pred(e)) {
+                    Some(e) => Ok(e.clone()),
+                    None => Err(format!("events: {events:?}")),
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -454,10 +527,12 @@ pub fn one_faulty(gateway: &str) -> String {
     )
 }
 
-/// The faulty fixture serving Streamable HTTP on a free loopback port; killed when dropped.
+/// The faulty fixture serving Streamable HTTP on a free loopback port, with `FAULTY_DEBUG=1`
+/// (its stderr is kept in `log`, see `upstream_requests`); killed when dropped.
 pub struct FaultyHttp {
     child: Child,
     pub url: String,
+    log: Arc<Mutex<String>>,
 }
 
 impl FaultyHttp {
@@ -465,8 +540,9 @@ impl FaultyHttp {
         let mut child = Command::new("python3")
             .arg(fixture("faulty_upstream.py"))
             .args(["--name", name, "--http", "0"])
+            .env("FAULTY_DEBUG", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the faulty fixture");
         let mut line = String::new();
@@ -477,10 +553,28 @@ impl FaultyHttp {
             .trim()
             .strip_prefix("listening ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap();
+                if g.len() < 4_000_000 {
+                    g.push_str(&line);
+                    g.push('\n');
+                }
+            }
+        });
         Self {
             child,
             url: format!("http://{addr}/mcp"),
+            log,
         }
+    }
+
+    /// The fixture's stderr so far (its debug log).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 }
 
@@ -489,4 +583,95 @@ impl Drop for FaultyHttp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// Raw HTTP: requests built by hand, for what an MCP client library would not send or hides.
+
+/// An `initialize` request at protocol 2025-11-25 without client capabilities.
+pub const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+/// A JSON POST that accepts JSON or SSE.
+pub fn post(url: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+}
+
+/// A POST within session `sid` at protocol 2025-11-25.
+pub fn post_in(url: &str, sid: &str) -> reqwest::RequestBuilder {
+    post(url)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+}
+
+/// Initialize a session; returns its id.
+pub async fn session(url: &str) -> String {
+    session_with(url, INIT).await
+}
+
+/// Initialize a session with the `initialize` request `init`; returns its id.
+pub async fn session_with(url: &str, init: &str) -> String {
+    let r = post(url).body(init.to_owned()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.text().await;
+    let r = post_in(url, &sid)
+        .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    sid
+}
+
+/// The JSON-RPC message in a JSON or single-event SSE response body.
+pub fn message(body: &str) -> Value {
+    if let Ok(v) = serde_json::from_str(body) {
+        return v;
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC message in {body:?}"))
+}
+
+/// Send `body` within session `sid`; returns the JSON-RPC answer.
+pub async fn rpc(url: &str, sid: &str, body: Value) -> Value {
+    let r = post_in(url, sid)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    message(&r.text().await.unwrap())
+}
+
+/// The stateless (2026-07-28) protocol version.
+pub const MODERN_VERSION: &str = "2026-07-28";
+
+/// A stateless request: the 2026-07-28 headers and `_meta`, with `caps` as the client's
+/// capabilities. `name` goes in `Mcp-Name` (None: omitted).
+pub fn modern(
+    url: &str,
+    method: &str,
+    name: Option<&str>,
+    mut params: Value,
+    caps: Value,
+) -> reqwest::RequestBuilder {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientCapabilities": caps,
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
+    });
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", MODERN_VERSION)
+        .header("mcp-method", method);
+    if let Some(n) = name {
+        r = r.header("mcp-name", n);
+    }
+    r.body(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string())
 }
