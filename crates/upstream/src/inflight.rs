@@ -5,10 +5,11 @@
 //! nothing in a server→client request links it to the call that caused it, so the connector
 //! keeps two things: which calls ask (learned per method and name: a call that asked is an
 //! asker for good; one that completed without asking is quiet until it asks), and a slot that
-//! at most one call that may ask holds at a time (an asker, or a call not seen before). A
-//! request then belongs to the client of the slot holder; if calls of several clients are in
-//! flight without one holding the slot (a quiet call that asks after all), it waits a moment
-//! for the candidates to narrow to one client, and is refused if they do not.
+//! one client at a time holds for its calls that may ask (askers, and calls not seen before):
+//! the same client's such calls share it, another client's wait their turn. A request then
+//! belongs to the slot holder's client; if calls of several clients are candidates (a quiet
+//! call that asks after all), it waits a moment for them to narrow to one client, and is
+//! refused if they do not.
 
 use std::{
     collections::HashMap,
@@ -18,7 +19,7 @@ use std::{
 
 use manifold_config::ConnectorId;
 use rmcp::model::ProgressToken;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::{Caller, UpstreamError, link};
 
@@ -74,14 +75,42 @@ pub(crate) struct Calls {
     /// Signalled when a call ends (the candidates for a request may have narrowed).
     ended: Notify,
     book: Mutex<HashMap<Arc<str>, Asks>>,
-    slot: Arc<Semaphore>,
+    slot: Mutex<Slot>,
+    /// Signalled when the slot is released.
+    released: Notify,
+}
+
+/// Who holds the ask slot.
+#[derive(Default)]
+struct Slot {
+    /// The client and how many of its calls hold it.
+    owner: Option<(u64, usize)>,
+    /// Calls of other clients waiting for it (the owner's new calls then wait too, so that
+    /// turns pass).
+    waiting: usize,
+}
+
+/// A call's share of the ask slot, given back when dropped.
+pub(crate) struct SlotShare {
+    calls: Arc<Calls>,
+}
+
+impl Drop for SlotShare {
+    fn drop(&mut self) {
+        let mut slot = self.calls.slot.lock().expect("slot lock");
+        if let Some((client, n)) = slot.owner {
+            slot.owner = (n > 1).then_some((client, n - 1));
+        }
+        drop(slot);
+        self.calls.released.notify_waiters();
+    }
 }
 
 /// A registered call; dropping it ends the call's entry.
 pub(crate) struct CallGuard {
     calls: Arc<Calls>,
     token: ProgressToken,
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: Option<SlotShare>,
 }
 
 impl Calls {
@@ -91,7 +120,8 @@ impl Calls {
             map: Mutex::new(HashMap::new()),
             ended: Notify::new(),
             book: Mutex::new(HashMap::new()),
-            slot: Arc::new(Semaphore::new(1)),
+            slot: Mutex::new(Slot::default()),
+            released: Notify::new(),
         })
     }
 
@@ -100,24 +130,60 @@ impl Calls {
         self.book.lock().expect("book lock").get(what) != Some(&Asks::Quiet)
     }
 
-    /// Wait for the ask slot (at most `wait`, or until the caller gives up).
+    /// Wait for the ask slot for the caller's client (at most `wait`, or until the caller gives
+    /// up): at once if its client holds it (and nobody else waits) or nobody does.
     pub(crate) async fn take_slot(
-        &self,
+        self: &Arc<Self>,
         wait: Duration,
         caller: &Caller,
-    ) -> Result<OwnedSemaphorePermit, UpstreamError> {
-        let slot = self.slot.clone();
-        tokio::select! {
-            p = tokio::time::timeout(wait, slot.acquire_owned()) => match p {
-                Ok(Ok(p)) => Ok(p),
-                Ok(Err(_)) => Err(UpstreamError::Unavailable("the connector is stopping".into())),
-                Err(_) => Err(UpstreamError::Unavailable(format!(
-                    "connector {:?} is busy with another client's call that may ask its client for input (one such call at a time on a shared connection); try again, or set sessions = \"per_client\" on it",
+    ) -> Result<SlotShare, UpstreamError> {
+        /// Counts this call among the waiting until it ends, however it ends (the caller's
+        /// future may be dropped while it waits).
+        struct Waiting<'a>(&'a Calls, bool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.slot.lock().expect("slot lock").waiting -= 1;
+                    self.0.released.notify_waiters();
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut counted = Waiting(self, false);
+        let outcome = loop {
+            let released = self.released.notified();
+            {
+                let mut slot = self.slot.lock().expect("slot lock");
+                let others_wait = slot.waiting > usize::from(counted.1);
+                match slot.owner {
+                    None => {
+                        slot.owner = Some((caller.client, 1));
+                        break Ok(());
+                    }
+                    Some((c, n)) if c == caller.client && !others_wait => {
+                        slot.owner = Some((c, n + 1));
+                        break Ok(());
+                    }
+                    Some((c, _)) if c != caller.client && !counted.1 => {
+                        slot.waiting += 1;
+                        counted.1 = true;
+                    }
+                    Some(_) => {}
+                }
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep_until(deadline) => break Err(UpstreamError::Unavailable(format!(
+                    "connector {:?} is busy with another client's call that may ask its client for input (one client at a time on a shared connection); try again, or set sessions = \"per_client\" on it",
                     self.connector.as_str()
                 ))),
-            },
-            _ = caller.ct.cancelled() => Err(UpstreamError::Cancelled),
-        }
+                _ = caller.ct.cancelled() => break Err(UpstreamError::Cancelled),
+            }
+        };
+        drop(counted);
+        outcome.map(|()| SlotShare {
+            calls: self.clone(),
+        })
     }
 
     /// Register a call before it is sent, so early messages about it find their caller.
@@ -126,7 +192,7 @@ impl Calls {
         id: u64,
         caller: Caller,
         what: Option<Arc<str>>,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<SlotShare>,
     ) -> CallGuard {
         let token = token_of(id);
         self.map.lock().expect("calls lock").insert(
@@ -390,13 +456,51 @@ mod tests {
         let _q = calls.register(2, c, what("tools/call other"), None);
         assert_eq!(calls.attribute(None).await.ok().unwrap().client, 10);
         assert!(calls.may_ask("tools/call new"));
-        // A second caller waits for the slot and gives up after its wait.
+        // The same client's next call shares it; another client's waits, and gives up after
+        // its wait.
+        let same = calls
+            .take_slot(Duration::from_millis(20), &caller(10))
+            .await;
+        assert!(same.is_ok(), "one client's calls share the slot");
         let other = caller(20);
         assert!(
             calls
                 .take_slot(Duration::from_millis(20), &other)
                 .await
                 .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_slot_passes_to_a_waiting_client_before_the_holders_next_call() {
+        let calls = Calls::new(ConnectorId::parse("c").unwrap());
+        let a = calls
+            .take_slot(Duration::from_secs(1), &caller(10))
+            .await
+            .unwrap();
+        let waiting = {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                calls
+                    .take_slot(Duration::from_secs(5), &caller(20))
+                    .await
+                    .is_ok()
+            })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Client 10's next call now waits its turn too.
+        assert!(
+            calls
+                .take_slot(Duration::from_millis(30), &caller(10))
+                .await
+                .is_err(),
+            "the holder's new call does not jump the queue"
+        );
+        drop(a);
+        assert!(
+            waiting.await.unwrap(),
+            "client 20 got it once client 10 let go"
         );
     }
 }
