@@ -67,11 +67,14 @@ impl Allowed {
             .ok_or(Refused::BadHost)?;
         let authority = http::uri::Authority::try_from(host).map_err(|_| Refused::BadHost)?;
         if !self.hosts.is_empty() {
-            let (name, port) = (norm(authority.host()), authority.port_u16());
+            let (name, port) = (
+                authority.host().trim_matches(['[', ']']),
+                authority.port_u16(),
+            );
             if !self
                 .hosts
                 .iter()
-                .any(|(n, p)| *n == name && p.is_none_or(|p| Some(p) == port))
+                .any(|(n, p)| n.eq_ignore_ascii_case(name) && p.is_none_or(|p| Some(p) == port))
             {
                 return Err(Refused::Host(host.to_owned()));
             }

@@ -197,27 +197,21 @@ impl Connector {
         }
         // On a link where a server→client request cannot be traced to its call, a call that
         // may ask its client something waits for the connector's ask slot (see `inflight`).
-        let what = what(method, params);
+        let traced = link.exact_attribution();
+        let what = if traced { None } else { what(method, params) };
         let slot = match &what {
-            Some(w)
-                if caller.downstream.is_some()
-                    && !link.exact_attribution()
-                    && shared.calls.may_ask(w) =>
-            {
-                Some(
-                    shared
-                        .calls
-                        .take_slot(shared.spec.call_timeout, caller)
-                        .await?,
-                )
-            }
+            Some(w) if caller.downstream.is_some() && shared.calls.may_ask(w) => Some(
+                shared
+                    .calls
+                    .take_slot(shared.spec.call_timeout, caller)
+                    .await?,
+            ),
             _ => None,
         };
         let id = link.next_id();
-        let token = link::token(id);
         let mut meta = caller.meta.clone().unwrap_or_default();
         if caller.progress_token.is_some() {
-            meta.insert("progressToken".into(), token.into());
+            meta.insert("progressToken".into(), link::token(id).into());
         }
         let declared = caller.downstream.as_ref().and_then(|d| d.declared());
         link.modern_meta(&mut meta, declared.as_ref());
@@ -229,7 +223,7 @@ impl Connector {
                 serde_json::to_value(level).unwrap_or_default(),
             );
         }
-        // The params as given plus this hop's `_meta`, serialised without copying them.
+        // The params as given plus this hop's `_meta`, serialised straight into the request.
         #[derive(serde::Serialize)]
         struct WithMeta<'a> {
             #[serde(flatten)]
@@ -237,15 +231,21 @@ impl Connector {
             #[serde(rename = "_meta", skip_serializing_if = "serde_json::Map::is_empty")]
             meta: serde_json::Map<String, serde_json::Value>,
         }
-        let body =
-            serde_json::value::to_raw_value(&WithMeta { params, meta }).expect("params serialise");
         // Registered before sending, so early messages about the call find its caller.
         let _call = shared.calls.register(id, caller.clone(), what, slot);
+        let modern = link.is_modern();
+        // The Mcp-Name of a 2026-07-28 request: the tool or prompt name, or the resource URI.
+        let name = match method {
+            "tools/call" | "prompts/get" if modern => params.get("name"),
+            "resources/read" if modern => params.get("uri"),
+            _ => None,
+        }
+        .and_then(|n| n.as_str());
         // A modern HTTP upstream wants annotated arguments repeated as Mcp-Param-* headers.
-        let headers = match (link.is_modern(), method, params.get("name")) {
-            (true, "tools/call", Some(serde_json::Value::String(name))) => {
+        let headers = match (modern, method, name) {
+            (true, "tools/call", Some(name)) => {
                 let cat = shared.catalog.load();
-                match cat.tools.iter().find(|t| t.name == name.as_str()) {
+                match cat.tools.iter().find(|t| t.name == name) {
                     Some(t) => headers::param_headers(
                         &t.input_schema,
                         params.get("arguments").unwrap_or(&serde_json::Value::Null),
@@ -255,8 +255,16 @@ impl Connector {
             }
             _ => Vec::new(),
         };
+        let body = WithMeta { params, meta };
         let mut pending = link
-            .send(id, method, &body, caller.downstream.is_some(), headers)
+            .send(
+                id,
+                method,
+                &body,
+                name,
+                caller.downstream.is_some(),
+                headers,
+            )
             .ok_or_else(closed)?;
         // Sends notifications/cancelled if this future is dropped before the answer (the
         // client went away).

@@ -18,10 +18,9 @@ use std::{
 };
 
 use manifold_config::ConnectorId;
-use rmcp::model::ProgressToken;
 use tokio::sync::Notify;
 
-use crate::{Caller, UpstreamError, link};
+use crate::{Caller, UpstreamError};
 
 /// How long a request that several clients' calls could have made waits for them to narrow
 /// down (calls that did not ask finish; the one that asked cannot until it is answered).
@@ -70,10 +69,11 @@ impl Unattributed {
 
 pub(crate) struct Calls {
     connector: ConnectorId,
-    /// Keyed by the progress token of the call (`mf-N`, unique per connection).
-    map: Mutex<HashMap<ProgressToken, Entry>>,
+    /// Keyed by the call's link id (`mf-N`, unique per connection).
+    map: Mutex<HashMap<u64, Entry, IdHash>>,
     /// Signalled when a call ends (the candidates for a request may have narrowed).
     ended: Notify,
+    /// By method and name (`"tools/call echo"`).
     book: Mutex<HashMap<Arc<str>, Asks>>,
     slot: Mutex<Slot>,
     /// Signalled when the slot is released.
@@ -109,7 +109,7 @@ impl Drop for SlotShare {
 /// A registered call; dropping it ends the call's entry.
 pub(crate) struct CallGuard {
     calls: Arc<Calls>,
-    token: ProgressToken,
+    id: u64,
     _slot: Option<SlotShare>,
 }
 
@@ -117,7 +117,7 @@ impl Calls {
     pub(crate) fn new(connector: ConnectorId) -> Arc<Self> {
         Arc::new(Self {
             connector,
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
             ended: Notify::new(),
             book: Mutex::new(HashMap::new()),
             slot: Mutex::new(Slot::default()),
@@ -194,9 +194,8 @@ impl Calls {
         what: Option<Arc<str>>,
         slot: Option<SlotShare>,
     ) -> CallGuard {
-        let token = token_of(id);
         self.map.lock().expect("calls lock").insert(
-            token.clone(),
+            id,
             Entry {
                 caller,
                 what,
@@ -206,7 +205,7 @@ impl Calls {
         );
         CallGuard {
             calls: self.clone(),
-            token,
+            id,
             _slot: slot,
         }
     }
@@ -233,7 +232,7 @@ impl Calls {
     fn try_attribute(&self, origin: Option<u64>) -> Result<Caller, Unattributed> {
         let mut map = self.map.lock().expect("calls lock");
         if let Some(n) = origin
-            && let Some(e) = map.get_mut(&token_of(n))
+            && let Some(e) = map.get_mut(&n)
             && e.caller.downstream.is_some()
         {
             e.asked = true;
@@ -299,13 +298,13 @@ impl Calls {
         let map = self.map.lock().expect("calls lock");
         let mut client = None;
         let mut target = None;
-        for (token, e) in map.iter().filter(|(_, e)| e.caller.downstream.is_some()) {
+        for (id, e) in map.iter().filter(|(_, e)| e.caller.downstream.is_some()) {
             match client {
                 Some(c) if c != e.caller.client => return None,
                 _ => client = Some(e.caller.client),
             }
             if target.is_none() {
-                target = id_of(token);
+                target = Some(*id);
             }
         }
         target
@@ -320,12 +319,7 @@ impl Calls {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        let e = self
-            .calls
-            .map
-            .lock()
-            .expect("calls lock")
-            .remove(&self.token);
+        let e = self.calls.map.lock().expect("calls lock").remove(&self.id);
         self.calls.ended.notify_waiters();
         // A call that completed without asking is quiet, unless it is known to ask.
         if let Some(Entry {
@@ -342,18 +336,29 @@ impl Drop for CallGuard {
     }
 }
 
-fn token_of(id: u64) -> ProgressToken {
-    ProgressToken(rmcp::model::NumberOrString::String(link::token(id).into()))
-}
+/// A hasher for keys that are already unique numbers (link ids): no need to hash them
+/// with SipHash, whose cost showed in profiles.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
 
-fn id_of(token: &ProgressToken) -> Option<u64> {
-    match &token.0 {
-        rmcp::model::NumberOrString::String(t) => {
-            t.strip_prefix(link::ID_PREFIX).and_then(|n| n.parse().ok())
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread the sequential ids over the table's buckets.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
         }
-        rmcp::model::NumberOrString::Number(_) => None,
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
+
+pub(crate) type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 #[cfg(test)]
 mod tests {

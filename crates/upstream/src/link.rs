@@ -52,7 +52,7 @@ const EVENT_BUFFER: usize = 256;
 
 pub(crate) struct Link {
     out: Out,
-    pending: Mutex<HashMap<u64, Slot>>,
+    pending: Mutex<HashMap<u64, Slot, crate::inflight::IdHash>>,
     next: AtomicU64,
     closed: AtomicBool,
     /// Set by the connector: attributes upstream log messages to a request.
@@ -146,11 +146,20 @@ pub(crate) fn token(id: u64) -> String {
     format!("{ID_PREFIX}{id}")
 }
 
+/// A link request's id on the wire (`"mf-N"`), written without an intermediate string.
+struct LinkId(u64);
+
+impl serde::Serialize for LinkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{ID_PREFIX}{}", self.0))
+    }
+}
+
 impl Link {
     pub fn new(out: Out) -> Arc<Self> {
         Arc::new(Self {
             out,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             log_target: std::sync::OnceLock::new(),
@@ -206,13 +215,15 @@ impl Link {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Send `method` with `params` under `id`, collecting the messages about it if `events`.
-    /// `None` if the connection is closed.
-    pub fn send(
+    /// Send `method` with `params` under `id`, collecting the messages about it if `events`;
+    /// `name` is the request's `Mcp-Name` (its tool or prompt name, or resource URI), for a
+    /// 2026-07-28 upstream over HTTP. `None` if the connection is closed.
+    pub fn send<P: serde::Serialize + ?Sized>(
         self: &Arc<Self>,
         id: u64,
         method: &str,
-        params: &RawValue,
+        params: &P,
+        name: Option<&str>,
         events: bool,
         headers: Vec<(String, String)>,
     ) -> Option<Pending> {
@@ -241,24 +252,20 @@ impl Link {
             link: self.clone(),
         };
         #[derive(serde::Serialize)]
-        struct Req<'a> {
+        struct Req<'a, P: ?Sized> {
             jsonrpc: &'static str,
-            id: &'a str,
+            id: LinkId,
             method: &'a str,
-            params: &'a RawValue,
+            params: &'a P,
         }
         let body = serde_json::to_vec(&Req {
             jsonrpc: "2.0",
-            id: &token(id),
+            id: LinkId(id),
             method,
             params,
         })
         .expect("a request serialises");
-        let name = if self.is_modern() {
-            routing_name(method, params)
-        } else {
-            None
-        };
+        let name = if self.is_modern() { name } else { None };
         pending.io = self
             .write(body, Some(id), Some((method, name)), headers)
             .ok()?;
@@ -284,7 +291,7 @@ impl Link {
         self: &Arc<Self>,
         body: Vec<u8>,
         id: Option<u64>,
-        route: Option<(&str, Option<String>)>,
+        route: Option<(&str, Option<&str>)>,
         extra: Vec<(String, String)>,
     ) -> Result<Option<Io>, ()> {
         match &self.out {
@@ -437,24 +444,6 @@ impl Link {
     }
 }
 
-/// The `Mcp-Name` of a request: the tool or prompt name, or the resource URI.
-fn routing_name(method: &str, params: &RawValue) -> Option<String> {
-    let key = match method {
-        "tools/call" | "prompts/get" => "name",
-        "resources/read" => "uri",
-        _ => return None,
-    };
-    #[derive(serde::Deserialize)]
-    struct Named<'a> {
-        #[serde(borrow)]
-        name: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow)]
-        uri: Option<std::borrow::Cow<'a, str>>,
-    }
-    let v: Named = serde_json::from_str(params.get()).ok()?;
-    if key == "uri" { v.uri } else { v.name }.map(|n| n.into_owned())
-}
-
 pub(crate) fn preview(s: &str) -> String {
     let mut p: String = s.chars().take(200).collect();
     if p.len() < s.len() {
@@ -472,7 +461,7 @@ pub(crate) async fn request(
 ) -> Result<Box<RawValue>, String> {
     let id = link.next_id();
     let mut pending = link
-        .send(id, method, params, false, Vec::new())
+        .send(id, method, params, None, false, Vec::new())
         .ok_or_else(|| "the connection is closed".to_owned())?;
     let reply = async {
         loop {

@@ -70,12 +70,18 @@ pub(crate) struct HttpOut {
     pub inject: mpsc::Sender<ServerJsonRpcMessage>,
 }
 
-/// What rmcp's Streamable HTTP transport negotiated: the session and protocol version.
+/// What rmcp's Streamable HTTP transport negotiated: the session and protocol version, as
+/// header values.
 #[derive(Default)]
 pub(crate) struct Negotiated {
-    session: Option<Arc<str>>,
+    session: Option<http::HeaderValue>,
     version: Option<http::HeaderValue>,
 }
+
+const SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
+const PROTOCOL_VERSION: http::HeaderName = http::HeaderName::from_static("mcp-protocol-version");
+const MCP_METHOD: http::HeaderName = http::HeaderName::from_static("mcp-method");
+const MCP_NAME: http::HeaderName = http::HeaderName::from_static("mcp-name");
 
 impl HttpOut {
     /// The fixed headers of every POST: the connector's own, then the transport's.
@@ -102,7 +108,7 @@ impl HttpOut {
         link: &Arc<Link>,
         body: Vec<u8>,
         id: Option<u64>,
-        route: Option<(&str, Option<String>)>,
+        route: Option<(&str, Option<&str>)>,
         extra: Vec<(String, String)>,
     ) -> Io {
         let (session, version) = {
@@ -111,31 +117,34 @@ impl HttpOut {
         };
         let modern = link.is_modern();
         let mut headers = self.headers.clone();
-        let mut add = |k: &str, v: &str| match (
-            http::HeaderName::try_from(k),
-            http::HeaderValue::try_from(v),
-        ) {
-            (Ok(k), Ok(v)) => {
+        if let Some(s) = session {
+            headers.insert(SESSION_ID, s);
+        }
+        let mut add = |k: http::HeaderName, v: &str| match http::HeaderValue::try_from(v) {
+            Ok(v) => {
                 headers.insert(k, v);
             }
-            _ => tracing::debug!(header = k, "left out a header that is not valid"),
+            Err(_) => tracing::debug!(header = %k, "left out a header value that is not valid"),
         };
-        if let Some(s) = &session {
-            add("mcp-session-id", s);
-        }
         if modern && let Some((method, name)) = route {
-            add("mcp-method", method);
-            if let Some(n) = &name {
-                add("mcp-name", n);
+            add(MCP_METHOD, method);
+            if let Some(n) = name {
+                add(MCP_NAME, n);
             }
         }
         for (k, v) in &extra {
-            add(k, v);
+            match http::HeaderName::try_from(k.as_str()) {
+                Ok(k) => add(k, v),
+                Err(_) => tracing::debug!(header = %k, "left out a header name that is not valid"),
+            }
         }
         if modern {
-            add("mcp-protocol-version", "2026-07-28");
+            headers.insert(
+                PROTOCOL_VERSION,
+                http::HeaderValue::from_static("2026-07-28"),
+            );
         } else if let Some(v) = version {
-            headers.insert("mcp-protocol-version", v);
+            headers.insert(PROTOCOL_VERSION, v);
         }
         let mut req = http::Request::new(Bytes::from(body));
         *req.method_mut() = http::Method::POST;
@@ -276,8 +285,10 @@ impl Recording {
         headers: &HashMap<http::HeaderName, http::HeaderValue>,
     ) {
         let mut s = self.negotiated.lock().expect("negotiated lock");
-        if session.is_some() {
-            s.session = session.clone();
+        if let Some(id) = session
+            && let Ok(v) = http::HeaderValue::from_str(id)
+        {
+            s.session = Some(v);
         }
         if let Some(v) = headers.get("mcp-protocol-version") {
             s.version = Some(v.clone());
