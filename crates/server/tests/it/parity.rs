@@ -91,6 +91,12 @@ async fn every_adapter_answers_the_same() {
                 .header("origin", &origin),
         )
         .await;
+        if let Some(extra) = params.get("x-extra") {
+            assert_eq!(
+                legacy_plain["result"]["_meta"]["seen_extra"]["x-extra"], *extra,
+                "unknown request fields reach the upstream: {legacy_plain}"
+            );
+        }
         let want = comparable(legacy_plain.clone());
         for (adapter, got) in [
             ("legacy, browser", legacy_browser),

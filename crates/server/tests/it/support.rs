@@ -296,11 +296,18 @@ pub fn modern_request(
         "resources/read" => params["uri"].as_str().map(str::to_owned),
         _ => None,
     };
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": caps,
-        "io.modelcontextprotocol/clientInfo": {"name": "seam-test", "version": "1"},
-    });
+    // The request's own `_meta` (a progress token, a log level) stays; the protocol keys join it.
+    let mut meta = params["_meta"].as_object().cloned().unwrap_or_default();
+    meta.insert(
+        "io.modelcontextprotocol/protocolVersion".into(),
+        MODERN.into(),
+    );
+    meta.insert("io.modelcontextprotocol/clientCapabilities".into(), caps);
+    meta.insert(
+        "io.modelcontextprotocol/clientInfo".into(),
+        json!({"name": "seam-test", "version": "1"}),
+    );
+    params["_meta"] = Value::Object(meta);
     let mut r = post(url)
         .header("mcp-protocol-version", MODERN)
         .header("mcp-method", method);
