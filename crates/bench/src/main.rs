@@ -208,9 +208,13 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let pages = total.div_ceil(cli.page_size.max(1));
+    let pinned = match b.gateway_cpu {
+        Some(c) => format!("the gateway pinned to CPU {c} (one runtime worker)"),
+        None => "the gateway unpinned".to_owned(),
+    };
     let header = vec![
         format!(
-            "Gateway `{}`, upstream `{}`; {cpus} CPUs shared by the load generator, the gateway and the upstreams; finished in {:.0} s.",
+            "Gateway `{}`, upstream `{}`; {cpus} CPUs shared by the load generator, the gateway and the upstreams, {pinned}; finished in {:.0} s.",
             b.manifold.display(),
             b.upstream.display(),
             started.elapsed().as_secs_f64()
@@ -218,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         format!(
             "Each run: a new MCP session (initialize + initialized), one verified reply, {warmup:?} warm-up, then {duration:?} measured. `conc` workers share the session over keep-alive HTTP/1.1 connections (reqwest, one thread) and each sends its next request as soon as its reply is read."
         ),
-        "Direct HTTP = the same requests to `fast-upstream http` (axum, 1 thread); direct stdio = the benchmark talking to its own `fast-upstream stdio` child over pipes. Gateway replies are SSE (rmcp's default), direct replies JSON.".to_owned(),
+        "Direct HTTP = the same requests to `fast-upstream http` (axum, 1 thread); direct stdio = the benchmark talking to its own `fast-upstream stdio` child over pipes. Both reply with JSON bodies.".to_owned(),
         "CPU = time on CPU of every thread of the process over the measured window (/proc/PID/task/*/schedstat, ns; /proc/PID/stat utime+stime if a thread exited) ÷ requests. *Gateway CPU* is the gateway process alone; the stdio upstreams it spawns are excluded from it and counted under *upstream CPU*, as is the HTTP upstream.".to_owned(),
         format!(
             "Big catalog: {} connectors × {} tools (`fast-upstream stdio --tools {}`, `echo` excluded by curation) = {total} tools in one virtual server, gateway.page_size = {} ({pages} page(s) per list, each list walks all pages); direct = one `fast-upstream http --tools {}`.",
