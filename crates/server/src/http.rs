@@ -1,17 +1,15 @@
 //! The HTTP edge: the routes (`/mcp/{server}`, `/healthz`, `/healthz/detail`), the checks every
-//! MCP request passes before anything else (`Host`/`Origin`, then the authentication seam,
-//! which puts the caller's `Principal` in the request's extensions — the only place headers
-//! are read for identity), the dispatch of a POST to the legacy or the 2026-07-28 codec, and
+//! MCP request passes before anything else (the `Caller` extractor: `Host`/`Origin`, then the
+//! authentication seam — the only place headers are read for identity), the dispatch of a POST to the legacy or the 2026-07-28 codec, and
 //! `serve` with its shutdown drain.
 
 use std::{future::Future, sync::Arc};
 
 use axum::{
-    Extension, Json, Router,
+    Json, Router,
     body::{Body, Bytes},
     extract::{Path, Request, State},
     http::{HeaderMap, Method, StatusCode, header},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get},
 };
@@ -26,61 +24,63 @@ use crate::{
 
 /// The HTTP app: `/mcp/{server}`, `/healthz`, `/healthz/detail`.
 pub fn app(gw: Arc<Gateway>) -> Router {
-    let mcp = Router::new()
-        .route("/mcp/{server}", any(mcp))
-        .layer(middleware::from_fn_with_state(gw.clone(), edge));
     Router::new()
-        .merge(mcp)
+        .route("/mcp/{server}", any(mcp))
         .route("/healthz", get(healthz))
         .route("/healthz/detail", get(healthz_detail))
         .with_state(gw)
 }
 
-/// Host/Origin, then authentication: once per HTTP request, before any MCP handling.
-async fn edge(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    let checked = gw.runtime.load().allowed.check(req.headers());
-    match checked {
-        Ok(()) => {}
-        Err(Refused::BadHost) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "Bad Request: missing or invalid Host header",
-            )
-                .into_response();
+/// The authenticated caller of a request: extracting it is the edge — the Host/Origin checks,
+/// then the authentication seam, once per HTTP request, before any MCP handling (the only
+/// place a request's headers are read for identity).
+pub(crate) struct Caller(pub Arc<Principal>);
+
+impl axum::extract::FromRequestParts<Arc<Gateway>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        gw: &Arc<Gateway>,
+    ) -> Result<Self, Response> {
+        let checked = gw.runtime.load().allowed.check(&parts.headers);
+        match checked {
+            Ok(()) => {}
+            Err(Refused::BadHost) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: missing or invalid Host header",
+                )
+                    .into_response());
+            }
+            Err(Refused::Host(h)) => {
+                tracing::warn!(host = %h, "refused a request with a Host that is not allowed (possible DNS rebinding)");
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("Forbidden: Host {h:?} is not allowed (gateway.allowed_hosts)"),
+                )
+                    .into_response());
+            }
+            Err(Refused::Origin(o)) => {
+                tracing::warn!(origin = %o, "refused a request from an Origin that is not allowed");
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("Forbidden: Origin {o:?} is not allowed (gateway.allowed_origins)"),
+                )
+                    .into_response());
+            }
         }
-        Err(Refused::Host(h)) => {
-            tracing::warn!(host = %h, "refused a request with a Host that is not allowed (possible DNS rebinding)");
-            return (
-                StatusCode::FORBIDDEN,
-                format!("Forbidden: Host {h:?} is not allowed (gateway.allowed_hosts)"),
-            )
-                .into_response();
-        }
-        Err(Refused::Origin(o)) => {
-            tracing::warn!(origin = %o, "refused a request from an Origin that is not allowed");
-            return (
-                StatusCode::FORBIDDEN,
-                format!("Forbidden: Origin {o:?} is not allowed (gateway.allowed_origins)"),
-            )
-                .into_response();
+        match gw.seams.authenticate.authenticate(parts).await {
+            Ok(p) => Ok(Caller(Arc::new(p))),
+            Err(e) => Err((StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")).into_response()),
         }
     }
-    let (mut parts, body) = req.into_parts();
-    match gw.seams.authenticate.authenticate(&parts).await {
-        Ok(p) => {
-            parts.extensions.insert(Arc::new(p));
-        }
-        Err(e) => {
-            return (StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")).into_response();
-        }
-    }
-    next.run(Request::from_parts(parts, body)).await
 }
 
 async fn mcp(
     State(gw): State<Arc<Gateway>>,
+    Caller(principal): Caller,
     Path(server): Path<String>,
-    Extension(principal): Extension<Arc<Principal>>,
     req: Request,
 ) -> Response {
     let Some(vs) = gw.virtual_server(&server) else {
