@@ -64,8 +64,9 @@ enum Event {
     Missing(ClientCapabilities),
 }
 
-/// The request a round answers: where its progress and log messages go.
-pub(crate) struct Client {
+/// The request a round answers (each retry is a new one): where its progress and log
+/// messages go.
+pub(crate) struct Requester {
     pub outbox: Outbox,
     pub progress_token: Option<rmcp::model::ProgressToken>,
     /// The request's own log level (none: it wants no log messages).
@@ -78,7 +79,7 @@ pub(crate) struct Call {
     pub binding: String,
     pub caps: ClientCapabilities,
     pub client_key: u64,
-    pub client: Client,
+    pub requester: Requester,
     pub ct: CancellationToken,
     pub ttl: Duration,
     pub meta: Option<serde_json::Map<String, Value>>,
@@ -87,7 +88,7 @@ pub(crate) struct Call {
 /// A call in progress between rounds.
 struct Run {
     /// The current round's request (replaced on each resumption).
-    client: Arc<Mutex<Option<Client>>>,
+    client: Arc<Mutex<Option<Requester>>>,
     events: mpsc::Receiver<Event>,
     done: oneshot::Receiver<Outcome>,
     /// Answers the upstream still waits for, by input key.
@@ -151,7 +152,7 @@ impl Bridge {
             binding,
             caps,
             client_key,
-            client,
+            requester,
             ct,
             ttl,
             meta,
@@ -159,9 +160,9 @@ impl Bridge {
         let (tx, events) = mpsc::channel(16);
         // With a token, the upstream is asked for progress; each round's own token is used
         // when relaying it (see `Asker::progress`).
-        let progress_token = client.progress_token.clone();
-        let log_level = client.log_level;
-        let current = Arc::new(Mutex::new(Some(client)));
+        let progress_token = requester.progress_token.clone();
+        let log_level = requester.log_level;
+        let current = Arc::new(Mutex::new(Some(requester)));
         let caller = manifold_upstream::Caller {
             client: client_key,
             meta,
@@ -210,7 +211,7 @@ impl Bridge {
         binding: String,
         state: &str,
         responses: Option<&serde_json::Map<String, Value>>,
-        client: Client,
+        requester: Requester,
     ) -> Result<Round, ErrorData> {
         let refuse = |why: &str| {
             ErrorData::invalid_params(
@@ -236,7 +237,7 @@ impl Bridge {
         if parked.binding != binding {
             return Err(refuse("it belongs to a different request"));
         }
-        *parked.run.client.lock().expect("client lock") = Some(client);
+        *parked.run.client.lock().expect("client lock") = Some(requester);
         for (key, tx) in parked.run.waiting.drain() {
             let answer = match responses.and_then(|r| r.get(&key)) {
                 Some(v) => Ok(v.clone()),
@@ -353,7 +354,7 @@ fn sweep(map: &mut HashMap<u64, Parked>) {
 struct Asker {
     tx: mpsc::Sender<Event>,
     caps: ClientCapabilities,
-    client: Arc<Mutex<Option<Client>>>,
+    client: Arc<Mutex<Option<Requester>>>,
 }
 
 impl Asker {
@@ -450,9 +451,9 @@ mod tests {
 
     use super::*;
 
-    fn client() -> Client {
+    fn requester() -> Requester {
         let (outbox, _) = mpsc::channel(8);
-        Client {
+        Requester {
             outbox,
             progress_token: None,
             log_level: None,
@@ -472,7 +473,7 @@ mod tests {
             ),
             caps: serde_json::from_value(caps).unwrap(),
             client_key: 1,
-            client: client(),
+            requester: requester(),
             ct: CancellationToken::new(),
             ttl,
             meta: None,
@@ -522,7 +523,7 @@ mod tests {
         );
         let answers = json!({"r1": {"action": "accept", "content": {"name": "Ada"}}});
         let done = bridge
-            .resume(b.clone(), &state, answers.as_object(), client())
+            .resume(b.clone(), &state, answers.as_object(), requester())
             .await
             .unwrap();
         let Round::Done(Ok(raw)) = done else {
@@ -530,7 +531,7 @@ mod tests {
         };
         assert!(raw.get().contains("Ada"), "{}", raw.get());
         let again = bridge
-            .resume(b, &state, answers.as_object(), client())
+            .resume(b, &state, answers.as_object(), requester())
             .await;
         let e = again.err().expect("a state is single-use");
         assert!(e.message.contains("already used"), "{}", e.message);
@@ -548,7 +549,7 @@ mod tests {
         let tampered = String::from_utf8(tampered).unwrap();
         assert!(
             bridge
-                .resume(b.clone(), &tampered, None, client())
+                .resume(b.clone(), &tampered, None, requester())
                 .await
                 .is_err()
         );
@@ -562,7 +563,7 @@ mod tests {
                 .clone(),
         );
         let e = bridge
-            .resume(other, &state, None, client())
+            .resume(other, &state, None, requester())
             .await
             .err()
             .unwrap();
@@ -573,7 +574,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         let e = bridge
-            .resume(b, &state, None, client())
+            .resume(b, &state, None, requester())
             .await
             .err()
             .unwrap();

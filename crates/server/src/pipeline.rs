@@ -551,7 +551,7 @@ async fn forward(
             Some(serde_json::Value::Object(r)) => Some(r),
             _ => None,
         };
-        let client = round_client(cx);
+        let client = round_requester(cx);
         let round = tokio::select! {
             r = gw.bridge.resume(binding.clone(), &state, responses.as_ref(), client) => r?,
             // The client closing its request abandons the round (and the upstream call).
@@ -602,7 +602,7 @@ async fn forward(
         binding,
         caps: cx.capabilities.clone(),
         client_key,
-        client: round_client(cx),
+        requester: round_requester(cx),
         ct: gw.shutdown.child_token(),
         ttl: gw.config().gateway.input_wait,
         meta: cx.meta.clone(),
@@ -622,8 +622,8 @@ async fn forward(
     finish_round(round, method)
 }
 
-fn round_client(cx: &RequestContext) -> mrtr::Client {
-    mrtr::Client {
+fn round_requester(cx: &RequestContext) -> mrtr::Requester {
+    mrtr::Requester {
         outbox: cx.outbox.clone(),
         progress_token: cx.progress_token.clone(),
         log_level: cx.log_level,
