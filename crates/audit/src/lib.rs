@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use manifold_policy::{ActionKind, Denied, Item, Permit, PrincipalId, Target, Verb};
+use manifold_policy::{ActionKind, Denied, Item, Permit, PrincipalId, Target};
 
 /// What happened to one request.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -164,17 +164,6 @@ impl AuditSink for LogSink {
             micros = e.duration.as_micros() as u64,
             "request"
         );
-    }
-}
-
-/// `verb` as the MCP method it stands for (for events built outside a request's own method).
-pub fn method_of(verb: Verb) -> &'static str {
-    match verb {
-        Verb::Call => "tools/call",
-        Verb::Get => "prompts/get",
-        Verb::Read => "resources/read",
-        Verb::Subscribe => "resources/subscribe",
-        Verb::Complete => "completion/complete",
     }
 }
 
