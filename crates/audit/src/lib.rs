@@ -189,7 +189,7 @@ mod micros {
 mod tests {
     use std::sync::Arc;
 
-    use manifold_policy::{Action, AllowAll, DenyExposed, ItemKind, Principal, authorize};
+    use manifold_policy::{Action, AllowAll, DenyExposed, ItemKind, Principal, Verb, authorize};
 
     use super::*;
 
