@@ -4,6 +4,7 @@
 
 mod import;
 mod raw;
+mod redact;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -18,6 +19,7 @@ use std::{
 
 pub use import::import_claude_desktop;
 use raw::{RawConfig, RawConnector, RawCuration, RawServer};
+pub use redact::{REDACTED, Secrets, redact_url, redact_urls_in};
 use text::{Located, Source};
 use toml::Spanned;
 
@@ -135,6 +137,8 @@ pub struct ConnectorSpec {
     pub max_sessions: usize,
     /// Which protocol era to speak to the upstream.
     pub era: Era,
+    /// Values that must not appear in anything shown about this connector; see [`Secrets`].
+    pub secrets: Secrets,
 }
 
 /// The protocol era a connector's upstream speaks.
@@ -173,10 +177,14 @@ pub enum StartMode {
     Lazy,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct StdioSpec {
     pub command: String,
+    /// With `${…}` references expanded.
     pub args: Vec<String>,
+    /// Some argument came from a `${…}` reference or looks like a credential (`--token=…`):
+    /// the arguments are then never logged or printed.
+    pub args_hold_secrets: bool,
     /// Variables set explicitly (values may come from `${ENV}` or `${file:…}` references).
     pub env: BTreeMap<String, Secret>,
     /// Names copied from the gateway's environment when present; nothing else is inherited.
@@ -195,12 +203,57 @@ pub enum HttpTransport {
     Sse,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct HttpSpec {
+    /// As configured, with references expanded: may hold credentials. Show `display_url()`.
     pub url: String,
     pub headers: Vec<(String, Secret)>,
     pub transport: HttpTransport,
     pub connect_timeout: Duration,
+}
+
+impl HttpSpec {
+    /// The URL as it may be shown: userinfo and query values redacted.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for HttpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSpec")
+            .field("url", &self.display_url())
+            .field("headers", &self.headers)
+            .field("transport", &self.transport)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl StdioSpec {
+    /// The arguments as they may be shown: hidden when they hold secrets.
+    pub fn display_args(&self) -> String {
+        if self.args_hold_secrets {
+            format!("<{} arguments, not shown: they hold secrets>", self.args.len())
+        } else {
+            self.args.join(" ")
+        }
+    }
+}
+
+impl fmt::Debug for StdioSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StdioSpec")
+            .field("command", &self.command)
+            .field("args", &self.display_args())
+            .field("env", &self.env)
+            .field("env_passthrough", &self.env_passthrough)
+            .field("cwd", &self.cwd)
+            .field("start", &self.start)
+            .field("max_line_bytes", &self.max_line_bytes)
+            .field("stderr_lines_per_minute", &self.stderr_lines_per_minute)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -399,6 +452,8 @@ impl Builder<'_> {
             ("transport", rc.transport.is_some()),
             ("connect_timeout", rc.connect_timeout.is_some()),
         ];
+        // Every value substituted from a reference, and others that are secrets by nature.
+        let mut secrets = Vec::new();
         let transport = match rc.kind.get_ref().as_str() {
             "stdio" => {
                 if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
@@ -414,9 +469,20 @@ impl Builder<'_> {
                 }
                 let mut env = BTreeMap::new();
                 for (k, v) in rc.env.unwrap_or_default() {
-                    let value = self.expand(&v, &key(&format!("env.{k}")))?;
+                    let value = self.expand(&v, &key(&format!("env.{k}")), &mut secrets)?;
+                    // Long literal values look like tokens whatever their name.
+                    if redact::secret_name(&k) || value.len() >= 16 {
+                        secrets.push(value.clone());
+                    }
                     env.insert(k, Secret(value));
                 }
+                let references = secrets.len();
+                let mut args = Vec::new();
+                for (i, a) in rc.args.unwrap_or_default().iter().enumerate() {
+                    args.push(self.expand(a, &key(&format!("args[{i}]")), &mut secrets)?);
+                }
+                let args_hold_secrets = secrets.len() > references
+                    || args_look_secret(&args);
                 let start = match rc.start.as_ref().map(|s| s.get_ref().as_str()) {
                     None | Some("eager") => StartMode::Eager,
                     Some("lazy") => StartMode::Lazy,
@@ -429,7 +495,8 @@ impl Builder<'_> {
                 };
                 TransportSpec::Stdio(StdioSpec {
                     command: command.into_inner(),
-                    args: rc.args.unwrap_or_default(),
+                    args,
+                    args_hold_secrets,
                     env,
                     env_passthrough: rc.env_passthrough.unwrap_or_else(|| {
                         vec!["PATH".into(), "HOME".into(), "LANG".into(), "TMPDIR".into()]
@@ -449,15 +516,22 @@ impl Builder<'_> {
                         "kind = \"http\" needs `url` (the server's MCP endpoint)",
                     )));
                 };
-                let value = self.expand(&url, &key("url"))?;
+                let value = self.expand(&url, &key("url"), &mut secrets)?;
+                secrets.extend(redact::url_secrets(&value));
                 if !(value.starts_with("http://") || value.starts_with("https://")) {
                     return Err(self.src.at(&url).err(key(&format!(
-                        "url {value:?} must start with http:// or https://"
+                        "url {:?} must start with http:// or https://",
+                        redact_url(url.get_ref())
                     ))));
                 }
                 let mut headers = Vec::new();
                 for (k, v) in rc.headers.unwrap_or_default() {
-                    let value = self.expand(&v, &key(&format!("headers.{k}")))?;
+                    let value = self.expand(&v, &key(&format!("headers.{k}")), &mut secrets)?;
+                    // The whole value and its last word (the token of `Bearer …`).
+                    if let Some(last) = value.split_whitespace().last() {
+                        secrets.push(last.to_owned());
+                    }
+                    secrets.push(value.clone());
                     headers.push((k, Secret(value)));
                 }
                 let transport = match rc.transport.as_ref().map(|s| s.get_ref().as_str()) {
@@ -538,6 +612,7 @@ impl Builder<'_> {
             sessions,
             max_sessions: rc.max_sessions.unwrap_or(100).max(1) as usize,
             era,
+            secrets: Secrets::new(secrets),
         })
     }
 
@@ -680,11 +755,22 @@ impl Builder<'_> {
         }
     }
 
-    /// Expand `${NAME}`, `${NAME:-default}` and `${file:PATH}` references.
-    fn expand(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
-        text::expand(v.get_ref(), self.env, self.src.path)
+    /// Expand `${NAME}`, `${NAME:-default}` and `${file:PATH}` references, noting the
+    /// substituted values in `secrets`.
+    fn expand(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+        secrets: &mut Vec<String>,
+    ) -> Result<String, ConfigError> {
+        text::expand(v.get_ref(), self.env, self.src.path, secrets)
             .map_err(|m| self.src.at(v).err(format!("{key}: {m}")))
     }
+}
+
+/// Whether any argument looks like a credential (`--token=…`, `--api-key`, …).
+fn args_look_secret(args: &[String]) -> bool {
+    args.iter().any(|a| redact::secret_arg(a))
 }
 
 /// `1..=64` characters of `A-Z a-z 0-9 _ - .`; what MCP clients accept as a tool name.

@@ -38,7 +38,7 @@ pub struct RawConnector {
     pub kind: Spanned<String>,
     // stdio
     pub command: Option<Spanned<String>>,
-    pub args: Option<Vec<String>>,
+    pub args: Option<Vec<Spanned<String>>>,
     pub env: Option<BTreeMap<String, Spanned<String>>>,
     pub env_passthrough: Option<Vec<String>>,
     pub cwd: Option<String>,

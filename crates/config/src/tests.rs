@@ -256,3 +256,80 @@ fn every_config_key_is_documented() {
         "config keys missing from docs/config.md: {missing:?}"
     );
 }
+
+#[test]
+fn secrets_are_collected_from_every_field() {
+    let c = Config::parse(
+        r#"
+[connectors.remote]
+kind = "http"
+url = "http://user:PASSWORD@127.0.0.1:1/mcp?api_key=${KEY}"
+headers = { Authorization = "Bearer tok-123456", X-Tenant = "acme" }
+
+[connectors.local]
+kind = "stdio"
+command = "server"
+args = ["--port", "9", "--token=${TOKEN}"]
+env = { GITHUB_TOKEN = "ghp-literal", MODE = "production", LONG = "0123456789abcdefXYZ" }
+
+[connectors.plain]
+kind = "stdio"
+command = "server"
+args = ["--port", "9", "cost=$$5"]
+"#,
+        Path::new("/etc/m/manifold.toml"),
+        &env(&[("TOKEN", "s3cret-token"), ("KEY", "the-api-key")]),
+    )
+    .expect("valid");
+    let remote = &c.connectors[&ConnectorId::parse("remote").unwrap()];
+    let TransportSpec::Http(h) = &remote.transport else {
+        panic!("http")
+    };
+    assert_eq!(h.display_url(), "http://***@127.0.0.1:1/mcp?api_key=***");
+    assert!(!format!("{remote:?}").contains("PASSWORD"));
+    let shown = remote
+        .secrets
+        .scrub("PASSWORD the-api-key Bearer tok-123456, tok-123456 acme user Bearer");
+    assert_eq!(shown, "*** *** ***, *** *** *** Bearer");
+
+    let local = &c.connectors[&ConnectorId::parse("local").unwrap()];
+    let TransportSpec::Stdio(s) = &local.transport else {
+        panic!("stdio")
+    };
+    assert_eq!(s.args, ["--port", "9", "--token=s3cret-token"]);
+    assert!(s.args_hold_secrets);
+    assert_eq!(s.display_args(), "<3 arguments, not shown: they hold secrets>");
+    assert!(!format!("{local:?}").contains("s3cret-token"));
+    assert_eq!(
+        local
+            .secrets
+            .scrub("s3cret-token ghp-literal production 0123456789abcdefXYZ"),
+        "*** *** production ***"
+    );
+
+    let plain = &c.connectors[&ConnectorId::parse("plain").unwrap()];
+    let TransportSpec::Stdio(s) = &plain.transport else {
+        panic!("stdio")
+    };
+    assert_eq!(s.args, ["--port", "9", "cost=$5"]);
+    assert!(!s.args_hold_secrets);
+    assert_eq!(s.display_args(), "--port 9 cost=$5");
+}
+
+#[test]
+fn a_literal_credential_argument_hides_the_arguments() {
+    let c = parse("[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nargs = [\"--api-key\", \"k\"]\n")
+        .expect("valid");
+    let TransportSpec::Stdio(s) = &c.connectors[&ConnectorId::parse("a").unwrap()].transport else {
+        panic!("stdio")
+    };
+    assert!(s.args_hold_secrets);
+}
+
+#[test]
+fn a_bad_reference_in_args_names_the_argument() {
+    check_err(
+        "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nargs = [\"ok\", \"${NOPE}\"]\n",
+        "/etc/m/manifold.toml:4:15: connector \"a\": args[1]: environment variable NOPE is not set: export it, or write ${NOPE:-default}",
+    );
+}

@@ -110,8 +110,14 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// Expand `${NAME}`, `${NAME:-default}` and `${file:PATH}` (relative to the config file).
-/// `$$` is a literal `$`.
-pub fn expand(input: &str, env: &dyn Env, config_path: &Path) -> Result<String, String> {
+/// `$$` is a literal `$`. Each substituted value is pushed to `substituted` (they are the
+/// connector's secrets).
+pub fn expand(
+    input: &str,
+    env: &dyn Env,
+    config_path: &Path,
+    substituted: &mut Vec<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(i) = rest.find('$') {
@@ -143,7 +149,9 @@ pub fn expand(input: &str, env: &dyn Env, config_path: &Path) -> Result<String, 
             };
             let content = std::fs::read_to_string(&p)
                 .map_err(|e| format!("cannot read secret file {}: {e}", p.display()))?;
-            out.push_str(content.trim_end_matches(['\n', '\r']));
+            let value = content.trim_end_matches(['\n', '\r']);
+            out.push_str(value);
+            substituted.push(value.to_owned());
             continue;
         }
         let (name, default) = match reference.split_once(":-") {
@@ -156,8 +164,14 @@ pub fn expand(input: &str, env: &dyn Env, config_path: &Path) -> Result<String, 
             ));
         }
         match (env.var(name), default) {
-            (Some(v), _) => out.push_str(&v),
-            (None, Some(d)) => out.push_str(d),
+            (Some(v), _) => {
+                out.push_str(&v);
+                substituted.push(v);
+            }
+            (None, Some(d)) => {
+                out.push_str(d);
+                substituted.push(d.to_owned());
+            }
             (None, None) => {
                 return Err(format!(
                     "environment variable {name} is not set: export it, or write ${{{name}:-default}}"

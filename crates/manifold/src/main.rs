@@ -168,8 +168,8 @@ async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<
     println!("connectors:");
     for (id, spec) in &config.connectors {
         let what = match &spec.transport {
-            TransportSpec::Stdio(s) => format!("stdio  {} {}", s.command, s.args.join(" ")),
-            TransportSpec::Http(h) => format!("http   {}", h.url),
+            TransportSpec::Stdio(s) => format!("stdio  {} {}", s.command, s.display_args()),
+            TransportSpec::Http(h) => format!("http   {}", h.display_url()),
         };
         println!("  {id:<20} {what}");
     }

@@ -56,10 +56,10 @@ impl Shared {
             TransportSpec::Stdio(s) => {
                 let env = self.env.clone();
                 let (lines, lines_rx) = tokio::sync::mpsc::channel(1024);
-                let link = Link::new(link::Out::Lines(lines));
+                let link = Link::new(link::Out::Lines(lines), self.spec.secrets.clone());
                 let _ = cell.set(link.clone());
                 self.attach_logs(&link);
-                let spawned = stdio::spawn(&self.spec.id, s, &|k| env(k), link.clone(), lines_rx)
+                let spawned = stdio::spawn(&self.spec, s, &|k| env(k), link.clone(), lines_rx)
                     .map_err(|e| e.to_string())?;
                 let stdio::Spawned {
                     mut child,
@@ -109,32 +109,38 @@ impl Shared {
                         .map_err(|_| format!("invalid value for header {k:?}"))?;
                     headers.insert(name, value);
                 }
+                // Credentials in the URL travel as Basic authentication (as browsers and
+                // reqwest do), so no client, error or log downstream ever holds them.
+                let (url, basic) = split_userinfo(&h.url);
+                if let Some(basic) = basic {
+                    headers.entry(http::header::AUTHORIZATION).or_insert(basic);
+                }
                 let budget = h.connect_timeout + Duration::from_secs(5);
                 if h.transport != HttpTransport::Sse {
-                    let config = StreamableHttpClientTransportConfig::with_uri(h.url.clone())
+                    let config = StreamableHttpClientTransportConfig::with_uri(url.clone())
                         .custom_headers(headers.clone())
                         .max_concurrent_requests(1024);
                     let negotiated = Arc::new(Mutex::new(link::Negotiated::default()));
                     let recording = link::Recording {
                         inner: client.clone(),
                         negotiated: negotiated.clone(),
+                        secrets: self.spec.secrets.clone(),
                     };
                     let (inject, injected) = tokio::sync::mpsc::channel(256);
                     let transport = link::Injecting {
                         inner: StreamableHttpClientTransport::with_client(recording, config),
                         injected,
                     };
-                    let uri: http::Uri = h
-                        .url
+                    let uri: http::Uri = url
                         .parse()
-                        .map_err(|e| format!("invalid url {:?}: {e}", h.url))?;
+                        .map_err(|e| format!("invalid url {:?}: {e}", h.display_url()))?;
                     let link = Link::new(link::Out::Http(Box::new(link::HttpOut {
                         sender: link::Sender::for_uri(&uri, client.clone(), h.connect_timeout),
                         uri,
                         headers: link::HttpOut::fixed_headers(&headers),
                         negotiated,
                         inject,
-                    })));
+                    })), self.spec.secrets.clone());
                     let _ = cell.set(link.clone());
                     self.attach_logs(&link);
                     let attempt = tokio::time::timeout(
@@ -156,11 +162,11 @@ impl Shared {
                         Err(_) if h.transport == HttpTransport::Streamable => {
                             return Err(format!(
                                 "no answer to initialize from {} within {budget:?}",
-                                h.url
+                                h.display_url()
                             ));
                         }
                         Ok(Err(e)) => {
-                            tracing::info!(connector = %self.spec.id, error = %e, "streamable HTTP failed; trying the legacy HTTP+SSE transport")
+                            tracing::info!(connector = %self.spec.id, error = %self.spec.secrets.scrub(&e.to_string()), "streamable HTTP failed; trying the legacy HTTP+SSE transport")
                         }
                         Err(_) => {
                             tracing::info!(connector = %self.spec.id, "streamable HTTP timed out; trying the legacy HTTP+SSE transport")
@@ -170,7 +176,7 @@ impl Shared {
                 let cell = Arc::new(std::sync::OnceLock::new());
                 let handler = UpstreamHandler::new(Arc::downgrade(self), cell.clone());
                 let (transport, link) =
-                    sse::connect(client, &h.url, headers, h.connect_timeout).await?;
+                    sse::connect(client, &url, headers, h.connect_timeout, self.spec.secrets.clone()).await?;
                 let _ = cell.set(link.clone());
                 self.attach_logs(&link);
                 match tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await {
@@ -218,5 +224,61 @@ impl Shared {
         let _ = link
             .log_target
             .set(Box::new(move || weak.upgrade()?.calls.log_target()));
+    }
+}
+
+/// `url` without its userinfo, and that userinfo (percent-decoded) as a Basic `Authorization`
+/// value.
+fn split_userinfo(url: &str) -> (String, Option<http::HeaderValue>) {
+    use base64::{Engine, prelude::BASE64_STANDARD};
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, pass) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    let pair = format!("{}:{}", percent_decode(user), percent_decode(pass));
+    let mut value = http::HeaderValue::try_from(format!("Basic {}", BASE64_STANDARD.encode(pair)))
+        .expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    (format!("{scheme}://{}", &rest[at + 1..]), Some(value))
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_becomes_basic_authentication() {
+        let (url, basic) = split_userinfo("http://us%40er:p%3Ass@127.0.0.1:1/mcp?k=v");
+        assert_eq!(url, "http://127.0.0.1:1/mcp?k=v");
+        // base64("us@er:p:ss")
+        assert_eq!(basic.unwrap(), "Basic dXNAZXI6cDpzcw==");
+        let (url, basic) = split_userinfo("http://h/a@b");
+        assert_eq!((url.as_str(), basic), ("http://h/a@b", None));
+        assert_eq!(percent_decode("100%"), "100%");
     }
 }

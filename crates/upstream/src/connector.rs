@@ -389,10 +389,10 @@ impl Connector {
         let handle = peer
             .send_cancellable_request(req, options)
             .await
-            .map_err(|e| map_service_error(&shared.spec.id, e, timeout))?;
+            .map_err(|e| map_service_error(&shared.spec.id, &shared.spec.secrets, e, timeout))?;
         let id = handle.id.clone();
         tokio::select! {
-            r = handle.await_response() => r.map(|_| ()).map_err(|e| map_service_error(&shared.spec.id, e, timeout)),
+            r = handle.await_response() => r.map(|_| ()).map_err(|e| map_service_error(&shared.spec.id, &shared.spec.secrets, e, timeout)),
             _ = caller.ct.cancelled() => {
                 let param: rmcp::model::CancelledNotificationParam = serde_json::from_value(serde_json::json!({
                     "requestId": id, "reason": "cancelled by the client"
@@ -427,15 +427,12 @@ impl Connector {
         }
         let h = self.health();
         Err(UpstreamError::Unavailable(match h.last_error {
-            Some(e) => {
-                format!("connector {:?} is {:?}: {e}", self.id().as_str(), h.state).to_lowercase()
-            }
+            Some(e) => format!("connector {:?} is {}: {e}", self.id().as_str(), h.state),
             None => format!(
-                "connector {:?} is not running ({:?})",
+                "connector {:?} is not running ({})",
                 self.id().as_str(),
                 h.state
-            )
-            .to_lowercase(),
+            ),
         }))
     }
 
@@ -514,7 +511,12 @@ impl Drop for Abandon<'_> {
     }
 }
 
-fn map_service_error(id: &ConnectorId, e: ServiceError, timeout: Duration) -> UpstreamError {
+fn map_service_error(
+    id: &ConnectorId,
+    secrets: &manifold_config::Secrets,
+    e: ServiceError,
+    timeout: Duration,
+) -> UpstreamError {
     match e {
         ServiceError::McpError(data) => UpstreamError::Protocol(data),
         ServiceError::Timeout { .. } => UpstreamError::Timeout(timeout),
@@ -528,6 +530,10 @@ fn map_service_error(id: &ConnectorId, e: ServiceError, timeout: Duration) -> Up
         ServiceError::UnexpectedResponse => {
             UpstreamError::BadResult("the upstream answered with the wrong result type".into())
         }
-        other => UpstreamError::Unavailable(format!("connector {:?}: {other}", id.as_str())),
+        other => UpstreamError::Unavailable(format!(
+            "connector {:?}: {}",
+            id.as_str(),
+            secrets.scrub(&other.to_string())
+        )),
     }
 }

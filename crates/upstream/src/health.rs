@@ -15,6 +15,25 @@ pub enum HealthState {
     Down,
 }
 
+impl HealthState {
+    /// The state as `/healthz` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Idle => "idle",
+            HealthState::Starting => "starting",
+            HealthState::Up => "up",
+            HealthState::Degraded => "degraded",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
     pub state: HealthState,

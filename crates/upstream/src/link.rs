@@ -63,6 +63,8 @@ pub(crate) struct Link {
     /// The upstream speaks 2026-07-28: every request carries its own protocol `_meta` (and, over
     /// HTTP, the routing headers) and no session.
     modern: AtomicBool,
+    /// The connector's secret values, scrubbed from what the upstream sends back in errors.
+    pub secrets: manifold_config::Secrets,
 }
 
 /// An upstream's `input_required` result.
@@ -156,7 +158,7 @@ impl serde::Serialize for LinkId {
 }
 
 impl Link {
-    pub fn new(out: Out) -> Arc<Self> {
+    pub fn new(out: Out, secrets: manifold_config::Secrets) -> Arc<Self> {
         Arc::new(Self {
             out,
             pending: Mutex::new(HashMap::default()),
@@ -165,6 +167,7 @@ impl Link {
             log_target: std::sync::OnceLock::new(),
             origins: Mutex::new(HashMap::new()),
             modern: AtomicBool::new(false),
+            secrets,
         })
     }
 
@@ -306,7 +309,7 @@ impl Link {
         let slot = id.and_then(|id| self.pending.lock().expect("link lock").remove(&id));
         if let Some(slot) = slot {
             let why = match outcome {
-                Err(e) => e,
+                Err(e) => self.secrets.scrub(&e).into_owned(),
                 Ok(()) => "the upstream ended the exchange without answering".into(),
             };
             tracing::debug!(error = %why, "upstream POST failed");

@@ -9,6 +9,7 @@ use rmcp::{
     service::{RxJsonRpcMessage, TxJsonRpcMessage},
     transport::sink_stream::SinkStreamTransport,
 };
+use manifold_config::{Secrets, redact_url};
 use sse_stream::SseStream;
 
 use crate::link::{Link, Out};
@@ -23,11 +24,15 @@ const MAX_EVENT_BYTES: usize = 32 * 1024 * 1024;
 
 pub async fn connect(
     client: reqwest::Client,
-    url: &str,
+    url_with_secrets: &str,
     headers: HashMap<http::HeaderName, http::HeaderValue>,
     connect_timeout: Duration,
+    secrets: Secrets,
 ) -> Result<(Transport, Arc<Link>), String> {
-    let base = reqwest::Url::parse(url).map_err(|e| format!("invalid url {url:?}: {e}"))?;
+    // Messages show the URL without its credentials; reqwest's errors carry it whole.
+    let shown = redact_url(url_with_secrets);
+    let url = shown.as_str();
+    let base = reqwest::Url::parse(url_with_secrets).map_err(|e| format!("invalid url {url:?}: {e}"))?;
     let mut req = client
         .get(base.clone())
         .header(http::header::ACCEPT, "text/event-stream");
@@ -37,7 +42,7 @@ pub async fn connect(
     let resp = tokio::time::timeout(connect_timeout, req.send())
         .await
         .map_err(|_| format!("GET {url} (HTTP+SSE) timed out after {connect_timeout:?}"))?
-        .map_err(|e| format!("GET {url} (HTTP+SSE) failed: {e}"))?;
+        .map_err(|e| format!("GET {url} (HTTP+SSE) failed: {}", causes(e)))?;
     if !resp.status().is_success() {
         return Err(format!("GET {url} (HTTP+SSE) answered {}", resp.status()));
     }
@@ -52,10 +57,11 @@ pub async fn connect(
                 let data = ev.data.unwrap_or_default();
                 let ep = base
                     .join(data.trim())
-                    .map_err(|e| format!("bad endpoint {data:?}: {e}"))?;
+                    .map_err(|e| format!("bad endpoint {:?}: {e}", secrets.scrub(&data)))?;
                 if ep.origin() != base.origin() {
                     return Err(format!(
-                        "endpoint {ep} is on another origin than {url}; refusing"
+                        "endpoint {} is on another origin than {url}; refusing",
+                        redact_url(ep.as_str())
                     ));
                 }
                 break ep;
@@ -71,7 +77,7 @@ pub async fn connect(
     };
     let (mut in_tx, in_rx) = mpsc::channel::<RxJsonRpcMessage<RoleClient>>(64);
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
-    let raw = Link::new(Out::Lines(raw_tx));
+    let raw = Link::new(Out::Lines(raw_tx), secrets);
     let link = raw.clone();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
@@ -120,9 +126,23 @@ pub async fn connect(
             match req.send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => tracing::warn!(status = %r.status(), "HTTP+SSE POST was rejected"),
-                Err(e) => tracing::warn!(error = %e, "HTTP+SSE POST failed"),
+                Err(e) => tracing::warn!(error = %causes(e), "HTTP+SSE POST failed"),
             }
         }
     });
     Ok((SinkStreamTransport::new(out_tx, in_rx), raw))
+}
+
+/// A reqwest error and its causes ("error sending request: tcp connect error: Connection
+/// refused"), without the URL it carries.
+fn causes(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -3,7 +3,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use manifold_config::{ConnectorId, StdioSpec};
+use manifold_config::{ConnectorId, ConnectorSpec, Secrets, StdioSpec};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, DuplexStream},
@@ -23,12 +23,13 @@ pub struct Spawned {
 }
 
 pub fn spawn(
-    id: &ConnectorId,
+    connector: &ConnectorSpec,
     spec: &StdioSpec,
     lookup: &dyn Fn(&str) -> Option<String>,
     raw: std::sync::Arc<Link>,
     raw_lines: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<Spawned, UpstreamError> {
+    let id = &connector.id;
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .env_clear()
@@ -53,7 +54,7 @@ pub fn spawn(
         .spawn()
         .map_err(|e| UpstreamError::Unavailable(format!("cannot start {:?}: {e}", spec.command)))?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-    tracing::info!(connector = %id, command = %spec.command, args = ?spec.args, pid = ?pgid, "spawned stdio connector");
+    tracing::info!(connector = %id, command = %spec.command, args = %spec.display_args(), pid = ?pgid, "spawned stdio connector");
     let stdin = child.stdin.take().expect("stdin was piped");
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
@@ -63,7 +64,7 @@ pub fn spawn(
         stdout,
         filter_side,
         spec.max_line_bytes,
-        raw,
+        raw.clone(),
     ));
     let (rmcp_in, writer_side) = tokio::io::duplex(256 * 1024);
     tokio::spawn(write_stdin(stdin, writer_side, raw_lines));
@@ -71,6 +72,7 @@ pub fn spawn(
         id.clone(),
         stderr,
         spec.stderr_lines_per_minute,
+        connector.secrets.clone(),
     ));
     Ok(Spawned {
         child,
@@ -151,7 +153,7 @@ async fn filter_stdout(
             continue;
         }
         if !text.starts_with('{') || serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
-            tracing::warn!(connector = %id, line = %preview(text), "dropped a stdout line that is not a JSON-RPC object");
+            tracing::warn!(connector = %id, line = %raw.secrets.scrub_preview(text, 120), "dropped a stdout line that is not a JSON-RPC object");
             continue;
         }
         if to_rmcp.write_all(trimmed).await.is_err() || to_rmcp.write_all(b"\n").await.is_err() {
@@ -211,17 +213,14 @@ fn memchr(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|b| *b == b'\n')
 }
 
-fn preview(s: &str) -> String {
-    let mut p: String = s.chars().take(120).collect();
-    if p.len() < s.len() {
-        p.push('…');
-    }
-    p
-}
-
 /// Drain stderr continuously (a full pipe would block the child) into the log, at most
 /// `per_minute` lines a minute; the rest are counted and reported.
-async fn drain_stderr(id: ConnectorId, err: impl AsyncRead + Unpin, per_minute: u32) {
+async fn drain_stderr(
+    id: ConnectorId,
+    err: impl AsyncRead + Unpin,
+    per_minute: u32,
+    secrets: Secrets,
+) {
     let mut reader = BufReader::new(err);
     let mut buf = Vec::with_capacity(1024);
     let mut window = tokio::time::Instant::now();
@@ -248,7 +247,7 @@ async fn drain_stderr(id: ConnectorId, err: impl AsyncRead + Unpin, per_minute: 
         }
         logged += 1;
         let text = String::from_utf8_lossy(buf.trim_ascii_end());
-        tracing::info!(connector = %id, "stderr: {}", preview(&text));
+        tracing::info!(connector = %id, "stderr: {}", secrets.scrub_preview(&text, 120));
     }
 }
 

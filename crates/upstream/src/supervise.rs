@@ -17,6 +17,9 @@ use crate::{
 
 impl Shared {
     pub(crate) fn set_health(&self, state: HealthState, error: Option<String>) {
+        // Every error a connector reports passes here on its way to clients, `/healthz/detail`
+        // and the log: nothing of the connector's secrets goes further.
+        let error = error.map(|e| self.spec.secrets.scrub(&e).into_owned());
         let mut h = self.health.lock().expect("health lock");
         let changed = h.state != state;
         if changed {

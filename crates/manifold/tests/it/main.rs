@@ -3,6 +3,7 @@
 mod cli;
 mod datapath;
 mod faults;
+mod hardening;
 mod http;
 mod modern;
 mod peers;

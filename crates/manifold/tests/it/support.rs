@@ -537,10 +537,16 @@ pub struct FaultyHttp {
 
 impl FaultyHttp {
     pub fn start(name: &str) -> Self {
+        Self::start_with_env(name, &[])
+    }
+
+    /// Like `start`, with extra environment variables (the fixture's `FAULTY_…` switches).
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new("python3")
             .arg(fixture("faulty_upstream.py"))
             .args(["--name", name, "--http", "0"])
             .env("FAULTY_DEBUG", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -27,7 +27,7 @@ use rmcp::{
 };
 use tokio::sync::mpsc;
 
-use super::{Io, Link, Taken, preview};
+use super::{Io, Link, Taken};
 
 /// Largest upstream answer a POST reads (the stdio line cap applies to stdio).
 const MAX_HTTP_BODY: usize = 64 * 1024 * 1024;
@@ -214,12 +214,15 @@ where
         if !status.is_success() {
             // A JSON-RPC error body for our id fails that request with the upstream's error.
             if !link.intercept(&text) {
-                tracing::debug!(%status, body = %preview(&text), "upstream POST rejected");
+                tracing::debug!(%status, body = %link.secrets.scrub_preview(&text, 400), "upstream POST rejected");
             }
             return Err(format!("the upstream answered HTTP {status}"));
         }
         if !link.intercept(&text) {
-            return Err(format!("unexpected answer: {}", preview(&text)));
+            return Err(format!(
+                "unexpected answer: {}",
+                link.secrets.scrub_preview(&text, 200)
+            ));
         }
         return Ok(());
     }
@@ -276,6 +279,23 @@ where
 pub(crate) struct Recording {
     pub inner: reqwest::Client,
     pub negotiated: Arc<Mutex<Negotiated>>,
+    /// rmcp logs its transport's errors: they leave here without the URL (reqwest's carry
+    /// it, query and all) and with the upstream's text scrubbed.
+    pub secrets: manifold_config::Secrets,
+}
+
+impl Recording {
+    fn clean(&self, e: StreamableHttpError<reqwest::Error>) -> StreamableHttpError<reqwest::Error> {
+        match e {
+            StreamableHttpError::Client(e) => StreamableHttpError::Client(e.without_url()),
+            StreamableHttpError::UnexpectedServerResponse(text) => {
+                StreamableHttpError::UnexpectedServerResponse(
+                    self.secrets.scrub_preview(&text, 400).into(),
+                )
+            }
+            other => other,
+        }
+    }
 }
 
 impl Recording {
@@ -310,8 +330,12 @@ impl StreamableHttpClient for Recording {
     + Send
     + '_ {
         self.note(&session_id, &custom_headers);
-        self.inner
-            .post_message(uri, message, session_id, auth_header, custom_headers)
+        async move {
+            self.inner
+                .post_message(uri, message, session_id, auth_header, custom_headers)
+                .await
+                .map_err(|e| self.clean(e))
+        }
     }
 
     fn post_message_with_response_limits(
@@ -326,14 +350,19 @@ impl StreamableHttpClient for Recording {
     + Send
     + '_ {
         self.note(&session_id, &custom_headers);
-        self.inner.post_message_with_response_limits(
-            uri,
-            message,
-            session_id,
-            auth_header,
-            custom_headers,
-            limits,
-        )
+        async move {
+            self.inner
+                .post_message_with_response_limits(
+                    uri,
+                    message,
+                    session_id,
+                    auth_header,
+                    custom_headers,
+                    limits,
+                )
+                .await
+                .map_err(|e| self.clean(e))
+        }
     }
 
     fn delete_session(
@@ -343,8 +372,12 @@ impl StreamableHttpClient for Recording {
         auth_header: Option<String>,
         custom_headers: HashMap<http::HeaderName, http::HeaderValue>,
     ) -> impl Future<Output = Result<(), StreamableHttpError<Self::Error>>> + Send + '_ {
-        self.inner
-            .delete_session(uri, session_id, auth_header, custom_headers)
+        async move {
+            self.inner
+                .delete_session(uri, session_id, auth_header, custom_headers)
+                .await
+                .map_err(|e| self.clean(e))
+        }
     }
 
     fn get_stream(
@@ -361,8 +394,12 @@ impl StreamableHttpClient for Recording {
         >,
     > + Send
     + '_ {
-        self.inner
-            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+        async move {
+            self.inner
+                .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+                .await
+                .map_err(|e| self.clean(e))
+        }
     }
 
     fn get_stream_with_max_sse_event_size(
@@ -380,14 +417,19 @@ impl StreamableHttpClient for Recording {
         >,
     > + Send
     + '_ {
-        self.inner.get_stream_with_max_sse_event_size(
-            uri,
-            session_id,
-            last_event_id,
-            auth_header,
-            custom_headers,
-            max_sse_event_size,
-        )
+        async move {
+            self.inner
+                .get_stream_with_max_sse_event_size(
+                    uri,
+                    session_id,
+                    last_event_id,
+                    auth_header,
+                    custom_headers,
+                    max_sse_event_size,
+                )
+                .await
+                .map_err(|e| self.clean(e))
+        }
     }
 }
 
