@@ -234,7 +234,10 @@ impl StdioSpec {
     /// The arguments as they may be shown: hidden when they hold secrets.
     pub fn display_args(&self) -> String {
         if self.args_hold_secrets {
-            format!("<{} arguments, not shown: they hold secrets>", self.args.len())
+            format!(
+                "<{} arguments, not shown: they hold secrets>",
+                self.args.len()
+            )
         } else {
             self.args.join(" ")
         }
@@ -481,8 +484,7 @@ impl Builder<'_> {
                 for (i, a) in rc.args.unwrap_or_default().iter().enumerate() {
                     args.push(self.expand(a, &key(&format!("args[{i}]")), &mut secrets)?);
                 }
-                let args_hold_secrets = secrets.len() > references
-                    || args_look_secret(&args);
+                let args_hold_secrets = secrets.len() > references || args_look_secret(&args);
                 let start = match rc.start.as_ref().map(|s| s.get_ref().as_str()) {
                     None | Some("eager") => StartMode::Eager,
                     Some("lazy") => StartMode::Lazy,

@@ -155,18 +155,37 @@ impl fmt::Debug for Secrets {
 /// Whether an `env` key names a credential (`GITHUB_TOKEN`, `API_KEY`, `DB_PASSWORD`, …).
 pub(crate) fn secret_name(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
-    ["TOKEN", "KEY", "SECRET", "PASS", "AUTH", "CREDENTIAL", "COOKIE", "SESSION", "PRIVATE"]
-        .iter()
-        .any(|w| n.contains(w))
+    [
+        "TOKEN",
+        "KEY",
+        "SECRET",
+        "PASS",
+        "AUTH",
+        "CREDENTIAL",
+        "COOKIE",
+        "SESSION",
+        "PRIVATE",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 /// Whether a command-line argument looks like it carries a credential (`--token=…`,
 /// `--api-key`, `password=…`).
 pub(crate) fn secret_arg(arg: &str) -> bool {
     let a = arg.to_ascii_lowercase();
-    ["token", "key", "secret", "passw", "auth", "credential", "bearer", "cookie"]
-        .iter()
-        .any(|w| a.contains(w))
+    [
+        "token",
+        "key",
+        "secret",
+        "passw",
+        "auth",
+        "credential",
+        "bearer",
+        "cookie",
+    ]
+    .iter()
+    .any(|w| a.contains(w))
 }
 
 /// The values of a URL's userinfo (user and password) and query parameters.

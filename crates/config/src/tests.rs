@@ -298,7 +298,10 @@ args = ["--port", "9", "cost=$$5"]
     };
     assert_eq!(s.args, ["--port", "9", "--token=s3cret-token"]);
     assert!(s.args_hold_secrets);
-    assert_eq!(s.display_args(), "<3 arguments, not shown: they hold secrets>");
+    assert_eq!(
+        s.display_args(),
+        "<3 arguments, not shown: they hold secrets>"
+    );
     assert!(!format!("{local:?}").contains("s3cret-token"));
     assert_eq!(
         local
@@ -318,8 +321,9 @@ args = ["--port", "9", "cost=$$5"]
 
 #[test]
 fn a_literal_credential_argument_hides_the_arguments() {
-    let c = parse("[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nargs = [\"--api-key\", \"k\"]\n")
-        .expect("valid");
+    let c =
+        parse("[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nargs = [\"--api-key\", \"k\"]\n")
+            .expect("valid");
     let TransportSpec::Stdio(s) = &c.connectors[&ConnectorId::parse("a").unwrap()].transport else {
         panic!("stdio")
     };

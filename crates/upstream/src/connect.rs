@@ -134,13 +134,16 @@ impl Shared {
                     let uri: http::Uri = url
                         .parse()
                         .map_err(|e| format!("invalid url {:?}: {e}", h.display_url()))?;
-                    let link = Link::new(link::Out::Http(Box::new(link::HttpOut {
-                        sender: link::Sender::for_uri(&uri, client.clone(), h.connect_timeout),
-                        uri,
-                        headers: link::HttpOut::fixed_headers(&headers),
-                        negotiated,
-                        inject,
-                    })), self.spec.secrets.clone());
+                    let link = Link::new(
+                        link::Out::Http(Box::new(link::HttpOut {
+                            sender: link::Sender::for_uri(&uri, client.clone(), h.connect_timeout),
+                            uri,
+                            headers: link::HttpOut::fixed_headers(&headers),
+                            negotiated,
+                            inject,
+                        })),
+                        self.spec.secrets.clone(),
+                    );
                     let _ = cell.set(link.clone());
                     self.attach_logs(&link);
                     let attempt = tokio::time::timeout(
@@ -175,8 +178,14 @@ impl Shared {
                 }
                 let cell = Arc::new(std::sync::OnceLock::new());
                 let handler = UpstreamHandler::new(Arc::downgrade(self), cell.clone());
-                let (transport, link) =
-                    sse::connect(client, &url, headers, h.connect_timeout, self.spec.secrets.clone()).await?;
+                let (transport, link) = sse::connect(
+                    client,
+                    &url,
+                    headers,
+                    h.connect_timeout,
+                    self.spec.secrets.clone(),
+                )
+                .await?;
                 let _ = cell.set(link.clone());
                 self.attach_logs(&link);
                 match tokio::time::timeout(budget, rmcp::serve_client(handler, transport)).await {

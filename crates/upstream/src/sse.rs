@@ -4,12 +4,12 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::{StreamExt, channel::mpsc};
+use manifold_config::{Secrets, redact_url};
 use rmcp::{
     RoleClient,
     service::{RxJsonRpcMessage, TxJsonRpcMessage},
     transport::sink_stream::SinkStreamTransport,
 };
-use manifold_config::{Secrets, redact_url};
 use sse_stream::SseStream;
 
 use crate::link::{Link, Out};
@@ -32,7 +32,8 @@ pub async fn connect(
     // Messages show the URL without its credentials; reqwest's errors carry it whole.
     let shown = redact_url(url_with_secrets);
     let url = shown.as_str();
-    let base = reqwest::Url::parse(url_with_secrets).map_err(|e| format!("invalid url {url:?}: {e}"))?;
+    let base =
+        reqwest::Url::parse(url_with_secrets).map_err(|e| format!("invalid url {url:?}: {e}"))?;
     let mut req = client
         .get(base.clone())
         .header(http::header::ACCEPT, "text/event-stream");

@@ -27,10 +27,7 @@ fn assert_no_secret(what: &str, text: &str) {
 async fn secrets_in_a_down_connectors_url_never_reach_clients_health_or_the_log() {
     let config = format!(
         "{}\n[connectors.down]\nkind = \"http\"\nurl = \"http://user:{PASSWORD}@127.0.0.1:1/mcp?api_key=${{KEY}}\"\nconnect_timeout = \"2s\"\nrestart = {{ initial_backoff = \"100ms\", max_backoff = \"200ms\" }}\n[servers.main]\nconnectors = [\"fa\", \"down\"]\n",
-        faulty("fa", "").replace(
-            "\"--name\", \"fa\"]",
-            "\"--name=fa-${ARG_TOKEN}\"]"
-        )
+        faulty("fa", "").replace("\"--name\", \"fa\"]", "\"--name=fa-${ARG_TOKEN}\"]")
     );
     let gw = Gw::start_with_env(&config, &[("KEY", API_KEY), ("ARG_TOKEN", ARG_TOKEN)]);
     let health = gw
@@ -108,10 +105,14 @@ async fn an_upstream_that_echoes_request_headers_in_errors_does_not_put_them_in_
         .expect_err("the upstream answers HTTP 500");
     assert_no_secret("the call's error", &err.to_string());
     // The upstream did receive the credentials, and its page was logged, scrubbed.
-    let log = eventually("the rejected POST is logged", Duration::from_secs(10), || async {
-        let log = gw.log();
-        log.contains("upstream POST rejected").then_some(log)
-    })
+    let log = eventually(
+        "the rejected POST is logged",
+        Duration::from_secs(10),
+        || async {
+            let log = gw.log();
+            log.contains("upstream POST rejected").then_some(log)
+        },
+    )
     .await;
     let line = log
         .lines()
