@@ -124,6 +124,25 @@ pub struct GatewaySettings {
     /// How long 2026-07-28 clients may treat `server/discover` and the merged lists as fresh
     /// (`ttlMs`); changes are still announced on `subscriptions/listen`.
     pub cache_ttl: Duration,
+    /// Serve `/healthz/detail` and the list of virtual servers to callers that are not on
+    /// loopback (until callers authenticate, they are for the machine's own operators).
+    pub public_detail: bool,
+    /// The most open client connections; `None`: derived from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// A request's headers must have arrived this long after its first byte.
+    pub header_read_timeout: Duration,
+    /// A request's body must have arrived this long after its headers.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in progress and no traffic for this long is closed.
+    pub idle_connection_timeout: Duration,
+    /// The most live client sessions (legacy era), in total.
+    pub max_sessions: usize,
+    /// The most live client sessions of one client: one source address until callers are
+    /// authenticated, one principal after.
+    pub max_sessions_per_client: usize,
+    /// `initialize` requests one client may make per minute (a burst of as many, then
+    /// refilled evenly).
+    pub initialize_per_minute: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -430,6 +449,26 @@ impl Builder<'_> {
                 "gateway.cache_ttl",
                 Duration::from_secs(60),
             )?,
+            public_detail: g.public_detail.unwrap_or(false),
+            max_connections: g.max_connections.map(|n| n.max(1) as usize),
+            header_read_timeout: self.positive(
+                g.header_read_timeout,
+                "gateway.header_read_timeout",
+                Duration::from_secs(10),
+            )?,
+            body_read_timeout: self.positive(
+                g.body_read_timeout,
+                "gateway.body_read_timeout",
+                Duration::from_secs(30),
+            )?,
+            idle_connection_timeout: self.positive(
+                g.idle_connection_timeout,
+                "gateway.idle_connection_timeout",
+                Duration::from_secs(60),
+            )?,
+            max_sessions: g.max_sessions.unwrap_or(10_000).max(1) as usize,
+            max_sessions_per_client: g.max_sessions_per_client.unwrap_or(100).max(1) as usize,
+            initialize_per_minute: g.initialize_per_minute.unwrap_or(120).max(1),
         })
     }
 
@@ -754,6 +793,24 @@ impl Builder<'_> {
                     s.get_ref()
                 ))
             }),
+        }
+    }
+
+    /// Like `duration_or`, refusing zero (a zero timeout would close every connection).
+    fn positive(
+        &self,
+        v: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let at = v.as_ref().map(|s| self.src.at(s));
+        let d = self.duration_or(v, key, default)?;
+        match at {
+            Some(at) if d.is_zero() => Err(at.err(format!(
+                "{key}: must be longer than zero (e.g. \"{}s\")",
+                default.as_secs()
+            ))),
+            _ => Ok(d),
         }
     }
 

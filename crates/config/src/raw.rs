@@ -30,6 +30,14 @@ pub struct RawGateway {
     pub shutdown_grace: Option<Spanned<String>>,
     pub input_wait: Option<Spanned<String>>,
     pub cache_ttl: Option<Spanned<String>>,
+    pub public_detail: Option<bool>,
+    pub max_connections: Option<u32>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub body_read_timeout: Option<Spanned<String>>,
+    pub idle_connection_timeout: Option<Spanned<String>>,
+    pub max_sessions: Option<u32>,
+    pub max_sessions_per_client: Option<u32>,
+    pub initialize_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

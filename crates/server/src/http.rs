@@ -3,7 +3,7 @@
 //! authentication seam — the only place headers are read for identity), the dispatch of a POST to the legacy or the 2026-07-28 codec, and
 //! `serve` with its shutdown drain.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -16,19 +16,78 @@ use axum::{
 use manifold_policy::Principal;
 
 use crate::{
-    Gateway, drain,
+    Gateway, conn, drain,
     jsonrpc::{self, Incoming},
     legacy, modern,
     origin::Refused,
 };
 
-/// The HTTP app: `/mcp/{server}`, `/healthz`, `/healthz/detail`.
+/// The HTTP app: `/mcp/{server}`, `/healthz`, `/healthz/detail`; anything else is a 404. Every
+/// route applies the same Host/Origin policy.
 pub fn app(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/mcp/{server}", any(mcp))
         .route("/healthz", get(healthz))
         .route("/healthz/detail", get(healthz_detail))
+        .fallback(not_found)
         .with_state(gw)
+}
+
+/// A request that passed the Host/Origin checks (DNS-rebinding and cross-site protection).
+pub(crate) struct Checked;
+
+impl axum::extract::FromRequestParts<Arc<Gateway>> for Checked {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        gw: &Arc<Gateway>,
+    ) -> Result<Self, Response> {
+        match gw.runtime.load().allowed.check(&parts.headers) {
+            Ok(()) => Ok(Checked),
+            Err(Refused::BadHost) => Err((
+                StatusCode::BAD_REQUEST,
+                "Bad Request: missing or invalid Host header",
+            )
+                .into_response()),
+            Err(Refused::Host(h)) => {
+                tracing::warn!(host = %h, "refused a request with a Host that is not allowed (possible DNS rebinding)");
+                Err((
+                    StatusCode::FORBIDDEN,
+                    format!("Forbidden: Host {h:?} is not allowed (gateway.allowed_hosts)"),
+                )
+                    .into_response())
+            }
+            Err(Refused::Origin(o)) => {
+                tracing::warn!(origin = %o, "refused a request from an Origin that is not allowed");
+                Err((
+                    StatusCode::FORBIDDEN,
+                    format!("Forbidden: Origin {o:?} is not allowed (gateway.allowed_origins)"),
+                )
+                    .into_response())
+            }
+        }
+    }
+}
+
+/// May this request see the gateway's internals (`/healthz/detail`, the list of virtual
+/// servers)? Until callers authenticate: only from this machine — a loopback peer whose request
+/// was not relayed by a proxy (no `Forwarded`/`X-Forwarded-For`/`X-Real-IP`) — unless
+/// `gateway.public_detail` is set.
+fn may_see_detail(gw: &Gateway, parts: &http::request::Parts) -> bool {
+    detail_allowed(
+        gw.config().gateway.public_detail,
+        parts.extensions.get::<conn::Peer>().map(|p| p.0),
+        &parts.headers,
+    )
+}
+
+fn detail_allowed(public: bool, peer: Option<std::net::SocketAddr>, h: &HeaderMap) -> bool {
+    let local = peer.is_some_and(|p| p.ip().is_loopback());
+    let relayed = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|k| h.contains_key(*k));
+    public || (local && !relayed)
 }
 
 /// The authenticated caller of a request: extracting it is the edge — the Host/Origin checks,
@@ -43,33 +102,7 @@ impl axum::extract::FromRequestParts<Arc<Gateway>> for Caller {
         parts: &mut http::request::Parts,
         gw: &Arc<Gateway>,
     ) -> Result<Self, Response> {
-        let checked = gw.runtime.load().allowed.check(&parts.headers);
-        match checked {
-            Ok(()) => {}
-            Err(Refused::BadHost) => {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request: missing or invalid Host header",
-                )
-                    .into_response());
-            }
-            Err(Refused::Host(h)) => {
-                tracing::warn!(host = %h, "refused a request with a Host that is not allowed (possible DNS rebinding)");
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    format!("Forbidden: Host {h:?} is not allowed (gateway.allowed_hosts)"),
-                )
-                    .into_response());
-            }
-            Err(Refused::Origin(o)) => {
-                tracing::warn!(origin = %o, "refused a request from an Origin that is not allowed");
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    format!("Forbidden: Origin {o:?} is not allowed (gateway.allowed_origins)"),
-                )
-                    .into_response());
-            }
-        }
+        Checked::from_request_parts(parts, gw).await?;
         match gw.seams.authenticate.authenticate(parts).await {
             Ok(p) => Ok(Caller(Arc::new(p))),
             Err(e) => Err((StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")).into_response()),
@@ -84,19 +117,8 @@ async fn mcp(
     req: Request,
 ) -> Response {
     let Some(vs) = gw.virtual_server(&server) else {
-        let known: Vec<String> = gw
-            .servers()
-            .iter()
-            .map(|s| format!("/mcp/{}", s.name()))
-            .collect();
-        return (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({
-                "error": format!("no virtual server named {server:?}"),
-                "available": known,
-            })),
-        )
-            .into_response();
+        let (parts, _) = req.into_parts();
+        return no_such_server(&gw, &parts, &format!("no virtual server named {server:?}"));
     };
     let has_session = req.headers().contains_key("mcp-session-id");
     let modern_version =
@@ -116,16 +138,25 @@ async fn mcp(
     }
 }
 
-/// The request body, up to `gateway.max_body_bytes` (else the 413 answer).
+/// The request body, up to `gateway.max_body_bytes` (else 413) within
+/// `gateway.body_read_timeout` (else 408).
 async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
-    let max = gw.config().gateway.max_body_bytes;
-    axum::body::to_bytes(body, max).await.map_err(|_| {
-        (
+    let settings = &gw.config().gateway;
+    let (max, wait) = (settings.max_body_bytes, settings.body_read_timeout);
+    match tokio::time::timeout(wait, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body larger than {max} bytes (gateway.max_body_bytes)"),
         )
-            .into_response()
-    })
+            .into_response()),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            format!("the request body did not arrive within {wait:?} (gateway.body_read_timeout)"),
+        )
+            .into_response()),
+    }
 }
 
 fn accepts_both(h: &HeaderMap) -> bool {
@@ -227,53 +258,120 @@ async fn post(
     }
 }
 
-async fn healthz(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+/// A 404 that lists the virtual servers to those who may see them.
+fn no_such_server(gw: &Gateway, parts: &http::request::Parts, error: &str) -> Response {
+    let mut body = serde_json::json!({ "error": error });
+    if may_see_detail(gw, parts) {
+        let known: Vec<String> = gw
+            .servers()
+            .iter()
+            .map(|s| format!("/mcp/{}", s.name()))
+            .collect();
+        body["available"] = known.into();
+    }
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn not_found(State(gw): State<Arc<Gateway>>, _: Checked, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let error = format!(
+        "no route {}: virtual servers are at /mcp/NAME, health at /healthz",
+        parts.uri.path()
+    );
+    no_such_server(&gw, &parts, &error)
+}
+
+async fn healthz(State(gw): State<Arc<Gateway>>, _: Checked) -> Json<serde_json::Value> {
     Json(gw.health(false))
 }
 
-async fn healthz_detail(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
-    Json(gw.health(true))
+async fn healthz_detail(State(gw): State<Arc<Gateway>>, _: Checked, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    if !may_see_detail(&gw, &parts) {
+        return (
+            StatusCode::FORBIDDEN,
+            "Forbidden: /healthz/detail is served to this machine only; set gateway.public_detail = true to serve it to every caller",
+        )
+            .into_response();
+    }
+    Json(gw.health(true)).into_response()
 }
 
-/// Serve until `shutdown` resolves, then drain: stop accepting connections, let in-flight MCP
-/// requests finish for up to `gateway.shutdown_grace`, close the remaining streams and sessions,
-/// and stop every connector (their process groups included).
+/// Serve until `shutdown` resolves, then drain: let in-flight MCP requests finish for up to
+/// `gateway.shutdown_grace` (still answering the requests they need, such as a client's answer
+/// to a sampling request), then stop accepting connections, close the remaining streams and
+/// sessions, and stop every connector (their process groups included).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app(gw.clone());
-    let grace = gw.config().gateway.shutdown_grace;
-    let g = gw.clone();
-    let signal = async move {
-        shutdown.await;
-        let left = g.inflight.count();
-        if left > 0 {
-            tracing::info!(requests = left, ?grace, "waiting for in-flight requests");
-        }
-        if tokio::time::timeout(grace, g.inflight.idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                requests = g.inflight.count(),
-                "grace period over; closing the remaining requests"
-            );
-        }
-        // Ends the event streams and sessions, so the server's own drain can complete.
-        g.shutdown.cancel();
-    };
-    // Responses are often written in several pieces (headers, SSE events); without NODELAY the
-    // second write waits for the client's delayed ACK (~40 ms per request).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await;
+    let settings = &gw.config().gateway;
+    let grace = settings.shutdown_grace;
+    let limits = conn::Limits::from_config(settings);
+    tracing::debug!(?limits, "connection limits");
+    let conns = conn::Connections::new(limits.max_connections);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let accepting = tokio::spawn(conn::accept(
+        listener,
+        app,
+        limits,
+        conns.clone(),
+        stop.clone(),
+    ));
+    shutdown.await;
+    let left = gw.inflight.count();
+    if left > 0 {
+        tracing::info!(requests = left, ?grace, "waiting for in-flight requests");
+    }
+    if tokio::time::timeout(grace, gw.inflight.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            requests = gw.inflight.count(),
+            "grace period over; closing the remaining requests"
+        );
+    }
+    stop.cancel();
+    let _ = accepting.await;
+    // Connections finish the request they are on and close; event streams and sessions end.
+    conns.closing.cancel();
+    gw.shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), conns.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = conns.count(),
+            "connections still open after the drain; closing them"
+        );
+    }
     gw.shutdown().await;
-    result
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detail_is_for_this_machine_unless_public() {
+        let lo = Some("127.0.0.1:5000".parse().unwrap());
+        let lo6 = Some("[::1]:5000".parse().unwrap());
+        let lan = Some("192.0.2.7:5000".parse().unwrap());
+        let plain = HeaderMap::new();
+        let mut relayed = HeaderMap::new();
+        relayed.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        assert!(detail_allowed(false, lo, &plain));
+        assert!(detail_allowed(false, lo6, &plain));
+        assert!(!detail_allowed(false, lan, &plain));
+        assert!(
+            !detail_allowed(false, lo, &relayed),
+            "a local proxy relays others"
+        );
+        assert!(!detail_allowed(false, None, &plain));
+        assert!(detail_allowed(true, lan, &relayed));
+    }
 }

@@ -16,6 +16,7 @@
 
 #![allow(deprecated)] // legacy-era logging notifications are relayed
 
+mod conn;
 mod context;
 mod drain;
 mod gateway;

@@ -125,3 +125,224 @@ async fn an_upstream_that_echoes_request_headers_in_errors_does_not_put_them_in_
     assert_no_secret("the log", &log);
     drop(c);
 }
+
+/// A raw GET of `path` with `headers` (`Host` included by reqwest unless given).
+async fn get_with(gw: &Gw, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut r = reqwest::Client::new().get(format!("{}{path}", gw.base));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.expect("the gateway answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn every_route_applies_the_host_and_origin_policy_and_detail_is_local_only() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let evil_host = [("host", "evil.example")];
+    let evil_origin = [("origin", "http://evil.example")];
+    for path in ["/healthz", "/healthz/detail", "/mcp/nope", "/elsewhere"] {
+        for bad in [&evil_host[..], &evil_origin[..]] {
+            let (status, body) = get_with(&gw, path, bad).await;
+            assert_eq!(status, 403, "{path} with {bad:?}: {body}");
+            assert!(!body.contains("/mcp/main"), "{path} lists nothing: {body}");
+        }
+    }
+    // From this machine: the detail and the list of servers.
+    let (status, body) = get_with(&gw, "/healthz/detail", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"fa\""), "{body}");
+    let (status, body) = get_with(&gw, "/mcp/nope", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("/mcp/main"), "{body}");
+    let (status, body) = get_with(&gw, "/elsewhere", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no route /elsewhere"), "{body}");
+    // Relayed by a proxy (on this machine, so the peer is loopback): not local.
+    let relayed = [("x-forwarded-for", "198.51.100.7")];
+    let (status, body) = get_with(&gw, "/healthz/detail", &relayed).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("gateway.public_detail"),
+        "says what to do: {body}"
+    );
+    let (status, body) = get_with(&gw, "/mcp/nope", &relayed).await;
+    assert_eq!(status, 404);
+    assert!(!body.contains("/mcp/main"), "{body}");
+    // The summary stays public.
+    let (status, body) = get_with(&gw, "/healthz", &relayed).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("last_error"), "{body}");
+}
+
+#[tokio::test]
+async fn public_detail_serves_detail_to_every_caller() {
+    let gw = Gw::start(&one_faulty("public_detail = true"));
+    gw.wait_up().await;
+    let relayed = [("forwarded", "for=198.51.100.7")];
+    let (status, body) = get_with(&gw, "/healthz/detail", &relayed).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get_with(&gw, "/mcp/nope", &relayed).await;
+    assert_eq!((status, body.contains("/mcp/main")), (404, true), "{body}");
+}
+
+/// The gateway's address, for raw TCP.
+fn addr(gw: &Gw) -> String {
+    gw.base.trim_start_matches("http://").to_owned()
+}
+
+/// Read until the peer closes (Ok(what was read)) or `wait` passes (Err).
+async fn read_until_closed(
+    s: &mut tokio::net::TcpStream,
+    wait: Duration,
+) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    match r {
+        Ok(()) => Ok(text),
+        Err(_) => Err(format!("still open after {wait:?}; read {text:?}")),
+    }
+}
+
+const TIMEOUTS: &str = "header_read_timeout = \"500ms\"\nbody_read_timeout = \"500ms\"\nidle_connection_timeout = \"1s\"";
+
+#[tokio::test]
+async fn idle_partial_header_trickling_and_half_sent_body_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gw::start(&one_faulty(TIMEOUTS));
+    gw.wait_up().await;
+    let wait = Duration::from_secs(10);
+    let connect = || tokio::net::TcpStream::connect(addr(&gw));
+
+    // Connected, nothing sent.
+    let mut idle = connect().await.unwrap();
+    read_until_closed(&mut idle, wait)
+        .await
+        .expect("an idle connection is closed");
+
+    // Half a request head, then silence.
+    let mut partial = connect().await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut partial, wait)
+        .await
+        .expect("a connection whose headers stop is closed");
+
+    // Headers trickled a byte every 100 ms: never complete within the deadline.
+    let mut trickle = connect().await.unwrap();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed_early = false;
+    for b in head.iter() {
+        if trickle.write_all(&[*b]).await.is_err() {
+            closed_early = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rest = read_until_closed(&mut trickle, wait).await;
+    assert!(
+        closed_early || rest.as_deref().is_ok_and(|r| !r.contains("200 OK")),
+        "a trickled request is cut off, not answered: {rest:?}"
+    );
+
+    // A body that stops halfway: 408, then closed.
+    let mut half = connect().await.unwrap();
+    half.write_all(b"POST /mcp/main HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\":")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut half, wait)
+        .await
+        .expect("a half-sent body ends the connection");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("gateway.body_read_timeout"), "{answer}");
+
+    // A keep-alive connection after its response: closed once idle.
+    let mut kept = connect().await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut kept, wait)
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "answered first: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_call_outlives_the_idle_timeout() {
+    let gw = Gw::start(&one_faulty(TIMEOUTS));
+    gw.wait_up().await;
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    // No progress, no bytes for 2.5 s on the call's connection: a request in progress is not
+    // idle.
+    let r = c
+        .peer()
+        .call_tool(call("fa__slow", json!({"ms": 2500, "steps": 0})))
+        .await
+        .expect("the call completes");
+    assert_eq!(text(&r), "done");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_get_a_clear_503_and_a_log_line() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gw::start(&one_faulty("max_connections = 8"));
+    gw.wait_up().await;
+    // Hold every slot with idle connections (each proven accepted by an answer).
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+            .await
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let (status, body) = match reqwest::get(format!("{}/healthz", gw.base)).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => panic!("the ninth connection gets an answer, not an error: {e}"),
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many open connections"), "{body}");
+    let log = eventually("the refusal is logged", Duration::from_secs(10), || async {
+        let log = gw.log();
+        log.contains("gateway.max_connections").then_some(log)
+    })
+    .await;
+    assert!(log.contains("refused a connection"), "{log}");
+    // A slot freed is a slot served.
+    held.pop();
+    eventually(
+        "a freed slot serves again",
+        Duration::from_secs(10),
+        || async {
+            match reqwest::get(format!("{}/healthz", gw.base)).await {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+}
