@@ -142,13 +142,13 @@ pub(crate) async fn accept(
 
 /// Log lines about refused connections, at most one per 10 s (with how many were refused).
 #[derive(Default)]
-struct Refusals {
+pub(crate) struct Refusals {
     last: Option<Instant>,
     since: u64,
 }
 
 impl Refusals {
-    fn note(&mut self, what: std::fmt::Arguments<'_>) {
+    pub fn note(&mut self, what: std::fmt::Arguments<'_>) {
         self.since += 1;
         if self
             .last

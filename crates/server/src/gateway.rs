@@ -39,6 +39,10 @@ pub struct Gateway {
     /// Calls of 2026-07-28 clients parked between MRTR rounds.
     pub(crate) bridge: mrtr::Bridge,
     pub(crate) seams: Seams,
+    /// `gateway.initialize_per_minute`, per client.
+    pub(crate) initializes: crate::admission::RateLimit,
+    /// Log lines about turned-away `initialize` requests, at most one per 10 s.
+    pub(crate) turned_away: Mutex<crate::conn::Refusals>,
 }
 
 impl Gateway {
@@ -69,6 +73,8 @@ impl Gateway {
             inflight: drain::Inflight::default(),
             bridge: mrtr::Bridge::default(),
             seams,
+            initializes: crate::admission::RateLimit::new(),
+            turned_away: Mutex::new(Default::default()),
         });
         tokio::spawn(notify::fan_out(Arc::downgrade(&gw), gw.events.subscribe()));
         tokio::spawn(notify::expire_idle(Arc::downgrade(&gw)));

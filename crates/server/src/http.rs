@@ -239,7 +239,8 @@ async fn post(
         Incoming::Request {
             id, method, params, ..
         } if method == "initialize" && !modern::applies(h, &msg) => {
-            legacy::initialize(gw, vs, principal, h, id, *params).await
+            let peer = parts.extensions.get::<conn::Peer>().map(|p| p.0.ip());
+            legacy::initialize(gw, vs, principal, peer, h, id, *params).await
         }
         _ if h.contains_key("mcp-session-id") => legacy::post(gw, vs, principal, h, msg).await,
         _ if modern::applies(h, &msg) => {

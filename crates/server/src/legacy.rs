@@ -6,7 +6,10 @@
 
 #![allow(deprecated)]
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -20,10 +23,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     Gateway,
+    admission::{Owner, Refusal},
     context::{Era, RequestContext, forwarded_meta},
     jsonrpc::{self, Incoming},
     pipeline::{self, LEGACY_VERSIONS, Mcp, Params, Reply},
-    session::Session,
+    session::{self, Session},
     stream::{self, OUTBOX},
 };
 
@@ -32,6 +36,27 @@ fn bad_request(id: Option<&RawValue>, e: ErrorData) -> Response {
         StatusCode::BAD_REQUEST,
         jsonrpc::error_message(id.unwrap_or(RawValue::NULL), &e),
     )
+}
+
+/// An `initialize` the session caps or the rate limit turned away: 503 when the gateway is
+/// full, 429 when this client is over its share (with `Retry-After`), and a JSON-RPC error
+/// that says which limit and what to do.
+fn turned_away(gw: &Gateway, id: &RawValue, owner: &Owner, refusal: &Refusal) -> Response {
+    let message = refusal.message(owner);
+    gw.turned_away
+        .lock()
+        .expect("refusals lock")
+        .note(format_args!("refused a new session: {message}"));
+    let (status, retry) = match refusal {
+        Refusal::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, 5),
+        Refusal::OwnerFull(_) => (StatusCode::TOO_MANY_REQUESTS, 5),
+        Refusal::TooFast(after) => (StatusCode::TOO_MANY_REQUESTS, after.as_secs().max(1)),
+    };
+    let e = ErrorData::new(rmcp::model::ErrorCode(-32000), message, None);
+    let mut resp = stream::json_response(status, jsonrpc::error_message(id, &e));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    resp
 }
 
 /// A request without a session that is not `initialize` (nor a 2026-07-28 request).
@@ -59,6 +84,7 @@ pub(crate) async fn initialize(
     gw: &Arc<Gateway>,
     vs: Arc<VirtualServer>,
     principal: Arc<Principal>,
+    peer: Option<std::net::IpAddr>,
     h: &HeaderMap,
     id: &RawValue,
     params: Option<&RawValue>,
@@ -100,13 +126,31 @@ pub(crate) async fn initialize(
     } else {
         LEGACY_VERSIONS[LEGACY_VERSIONS.len() - 1].to_owned()
     };
-    let session = gw.sessions.create(
-        vs.name().into(),
-        principal.clone(),
-        version,
-        p.capabilities.unwrap_or_default(),
-        gw.shutdown.child_token(),
-    );
+    let owner = Owner::of(&principal, peer);
+    let settings = &gw.config().gateway;
+    let caps = session::Caps {
+        total: settings.max_sessions,
+        per_owner: settings.max_sessions_per_client,
+    };
+    let admitted = gw
+        .initializes
+        .take(&owner, settings.initialize_per_minute, Instant::now())
+        .map_err(Refusal::TooFast)
+        .and_then(|()| {
+            gw.sessions.create(
+                vs.name().into(),
+                principal.clone(),
+                owner.clone(),
+                caps,
+                version,
+                p.capabilities.unwrap_or_default(),
+                gw.shutdown.child_token(),
+            )
+        });
+    let session = match admitted {
+        Ok(s) => s,
+        Err(refusal) => return turned_away(gw, id, &owner, &refusal),
+    };
     let (outbox, _rx) = mpsc::channel(1);
     let cx = RequestContext {
         principal,

@@ -16,6 +16,7 @@
 
 #![allow(deprecated)] // legacy-era logging notifications are relayed
 
+mod admission;
 mod conn;
 mod context;
 mod drain;

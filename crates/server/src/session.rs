@@ -21,7 +21,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::jsonrpc;
+use crate::{
+    admission::{Owner, Refusal},
+    jsonrpc,
+};
 
 /// Messages kept for a session while it has no standalone stream open (the oldest go first).
 const BACKLOG: usize = 64;
@@ -38,6 +41,8 @@ pub(crate) struct Session {
     pub server: Arc<str>,
     /// Who opened it; a request with another principal does not find it.
     pub principal: Arc<Principal>,
+    /// Whose sessions it counts among (`gateway.max_sessions_per_client`).
+    owner: Owner,
     /// The protocol version negotiated at `initialize`.
     pub version: String,
     /// What the client declared at `initialize`.
@@ -274,8 +279,22 @@ impl Listener {
 #[derive(Default)]
 pub struct Sessions {
     next: AtomicU64,
-    map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    map: Mutex<Table>,
     listeners: Mutex<HashMap<u64, Arc<Listener>>>,
+}
+
+/// The live sessions, and how many each client has (for `gateway.max_sessions_per_client`).
+#[derive(Default)]
+struct Table {
+    by_key: HashMap<Arc<str>, Arc<Session>>,
+    per_owner: HashMap<Owner, usize>,
+}
+
+/// How many sessions may be live: in total, and per client.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caps {
+    pub total: usize,
+    pub per_owner: usize,
 }
 
 impl Sessions {
@@ -285,21 +304,26 @@ impl Sessions {
     }
 
     /// A new session with a fresh, unguessable id (128 random bits); `closed` ends it (a
-    /// child of the gateway's shutdown).
+    /// child of the gateway's shutdown). Refused when the gateway or `owner` has `caps` live
+    /// sessions already.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         &self,
         server: Arc<str>,
         principal: Arc<Principal>,
+        owner: Owner,
+        caps: Caps,
         version: String,
         capabilities: ClientCapabilities,
         closed: CancellationToken,
-    ) -> Arc<Session> {
+    ) -> Result<Arc<Session>, Refusal> {
         let key: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
         let s = Arc::new(Session {
             client: self.next_client(),
             key: key.clone(),
             server,
             principal,
+            owner: owner.clone(),
             version,
             capabilities,
             state: Mutex::new(State {
@@ -314,20 +338,41 @@ impl Sessions {
             calls: Mutex::new(HashMap::new()),
             closed,
         });
-        self.map
-            .lock()
-            .expect("sessions lock")
-            .insert(key, s.clone());
-        s
+        let mut t = self.map.lock().expect("sessions lock");
+        if t.by_key.len() >= caps.total {
+            return Err(Refusal::Full(caps.total));
+        }
+        let mine = t.per_owner.entry(owner).or_default();
+        if *mine >= caps.per_owner {
+            return Err(Refusal::OwnerFull(caps.per_owner));
+        }
+        *mine += 1;
+        t.by_key.insert(key, s.clone());
+        Ok(s)
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Session>> {
-        self.map.lock().expect("sessions lock").get(key).cloned()
+        self.map
+            .lock()
+            .expect("sessions lock")
+            .by_key
+            .get(key)
+            .cloned()
     }
 
     /// End session `key`: it is gone for new requests, its streams and relayed requests end.
     pub(crate) fn remove(&self, key: &str) -> Option<Arc<Session>> {
-        let s = self.map.lock().expect("sessions lock").remove(key)?;
+        let s = {
+            let mut t = self.map.lock().expect("sessions lock");
+            let s = t.by_key.remove(key)?;
+            if let Some(n) = t.per_owner.get_mut(&s.owner) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_owner.remove(&s.owner);
+                }
+            }
+            s
+        };
         s.closed.cancel();
         Some(s)
     }
@@ -336,6 +381,7 @@ impl Sessions {
         self.map
             .lock()
             .expect("sessions lock")
+            .by_key
             .values()
             .filter(|s| &*s.server == server)
             .cloned()
@@ -346,6 +392,7 @@ impl Sessions {
         self.map
             .lock()
             .expect("sessions lock")
+            .by_key
             .values()
             .find(|s| s.client == client)
             .cloned()
@@ -357,6 +404,7 @@ impl Sessions {
         self.map
             .lock()
             .expect("sessions lock")
+            .by_key
             .values()
             .filter(|s| s.idle(idle, now))
             .map(|s| s.key.clone())
@@ -367,19 +415,21 @@ impl Sessions {
         self.map
             .lock()
             .expect("sessions lock")
+            .by_key
             .keys()
             .cloned()
             .collect()
     }
 
     pub fn count(&self) -> usize {
-        self.map.lock().expect("sessions lock").len()
+        self.map.lock().expect("sessions lock").by_key.len()
     }
 
     pub(crate) fn count_of(&self, server: &str) -> usize {
         self.map
             .lock()
             .expect("sessions lock")
+            .by_key
             .values()
             .filter(|s| &*s.server == server)
             .count()
@@ -427,14 +477,49 @@ pub(crate) fn severity(l: LoggingLevel) -> u8 {
 mod tests {
     use super::*;
 
-    fn session(sessions: &Sessions) -> Arc<Session> {
+    const CAPS: Caps = Caps {
+        total: 100,
+        per_owner: 100,
+    };
+
+    fn session_of(sessions: &Sessions, owner: &str, caps: Caps) -> Result<Arc<Session>, Refusal> {
         sessions.create(
             "main".into(),
             Arc::new(Principal::anonymous()),
+            Owner::Address(owner.parse().unwrap()),
+            caps,
             "2025-11-25".into(),
             ClientCapabilities::default(),
             CancellationToken::new(),
         )
+    }
+
+    fn session(sessions: &Sessions) -> Arc<Session> {
+        session_of(sessions, "127.0.0.1", CAPS).expect("room")
+    }
+
+    #[test]
+    fn sessions_are_capped_in_total_and_per_client_and_freed_when_they_end() {
+        let sessions = Sessions::default();
+        let caps = Caps {
+            total: 3,
+            per_owner: 2,
+        };
+        let a1 = session_of(&sessions, "10.0.0.1", caps).unwrap();
+        session_of(&sessions, "10.0.0.1", caps).unwrap();
+        assert_eq!(
+            session_of(&sessions, "10.0.0.1", caps).err(),
+            Some(Refusal::OwnerFull(2))
+        );
+        session_of(&sessions, "10.0.0.2", caps).unwrap();
+        assert_eq!(
+            session_of(&sessions, "10.0.0.3", caps).err(),
+            Some(Refusal::Full(3))
+        );
+        sessions.remove(&a1.key).unwrap();
+        assert!(a1.closed.is_cancelled());
+        session_of(&sessions, "10.0.0.1", caps).expect("a freed place is taken again");
+        assert_eq!(sessions.count(), 3);
     }
 
     #[test]

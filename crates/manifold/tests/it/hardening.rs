@@ -346,3 +346,111 @@ async fn connections_beyond_the_cap_get_a_clear_503_and_a_log_line() {
     )
     .await;
 }
+
+/// An `initialize` from source address `from` (any 127/8 address is this machine): the HTTP
+/// status, the session id if one was opened, and the body.
+async fn initialize_from(gw: &Gw, from: &str) -> (u16, Option<String>, String, Option<String>) {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .post(gw.url("main"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(INIT)
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status().as_u16();
+    let header = |k: &str| {
+        r.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (sid, retry) = (header("mcp-session-id"), header("retry-after"));
+    (status, sid, r.text().await.unwrap_or_default(), retry)
+}
+
+#[tokio::test]
+async fn sessions_are_capped_per_client_and_in_total_with_clear_errors() {
+    let gw = Gw::start(&one_faulty(
+        "max_sessions = 4\nmax_sessions_per_client = 3\ninitialize_per_minute = 1000",
+    ));
+    gw.wait_up().await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let (status, sid, body, _) = initialize_from(&gw, "127.0.0.1").await;
+        assert_eq!(status, 200, "{body}");
+        mine.push(sid.expect("a session"));
+    }
+    let (status, sid, body, retry) = initialize_from(&gw, "127.0.0.1").await;
+    assert_eq!((status, sid), (429, None), "{body}");
+    assert!(retry.is_some(), "Retry-After is set");
+    let e = message(&body);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gateway.max_sessions_per_client")),
+        "{e}"
+    );
+    // Another client has room until the gateway is full.
+    let (status, _, body, _) = initialize_from(&gw, "127.0.0.2").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body, _) = initialize_from(&gw, "127.0.0.3").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("gateway.max_sessions"), "{body}");
+    // Ending a session frees its place.
+    let r = reqwest::Client::new()
+        .delete(gw.url("main"))
+        .header("mcp-session-id", mine.pop().unwrap())
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, _, body, _) = initialize_from(&gw, "127.0.0.1").await;
+    assert_eq!(status, 200, "{body}");
+    // The sessions that were refused left nothing behind.
+    let health = gw.wait_health("the session count", |_| true).await;
+    assert_eq!(health["servers"]["main"]["sessions"], 4, "{health}");
+    assert!(gw.log().contains("refused a new session"), "{}", gw.log());
+}
+
+#[tokio::test]
+async fn initialize_is_rate_limited_per_client() {
+    let gw = Gw::start(&one_faulty("initialize_per_minute = 5"));
+    gw.wait_up().await;
+    for _ in 0..5 {
+        let (status, _, body, _) = initialize_from(&gw, "127.0.0.1").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _, body, retry) = initialize_from(&gw, "127.0.0.1").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("gateway.initialize_per_minute"), "{body}");
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=12).contains(&retry), "one token per 12 s: {retry}");
+    let (status, _, body, _) = initialize_from(&gw, "127.0.0.2").await;
+    assert_eq!(status, 200, "another client is not limited: {body}");
+}
+
+#[tokio::test]
+async fn a_flood_of_initialize_from_one_client_is_bounded_by_the_defaults() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let mut opened = 0;
+    let mut refused = 0;
+    for _ in 0..150 {
+        match initialize_from(&gw, "127.0.0.1").await {
+            (200, Some(_), _, _) => opened += 1,
+            (429, None, _, _) => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(
+        (opened, refused),
+        (100, 200),
+        "max_sessions_per_client = 100"
+    );
+}
