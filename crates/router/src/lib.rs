@@ -17,7 +17,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use manifold_config::{ConnectorId, SessionMode, VirtualServerSpec};
 use manifold_policy::{Action, ActionKind, Item, ItemKind, Permit, Target, Verb};
 use manifold_upstream::{Caller, Connector, Credential, Pool, UpstreamCatalog, UpstreamError};
@@ -42,6 +42,10 @@ pub enum RouteError {
     /// The gateway could not serve the request (overloaded, the call was lost).
     #[error("{0}")]
     Gateway(String),
+    /// A reload replaced the server while the request waited for its connectors; route it
+    /// again on the replacement (the params are handed back).
+    #[error("the virtual server was reloaded")]
+    Superseded(JsonObject),
     #[error("connector {connector:?}: {error}")]
     Upstream {
         connector: ConnectorId,
@@ -181,6 +185,13 @@ pub struct VirtualServer {
     /// (built from those sessions' lists), with the upstream catalogs they were built from.
     client_catalogs: Mutex<HashMap<u64, ClientCatalog>>,
     page_size: usize,
+    /// The catalog as it would be with the down connectors' last-known lists: a request for
+    /// one of their tools or prompts gets an error naming the connector and its state rather
+    /// than "unknown". `None` while every connector is live.
+    last_known: ArcSwapOption<Catalog>,
+    /// Cancelled when a reload replaces this server: requests waiting here for connectors to
+    /// start go to the replacement instead.
+    superseded: tokio_util::sync::CancellationToken,
 }
 
 struct ClientCatalog {
@@ -210,6 +221,8 @@ impl VirtualServer {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             client_catalogs: Mutex::new(HashMap::new()),
             page_size,
+            last_known: ArcSwapOption::empty(),
+            superseded: tokio_util::sync::CancellationToken::new(),
         };
         vs.rebuild();
         vs
@@ -235,6 +248,7 @@ impl VirtualServer {
     /// Rebuild the merged catalog from the connectors' current catalogs; report what changed.
     pub fn rebuild(&self) -> Changes {
         let new = self.build(None);
+        self.last_known.store(self.build_last_known().map(Arc::new));
         for c in &new.conflicts {
             tracing::warn!(server = %self.spec.name, "{c}");
         }
@@ -255,6 +269,72 @@ impl VirtualServer {
             })
             .collect();
         Catalog::build(&self.spec, &inputs)
+    }
+
+    /// The catalog with each down connector's last-known lists, if any connector is down with
+    /// lists it once offered.
+    fn build_last_known(&self) -> Option<Catalog> {
+        let mut any = false;
+        let inputs: Vec<_> = self
+            .spec
+            .connectors
+            .iter()
+            .filter_map(|u| {
+                let c = self.connectors.iter().find(|c| c.id() == &u.connector)?;
+                Some((
+                    u,
+                    match c.last_known_catalog() {
+                        Some(last) => {
+                            any = true;
+                            last
+                        }
+                        None => c.catalog(),
+                    },
+                ))
+            })
+            .collect();
+        any.then(|| Catalog::build(&self.spec, &inputs))
+    }
+
+    /// A reload replaced this server.
+    pub fn supersede(&self) {
+        self.superseded.cancel();
+    }
+
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.is_cancelled()
+    }
+
+    /// The error for `exposed` (a tool or prompt name) that is not in the catalog: naming its
+    /// connector and state if a down connector offered it, else `unknown`.
+    fn missing(&self, exposed: String, tool: bool) -> RouteError {
+        let owner = self.last_known.load().as_ref().and_then(|k| {
+            if tool {
+                k.tool_routes.get(&exposed).map(|r| r.connector.clone())
+            } else {
+                k.prompt_routes.get(&exposed).map(|r| r.connector.clone())
+            }
+        });
+        let Some(id) = owner else {
+            return if tool {
+                RouteError::UnknownTool(exposed)
+            } else {
+                RouteError::UnknownPrompt(exposed)
+            };
+        };
+        let h = self.connector(&id).health();
+        let state = match &h.last_error {
+            Some(e) => format!("is {}: {e}", h.state),
+            None => format!("is {}", h.state),
+        };
+        RouteError::Upstream {
+            error: UpstreamError::Unavailable(format!(
+                "{} {exposed:?} is served by connector {:?}, which {state}; retry when it is up",
+                if tool { "tool" } else { "prompt" },
+                id.as_str()
+            )),
+            connector: id,
+        }
     }
 
     fn instance_catalog(
@@ -364,7 +444,10 @@ impl VirtualServer {
         if pending.is_empty() {
             return Changes::default();
         }
-        futures::future::join_all(pending.iter().map(|c| c.wait_ready(max))).await;
+        tokio::select! {
+            _ = futures::future::join_all(pending.iter().map(|c| c.wait_ready(max))) => {}
+            _ = self.superseded.cancelled() => return Changes::default(),
+        }
         self.rebuild()
     }
 
@@ -508,10 +591,14 @@ impl VirtualServer {
                 if !cat.tool_routes.contains_key(&exposed) {
                     // Perhaps its connector has not started yet (lazy, or just booting).
                     self.settle(SETTLE_WAIT).await;
+                    if self.is_superseded() {
+                        // A reload replaced this server meanwhile: its replacement decides.
+                        return Err(RouteError::Superseded(params));
+                    }
                     cat = self.catalog_for(client);
                 }
                 let Some(route) = cat.tool_routes.get(&exposed) else {
-                    return Err(RouteError::UnknownTool(exposed));
+                    return Err(self.missing(exposed, true));
                 };
                 params.insert("name".into(), route.upstream_name.clone().into());
                 if !route.strip.is_empty() || !route.pinned.is_empty() {
@@ -540,7 +627,7 @@ impl VirtualServer {
             Method::GetPrompt => {
                 let exposed = string_param(&params, "name", "prompts/get")?;
                 let Some(route) = cat.prompt_routes.get(&exposed) else {
-                    return Err(RouteError::UnknownPrompt(exposed));
+                    return Err(self.missing(exposed, false));
                 };
                 params.insert("name".into(), route.upstream_name.clone().into());
                 (

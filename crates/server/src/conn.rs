@@ -97,6 +97,7 @@ pub(crate) async fn accept(
     stop: CancellationToken,
 ) {
     let mut refused = Refusals::default();
+    let turning_away = Arc::new(Semaphore::new(64));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -125,7 +126,13 @@ pub(crate) async fn accept(
                 "refused a connection from {peer}: {} connections are open, the limit (gateway.max_connections); raise it, or find the client holding them",
                 conns.max
             ));
-            tokio::spawn(turn_away(tcp));
+            // A few at a time: a flood beyond the cap is closed at once instead.
+            if let Ok(slot) = turning_away.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    turn_away(tcp).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         if let Err(e) = tcp.set_nodelay(true) {
@@ -162,12 +169,18 @@ impl Refusals {
     }
 }
 
-/// A connection over the cap: a 503 that says why, then closed.
+/// A connection over the cap: a 503 that says why, then closed. The request is read (and
+/// dropped) until the client closes, for at most a second: closing with it unread would reset
+/// the connection and lose the answer.
 async fn turn_away(mut tcp: TcpStream) {
+    use tokio::io::AsyncReadExt;
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 62\r\n\r\nService Unavailable: too many open connections; retry shortly\n";
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = tcp.write_all(BUSY).await;
-        let _ = tcp.shutdown().await;
+        tcp.write_all(BUSY).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }

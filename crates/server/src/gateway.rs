@@ -41,6 +41,8 @@ pub struct Gateway {
     pub(crate) seams: Seams,
     /// `gateway.initialize_per_minute`, per client.
     pub(crate) initializes: crate::admission::RateLimit,
+    /// Connectors a reload replaced or removed, finishing their calls before they stop.
+    retiring: Mutex<Vec<Arc<Connector>>>,
     /// Log lines about turned-away `initialize` requests, at most one per 10 s.
     pub(crate) turned_away: Mutex<crate::conn::Refusals>,
 }
@@ -75,6 +77,7 @@ impl Gateway {
             seams,
             initializes: crate::admission::RateLimit::new(),
             turned_away: Mutex::new(Default::default()),
+            retiring: Mutex::new(Vec::new()),
         });
         tokio::spawn(notify::fan_out(Arc::downgrade(&gw), gw.events.subscribe()));
         tokio::spawn(notify::expire_idle(Arc::downgrade(&gw)));
@@ -119,21 +122,23 @@ impl Gateway {
                     connectors.insert(id.clone(), c.clone());
                 }
                 prev => {
+                    let c = Connector::start(spec.clone(), self.events.clone(), self.env.clone());
                     if let Some(p) = prev {
-                        tracing::info!(connector = %id, "connector changed; restarting it");
-                        p.shutdown();
+                        // The new one starts beside the old, which finishes its calls first.
+                        tracing::info!(connector = %id, "connector changed; starting the new settings beside the old");
+                        c.inherit_last_known(p);
+                        self.retire(p);
                     } else if !first {
                         tracing::info!(connector = %id, "connector added");
                     }
-                    let c = Connector::start(spec.clone(), self.events.clone(), self.env.clone());
                     connectors.insert(id.clone(), Arc::new(c));
                 }
             }
         }
         for (id, c) in &old.connectors {
             if !connectors.contains_key(id) {
-                tracing::info!(connector = %id, "connector removed; stopping it");
-                c.shutdown();
+                tracing::info!(connector = %id, "connector removed; stopping it once its calls end");
+                self.retire(c);
             }
         }
         let all: Vec<Arc<Connector>> = connectors.values().cloned().collect();
@@ -168,6 +173,7 @@ impl Gateway {
         {
             tracing::info!(server = %name, "virtual server removed");
         }
+        let superseded: Vec<Arc<VirtualServer>> = old.servers.values().cloned().collect();
         self.runtime.store(Arc::new(Runtime {
             allowed: crate::origin::Allowed::new(
                 &config.gateway.allowed_hosts,
@@ -177,9 +183,21 @@ impl Gateway {
             connectors,
             servers,
         }));
+        // Requests waiting on the old servers for connectors to start move to the new ones.
+        for vs in superseded {
+            vs.supersede();
+        }
         for (name, changes) in notify {
             self.notify_changes(&name, changes);
         }
+    }
+
+    /// Let `c` finish its calls, then stop it (and forget it once stopped).
+    fn retire(&self, c: &Arc<Connector>) {
+        c.retire();
+        let mut retiring = self.retiring.lock().expect("retiring lock");
+        retiring.retain(|r| !r.is_stopped());
+        retiring.push(c.clone());
     }
 
     /// Tell `server`'s clients which of its lists changed: legacy sessions on their standalone
@@ -225,6 +243,9 @@ impl Gateway {
         let mut all: Vec<Arc<Connector>> =
             self.runtime.load().connectors.values().cloned().collect();
         all.extend(self.pool.shutdown());
+        all.extend(std::mem::take(
+            &mut *self.retiring.lock().expect("retiring lock"),
+        ));
         for c in &all {
             c.shutdown();
         }

@@ -214,6 +214,10 @@ pub fn to_error(e: RouteError) -> ErrorData {
         ),
         RouteError::InvalidParams(m) => ErrorData::invalid_params(m, None),
         RouteError::Gateway(m) => ErrorData::internal_error(m, None),
+        RouteError::Superseded(_) => ErrorData::internal_error(
+            "the gateway's configuration was reloaded during the request; send it again",
+            None,
+        ),
         RouteError::Upstream { connector, error } => match error {
             UpstreamError::Protocol(data) => data,
             UpstreamError::Unavailable(m) => ErrorData::internal_error(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use manifold_audit::{AuditEvent, Fault, Outcome};
 use manifold_policy::{ItemKind, Permit, Target};
-use manifold_router::{Method, RouteError, Routed};
+use manifold_router::{Method, RouteError, Routed, VirtualServer};
 use manifold_upstream::Caller;
 use rmcp::model::{ErrorCode, ErrorData, Implementation, InitializeResult, SubscriptionFilter};
 
@@ -454,14 +454,22 @@ async fn list(
         cursor: Option<String>,
     }
     let cursor = decode::<P>(params, "list")?.cursor;
-    // A client's first list sees connectors that are still starting.
-    let changes = cx.vs.settle(manifold_router::SETTLE_WAIT).await;
-    if changes.any() {
-        gw.notify_changes(cx.vs.name(), changes);
+    // A client's first list sees connectors that are still starting (of the newest
+    // configuration, if a reload replaced the server meanwhile).
+    let mut vs = cx.vs.clone();
+    loop {
+        let changes = vs.settle(manifold_router::SETTLE_WAIT).await;
+        if changes.any() {
+            gw.notify_changes(vs.name(), changes);
+        }
+        match gw.virtual_server(vs.name()) {
+            Some(newer) if vs.is_superseded() && !Arc::ptr_eq(&newer, &vs) => vs = newer,
+            _ => break,
+        }
     }
-    let permit = decide(gw, cx, record, cx.vs.list_request(kind, cursor)).map_err(|_| {
+    let permit = decide(gw, cx, record, vs.list_request(kind, cursor)).map_err(|_| {
         ErrorData::invalid_request(
-            format!("virtual server {:?} is not available to you", cx.vs.name()),
+            format!("virtual server {:?} is not available to you", vs.name()),
             None,
         )
     })?;
@@ -472,7 +480,7 @@ async fn list(
     } else {
         String::new()
     };
-    cx.vs.page(&permit, cx.client, &head).map_err(to_error)
+    vs.page(&permit, cx.client, &head).map_err(to_error)
 }
 
 /// The upstream call of a request: where its messages go, its cancellation and log level.
@@ -491,6 +499,25 @@ fn caller(gw: &Gateway, cx: &RequestContext) -> Caller {
         ct: cx.ct.clone(),
         log_level: cx.log_level,
     }
+}
+
+/// "unknown tool" (prompt, resource) for the name `params` give.
+fn not_found_name(
+    method: Method,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> ErrorData {
+    let name = |k: &str| {
+        params
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    to_error(match method {
+        Method::CallTool => RouteError::UnknownTool(name("name")),
+        Method::GetPrompt => RouteError::UnknownPrompt(name("name")),
+        _ => RouteError::UnknownResource(name("uri")),
+    })
 }
 
 /// The error for a refused use: the same as for an item that does not exist.
@@ -541,7 +568,21 @@ async fn forward(
             &params,
         )
     });
-    let routed = cx.vs.route(method, params, cx.client).await?;
+    // A reload while the request waited for connectors to start: the replacement server
+    // routes it (and serves it), not the superseded one.
+    let mut vs = cx.vs.clone();
+    let routed = loop {
+        match vs.route(method, params, cx.client).await {
+            Err(RouteError::Superseded(back)) => match gw.virtual_server(vs.name()) {
+                Some(newer) if !Arc::ptr_eq(&newer, &vs) => {
+                    vs = newer;
+                    params = back;
+                }
+                _ => return Err(not_found_name(method, &back).into()),
+            },
+            r => break r?,
+        }
+    };
     let permit = match decide(gw, cx, record, routed) {
         Ok(p) => p,
         Err(d) => return Err(not_found(&d.target).into()),
@@ -564,24 +605,24 @@ async fn forward(
         let uri = permit.target().exposed.clone();
         if method == Method::Unsubscribe {
             s.unsubscribe(&uri);
-            if gw.sessions.anyone_subscribed(cx.vs.name(), &uri) {
+            if gw.sessions.anyone_subscribed(vs.name(), &uri) {
                 return Ok("{}".to_owned());
             }
         }
-        let credential = credential(gw, cx, &permit)?;
-        cx.vs.forward(&permit, &credential, &caller(gw, cx)).await?;
+        let credential = credential(gw, cx, &vs, &permit)?;
+        vs.forward(&permit, &credential, &caller(gw, cx)).await?;
         if method == Method::Subscribe {
             s.subscribe(&uri);
         }
         return Ok("{}".to_owned());
     }
-    let credential = credential(gw, cx, &permit)?;
+    let credential = credential(gw, cx, &vs, &permit)?;
     let Some(binding) = binding else {
         let caller = caller(gw, cx);
         if let Some(s) = &cx.session {
             s.call_started(&cx.id, cx.ct.clone());
         }
-        let r = cx.vs.forward(&permit, &credential, &caller).await;
+        let r = vs.forward(&permit, &credential, &caller).await;
         if let Some(s) = &cx.session {
             s.call_ended(&cx.id);
         }
@@ -596,7 +637,7 @@ async fn forward(
     // input_required rounds. The call outlives this request (it may be parked between rounds),
     // so it gets a client key of its own, whose per-client upstream sessions end with it.
     let client_key = gw.sessions.next_client();
-    let vs = cx.vs.clone();
+    let vs = vs.clone();
     let pool = gw.pool.clone();
     let call = mrtr::Call {
         binding,
@@ -658,9 +699,10 @@ fn finish_round(round: mrtr::Round, method: Method) -> Result<String, Failure> {
 fn credential(
     gw: &Gateway,
     cx: &RequestContext,
+    vs: &VirtualServer,
     permit: &Permit<Routed>,
 ) -> Result<manifold_upstream::Credential, Failure> {
-    let spec = cx.vs.connector_spec(&permit.target().connector);
+    let spec = vs.connector_spec(&permit.target().connector);
     gw.seams
         .credentials
         .credential(&cx.principal, spec)
@@ -707,7 +749,7 @@ async fn listen(
         else {
             continue;
         };
-        let Ok(credential) = credential(gw, cx, &permit) else {
+        let Ok(credential) = credential(gw, cx, &cx.vs, &permit) else {
             continue;
         };
         let caller = Caller::internal(cx.client, cx.ct.clone());

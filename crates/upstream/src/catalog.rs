@@ -43,7 +43,12 @@ impl Shared {
             h.resources = cat.resources.len();
             h.resource_templates = cat.resource_templates.len();
         }
-        self.catalog.store(Arc::new(cat));
+        let cat = Arc::new(cat);
+        // What a connection offered, kept while the connector is down (to say so by name).
+        if cat.capabilities.is_some() {
+            self.last_known.store(cat.clone());
+        }
+        self.catalog.store(cat);
         let _ = self
             .events
             .send(UpstreamEvent::CatalogChanged(self.spec.id.clone()));

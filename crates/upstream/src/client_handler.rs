@@ -39,6 +39,9 @@ impl UpstreamHandler {
         implementation.name = "manifold".into();
         implementation.version = env!("CARGO_PKG_VERSION").into();
         let mut info = ClientConfig::default();
+        // What `initialize` offers (a 2026-07-28 handshake is `server/discover`, which names its
+        // versions itself): a legacy connection never offers a version without `initialize`.
+        info.protocol_version = rmcp::model::ProtocolVersion::LATEST_WITH_INITIALIZE;
         info.capabilities = capabilities;
         info.client_info = implementation;
         Self { shared, link, info }

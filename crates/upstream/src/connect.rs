@@ -222,7 +222,7 @@ impl Shared {
             }
             (manifold_config::Era::Auto, None) => rmcp::ClientLifecycleMode::Auto {
                 preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-                legacy_version: None,
+                legacy_version: Some(rmcp::model::ProtocolVersion::LATEST_WITH_INITIALIZE),
             },
         }
     }

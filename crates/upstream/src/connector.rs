@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     /// The `logging/setLevel` last sent to a legacy upstream (its session has one level).
     pub log_level: Mutex<Option<LoggingLevel>>,
     pub catalog: ArcSwap<UpstreamCatalog>,
+    /// The last catalog a connection offered (empty until one did); kept across restarts and
+    /// reloads, so that a call for one of its tools while it is down can say so.
+    pub last_known: ArcSwap<UpstreamCatalog>,
     pub events: broadcast::Sender<UpstreamEvent>,
     /// The calls in flight, for attribution.
     pub calls: Arc<Calls>,
@@ -66,6 +69,34 @@ pub(crate) struct Shared {
     /// Serialises catalog refreshes (initial and after each `list_changed`).
     pub refresh_lock: tokio::sync::Mutex<()>,
     pub env: EnvLookup,
+    /// Requests being forwarded (a retired connector stops when none is left).
+    pub active: std::sync::atomic::AtomicUsize,
+    pub went_idle: Notify,
+}
+
+/// A request being forwarded, counted in `Shared::active`.
+struct Forwarding<'a>(&'a Shared);
+
+impl<'a> Forwarding<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.went_idle.notify_waiters();
+        }
+    }
 }
 
 impl Connector {
@@ -87,6 +118,7 @@ impl Connector {
             log_level: Mutex::new(None),
             probe_failed: std::sync::atomic::AtomicBool::new(false),
             catalog: ArcSwap::from_pointee(UpstreamCatalog::default()),
+            last_known: ArcSwap::from_pointee(UpstreamCatalog::default()),
             events,
             calls: Calls::new(spec.id.clone()),
             demand: Notify::new(),
@@ -95,6 +127,8 @@ impl Connector {
             starting_group: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
             env,
+            active: std::sync::atomic::AtomicUsize::new(0),
+            went_idle: Notify::new(),
             spec,
         });
         tokio::spawn(supervise(shared.clone()));
@@ -117,12 +151,30 @@ impl Connector {
         self.shared.catalog.load_full()
     }
 
+    /// The last catalog a connection offered, while the current one is empty (the connector is
+    /// down or restarting); `None` when the current one is live or none ever was.
+    pub fn last_known_catalog(&self) -> Option<Arc<UpstreamCatalog>> {
+        if self.shared.catalog.load().capabilities.is_some() {
+            return None;
+        }
+        let last = self.shared.last_known.load_full();
+        last.capabilities.is_some().then_some(last)
+    }
+
+    /// Take over what `previous` (the instance this one replaces) last offered.
+    pub fn inherit_last_known(&self, previous: &Connector) {
+        self.shared
+            .last_known
+            .store(previous.shared.last_known.load_full());
+    }
+
     /// Ask a lazy connector to start; a no-op once started.
     pub fn demand(&self) {
         self.shared.demand.notify_one();
     }
 
-    /// Wait until the connector is up, or give up after `max` (returns whether it is up).
+    /// Wait until the connector is up, or give up after `max` or when it is stopped (a
+    /// reload replaced it); returns whether it is up.
     pub async fn wait_ready(&self, max: Duration) -> bool {
         self.demand();
         let mut rx = self.shared.health_tx.subscribe();
@@ -132,7 +184,37 @@ impl Connector {
                 HealthState::Up | HealthState::Degraded | HealthState::Down
             )
         });
-        matches!(tokio::time::timeout(max, wait).await, Ok(Ok(s)) if *s == HealthState::Up)
+        tokio::select! {
+            r = tokio::time::timeout(max, wait) => matches!(r, Ok(Ok(s)) if *s == HealthState::Up),
+            _ = self.shared.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Replaced by a reload: finish the requests in flight (for at most `call_timeout`, which
+    /// they cannot outlast), then stop. New requests go to the replacement.
+    pub fn retire(self: &Arc<Self>) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            let shared = &c.shared;
+            let idle = async {
+                loop {
+                    let notified = shared.went_idle.notified();
+                    if shared.active.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            let left = shared.active.load(std::sync::atomic::Ordering::Acquire);
+            if left > 0 {
+                tracing::info!(connector = %shared.spec.id, requests = left, "the replaced connector finishes its requests before it stops");
+            }
+            let grace = shared.spec.call_timeout + Duration::from_secs(1);
+            if tokio::time::timeout(grace, idle).await.is_err() {
+                tracing::warn!(connector = %shared.spec.id, "the replaced connector still had requests after call_timeout; stopping it");
+            }
+            c.shutdown();
+        });
     }
 
     /// Forward one request as JSON text: `params` (without `_meta`) go upstream as given (with the caller's
@@ -150,6 +232,7 @@ impl Connector {
         params: &serde_json::Map<String, serde_json::Value>,
         caller: &Caller,
     ) -> Result<Box<RawValue>, UpstreamError> {
+        let _active = Forwarding::enter(&self.shared);
         let result = self.forward_once(method, params, caller).await?;
         let Some(mut input) = link::input_required(&result) else {
             return Ok(result);
@@ -439,6 +522,11 @@ impl Connector {
     /// Stop the supervisor and the process (close stdin, SIGTERM, SIGKILL the group).
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
+    }
+
+    /// Whether the supervisor has exited (see `stopped`).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.is_cancelled()
     }
 
     /// Resolves once the supervisor has exited after `shutdown` (its processes are gone).

@@ -60,6 +60,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
     }
     let mut failures: VecDeque<Instant> = VecDeque::new();
     let mut backoff = restart.initial_backoff;
+    // After the circuit opened: the next start is the one trial; if it fails, the circuit
+    // opens again at once (half-open).
+    let mut trial = false;
     loop {
         shared.set_health(HealthState::Starting, None);
         let attempt = tokio::select! {
@@ -73,7 +76,13 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
         };
         shared.starting_group.lock().expect("group lock").take();
         let error = match attempt {
-            Ok(conn) => run_connection(&shared, conn, &mut backoff).await,
+            Ok(conn) => {
+                let (error, came_up) = run_connection(&shared, conn, &mut backoff).await;
+                if came_up {
+                    trial = false;
+                }
+                error
+            }
             Err(e) => Some(e),
         };
         let Some(error) = error else { return }; // shutdown
@@ -92,16 +101,22 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
         {
             failures.pop_front();
         }
-        let wait = if failures.len() as u32 >= restart.max_failures {
-            failures.clear();
-            backoff = restart.initial_backoff;
-            shared.set_health(
-                HealthState::Down,
-                Some(format!(
+        let wait = if trial || failures.len() as u32 >= restart.max_failures {
+            let why = if trial {
+                format!(
+                    "{error}; the trial start after the circuit opened failed, next try in {:?}",
+                    restart.open_for
+                )
+            } else {
+                format!(
                     "{error}; circuit open after {} failures within {:?}, next try in {:?}",
                     restart.max_failures, restart.window, restart.open_for
-                )),
-            );
+                )
+            };
+            failures.clear();
+            backoff = restart.initial_backoff;
+            trial = true;
+            shared.set_health(HealthState::Down, Some(why));
             restart.open_for
         } else {
             shared.set_health(HealthState::Degraded, Some(error));
@@ -116,12 +131,13 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-/// Serve one connection until it ends. Returns the failure, or `None` on shutdown.
+/// Serve one connection until it ends. Returns the failure (`None` on shutdown) and whether
+/// the connection came up.
 async fn run_connection(
     shared: &Arc<Shared>,
     conn: Connection,
     backoff: &mut Duration,
-) -> Option<String> {
+) -> (Option<String>, bool) {
     let Connection {
         running,
         link,
@@ -129,9 +145,15 @@ async fn run_connection(
     } = conn;
     let peer = running.peer().clone();
     let ct = running.cancellation_token();
-    let modern = peer
-        .peer_info()
-        .is_some_and(|i| !i.protocol_version.has_initialize());
+    let answered = peer.peer_info().map(|i| i.protocol_version.clone());
+    // A connection opened with `initialize` is legacy whatever version the upstream echoes (one
+    // that answers with a version without `initialize` is wrong, and is told nothing of it).
+    let opened_legacy = shared.spec.era == manifold_config::Era::Legacy
+        || *shared.modern.lock().expect("era lock") == Some(false);
+    let modern = !opened_legacy && answered.as_ref().is_some_and(|v| !v.has_initialize());
+    if opened_legacy && answered.as_ref().is_some_and(|v| !v.has_initialize()) {
+        tracing::warn!(connector = %shared.spec.id, version = ?answered, "the upstream answered initialize with a version that has no initialize; speaking the legacy protocol to it");
+    }
     if shared.modern.lock().expect("era lock").replace(modern) != Some(modern) {
         tracing::info!(connector = %shared.spec.id, era = if modern { "2026-07-28" } else { "legacy" }, "upstream protocol era");
     }
@@ -144,7 +166,7 @@ async fn run_connection(
             if let Some((child, pgid)) = child {
                 stdio::terminate(child, pgid, Duration::from_secs(2)).await;
             }
-            return Some(e);
+            return (Some(e), false);
         }
     }
     // Ids restart with each connection: the previous one's calls have failed.
@@ -222,7 +244,7 @@ async fn run_connection(
     if started.elapsed() > shared.spec.restart.window {
         *backoff = shared.spec.restart.initial_backoff;
     }
-    outcome
+    (outcome, true)
 }
 
 /// ±25% so that many connectors restarting together do not stampede.

@@ -450,7 +450,241 @@ async fn a_flood_of_initialize_from_one_client_is_bounded_by_the_defaults() {
     }
     assert_eq!(
         (opened, refused),
-        (100, 200),
+        (100, 50),
         "max_sessions_per_client = 100"
+    );
+}
+
+/// A faulty stdio connector `name` that takes `delay` seconds to start, with `extra` keys.
+fn slow_starting(name: &str, delay: f32, extra: &str) -> String {
+    format!(
+        "\n[connectors.{name}]\nkind = \"stdio\"\ncommand = \"sh\"\nargs = [\"-c\", \"sleep {delay}; exec python3 {} --name {name}\"]\n{extra}\n",
+        fixture("faulty_upstream.py")
+    )
+}
+
+/// Write `config` and wait until the gateway has applied it (its `n`th reload).
+async fn reload(gw: &Gw, config: &str, n: usize) {
+    std::fs::write(gw.config_path(), config).unwrap();
+    eventually(&format!("reload {n}"), Duration::from_secs(10), || async {
+        let log = gw.log();
+        (log.matches("reloading config").count() >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_waiting_through_two_reloads_go_to_the_newest_start() {
+    let config = |timeout: u32| {
+        format!(
+            "{}\n[servers.main]\nconnectors = [\"sl\"]\n",
+            slow_starting("sl", 1.5, &format!("call_timeout = \"{timeout}s\""))
+        )
+    };
+    let gw = Gw::start(&config(30));
+    let url = gw.url("main");
+    let sid = session(&url).await;
+    // Three calls wait for the connector, which is still starting.
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let (url, sid) = (url.clone(), sid.clone());
+            tokio::spawn(async move {
+                let body = json!({"jsonrpc":"2.0","id":10 + i,"method":"tools/call",
+                    "params":{"name":"sl__echo","arguments":{"message":format!("m{i}")}}});
+                rpc(&url, &sid, body).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reload(&gw, &config(31), 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    reload(&gw, &config(32), 2).await;
+    // Each waits for the newest start; without that they waited 20 s and failed.
+    for (i, c) in calls.into_iter().enumerate() {
+        let answer = tokio::time::timeout(Duration::from_secs(15), c)
+            .await
+            .expect("the call is answered once the newest start is up")
+            .unwrap();
+        assert_eq!(
+            answer["result"]["content"][0]["text"],
+            format!("Echo: m{i}"),
+            "{answer}\nlog:\n{}",
+            gw.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_a_connector_lets_its_calls_in_flight_finish() {
+    let config = |timeout: u32| {
+        format!(
+            "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+            faulty("fa", &format!("call_timeout = \"{timeout}s\""))
+        )
+    };
+    let gw = Gw::start(&config(30));
+    gw.wait_up().await;
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    // Calls of 0.2-1 s run all the time, on the connector whose settings change under them.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load: Vec<_> = (0..4)
+        .map(|w| {
+            let (peer, stop) = (c.peer().clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut done = 0u32;
+                while !stop.is_cancelled() {
+                    let ms = 200 + 200 * w;
+                    let r = peer
+                        .call_tool(call("fa__slow", json!({"ms": ms, "steps": 0})))
+                        .await
+                        .map_err(|e| format!("a call failed during a reload: {e}"))?;
+                    if text(&r) != "done" {
+                        return Err(format!("unexpected result {r:?}"));
+                    }
+                    done += 1;
+                }
+                Ok::<_, String>(done)
+            })
+        })
+        .collect();
+    for n in 1..=4u32 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        reload(&gw, &config(30 + n), n as usize).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let mut total = 0;
+    for l in load {
+        total += l
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", gw.log()));
+    }
+    assert!(total >= 8, "calls ran throughout: {total}");
+    let log = gw.log();
+    assert!(
+        log.contains("starting the new settings beside the old"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_for_a_down_connectors_tool_names_the_connector_and_its_state() {
+    // One failure opens the circuit for a minute: the connector stays down after its crash.
+    let config = format!(
+        "[connectors.fa]\nkind = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\", \"--name\", \"fa\"]\nrestart = {{ max_failures = 1, open_for = \"60s\" }}\n{}\n[servers.main]\nconnectors = [\"fa\", \"fb\"]\n",
+        fixture("faulty_upstream.py"),
+        faulty("fb", "")
+    );
+    let gw = Gw::start(&config);
+    gw.wait_up().await;
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    let _ = c.peer().call_tool(call("fa__crash", json!({}))).await;
+    gw.wait_health("fa is down", |v| v["connectors"]["fa"]["state"] == "down")
+        .await;
+    let err = c
+        .peer()
+        .call_tool(call("fa__echo", json!({"message": "x"})))
+        .await
+        .expect_err("fa is down");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("connector \"fa\"")
+            && msg.contains("is down")
+            && !msg.contains("unknown tool"),
+        "{msg}"
+    );
+    // A name that never existed is still unknown.
+    let err = c
+        .peer()
+        .call_tool(call("fa__nope", json!({})))
+        .await
+        .expect_err("unknown");
+    assert!(err.to_string().contains("unknown tool"), "{err}");
+    // The same for a prompt.
+    let err = c
+        .peer()
+        .get_prompt(
+            serde_json::from_value(json!({"name": "fa__greet", "arguments": {"name": "x"}}))
+                .unwrap(),
+        )
+        .await
+        .expect_err("fa is down");
+    assert!(err.to_string().contains("connector \"fa\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_half_open_circuit_makes_one_trial_start() {
+    // The fixture crashes on start; the circuit opens after 2 failures, for 1 s.
+    let marker = format!("manifold-trial-{}", std::process::id());
+    let config = format!(
+        "[connectors.fa]\nkind = \"stdio\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo start {marker} >&2; exec python3 {} --name fa\"]\nenv = {{ FAULTY_CRASH_ON_START = \"1\" }}\nrestart = {{ initial_backoff = \"50ms\", max_failures = 2, window = \"60s\", open_for = \"1s\" }}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        fixture("faulty_upstream.py")
+    );
+    let gw = Gw::start(&config);
+    let starts = || gw.log().matches(&format!("stderr: start {marker}")).count();
+    // Two failures open the circuit; then one trial per opening.
+    eventually(
+        "the circuit to open twice",
+        Duration::from_secs(20),
+        || async {
+            let log = gw.log();
+            (log.matches("the trial start after the circuit opened failed")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    )
+    .await;
+    let log = gw.log();
+    let opened = log.matches("circuit open after 2 failures").count();
+    let trials = log
+        .matches("the trial start after the circuit opened failed")
+        .count();
+    assert_eq!(opened, 1, "{log}");
+    // 2 starts before the circuit opened, then exactly one per trial.
+    assert_eq!(starts(), 2 + trials, "{log}");
+}
+
+#[tokio::test]
+async fn a_legacy_connector_offers_only_legacy_versions() {
+    let gw = Gw::start(&format!(
+        "{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty(
+            "fa",
+            "era = \"legacy\"\nenv = { FAULTY_DEBUG = \"1\", FAULTY_ECHO_VERSION = \"1\" }"
+        )
+    ));
+    gw.wait_up().await;
+    let log = gw.log();
+    let offered: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("initialize offered ").nth(1))
+        .collect();
+    assert!(!offered.is_empty(), "{log}");
+    assert!(
+        offered.iter().all(|v| v.starts_with("2025-")),
+        "{offered:?}"
+    );
+    assert!(log.contains("era=\"legacy\""), "{log}");
+    assert!(!log.contains("server/discover"), "{log}");
+    let c = connect(&gw.url("main"), TestClient::new("a")).await;
+    let r = c
+        .peer()
+        .call_tool(call("fa__echo", json!({"message": "hi"})))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "Echo: hi");
+}
+
+#[tokio::test]
+async fn log_lines_to_a_pipe_carry_no_colour_codes() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let log = gw.log();
+    assert!(log.contains("connector health changed"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a piped log:\n{log:?}"
     );
 }

@@ -185,5 +185,5 @@ async fn reload_under_load_loses_no_call() {
         log.matches("reloading config").count() >= 3,
         "reloads happened:\n{log}"
     );
-    assert!(log.contains("connector changed; restarting it"));
+    assert!(log.contains("connector changed; starting the new settings beside the old"));
 }
