@@ -197,13 +197,15 @@ impl IntoResponse for NoSession {
         match self {
             NoSession::Required => session_required(None),
             NoSession::NotFound => not_found(),
-            NoSession::Version(sent, negotiated) => (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "MCP-Protocol-Version {sent:?} does not match the version this session negotiated ({negotiated})"
+            NoSession::Version(sent, negotiated) => bad_request(
+                None,
+                ErrorData::invalid_request(
+                    format!(
+                        "MCP-Protocol-Version {sent:?} does not match the version this session negotiated ({negotiated})"
+                    ),
+                    None,
                 ),
-            )
-                .into_response(),
+            ),
         }
     }
 }

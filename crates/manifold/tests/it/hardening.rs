@@ -688,3 +688,86 @@ async fn log_lines_to_a_pipe_carry_no_colour_codes() {
         "ANSI escapes in a piped log:\n{log:?}"
     );
 }
+
+/// Envelopes the spec refuses, and the JSON-RPC error code each must get.
+const BAD_ENVELOPES: &[(&str, i64)] = &[
+    (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600),
+    (r#"{"id":1,"method":"ping"}"#, -32600),
+    (r#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#, -32600),
+    (r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#, -32600),
+    (r#"{"jsonrpc":"2.0","id":[1],"method":"ping"}"#, -32600),
+    (r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#, -32600),
+    (r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#, -32600),
+    (r#"{"jsonrpc":"2.0","id":1e400,"method":"ping"}"#, -32600),
+    (r#"{"jsonrpc":"2.0","id":1,"method":7}"#, -32600),
+    (r#"{not json"#, -32700),
+    ("", -32700),
+];
+
+async fn refused(what: &str, r: reqwest::RequestBuilder, body: &str, code: i64) {
+    let resp = r.body(body.to_owned()).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 400, "{what}: {body} -> {text}");
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: {body}: the refusal is JSON-RPC ({e}): {text}"));
+    assert_eq!(v["error"]["code"], code, "{what}: {body} -> {v}");
+    assert_eq!(v["jsonrpc"], "2.0", "{v}");
+    assert!(!text.contains("1e400"), "{what}: an invalid id is not echoed: {text}");
+}
+
+#[tokio::test]
+async fn one_json_rpc_validation_on_every_path() {
+    let gw = Gw::start(&one_faulty(""));
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let sid = session(&url).await;
+    for (body, code) in BAD_ENVELOPES {
+        refused("a session, no Origin", post_in(&url, &sid), body, *code).await;
+        refused(
+            "a session, an allowed Origin",
+            post_in(&url, &sid).header("origin", "http://localhost:3000"),
+            body,
+            *code,
+        )
+        .await;
+        refused("no session", post(&url), body, *code).await;
+        refused(
+            "2026-07-28",
+            post(&url)
+                .header("mcp-protocol-version", MODERN_VERSION)
+                .header("mcp-method", "ping"),
+            body,
+            *code,
+        )
+        .await;
+    }
+    // The session was negotiated at 2025-11-25: another version in the header is refused.
+    let r = post(&url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2024-11-05")
+        .body(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v = message(&r.text().await.unwrap());
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2025-11-25")),
+        "{v}"
+    );
+    // The session is intact after all of that.
+    let ok = rpc(&url, &sid, json!({"jsonrpc":"2.0","id":6,"method":"ping"})).await;
+    assert_eq!(ok["result"], json!({}), "{ok}");
+    // DELETE of an unknown session: 404.
+    let r = reqwest::Client::new()
+        .delete(&url)
+        .header("mcp-session-id", "0123456789abcdef0123456789abcdef")
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
