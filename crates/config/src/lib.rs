@@ -229,12 +229,15 @@ pub struct HttpSpec {
     pub headers: Vec<(String, Secret)>,
     pub transport: HttpTransport,
     pub connect_timeout: Duration,
+    /// `url` as it may be shown: userinfo and query values redacted, and any value that came
+    /// from a reference (a secret in the host or path) replaced.
+    shown_url: String,
 }
 
 impl HttpSpec {
-    /// The URL as it may be shown: userinfo and query values redacted.
+    /// The URL as it may be shown.
     pub fn display_url(&self) -> String {
-        redact_url(&self.url)
+        self.shown_url.clone()
     }
 }
 
@@ -587,6 +590,7 @@ impl Builder<'_> {
                     }
                 };
                 TransportSpec::Http(HttpSpec {
+                    shown_url: String::new(), // once every secret is known, below
                     url: value,
                     headers,
                     transport,
@@ -654,6 +658,12 @@ impl Builder<'_> {
             max_sessions: rc.max_sessions.unwrap_or(100).max(1) as usize,
             era,
             secrets: Secrets::new(secrets),
+        })
+        .map(|mut spec: ConnectorSpec| {
+            if let TransportSpec::Http(h) = &mut spec.transport {
+                h.shown_url = spec.secrets.scrub(&redact_url(&h.url)).into_owned();
+            }
+            spec
         })
     }
 

@@ -337,3 +337,67 @@ fn a_bad_reference_in_args_names_the_argument() {
         "/etc/m/manifold.toml:4:15: connector \"a\": args[1]: environment variable NOPE is not set: export it, or write ${NOPE:-default}",
     );
 }
+
+/// The loader never panics on any text; every refusal names the file (and, from the TOML
+/// parser on, a line and column) and says what is wrong.
+#[test]
+fn fuzz_the_config_loader() {
+    let target = manifold_fuzz::Target {
+        name: "config",
+        dictionary: &[
+            b"[connectors.x]\n",
+            b"[servers.x]\n",
+            b"kind = \"stdio\"\n",
+            b"kind = \"http\"\n",
+            b"${",
+            b"${TOKEN}",
+            b"${NOPE:-d}",
+            b"$$",
+            b"\"30s\"",
+            b"= 18446744073709551616",
+            b"curation",
+            b".tools.",
+            b"\"\\u0000\"",
+            b"\"http://u:p@h/?k=v\"",
+        ],
+        iterations: 10_000,
+    };
+    let path = Path::new("/nonexistent/manifold.toml");
+    manifold_fuzz::run(&target, |bytes| {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return;
+        };
+        match Config::parse(text, path, &env(&[("TOKEN", "s3cret-token")])) {
+            Ok(c) => {
+                // What loads, validates: every server's connectors exist.
+                for s in c.servers.values() {
+                    for u in &s.connectors {
+                        assert!(c.connectors.contains_key(&u.connector));
+                    }
+                }
+                // And shows no secret.
+                assert!(!format!("{c:?}").contains("s3cret-token"), "{c:?}");
+            }
+            Err(e) => {
+                assert!(e.0.starts_with("/nonexistent/manifold.toml"), "{}", e.0);
+                assert!(
+                    !e.0.contains("s3cret-token"),
+                    "an error shows a secret: {}",
+                    e.0
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn a_reference_anywhere_in_the_url_is_not_shown() {
+    let c =
+        parse("[connectors.r]\nkind = \"http\"\nurl = \"http://h-${TOKEN}.test/mcp/${TOKEN}\"\n")
+            .expect("valid");
+    let TransportSpec::Http(h) = &c.connectors[&ConnectorId::parse("r").unwrap()].transport else {
+        panic!("http")
+    };
+    assert_eq!(h.url, "http://h-s3cret.test/mcp/s3cret");
+    assert_eq!(h.display_url(), "http://h-***.test/mcp/***");
+}

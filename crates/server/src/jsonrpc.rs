@@ -379,4 +379,59 @@ mod tests {
         let e = ErrorData::new(rmcp::model::ErrorCode(-32020), "mismatch", None);
         assert_eq!(modern_status(&e), StatusCode::BAD_REQUEST);
     }
+
+    /// The envelope never panics; what it accepts is a well-formed message, and what it refuses
+    /// gets a JSON-RPC error (parse error or invalid request/params) with a valid id or null.
+    #[test]
+    fn fuzz_the_envelope() {
+        let target = manifold_fuzz::Target {
+            name: "jsonrpc",
+            dictionary: &[
+                b"\"jsonrpc\":\"2.0\"",
+                b"\"id\":",
+                b"\"method\":",
+                b"\"params\":",
+                b"\"result\":",
+                b"\"error\":",
+                b"null",
+                b"1e400",
+                b"-0",
+                b"18446744073709551616",
+                b"\"\\u0000\"",
+                b"\"\\ud800\"",
+                b"{}",
+                b"[]",
+                b"\"mf-1\"",
+            ],
+            iterations: 50_000,
+        };
+        manifold_fuzz::run(&target, |bytes| match parse(bytes) {
+            Ok(Incoming::Request { id, params, .. }) => {
+                assert!(valid_id(id.get()), "accepted id {}", id.get());
+                if let Some(p) = params {
+                    assert!(p.get().trim_start().starts_with('{'));
+                }
+            }
+            Ok(Incoming::Notification { params, .. }) => {
+                if let Some(p) = params {
+                    assert!(p.get().trim_start().starts_with('{'));
+                }
+            }
+            Ok(Incoming::Response { id, .. }) => {
+                assert!(valid_id(id.get()), "accepted id {}", id.get());
+            }
+            Err(refusal) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&refusal.message()).expect("a refusal is JSON");
+                assert_eq!(v["jsonrpc"], "2.0");
+                let code = v["error"]["code"].as_i64().expect("an error code");
+                assert!([-32700, -32600, -32602].contains(&code), "code {code}");
+                let id = &v["id"];
+                assert!(
+                    id.is_null() || id.is_string() || id.is_i64() || id.is_u64(),
+                    "answered with id {id}"
+                );
+            }
+        });
+    }
 }

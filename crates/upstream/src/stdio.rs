@@ -270,3 +270,70 @@ pub fn signal_group(pgid: Option<Pid>, signal: Signal) {
         let _ = nix::sys::signal::killpg(pgid, signal);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::link::Out;
+
+    /// Whatever a child writes to stdout, in whatever pieces, the reader never panics or
+    /// hangs, and rmcp gets only complete JSON objects of valid UTF-8 within the line cap.
+    #[test]
+    fn fuzz_the_stdout_line_reader() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let target = manifold_fuzz::Target {
+            name: "stdio",
+            dictionary: &[
+                b"\n",
+                b"\r\n",
+                b"{\"jsonrpc\":\"2.0\",\"id\":\"mf-1\",\"result\":{}}\n",
+                b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n",
+                b"\"mf-",
+                b"notifications/message",
+                b"\xff\xfe",
+                b"\x1b[31m",
+                &[b'x'; 300],
+            ],
+            iterations: 20_000,
+        };
+        const MAX: usize = 256;
+        let id = ConnectorId::parse("fz").unwrap();
+        manifold_fuzz::run(&target, |bytes| {
+            rt.block_on(async {
+                let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+                let raw = Link::new(Out::Lines(tx), Secrets::default());
+                // A small pipe, so the reader sees the bytes in pieces.
+                let (mut child, stdout) = tokio::io::duplex(61);
+                let (to_rmcp, mut rmcp) = tokio::io::duplex(64 * 1024);
+                let input = bytes.to_vec();
+                let writer = tokio::spawn(async move {
+                    let _ = child.write_all(&input).await;
+                });
+                let reader = tokio::spawn(filter_stdout(id.clone(), stdout, to_rmcp, MAX, raw));
+                let mut out = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), rmcp.read_to_end(&mut out))
+                    .await
+                    .expect("the reader ends when stdout does")
+                    .unwrap();
+                writer.await.unwrap();
+                reader.await.expect("the reader does not panic");
+                let text = std::str::from_utf8(&out).expect("only UTF-8 reaches rmcp");
+                for line in text.lines() {
+                    assert!(
+                        line.len() <= MAX,
+                        "an over-long line passed: {}",
+                        line.len()
+                    );
+                    let v: serde_json::Value =
+                        serde_json::from_str(line).expect("only JSON reaches rmcp");
+                    assert!(v.is_object(), "only objects reach rmcp: {line}");
+                }
+            });
+        });
+    }
+}

@@ -713,7 +713,10 @@ async fn refused(what: &str, r: reqwest::RequestBuilder, body: &str, code: i64) 
         .unwrap_or_else(|e| panic!("{what}: {body}: the refusal is JSON-RPC ({e}): {text}"));
     assert_eq!(v["error"]["code"], code, "{what}: {body} -> {v}");
     assert_eq!(v["jsonrpc"], "2.0", "{v}");
-    assert!(!text.contains("1e400"), "{what}: an invalid id is not echoed: {text}");
+    assert!(
+        !text.contains("1e400"),
+        "{what}: an invalid id is not echoed: {text}"
+    );
 }
 
 #[tokio::test]

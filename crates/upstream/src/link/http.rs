@@ -451,3 +451,79 @@ where
         self.inner.close()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::StreamBody;
+
+    use super::*;
+    use crate::link::Out;
+
+    /// Whatever an upstream's event stream holds, split wherever, reading it never panics or
+    /// hangs, and everything handed to rmcp is a JSON-RPC message.
+    #[test]
+    fn fuzz_the_event_stream_reader() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let target = manifold_fuzz::Target {
+            name: "sse",
+            dictionary: &[
+                b"data: ",
+                b"event: message\n",
+                b"id: 7\n",
+                b"retry: 5\n",
+                b": comment\n",
+                b"\n\n",
+                b"\r\n",
+                b"\r",
+                b"{\"jsonrpc\":\"2.0\",\"id\":\"mf-1\",\"result\":{}}",
+                b"\"mf-",
+                b"\xff",
+            ],
+            iterations: 20_000,
+        };
+        manifold_fuzz::run(&target, |bytes| {
+            rt.block_on(async {
+                let (tx, _rx) = mpsc::channel(1024);
+                let link = Link::new(Out::Lines(tx), manifold_config::Secrets::default());
+                let (inject, mut injected) = mpsc::channel(4096);
+                // Pieces of 1 to 17 bytes, by the input's own bytes.
+                let mut chunks = Vec::new();
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let n = (usize::from(rest[0]) % 17 + 1).min(rest.len());
+                    chunks.push(Ok::<_, Infallible>(http_body::Frame::data(
+                        Bytes::copy_from_slice(&rest[..n]),
+                    )));
+                    rest = &rest[n..];
+                }
+                let body = StreamBody::new(futures::stream::iter(chunks));
+                let resp = http::Response::builder()
+                    .status(200)
+                    .header(http::header::CONTENT_TYPE, "text/event-stream")
+                    .body(body)
+                    .unwrap();
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    post(&link, resp, inject, Some(1)),
+                )
+                .await
+                .expect("a finite stream is read to its end");
+                // An answer for id 1 (which nobody awaits here) or the end: both are fine; an
+                // error must say what went wrong.
+                if let Err(e) = r {
+                    assert!(!e.is_empty());
+                }
+                while let Ok(msg) = injected.try_recv() {
+                    // A typed message: it serialises back as JSON-RPC.
+                    let text = serde_json::to_string(&msg).unwrap();
+                    assert!(text.contains("\"jsonrpc\":\"2.0\""), "{text}");
+                }
+            });
+        });
+    }
+}
