@@ -73,6 +73,8 @@ impl Session {
 
 /// The HTTP client all sessions share: HTTP/1.1 only, keep-alive, no proxy, Nagle off.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    // reqwest is built without a crypto provider (see `manifold_upstream::install_crypto_provider`).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .http1_only()

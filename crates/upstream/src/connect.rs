@@ -96,6 +96,7 @@ impl Shared {
                 }
             }
             TransportSpec::Http(h) => {
+                crate::install_crypto_provider();
                 let client = reqwest::Client::builder()
                     .connect_timeout(h.connect_timeout)
                     .redirect(reqwest::redirect::Policy::none())

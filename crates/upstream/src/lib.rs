@@ -65,3 +65,14 @@ pub enum UpstreamEvent {
 
 /// How a connector looks up the gateway's environment variables (for `env_passthrough`).
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Makes ring the process's TLS crypto provider, once. reqwest and rmcp are built without one
+/// (their default, aws-lc-rs, is a long C build), so this runs before any HTTP client is built;
+/// calling it again, or after something else installed a provider, changes nothing.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -75,7 +75,9 @@ async fn a_call_to_a_dead_connector_fails_at_once_naming_it() {
         .await;
     let err = h["connectors"]["fa"]["last_error"].as_str().unwrap();
     assert!(err.contains("circuit open"), "{err}");
-    let summary: serde_json::Value = reqwest::get(format!("{}/healthz", gw.base))
+    let summary: serde_json::Value = http()
+        .get(format!("{}/healthz", gw.base))
+        .send()
         .await
         .unwrap()
         .json()
@@ -170,7 +172,9 @@ async fn garbage_floods_and_huge_output_are_survived() {
         log.contains("rate limit") || log.matches("stderr:").count() <= 60,
         "stderr is capped"
     );
-    let h: serde_json::Value = reqwest::get(format!("{}/healthz", gw.base))
+    let h: serde_json::Value = http()
+        .get(format!("{}/healthz", gw.base))
+        .send()
         .await
         .unwrap()
         .json()
@@ -599,7 +603,9 @@ async fn lazy_connectors_start_on_first_use() {
     // Not synchronisation: nothing is expected to happen; this gives an (eager, wrong) start
     // the time to show in the health.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let h: serde_json::Value = reqwest::get(format!("{}/healthz", gw.base))
+    let h: serde_json::Value = http()
+        .get(format!("{}/healthz", gw.base))
+        .send()
         .await
         .unwrap()
         .json()

@@ -128,7 +128,7 @@ async fn an_upstream_that_echoes_request_headers_in_errors_does_not_put_them_in_
 
 /// A raw GET of `path` with `headers` (`Host` included by reqwest unless given).
 async fn get_with(gw: &Gw, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut r = reqwest::Client::new().get(format!("{}{path}", gw.base));
+    let mut r = http().get(format!("{}{path}", gw.base));
     for (k, v) in headers {
         r = r.header(*k, *v);
     }
@@ -319,7 +319,7 @@ async fn connections_beyond_the_cap_get_a_clear_503_and_a_log_line() {
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
         held.push(s);
     }
-    let (status, body) = match reqwest::get(format!("{}/healthz", gw.base)).await {
+    let (status, body) = match http().get(format!("{}/healthz", gw.base)).send().await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(e) => panic!("the ninth connection gets an answer, not an error: {e}"),
     };
@@ -337,7 +337,7 @@ async fn connections_beyond_the_cap_get_a_clear_503_and_a_log_line() {
         "a freed slot serves again",
         Duration::from_secs(10),
         || async {
-            match reqwest::get(format!("{}/healthz", gw.base)).await {
+            match http().get(format!("{}/healthz", gw.base)).send().await {
                 Ok(r) if r.status() == 200 => Ok(()),
                 Ok(r) => Err(format!("status {}", r.status())),
                 Err(e) => Err(e.to_string()),
@@ -350,7 +350,7 @@ async fn connections_beyond_the_cap_get_a_clear_503_and_a_log_line() {
 /// An `initialize` from source address `from` (any 127/8 address is this machine): the HTTP
 /// status, the session id if one was opened, and the body.
 async fn initialize_from(gw: &Gw, from: &str) -> (u16, Option<String>, String, Option<String>) {
-    let client = reqwest::Client::builder()
+    let client = http_builder()
         .local_address(from.parse::<std::net::IpAddr>().unwrap())
         .build()
         .unwrap();
@@ -402,7 +402,7 @@ async fn sessions_are_capped_per_client_and_in_total_with_clear_errors() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("gateway.max_sessions"), "{body}");
     // Ending a session frees its place.
-    let r = reqwest::Client::new()
+    let r = http()
         .delete(gw.url("main"))
         .header("mcp-session-id", mine.pop().unwrap())
         .header("mcp-protocol-version", "2025-11-25")
@@ -765,7 +765,7 @@ async fn one_json_rpc_validation_on_every_path() {
     let ok = rpc(&url, &sid, json!({"jsonrpc":"2.0","id":6,"method":"ping"})).await;
     assert_eq!(ok["result"], json!({}), "{ok}");
     // DELETE of an unknown session: 404.
-    let r = reqwest::Client::new()
+    let r = http()
         .delete(&url)
         .header("mcp-session-id", "0123456789abcdef0123456789abcdef")
         .header("mcp-protocol-version", "2025-11-25")

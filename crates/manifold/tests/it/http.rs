@@ -79,7 +79,7 @@ async fn sessions_ids_delete_and_unknown_ids() {
         404,
         "unknown session ids get 404 (re-initialize)"
     );
-    let r = reqwest::Client::new()
+    let r = http()
         .delete(&url)
         .header("mcp-session-id", &a)
         .header("mcp-protocol-version", "2025-11-25")
@@ -91,7 +91,7 @@ async fn sessions_ids_delete_and_unknown_ids() {
         "DELETE ends the session with 200 or 204 (clients log anything else): {}",
         r.status()
     );
-    let r = reqwest::Client::new()
+    let r = http()
         .delete(&url)
         .header("mcp-session-id", &a)
         .header("mcp-protocol-version", "2025-11-25")
@@ -114,7 +114,7 @@ async fn sessions_ids_delete_and_unknown_ids() {
     .await;
     assert_eq!(v["id"], 8);
     // The GET stream opens as SSE.
-    let r = reqwest::Client::new()
+    let r = http()
         .get(&url)
         .header("accept", "text/event-stream")
         .header("mcp-session-id", &b)
@@ -221,7 +221,9 @@ async fn health_endpoints_report_connectors_and_servers() {
     assert_eq!(v["connectors"]["fa"]["state"], "up");
     assert!(v["connectors"]["fa"]["tools"].as_u64().unwrap() >= 10);
     assert_eq!(v["servers"]["main"]["path"], "/mcp/main");
-    let s: Value = reqwest::get(format!("{}/healthz", gw.base))
+    let s: Value = http()
+        .get(format!("{}/healthz", gw.base))
+        .send()
         .await
         .unwrap()
         .json()

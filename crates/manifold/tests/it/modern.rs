@@ -168,7 +168,7 @@ async fn headers_versions_and_capabilities_are_checked() {
     let v = message(&r.text().await.unwrap());
     assert_eq!(v["error"]["code"], -32020, "{v}");
     // An unsupported protocol version is refused with the supported ones.
-    let r = reqwest::Client::new()
+    let r = http()
         .post(&url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -297,7 +297,7 @@ async fn a_request_log_level_reaches_a_legacy_upstream() {
                 "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
                 "io.modelcontextprotocol/logLevel": level,
             });
-            let r = reqwest::Client::new()
+            let r = http()
                 .post(&url)
                 .header("content-type", "application/json")
                 .header("accept", "application/json, text/event-stream")
@@ -384,7 +384,7 @@ async fn closing_the_response_cancels_the_upstream_call() {
         if with_progress {
             params["_meta"]["progressToken"] = json!("p");
         }
-        let send = reqwest::Client::new()
+        let send = http()
             .post(&url)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
@@ -482,7 +482,7 @@ async fn discover_lists_and_reads_carry_caching_hints() {
         "{v}"
     );
     // A list whose body disagrees with its Mcp-Method header is refused (rmcp's check).
-    let r = reqwest::Client::new()
+    let r = http()
         .post(&url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")

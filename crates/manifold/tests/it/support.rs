@@ -285,7 +285,7 @@ impl Gw {
         let url = format!("{}/healthz/detail", self.base);
         let (url, pred) = (&url, &pred);
         eventually(what, Duration::from_secs(90), move || async move {
-            let v = match reqwest::get(url).await {
+            let v = match http().get(url).send().await {
                 Ok(r) => r.json::<serde_json::Value>().await,
                 Err(e) => Err(e),
             };
@@ -468,6 +468,7 @@ impl ClientHandler for TestClient {
 pub type Client = RunningService<RoleClient, TestClient>;
 
 pub async fn connect(url: &str, handler: TestClient) -> Client {
+    manifold_upstream::install_crypto_provider();
     let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -596,9 +597,21 @@ impl Drop for FaultyHttp {
 /// An `initialize` request at protocol 2025-11-25 without client capabilities.
 pub const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
+/// A plain HTTP client. reqwest is built without a TLS crypto provider; the gateway's own
+/// (ring) is installed first, as the binary does.
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("an HTTP client")
+}
+
+/// A client builder, with the crypto provider installed.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    manifold_upstream::install_crypto_provider();
+    reqwest::Client::builder()
+}
+
 /// A JSON POST that accepts JSON or SSE.
 pub fn post(url: &str) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
+    http()
         .post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -670,7 +683,7 @@ pub fn modern(
         "io.modelcontextprotocol/clientCapabilities": caps,
         "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
     });
-    let mut r = reqwest::Client::new()
+    let mut r = http()
         .post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")

@@ -206,9 +206,16 @@ where
 pub const LEGACY: &str = "2025-11-25";
 pub const MODERN: &str = "2026-07-28";
 
+/// A plain HTTP client. reqwest is built without a TLS crypto provider; the gateway's own
+/// (ring) is installed first, as the binary does.
+pub fn http() -> reqwest::Client {
+    manifold_upstream::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// A POST with the headers every client sends.
 pub fn post(url: &str) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
+    http()
         .post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
