@@ -20,7 +20,7 @@ use std::{
 pub use import::import_claude_desktop;
 use raw::{RawConfig, RawConnector, RawCuration, RawServer};
 pub use redact::{REDACTED, Secrets, redact_url, redact_urls_in};
-use text::{Located, Source};
+use text::Source;
 use toml::Spanned;
 
 /// Default listen address: loopback only, so a fresh install is not reachable from the network.
@@ -28,10 +28,81 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8730";
 /// Longest tool or prompt name advertised to clients (several clients reject longer names).
 pub const MAX_NAME_LEN: usize = 64;
 
-/// A configuration error, already formatted with `file:line:col` and a hint where one exists.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+/// One problem in a config file, formatted `file:line:col: message` with a hint where one
+/// exists (`file: message` for a problem of the whole file).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct ConfigError {
+    /// Byte offset in the file, to list problems in file order; `None`: the whole file.
+    offset: Option<usize>,
+    text: String,
+}
+
+impl ConfigError {
+    /// The message, as displayed.
+    pub fn message(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Every problem found in a config file (at least one), in file order; displayed one per line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    path: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    fn new(path: &Path, mut errors: Vec<ConfigError>) -> Self {
+        debug_assert!(!errors.is_empty(), "a failed load has a reason");
+        // Stable: problems at one place keep the order they were found in.
+        errors.sort_by_key(|e| e.offset);
+        Self {
+            path: path.to_path_buf(),
+            errors,
+        }
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.errors.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Always false: a failed load has at least one reason.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// `3 errors in FILE`.
+    pub fn summary(&self) -> String {
+        let n = self.errors.len();
+        let s = if n == 1 { "" } else { "s" };
+        format!("{n} error{s} in {}", self.path.display())
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.iter()
+    }
+}
 
 /// Where environment variables come from; the binary passes `std::env::var`, tests pass a map.
 pub trait Env {
@@ -334,41 +405,94 @@ pub struct ToolOverride {
 
 impl Config {
     /// Read and validate a config file. Secrets are resolved from `env` and referenced files.
-    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+    /// Every problem that can be found is reported, not only the first.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(format!("{}: cannot read config file: {e}", path.display()))
+            let src = Source::new(path, "");
+            let error = src.file().err(format!("cannot read config file: {e}"));
+            ConfigErrors::new(path, vec![error])
         })?;
         Self::parse(&text, path, env)
     }
 
     /// Validate config text; `path` is used for messages and to resolve relative paths.
-    pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Self, ConfigErrors> {
         let src = Source::new(path, text);
-        let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
-        Builder { src: &src, env }.build(raw)
+        let (raw, errors) = RawConfig::read(&src).map_err(|e| ConfigErrors::new(path, vec![e]))?;
+        let mut builder = Builder {
+            src: &src,
+            env,
+            errors,
+        };
+        let config = builder.build(raw);
+        if builder.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors::new(path, builder.errors))
+        }
+    }
+
+    /// What is valid but probably not meant: no virtual server (nothing would be served), a
+    /// connector no server uses. Each names the file.
+    pub fn warnings(&self) -> Vec<String> {
+        let file = self.path.display();
+        if self.servers.is_empty() {
+            return vec![format!(
+                "{file} defines no virtual server ([servers.NAME]); nothing would be served"
+            )];
+        }
+        self.connectors
+            .keys()
+            .filter(|id| {
+                !self
+                    .servers
+                    .values()
+                    .any(|s| s.connectors.iter().any(|u| u.connector == **id))
+            })
+            .map(|id| {
+                format!(
+                    "{file}: connector {:?} is not used by any virtual server: add it to a server's `connectors`, or remove it",
+                    id.as_str()
+                )
+            })
+            .collect()
     }
 }
 
+/// Builds the typed config, collecting every problem: a bad value is reported and replaced by
+/// its default, so the checks after it still run (the result is only used when none failed).
 struct Builder<'a> {
     src: &'a Source<'a>,
     env: &'a dyn Env,
+    errors: Vec<ConfigError>,
 }
 
 impl Builder<'_> {
-    fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let gateway = self.gateway(raw.gateway)?;
+    fn build(&mut self, raw: RawConfig) -> Config {
+        let gateway = self.gateway(raw.gateway);
+        // Every name defined, even where its table was bad: servers using it get no second error.
+        let defined: Vec<String> = raw.connectors.keys().cloned().collect();
         let mut connectors = BTreeMap::new();
         for (name, rc) in raw.connectors {
             let at = self.src.table(&["connectors", &name]);
-            let id = ConnectorId::parse(&name).map_err(|m| at.err(format!("connector: {m}")))?;
-            let spec = self.connector(&id, rc)?;
-            connectors.insert(id, spec);
+            let id = match ConnectorId::parse(&name) {
+                Ok(id) => id,
+                Err(m) => {
+                    self.errors.push(at.err(format!("connector: {m}")));
+                    continue;
+                }
+            };
+            if let Some(spec) = rc.and_then(|rc| self.connector(&id, rc)) {
+                connectors.insert(id, spec);
+            }
         }
         let mut servers = BTreeMap::new();
         for (name, rs) in raw.servers {
             let at = self.src.table(&["servers", &name]);
-            ConnectorId::parse(&name).map_err(|m| at.err(format!("virtual server: {m}")))?;
-            let spec = self.server(&name, rs, &connectors)?;
+            if let Err(m) = ConnectorId::parse(&name) {
+                self.errors.push(at.err(format!("virtual server: {m}")));
+            }
+            let spec = self.server(&name, rs, &defined);
             servers.insert(name, spec);
         }
         let base = self
@@ -385,25 +509,27 @@ impl Builder<'_> {
                 s.cwd = Some(base.join(cwd));
             }
         }
-        Ok(Config {
+        Config {
             path: self.src.path.to_path_buf(),
             gateway,
             connectors,
             servers,
-        })
+        }
     }
 
-    fn gateway(&self, g: raw::RawGateway) -> Result<GatewaySettings, ConfigError> {
+    fn gateway(&mut self, g: raw::RawGateway) -> GatewaySettings {
+        let default_listen = DEFAULT_LISTEN
+            .parse()
+            .expect("the default listen address parses");
         let listen = match g.listen {
-            Some(l) => l.get_ref().parse().map_err(|_| {
-                self.src.at(&l).err(format!(
+            Some(l) => l.get_ref().parse().unwrap_or_else(|_| {
+                self.errors.push(self.src.at(&l).err(format!(
                     "gateway.listen: {:?} is not an address like \"127.0.0.1:8730\"",
                     l.get_ref()
-                ))
-            })?,
-            None => DEFAULT_LISTEN
-                .parse()
-                .expect("the default listen address parses"),
+                )));
+                default_listen
+            }),
+            None => default_listen,
         };
         let allowed_hosts = g.allowed_hosts.unwrap_or_else(|| {
             vec![
@@ -413,7 +539,7 @@ impl Builder<'_> {
                 "::1".into(),
             ]
         });
-        Ok(GatewaySettings {
+        GatewaySettings {
             listen,
             allowed_hosts,
             allowed_origins: g.allowed_origins.unwrap_or_else(|| {
@@ -428,54 +554,51 @@ impl Builder<'_> {
                 g.session_idle_timeout,
                 "gateway.session_idle_timeout",
                 Duration::from_secs(30 * 60),
-            )?,
+            ),
             max_body_bytes: g.max_body_bytes.unwrap_or(4 * 1024 * 1024) as usize,
             sse_keep_alive: self.duration_or(
                 g.sse_keep_alive,
                 "gateway.sse_keep_alive",
                 Duration::from_secs(15),
-            )?,
+            ),
             page_size: g.page_size.unwrap_or(1000).max(1) as usize,
             watch: g.watch.unwrap_or(true),
             shutdown_grace: self.duration_or(
                 g.shutdown_grace,
                 "gateway.shutdown_grace",
                 Duration::from_secs(10),
-            )?,
+            ),
             input_wait: self.duration_or(
                 g.input_wait,
                 "gateway.input_wait",
                 Duration::from_secs(300),
-            )?,
-            cache_ttl: self.duration_or(
-                g.cache_ttl,
-                "gateway.cache_ttl",
-                Duration::from_secs(60),
-            )?,
+            ),
+            cache_ttl: self.duration_or(g.cache_ttl, "gateway.cache_ttl", Duration::from_secs(60)),
             public_detail: g.public_detail.unwrap_or(false),
             max_connections: g.max_connections.map(|n| n.max(1) as usize),
             header_read_timeout: self.positive(
                 g.header_read_timeout,
                 "gateway.header_read_timeout",
                 Duration::from_secs(10),
-            )?,
+            ),
             body_read_timeout: self.positive(
                 g.body_read_timeout,
                 "gateway.body_read_timeout",
                 Duration::from_secs(30),
-            )?,
+            ),
             idle_connection_timeout: self.positive(
                 g.idle_connection_timeout,
                 "gateway.idle_connection_timeout",
                 Duration::from_secs(60),
-            )?,
+            ),
             max_sessions: g.max_sessions.unwrap_or(10_000).max(1) as usize,
             max_sessions_per_client: g.max_sessions_per_client.unwrap_or(100).max(1) as usize,
             initialize_per_minute: g.initialize_per_minute.unwrap_or(120).max(1),
-        })
+        }
     }
 
-    fn connector(&self, id: &ConnectorId, rc: RawConnector) -> Result<ConnectorSpec, ConfigError> {
+    /// `None` when the connector has errors that leave no transport to build (all reported).
+    fn connector(&mut self, id: &ConnectorId, rc: RawConnector) -> Option<ConnectorSpec> {
         let at = self.src.table(&["connectors", id.as_str()]);
         let key = |k: &str| format!("connector {:?}: {k}", id.as_str());
         let stdio_only = [
@@ -501,20 +624,30 @@ impl Builder<'_> {
         let mut secrets = Vec::new();
         let transport = match rc.kind.get_ref().as_str() {
             "stdio" => {
-                if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
-                    return Err(at.err(key(&format!("{k:?} applies to kind = \"http\" only"))));
+                for (k, _) in http_only.iter().filter(|(_, set)| *set) {
+                    self.errors
+                        .push(at.err(key(&format!("{k:?} applies to kind = \"http\" only"))));
                 }
-                let Some(command) = rc.command else {
-                    return Err(
-                        at.err(key("kind = \"stdio\" needs `command` (the program to run)"))
-                    );
+                let command = match rc.command {
+                    None => {
+                        self.errors.push(
+                            at.err(key("kind = \"stdio\" needs `command` (the program to run)")),
+                        );
+                        None
+                    }
+                    Some(c) if c.get_ref().trim().is_empty() => {
+                        self.errors
+                            .push(self.src.at(&c).err(key("`command` is empty")));
+                        None
+                    }
+                    Some(c) => Some(c.into_inner()),
                 };
-                if command.get_ref().trim().is_empty() {
-                    return Err(self.src.at(&command).err(key("`command` is empty")));
-                }
                 let mut env = BTreeMap::new();
                 for (k, v) in rc.env.unwrap_or_default() {
-                    let value = self.expand(&v, &key(&format!("env.{k}")), &mut secrets)?;
+                    let Some(value) = self.expand(&v, &key(&format!("env.{k}")), &mut secrets)
+                    else {
+                        continue;
+                    };
                     // Long literal values look like tokens whatever their name.
                     if redact::secret_name(&k) || value.len() >= 16 {
                         secrets.push(value.clone());
@@ -524,53 +657,63 @@ impl Builder<'_> {
                 let references = secrets.len();
                 let mut args = Vec::new();
                 for (i, a) in rc.args.unwrap_or_default().iter().enumerate() {
-                    args.push(self.expand(a, &key(&format!("args[{i}]")), &mut secrets)?);
+                    let value = self.expand(a, &key(&format!("args[{i}]")), &mut secrets);
+                    args.push(value.unwrap_or_default());
                 }
                 let args_hold_secrets = secrets.len() > references || args_look_secret(&args);
-                let start = match rc.start.as_ref().map(|s| s.get_ref().as_str()) {
-                    None | Some("eager") => StartMode::Eager,
-                    Some("lazy") => StartMode::Lazy,
-                    Some(other) => {
-                        let s = rc.start.as_ref().expect("matched Some");
-                        return Err(self.src.at(s).err(key(&format!(
-                            "start = {other:?} is not one of \"eager\", \"lazy\""
-                        ))));
-                    }
-                };
-                TransportSpec::Stdio(StdioSpec {
-                    command: command.into_inner(),
-                    args,
-                    args_hold_secrets,
-                    env,
-                    env_passthrough: rc.env_passthrough.unwrap_or_else(|| {
-                        vec!["PATH".into(), "HOME".into(), "LANG".into(), "TMPDIR".into()]
-                    }),
-                    cwd: rc.cwd.map(PathBuf::from),
-                    start,
-                    max_line_bytes: rc.max_line_bytes.unwrap_or(16 * 1024 * 1024) as usize,
-                    stderr_lines_per_minute: rc.stderr_lines_per_minute.unwrap_or(600),
+                let start = self.choice(
+                    rc.start.as_ref(),
+                    &key("start"),
+                    &[("eager", StartMode::Eager), ("lazy", StartMode::Lazy)],
+                );
+                command.map(|command| {
+                    TransportSpec::Stdio(StdioSpec {
+                        command,
+                        args,
+                        args_hold_secrets,
+                        env,
+                        env_passthrough: rc.env_passthrough.unwrap_or_else(|| {
+                            vec!["PATH".into(), "HOME".into(), "LANG".into(), "TMPDIR".into()]
+                        }),
+                        cwd: rc.cwd.map(PathBuf::from),
+                        start,
+                        max_line_bytes: rc.max_line_bytes.unwrap_or(16 * 1024 * 1024) as usize,
+                        stderr_lines_per_minute: rc.stderr_lines_per_minute.unwrap_or(600),
+                    })
                 })
             }
             "http" => {
-                if let Some((k, _)) = stdio_only.iter().find(|(_, set)| *set) {
-                    return Err(at.err(key(&format!("{k:?} applies to kind = \"stdio\" only"))));
+                for (k, _) in stdio_only.iter().filter(|(_, set)| *set) {
+                    self.errors
+                        .push(at.err(key(&format!("{k:?} applies to kind = \"stdio\" only"))));
                 }
-                let Some(url) = rc.url else {
-                    return Err(at.err(key(
-                        "kind = \"http\" needs `url` (the server's MCP endpoint)",
-                    )));
+                let url = match &rc.url {
+                    None => {
+                        self.errors.push(at.err(key(
+                            "kind = \"http\" needs `url` (the server's MCP endpoint)",
+                        )));
+                        None
+                    }
+                    Some(url) => self.expand(url, &key("url"), &mut secrets).filter(|value| {
+                        let ok = value.starts_with("http://") || value.starts_with("https://");
+                        if !ok {
+                            self.errors.push(self.src.at(url).err(key(&format!(
+                                "url {:?} must start with http:// or https://",
+                                redact_url(url.get_ref())
+                            ))));
+                        }
+                        ok
+                    }),
                 };
-                let value = self.expand(&url, &key("url"), &mut secrets)?;
-                secrets.extend(redact::url_secrets(&value));
-                if !(value.starts_with("http://") || value.starts_with("https://")) {
-                    return Err(self.src.at(&url).err(key(&format!(
-                        "url {:?} must start with http:// or https://",
-                        redact_url(url.get_ref())
-                    ))));
+                if let Some(url) = &url {
+                    secrets.extend(redact::url_secrets(url));
                 }
                 let mut headers = Vec::new();
                 for (k, v) in rc.headers.unwrap_or_default() {
-                    let value = self.expand(&v, &key(&format!("headers.{k}")), &mut secrets)?;
+                    let Some(value) = self.expand(&v, &key(&format!("headers.{k}")), &mut secrets)
+                    else {
+                        continue;
+                    };
                     // The whole value and its last word (the token of `Bearer …`).
                     if let Some(last) = value.split_whitespace().last() {
                         secrets.push(last.to_owned());
@@ -578,101 +721,94 @@ impl Builder<'_> {
                     secrets.push(value.clone());
                     headers.push((k, Secret(value)));
                 }
-                let transport = match rc.transport.as_ref().map(|s| s.get_ref().as_str()) {
-                    None | Some("auto") => HttpTransport::Auto,
-                    Some("streamable") => HttpTransport::Streamable,
-                    Some("sse") => HttpTransport::Sse,
-                    Some(other) => {
-                        let s = rc.transport.as_ref().expect("matched Some");
-                        return Err(self.src.at(s).err(key(&format!(
-                            "transport = {other:?} is not one of \"auto\", \"streamable\", \"sse\""
-                        ))));
-                    }
-                };
-                TransportSpec::Http(HttpSpec {
-                    shown_url: String::new(), // once every secret is known, below
-                    url: value,
-                    headers,
-                    transport,
-                    connect_timeout: self.duration_or(
-                        rc.connect_timeout,
-                        &key("connect_timeout"),
-                        Duration::from_secs(10),
-                    )?,
+                let transport = self.choice(
+                    rc.transport.as_ref(),
+                    &key("transport"),
+                    &[
+                        ("auto", HttpTransport::Auto),
+                        ("streamable", HttpTransport::Streamable),
+                        ("sse", HttpTransport::Sse),
+                    ],
+                );
+                let connect_timeout = self.duration_or(
+                    rc.connect_timeout,
+                    &key("connect_timeout"),
+                    Duration::from_secs(10),
+                );
+                url.map(|url| {
+                    TransportSpec::Http(HttpSpec {
+                        shown_url: String::new(), // once every secret is known, below
+                        url,
+                        headers,
+                        transport,
+                        connect_timeout,
+                    })
                 })
             }
             other => {
-                return Err(self.src.at(&rc.kind).err(key(&format!(
+                self.errors.push(self.src.at(&rc.kind).err(key(&format!(
                     "kind = {other:?} is not one of \"stdio\", \"http\""
                 ))));
+                None
             }
         };
-        let sessions = match rc.sessions.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("shared") => SessionMode::Shared,
-            Some("per_client") => SessionMode::PerClient,
-            Some(other) => {
-                let s = rc.sessions.as_ref().expect("matched Some");
-                return Err(self.src.at(s).err(key(&format!(
-                    "sessions = {other:?} is not one of \"shared\", \"per_client\""
-                ))));
-            }
-        };
-        let era = match rc.era.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("auto") => Era::Auto,
-            Some("legacy") => Era::Legacy,
-            Some("modern") => Era::Modern,
-            Some(other) => {
-                let s = rc.era.as_ref().expect("matched Some");
-                return Err(self.src.at(s).err(key(&format!(
-                    "era = {other:?} is not one of \"auto\", \"legacy\", \"modern\""
-                ))));
-            }
-        };
+        let sessions = self.choice(
+            rc.sessions.as_ref(),
+            &key("sessions"),
+            &[
+                ("shared", SessionMode::Shared),
+                ("per_client", SessionMode::PerClient),
+            ],
+        );
+        let era = self.choice(
+            rc.era.as_ref(),
+            &key("era"),
+            &[
+                ("auto", Era::Auto),
+                ("legacy", Era::Legacy),
+                ("modern", Era::Modern),
+            ],
+        );
         let mut restart = RestartPolicy::default();
         if let Some(r) = rc.restart {
             restart.initial_backoff = self.duration_or(
                 r.initial_backoff,
                 &key("restart.initial_backoff"),
                 restart.initial_backoff,
-            )?;
+            );
             restart.max_backoff = self.duration_or(
                 r.max_backoff,
                 &key("restart.max_backoff"),
                 restart.max_backoff,
-            )?;
-            restart.window = self.duration_or(r.window, &key("restart.window"), restart.window)?;
+            );
+            restart.window = self.duration_or(r.window, &key("restart.window"), restart.window);
             restart.open_for =
-                self.duration_or(r.open_for, &key("restart.open_for"), restart.open_for)?;
+                self.duration_or(r.open_for, &key("restart.open_for"), restart.open_for);
             restart.max_failures = r.max_failures.unwrap_or(restart.max_failures).max(1);
         }
-        Ok(ConnectorSpec {
+        let call_timeout = self.duration_or(
+            rc.call_timeout,
+            &key("call_timeout"),
+            Duration::from_secs(120),
+        );
+        let mut spec = ConnectorSpec {
             id: id.clone(),
-            transport,
-            call_timeout: self.duration_or(
-                rc.call_timeout,
-                &key("call_timeout"),
-                Duration::from_secs(120),
-            )?,
+            transport: transport?,
+            call_timeout,
             restart,
             sessions,
             max_sessions: rc.max_sessions.unwrap_or(100).max(1) as usize,
             era,
             secrets: Secrets::new(secrets),
-        })
-        .map(|mut spec: ConnectorSpec| {
-            if let TransportSpec::Http(h) = &mut spec.transport {
-                h.shown_url = spec.secrets.scrub(&redact_url(&h.url)).into_owned();
-            }
-            spec
-        })
+        };
+        if let TransportSpec::Http(h) = &mut spec.transport {
+            h.shown_url = spec.secrets.scrub(&redact_url(&h.url)).into_owned();
+        }
+        Some(spec)
     }
 
-    fn server(
-        &self,
-        name: &str,
-        rs: RawServer,
-        connectors: &BTreeMap<ConnectorId, ConnectorSpec>,
-    ) -> Result<VirtualServerSpec, ConfigError> {
+    /// `defined`: every connector name in the file (valid or not).
+    fn server(&mut self, name: &str, rs: RawServer, defined: &[String]) -> VirtualServerSpec {
         let at = self.src.table(&["servers", name]);
         let key = |k: &str| format!("virtual server {name:?}: {k}");
         let separator = match rs.separator {
@@ -684,7 +820,7 @@ impl Builder<'_> {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
                 {
-                    return Err(self.src.at(&s).err(key(&format!(
+                    self.errors.push(self.src.at(&s).err(key(&format!(
                         "separator {v:?} must be 1-4 characters from letters, digits, '_', '-', '.'"
                     ))));
                 }
@@ -693,53 +829,64 @@ impl Builder<'_> {
             None => "__".to_owned(),
         };
         if rs.connectors.is_empty() {
-            return Err(at.err(key(
+            self.errors.push(at.err(key(
                 "`connectors` is empty: list the connectors this server bundles",
             )));
         }
+        let defined_names: Vec<&str> = defined.iter().map(String::as_str).collect();
         let mut curation = rs.curation;
         let mut uses = Vec::new();
         let mut seen = Vec::new();
         for c in &rs.connectors {
             let cname = c.get_ref();
-            let Some(id) = connectors.keys().find(|k| k.as_str() == cname) else {
-                let known: Vec<&str> = connectors.keys().map(ConnectorId::as_str).collect();
-                return Err(self.src.at(c).err(key(&format!(
+            // Taken whatever happens below, so it is not also reported as curation for a
+            // connector missing from `connectors`.
+            let cur = curation.remove(cname).unwrap_or_default();
+            if !defined.contains(cname) {
+                self.errors.push(self.src.at(c).err(key(&format!(
                     "unknown connector {cname:?}{}",
-                    text::suggest(cname, &known)
+                    text::suggest(cname, &defined_names)
                 ))));
-            };
+                continue;
+            }
             if seen.contains(cname) {
-                return Err(self
-                    .src
-                    .at(c)
-                    .err(key(&format!("connector {cname:?} is listed twice"))));
+                self.errors.push(
+                    self.src
+                        .at(c)
+                        .err(key(&format!("connector {cname:?} is listed twice"))),
+                );
+                continue;
             }
             seen.push(cname.clone());
-            let cur = curation.remove(cname).unwrap_or_default();
-            uses.push(self.curation(name, id.clone(), cur)?);
+            // An invalid name is reported with its `[connectors.NAME]` table.
+            if let Ok(id) = ConnectorId::parse(cname) {
+                uses.push(self.curation(name, id, cur));
+            }
         }
-        if let Some(extra) = curation.keys().next() {
+        let listed: Vec<&str> = rs.connectors.iter().map(|c| c.get_ref().as_str()).collect();
+        for extra in curation.keys() {
             let at = self.src.table(&["servers", name, "curation", extra]);
-            return Err(at.err(key(&format!(
-                "curation for {extra:?}, which is not in `connectors`"
+            let hint = match text::suggest(extra, &listed) {
+                h if !h.is_empty() => h,
+                _ if defined.contains(extra) => {
+                    format!(" (add {extra:?} to `connectors` to use it in this server)")
+                }
+                h => h,
+            };
+            self.errors.push(at.err(key(&format!(
+                "curation for {extra:?}, which is not in `connectors`{hint}"
             ))));
         }
-        Ok(VirtualServerSpec {
+        VirtualServerSpec {
             name: name.to_owned(),
             title: rs.title,
             instructions: rs.instructions,
             separator,
             connectors: uses,
-        })
+        }
     }
 
-    fn curation(
-        &self,
-        server: &str,
-        id: ConnectorId,
-        cur: RawCuration,
-    ) -> Result<ConnectorUse, ConfigError> {
+    fn curation(&mut self, server: &str, id: ConnectorId, cur: RawCuration) -> ConnectorUse {
         let mut tools = BTreeMap::new();
         for (tool, o) in cur.tools {
             let at = self
@@ -751,24 +898,23 @@ impl Builder<'_> {
                     id.as_str()
                 )
             };
-            let rename = match o.rename {
-                Some(r) => {
-                    let v = r.get_ref();
-                    if !valid_tool_name(v) {
-                        return Err(self.src.at(&r).err(key(&format!(
-                            "rename {v:?} is not a valid tool name (1-{MAX_NAME_LEN} of A-Z a-z 0-9 _ - .)"
-                        ))));
-                    }
-                    Some(v.clone())
+            let rename = o.rename.map(|r| {
+                let v = r.get_ref();
+                if !valid_tool_name(v) {
+                    self.errors.push(self.src.at(&r).err(key(&format!(
+                        "rename {v:?} is not a valid tool name (1-{MAX_NAME_LEN} of A-Z a-z 0-9 _ - .)"
+                    ))));
                 }
-                None => None,
-            };
-            let pin_args = match o.pin_args {
-                Some(t) => match serde_json::to_value(t) {
-                    Ok(serde_json::Value::Object(m)) => m,
-                    _ => return Err(at.err(key("pin_args must be a table of argument values"))),
-                },
+                r.into_inner()
+            });
+            let pin_args = match o.pin_args.map(serde_json::to_value) {
                 None => Default::default(),
+                Some(Ok(serde_json::Value::Object(m))) => m,
+                Some(_) => {
+                    self.errors
+                        .push(at.err(key("pin_args must be a table of argument values")));
+                    Default::default()
+                }
             };
             tools.insert(
                 tool.clone(),
@@ -780,60 +926,85 @@ impl Builder<'_> {
                 },
             );
         }
-        Ok(ConnectorUse {
+        ConnectorUse {
             connector: id,
             prefix: cur.prefix.unwrap_or(true),
             include: cur.include.unwrap_or_else(|| vec!["*".into()]),
             exclude: cur.exclude.unwrap_or_default(),
             tools,
-        })
-    }
-
-    fn duration_or(
-        &self,
-        v: Option<Spanned<String>>,
-        key: &str,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => parse_duration(s.get_ref()).ok_or_else(|| {
-                self.src.at(&s).err(format!(
-                    "{key}: {:?} is not a duration like \"500ms\", \"30s\", \"5m\" or \"1h\"",
-                    s.get_ref()
-                ))
-            }),
         }
     }
 
-    /// Like `duration_or`, refusing zero (a zero timeout would close every connection).
-    fn positive(
-        &self,
+    /// One of `options` by its name in the file; the first is the default. A name not among
+    /// them is reported (and the default used).
+    fn choice<T: Copy>(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> T {
+        let default = options[0].1;
+        let Some(v) = v else {
+            return default;
+        };
+        if let Some((_, t)) = options.iter().find(|(name, _)| name == v.get_ref()) {
+            return *t;
+        }
+        let listed: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+        // `key` is `connector "a": sessions`: the message reads `… sessions = "x" is not …`.
+        self.errors.push(self.src.at(v).err(format!(
+            "{key} = {:?} is not one of {}",
+            v.get_ref(),
+            listed.join(", ")
+        )));
+        default
+    }
+
+    fn duration_or(
+        &mut self,
         v: Option<Spanned<String>>,
         key: &str,
         default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    ) -> Duration {
+        let Some(s) = v else {
+            return default;
+        };
+        parse_duration(s.get_ref()).unwrap_or_else(|| {
+            self.errors.push(self.src.at(&s).err(format!(
+                "{key}: {:?} is not a duration like \"500ms\", \"30s\", \"5m\" or \"1h\"",
+                s.get_ref()
+            )));
+            default
+        })
+    }
+
+    /// Like `duration_or`, refusing zero (a zero timeout would close every connection).
+    fn positive(&mut self, v: Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
         let at = v.as_ref().map(|s| self.src.at(s));
-        let d = self.duration_or(v, key, default)?;
+        let d = self.duration_or(v, key, default);
         match at {
-            Some(at) if d.is_zero() => Err(at.err(format!(
-                "{key}: must be longer than zero (e.g. \"{}s\")",
-                default.as_secs()
-            ))),
-            _ => Ok(d),
+            Some(at) if d.is_zero() => {
+                self.errors.push(at.err(format!(
+                    "{key}: must be longer than zero (e.g. \"{}s\")",
+                    default.as_secs()
+                )));
+                default
+            }
+            _ => d,
         }
     }
 
     /// Expand `${NAME}`, `${NAME:-default}` and `${file:PATH}` references, noting the
-    /// substituted values in `secrets`.
+    /// substituted values in `secrets`; `None` when a reference cannot be resolved (reported).
     fn expand(
-        &self,
+        &mut self,
         v: &Spanned<String>,
         key: &str,
         secrets: &mut Vec<String>,
-    ) -> Result<String, ConfigError> {
+    ) -> Option<String> {
         text::expand(v.get_ref(), self.env, self.src.path, secrets)
-            .map_err(|m| self.src.at(v).err(format!("{key}: {m}")))
+            .map_err(|m| self.errors.push(self.src.at(v).err(format!("{key}: {m}"))))
+            .ok()
     }
 }
 
@@ -863,11 +1034,5 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "m" => Some(Duration::from_secs(n * 60)),
         "h" => Some(Duration::from_secs(n * 3600)),
         _ => None,
-    }
-}
-
-impl Located {
-    fn err(&self, msg: String) -> ConfigError {
-        ConfigError(format!("{}: {msg}", self.0))
     }
 }

@@ -1,18 +1,26 @@
 //! The serde mirror of the TOML file: every table denies unknown keys, nothing is validated yet.
+//! The file is read table by table, so that one bad connector does not hide another's errors.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-use toml::Spanned;
+use serde::{Deserialize, de::DeserializeOwned};
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue, ValueDeserializer},
+};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+use crate::{
+    ConfigError,
+    text::{KeyPaths, Source},
+};
+
+/// The whole file, assembled from its tables (each deserialised on its own).
+#[derive(Debug, Default)]
 pub struct RawConfig {
-    #[serde(default)]
     pub gateway: RawGateway,
-    #[serde(default)]
-    pub connectors: BTreeMap<String, RawConnector>,
-    #[serde(default)]
+    /// `None` for a connector whose table did not deserialise (its errors are reported): its
+    /// name is still defined, so servers that use it get no second error.
+    pub connectors: BTreeMap<String, Option<RawConnector>>,
     pub servers: BTreeMap<String, RawServer>,
 }
 
@@ -104,4 +112,79 @@ pub struct RawToolOverride {
     pub description: Option<String>,
     pub hide_args: Option<Vec<String>>,
     pub pin_args: Option<toml::Table>,
+}
+
+impl RawConfig {
+    /// Parse the file, then deserialise `[gateway]`, each `[connectors.NAME]` and each
+    /// `[servers.NAME]` on its own, collecting their errors. Only a syntax error stops at once.
+    pub fn read(src: &Source<'_>) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        let root = DeTable::parse(src.text).map_err(|e| src.toml_error(&e))?;
+        let keys = KeyPaths::of(root.get_ref());
+        let mut reader = Reader {
+            src,
+            keys: &keys,
+            errors: Vec::new(),
+        };
+        let mut raw = RawConfig::default();
+        for (key, value) in root.into_inner() {
+            match key.get_ref().as_ref() {
+                "gateway" => raw.gateway = reader.one(value).unwrap_or_default(),
+                "connectors" => {
+                    for (name, table) in reader.tables("connectors", value) {
+                        let connector = reader.one(table);
+                        raw.connectors.insert(name, connector);
+                    }
+                }
+                "servers" => {
+                    for (name, table) in reader.tables("servers", value) {
+                        if let Some(server) = reader.one(table) {
+                            raw.servers.insert(name, server);
+                        }
+                    }
+                }
+                _ => reader.errors.push(src.unknown_top_level_key(&key)),
+            }
+        }
+        Ok((raw, reader.errors))
+    }
+}
+
+struct Reader<'a> {
+    src: &'a Source<'a>,
+    keys: &'a KeyPaths,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn one<T: DeserializeOwned>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
+        T::deserialize(ValueDeserializer::from(value))
+            .map_err(|e| self.errors.push(self.src.serde_error(&e, self.keys)))
+            .ok()
+    }
+
+    /// The named sub-tables of `[connectors]` or `[servers]`.
+    fn tables<'i>(
+        &mut self,
+        key: &str,
+        value: Spanned<DeValue<'i>>,
+    ) -> Vec<(String, Spanned<DeValue<'i>>)> {
+        let at = self.src.at(&value);
+        match value.into_inner() {
+            DeValue::Table(t) => t
+                .into_iter()
+                .map(|(k, v)| (k.into_inner().into_owned(), v))
+                .collect(),
+            other => {
+                let found = match other.type_str() {
+                    "array" => "a list".to_owned(),
+                    "integer" => "an integer".to_owned(),
+                    t => format!("a {t}"),
+                };
+                self.errors.push(at.err(format!(
+                    "{key}: expected a table of `[{key}.NAME]` tables, found {found}"
+                )));
+                Vec::new()
+            }
+        }
+    }
 }

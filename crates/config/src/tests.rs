@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use crate::{Config, ConnectorId, HttpTransport, StartMode, TransportSpec, import_claude_desktop};
+use crate::{Config, ConnectorId, HttpTransport, StartMode, TransportSpec};
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let m: HashMap<String, String> = vars
@@ -18,10 +18,10 @@ fn parse(text: &str) -> Result<Config, String> {
         Path::new("/etc/m/manifold.toml"),
         &env(&[("TOKEN", "s3cret")]),
     )
-    .map_err(|e| e.0)
+    .map_err(|e| e.to_string())
 }
 
-/// Assert that `text` fails with exactly `expect`.
+/// Assert that `text` fails with exactly `expect` (one error per line, in file order).
 fn check_err(text: &str, expect: &str) {
     match parse(text) {
         Ok(c) => panic!("expected an error, got {c:?}"),
@@ -104,7 +104,7 @@ fn defaults_are_safe() {
 fn unknown_key_names_line_and_suggests() {
     check_err(
         "[connectors.slack]\nkind = \"stdio\"\ncomand = \"x\"\n",
-        "/etc/m/manifold.toml:3:1: unknown field `comand`, expected one of `kind`, `command`, `args`, `env`, `env_passthrough`, `cwd`, `start`, `max_line_bytes`, `stderr_lines_per_minute`, `url`, `headers`, `transport`, `connect_timeout`, `call_timeout`, `sessions`, `max_sessions`, `era`, `restart` (did you mean \"command\"?)",
+        "/etc/m/manifold.toml:3:1: unknown field `comand` in `connectors.slack`, expected one of `kind`, `command`, `args`, `env`, `env_passthrough`, `cwd`, `start`, `max_line_bytes`, `stderr_lines_per_minute`, `url`, `headers`, `transport`, `connect_timeout`, `call_timeout`, `sessions`, `max_sessions`, `era`, `restart` (did you mean \"command\"?)",
     );
 }
 
@@ -164,6 +164,200 @@ fn bad_inputs_have_clear_errors() {
     );
 }
 
+/// One run reports every problem, from serde (each table is read on its own) and from
+/// validation, in file order; a problem does not cause others (a server using a broken
+/// connector gets no "unknown connector").
+#[test]
+fn every_error_is_reported_at_once() {
+    check_err(
+        r#"
+[connectors.time]
+kind = "stdio"
+command = "mcp-server-time"
+args = "--local-timezone=UTC"
+[connectors.Fetch]
+kind = "stdio"
+command = "x"
+[connectors.remote]
+kind = "http"
+url = "ftp://x"
+call_timeout = "soon"
+headers = { Authorization = "Bearer ${MISSING}" }
+[connectors.nokind]
+command = "x"
+[connectors.ok]
+kind = "stdio"
+command = "x"
+sessions = "per-user"
+[servers.main]
+connectors = ["time", "remote", "tme", "ok"]
+separator = "::"
+[servers.main.curation.rmote]
+prefix = false
+[servers.other]
+conectors = ["ok"]
+"#,
+        r#"/etc/m/manifold.toml:5:8: connectors.time.args: expected a list of strings, found a string "--local-timezone=UTC"
+/etc/m/manifold.toml:6:1: connector: invalid name "Fetch": use 1-32 characters, lowercase letters, digits, '-' or '_', starting with a letter
+/etc/m/manifold.toml:11:7: connector "remote": url "ftp://x" must start with http:// or https://
+/etc/m/manifold.toml:12:16: connector "remote": call_timeout: "soon" is not a duration like "500ms", "30s", "5m" or "1h"
+/etc/m/manifold.toml:13:29: connector "remote": headers.Authorization: environment variable MISSING is not set: export it, or write ${MISSING:-default}
+/etc/m/manifold.toml:14:1: connectors.nokind: missing required key `kind`
+/etc/m/manifold.toml:19:12: connector "ok": sessions = "per-user" is not one of "shared", "per_client"
+/etc/m/manifold.toml:21:33: virtual server "main": unknown connector "tme" (did you mean "time"?)
+/etc/m/manifold.toml:22:13: virtual server "main": separator "::" must be 1-4 characters from letters, digits, '_', '-', '.'
+/etc/m/manifold.toml:23:1: virtual server "main": curation for "rmote", which is not in `connectors` (did you mean "remote"?)
+/etc/m/manifold.toml:26:1: unknown field `conectors` in `servers.other`, expected one of `connectors`, `separator`, `instructions`, `title`, `curation` (did you mean "connectors"?)"#,
+    );
+}
+
+/// A value of the wrong type names its key path and says what was expected, in TOML's words.
+#[test]
+fn type_errors_name_the_key() {
+    let cases = [
+        (
+            "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\nargs = \"x\"\n",
+            "/etc/m/manifold.toml:4:8: connectors.time.args: expected a list of strings, found a string \"x\"",
+        ),
+        (
+            "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\nargs = [\"a\", 1]\n",
+            "/etc/m/manifold.toml:4:14: connectors.time.args[1]: expected a string, found an integer 1",
+        ),
+        (
+            "[connectors.a]\nkind = 3\n",
+            "/etc/m/manifold.toml:2:8: connectors.a.kind: expected a string, found an integer 3",
+        ),
+        (
+            "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nmax_sessions = -1\n",
+            "/etc/m/manifold.toml:4:16: connectors.a.max_sessions: expected a whole number from 0 to 4294967295, found an integer -1",
+        ),
+        (
+            "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nenv = [\"A=1\"]\n",
+            "/etc/m/manifold.toml:4:7: connectors.a.env: expected a table, found a list",
+        ),
+        (
+            "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nrestart = 5\n",
+            "/etc/m/manifold.toml:4:11: connectors.a.restart: expected a table, found an integer 5",
+        ),
+        (
+            "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\n[connectors.a.restart]\nwindw = \"1m\"\n",
+            "/etc/m/manifold.toml:5:1: unknown field `windw` in `connectors.a.restart`, expected one of `initial_backoff`, `max_backoff`, `max_failures`, `window`, `open_for` (did you mean \"window\"?)",
+        ),
+        (
+            "[gateway]\nwatch = \"yes\"\n",
+            "/etc/m/manifold.toml:2:9: gateway.watch: expected true or false, found a string \"yes\"",
+        ),
+        (
+            "connectors = 1\n",
+            "/etc/m/manifold.toml:1:14: connectors: expected a table of `[connectors.NAME]` tables, found an integer",
+        ),
+        (
+            "[connectors]\ntime = \"uvx mcp-server-time\"\n",
+            "/etc/m/manifold.toml:2:8: connectors.time: expected a table, found a string \"uvx mcp-server-time\"",
+        ),
+        (
+            "[servers.s]\nconnectors = \"time\"\n",
+            "/etc/m/manifold.toml:2:14: servers.s.connectors: expected a list of strings, found a string \"time\"",
+        ),
+        (
+            "[servers.s.curation.time]\nprefix = false\n",
+            "/etc/m/manifold.toml:1:10: servers.s: missing required key `connectors`",
+        ),
+        (
+            "[conectors.time]\nkind = \"stdio\"\n",
+            "/etc/m/manifold.toml:1:2: unknown field `conectors`, expected one of `gateway`, `connectors`, `servers` (did you mean \"connectors\"?)",
+        ),
+    ];
+    for (text, expect) in cases {
+        check_err(text, expect);
+    }
+}
+
+/// A string that may be a credential is not repeated in a type error.
+#[test]
+fn type_errors_do_not_repeat_secrets() {
+    check_err(
+        "[connectors.a]\nkind = \"http\"\nurl = \"http://x\"\nheaders = \"Bearer tok-123456\"\n",
+        "/etc/m/manifold.toml:4:11: connectors.a.headers: expected a table, found a string (not shown: it may be a secret)",
+    );
+    check_err(
+        "[connectors.a]\nkind = \"stdio\"\ncommand = \"x\"\nargs = \"--token=tok-123456\"\n",
+        "/etc/m/manifold.toml:4:8: connectors.a.args: expected a list of strings, found a string (not shown: it may be a secret)",
+    );
+}
+
+/// "expected a list of strings" is right because every list in the file is one.
+#[test]
+fn every_list_in_the_file_is_a_list_of_strings() {
+    let raw = include_str!("raw.rs");
+    let lists: Vec<&str> = raw
+        .lines()
+        .filter(|l| l.contains("Vec<"))
+        .filter(|l| {
+            // Fields only (`pub name: Type`), as in `every_config_key_is_documented`.
+            l.trim()
+                .strip_prefix("pub ")
+                .and_then(|f| f.split_once(':'))
+                .is_some_and(|(k, _)| !k.contains(' '))
+        })
+        .collect();
+    assert!(lists.len() >= 5, "{lists:?}");
+    for l in lists {
+        assert!(
+            l.contains("Vec<String>") || l.contains("Vec<Spanned<String>>"),
+            "{l}: a list of something else: reword \"a sequence\" in text.rs"
+        );
+    }
+}
+
+/// Curation for a connector the server does not list suggests the one meant, or says to list it.
+#[test]
+fn curation_for_an_unlisted_connector_suggests_a_fix() {
+    let connectors = "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n[connectors.fetch]\nkind = \"stdio\"\ncommand = \"x\"\n";
+    check_err(
+        &format!(
+            "{connectors}[servers.s]\nconnectors = [\"time\"]\n[servers.s.curation.tmie]\nprefix = false\n"
+        ),
+        "/etc/m/manifold.toml:9:1: virtual server \"s\": curation for \"tmie\", which is not in `connectors` (did you mean \"time\"?)",
+    );
+    check_err(
+        &format!(
+            "{connectors}[servers.s]\nconnectors = [\"time\"]\n[servers.s.curation.fetch]\nprefix = false\n"
+        ),
+        "/etc/m/manifold.toml:9:1: virtual server \"s\": curation for \"fetch\", which is not in `connectors` (add \"fetch\" to `connectors` to use it in this server)",
+    );
+}
+
+/// A file that serves nothing, or a connector no server uses, loads with a warning.
+#[test]
+fn warnings_for_what_would_not_be_served() {
+    let c = parse("").unwrap();
+    assert_eq!(
+        c.warnings(),
+        [
+            "/etc/m/manifold.toml defines no virtual server ([servers.NAME]); nothing would be served"
+        ]
+    );
+    let c = parse("[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n").unwrap();
+    assert_eq!(
+        c.warnings(),
+        [
+            "/etc/m/manifold.toml defines no virtual server ([servers.NAME]); nothing would be served"
+        ]
+    );
+    let c = parse(
+        "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n[connectors.spare]\nkind = \"stdio\"\ncommand = \"x\"\n[servers.s]\nconnectors = [\"time\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.warnings(),
+        [
+            "/etc/m/manifold.toml: connector \"spare\" is not used by any virtual server: add it to a server's `connectors`, or remove it"
+        ]
+    );
+    assert!(parse(GOOD).unwrap().warnings().is_empty());
+}
+
 #[test]
 fn secret_files_are_read_relative_to_the_config() {
     let dir = std::env::temp_dir().join(format!("manifold-cfg-{}", std::process::id()));
@@ -179,60 +373,12 @@ fn secret_files_are_read_relative_to_the_config() {
         "[connectors.a]\nkind = \"http\"\nurl = \"http://x\"\nheaders = { A = \"${file:nope}\" }\n";
     let e = Config::parse(missing, &dir.join("m.toml"), &env(&[]))
         .unwrap_err()
-        .0;
+        .to_string();
     assert!(
         e.contains("cannot read secret file") && e.contains("nope"),
         "{e}"
     );
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-#[test]
-fn import_claude_desktop_format() {
-    let json = r#"{"mcpServers": {
-        "Time Server": {"command": "uvx", "args": ["mcp-server-time"], "env": {"API_KEY": "secret-value"}},
-        "remote": {"url": "https://example.test/mcp", "headers": {"Authorization": "Bearer abc"}}
-    }}"#;
-    let out = import_claude_desktop(json).unwrap();
-    assert!(
-        !out.toml.contains("secret-value") && !out.toml.contains("Bearer abc"),
-        "{}",
-        out.toml
-    );
-    assert_eq!(
-        out.variables,
-        vec![
-            "TIME-SERVER_API_KEY".replace('-', "_"),
-            "REMOTE_AUTHORIZATION".to_string()
-        ]
-    );
-    // The output is itself a valid config once the variables exist.
-    let c = Config::parse(
-        &out.toml,
-        Path::new("x.toml"),
-        &env(&[("TIME_SERVER_API_KEY", "k"), ("REMOTE_AUTHORIZATION", "b")]),
-    )
-    .unwrap();
-    assert_eq!(c.connectors.len(), 2);
-    assert!(
-        c.connectors
-            .contains_key(&ConnectorId::parse("time-server").unwrap())
-    );
-    assert!(
-        import_claude_desktop("{}")
-            .unwrap_err()
-            .contains("mcpServers")
-    );
-    assert!(
-        import_claude_desktop("{\"mcpServers\": {\"x\": {}}}")
-            .unwrap_err()
-            .contains("neither")
-    );
-    assert!(
-        import_claude_desktop("nope")
-            .unwrap_err()
-            .contains("not valid JSON")
-    );
 }
 
 /// docs/config.md documents every key the parser accepts (a stale reference fails CI).
@@ -378,13 +524,12 @@ fn fuzz_the_config_loader() {
                 // And shows no secret.
                 assert!(!format!("{c:?}").contains("s3cret-token"), "{c:?}");
             }
-            Err(e) => {
-                assert!(e.0.starts_with("/nonexistent/manifold.toml"), "{}", e.0);
-                assert!(
-                    !e.0.contains("s3cret-token"),
-                    "an error shows a secret: {}",
-                    e.0
-                );
+            Err(errors) => {
+                for e in &errors {
+                    let e = e.message();
+                    assert!(e.starts_with("/nonexistent/manifold.toml"), "{e}");
+                    assert!(!e.contains("s3cret-token"), "an error shows a secret: {e}");
+                }
             }
         }
     });

@@ -1,17 +1,33 @@
-//! Locating things in the config text for error messages, `${…}` expansion and "did you mean".
+//! Locating things in the config text for error messages, serde's messages reworded to name
+//! the key, `${…}` expansion and "did you mean".
 
-use std::path::Path;
+use std::{ops::Range, path::Path};
 
-use toml::Spanned;
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue},
+};
 
-use crate::{ConfigError, Env};
+use crate::{ConfigError, Env, redact};
 
-/// A position rendered as `file:line:col`.
-pub struct Located(pub String);
+/// A position rendered as `file:line:col`, with its byte offset (errors are sorted by it).
+pub struct Located {
+    offset: Option<usize>,
+    text: String,
+}
+
+impl Located {
+    pub fn err(&self, msg: String) -> ConfigError {
+        ConfigError {
+            offset: self.offset,
+            text: format!("{}: {msg}", self.text),
+        }
+    }
+}
 
 pub struct Source<'a> {
     pub path: &'a Path,
-    text: &'a str,
+    pub text: &'a str,
 }
 
 impl<'a> Source<'a> {
@@ -27,13 +43,19 @@ impl<'a> Source<'a> {
     }
 
     fn located(&self, offset: Option<usize>) -> Located {
-        match offset {
+        let text = match offset {
             Some(o) => {
                 let (line, col) = self.position(o);
-                Located(format!("{}:{line}:{col}", self.path.display()))
+                format!("{}:{line}:{col}", self.path.display())
             }
-            None => Located(self.path.display().to_string()),
-        }
+            None => self.path.display().to_string(),
+        };
+        Located { offset, text }
+    }
+
+    /// The file as a whole (no line: the problem is not at one place).
+    pub fn file(&self) -> Located {
+        self.located(None)
     }
 
     pub fn at<T>(&self, v: &Spanned<T>) -> Located {
@@ -62,12 +84,212 @@ impl<'a> Source<'a> {
         self.located(self.text.find(last))
     }
 
-    /// Render a TOML/serde error as `file:line:col: message`, with a suggestion for unknown keys.
+    /// Render a TOML syntax error as `file:line:col: message`.
     pub fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        self.located(e.span().map(|s| s.start))
+            .err(e.message().trim().to_owned())
+    }
+
+    /// Render a serde error from deserialising part of the file as `file:line:col: message`,
+    /// naming the key it is about (found in `keys` by the error's span) and in the file's
+    /// words: "connectors.time.args: expected a list of strings, found a string \"x\"".
+    pub fn serde_error(&self, e: &toml::de::Error, keys: &KeyPaths) -> ConfigError {
         let at = self.located(e.span().map(|s| s.start));
-        let msg = e.message().trim().to_owned();
+        let msg = e.message().trim();
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            let place = e
+                .span()
+                .and_then(|s| keys.key_at(&s).or_else(|| keys.value_at(&s)));
+            // "unknown field `comand` in `connectors.slack`, expected one of …" + a suggestion.
+            let hint = unknown_key_hint(msg);
+            let msg = match (place, rest.split_once('`')) {
+                (Some(Place::Key { table }), Some((bad, after))) if !table.is_empty() => {
+                    format!("unknown field `{bad}` in `{table}`{after}")
+                }
+                _ => msg.to_owned(),
+            };
+            return at.err(format!("{msg}{hint}"));
+        }
+        let place = e
+            .span()
+            .and_then(|s| keys.value_at(&s).or_else(|| keys.key_at(&s)));
+        let msg = reword(msg, place.as_ref());
+        match place {
+            Some(Place::Value { path }) => at.err(format!("{path}: {msg}")),
+            Some(Place::Key { table }) if !table.is_empty() => at.err(format!("{table}: {msg}")),
+            _ => at.err(msg),
+        }
+    }
+
+    /// A top-level key that is not `gateway`, `connectors` or `servers`, worded like serde's.
+    pub fn unknown_top_level_key(&self, key: &Spanned<impl AsRef<str>>) -> ConfigError {
+        let msg = format!(
+            "unknown field `{}`, expected one of `gateway`, `connectors`, `servers`",
+            key.get_ref().as_ref()
+        );
         let hint = unknown_key_hint(&msg);
-        ConfigError(format!("{}: {msg}{hint}", at.0))
+        self.at(key).err(format!("{msg}{hint}"))
+    }
+}
+
+/// The dotted path (`connectors.time.args[0]`) of every key and value in the file, by span.
+pub struct KeyPaths(Vec<Entry>);
+
+struct Entry {
+    /// `None` for an array element.
+    key: Option<Range<usize>>,
+    value: Range<usize>,
+    path: String,
+    table: String,
+}
+
+/// What a span points at: a key (serde then complains about the table holding it) or a value.
+enum Place {
+    Key { table: String },
+    Value { path: String },
+}
+
+impl KeyPaths {
+    pub fn of(root: &DeTable<'_>) -> Self {
+        let mut entries = Vec::new();
+        walk_table(root, "", &mut entries);
+        Self(entries)
+    }
+
+    /// The key at `span`: serde points at a key it does not know.
+    fn key_at(&self, span: &Range<usize>) -> Option<Place> {
+        let e = self.0.iter().find(|e| e.key.as_ref() == Some(span))?;
+        Some(Place::Key {
+            table: e.table.clone(),
+        })
+    }
+
+    /// The value at `span`: serde points at a value of the wrong type, or at a table that lacks
+    /// a key. An implicit table (`servers.s` of a lone `[servers.s.curation.x]`) has its key's
+    /// span, and so do the implicit tables inside it: the outermost is the one a missing key
+    /// belongs to.
+    fn value_at(&self, span: &Range<usize>) -> Option<Place> {
+        let e = self
+            .0
+            .iter()
+            .filter(|e| e.value == *span)
+            .min_by_key(|e| e.path.len())?;
+        Some(Place::Value {
+            path: e.path.clone(),
+        })
+    }
+}
+
+fn walk_table(table: &DeTable<'_>, path: &str, out: &mut Vec<Entry>) {
+    for (k, v) in table {
+        let name = quote_key(k.get_ref());
+        let child = if path.is_empty() {
+            name
+        } else {
+            format!("{path}.{name}")
+        };
+        out.push(Entry {
+            key: Some(k.span()),
+            value: v.span(),
+            path: child.clone(),
+            table: path.to_owned(),
+        });
+        walk_value(v.get_ref(), &child, out);
+    }
+}
+
+fn walk_value(value: &DeValue<'_>, path: &str, out: &mut Vec<Entry>) {
+    match value {
+        DeValue::Table(t) => walk_table(t, path, out),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let child = format!("{path}[{i}]");
+                out.push(Entry {
+                    key: None,
+                    value: item.span(),
+                    path: child.clone(),
+                    table: path.to_owned(),
+                });
+                walk_value(item.get_ref(), &child, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A key as written in a dotted path: bare when it can be, else quoted.
+fn quote_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+/// serde's "invalid type: string \"x\", expected a sequence" in the file's words: "expected a
+/// list of strings, found a string \"x\"". Other messages pass through.
+fn reword(msg: &str, place: Option<&Place>) -> String {
+    if let Some(field) = msg.strip_prefix("missing field ") {
+        return format!("missing required key {field}");
+    }
+    let rest = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "));
+    // The found part may quote a string holding ", expected ": the expected part never does.
+    let Some((found, expected)) = rest.and_then(|r| r.rsplit_once(", expected ")) else {
+        return msg.to_owned();
+    };
+    let path = match place {
+        Some(Place::Value { path }) => path.as_str(),
+        _ => "",
+    };
+    format!(
+        "expected {}, found {}",
+        expected_words(expected),
+        found_words(found, path)
+    )
+}
+
+fn expected_words(expected: &str) -> String {
+    match expected {
+        // Every list in the file is a list of strings (raw.rs; a test keeps it so).
+        "a sequence" => "a list of strings".to_owned(),
+        "a map" => "a table".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        "u32" => "a whole number from 0 to 4294967295".to_owned(),
+        "u64" => "a whole number, 0 or more".to_owned(),
+        s if s.starts_with("struct ") => "a table".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+/// serde's `Unexpected` as a phrase; a string is quoted unless it may be a secret (a value
+/// under `env` or `headers`, or an argument like `--token=…`).
+fn found_words(found: &str, path: &str) -> String {
+    if let Some(s) = found.strip_prefix("string ") {
+        let unquoted = s.trim_matches('"');
+        let secret =
+            path.split('.').any(|k| k == "env" || k == "headers") || redact::secret_arg(unquoted);
+        return if secret {
+            "a string (not shown: it may be a secret)".to_owned()
+        } else {
+            format!("a string {s}")
+        };
+    }
+    let plain = |kind: &str, rest: &str| format!("{kind} {}", rest.trim_matches('`'));
+    match found.split_once(' ') {
+        Some(("integer", v)) => plain("an integer", v),
+        Some(("floating", v)) => plain("a float", v.trim_start_matches("point ")),
+        Some(("boolean", v)) => plain("a boolean", v),
+        _ => match found {
+            "sequence" => "a list".to_owned(),
+            "map" => "a table".to_owned(),
+            other => other.to_owned(),
+        },
     }
 }
 

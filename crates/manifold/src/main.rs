@@ -39,14 +39,15 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
-    /// Validate a config file and print what would be served.
+    /// Validate a config file, reporting every problem found, and print what would be served.
     Check {
+        /// The TOML config file to validate (see docs/config.md).
         #[arg(long, short)]
         config: PathBuf,
         /// Also start every connector and report its tools, prompts and resources.
         #[arg(long)]
         probe: bool,
-        /// How long --probe waits for each connector.
+        /// How long --probe waits for each connector (e.g. 30s, 2m).
         #[arg(long, default_value = "60s")]
         probe_timeout: String,
     },
@@ -116,13 +117,27 @@ pub fn env_lookup() -> manifold_upstream::EnvLookup {
     Arc::new(|name: &str| std::env::var(name).ok())
 }
 
+/// Load and validate the config. Every problem is printed to standard error, one per line; the
+/// error returned then only counts them ("3 errors in FILE").
 fn load(path: &Path) -> anyhow::Result<Config> {
     let env = env_lookup();
-    Config::load(path, &|k: &str| env(k)).map_err(|e| anyhow::anyhow!("{e}"))
+    match Config::load(path, &|k: &str| env(k)) {
+        Ok(config) => Ok(config),
+        Err(errors) if errors.len() == 1 => Err(anyhow::anyhow!("{errors}")),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            Err(anyhow::anyhow!("{}", errors.summary()))
+        }
+    }
 }
 
 async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let config = load(path)?;
+    for w in config.warnings() {
+        tracing::warn!("{w} (see docs/config.md)");
+    }
     let addr = match listen {
         Some(l) => l
             .parse()
@@ -166,6 +181,9 @@ async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<
     let wait = manifold_config::parse_duration(probe_timeout)
         .with_context(|| format!("--probe-timeout {probe_timeout:?} is not a duration like 30s"))?;
     println!("{}: OK", path.display());
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
     println!("listen: {}", config.gateway.listen);
     println!("connectors:");
     for (id, spec) in &config.connectors {
@@ -242,11 +260,18 @@ fn import(file: &Path) -> anyhow::Result<()> {
     let out = manifold_config::import_claude_desktop(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     print!("{}", out.toml);
+    for note in &out.notes {
+        eprintln!("note: {note}");
+    }
     if !out.variables.is_empty() {
         eprintln!(
             "note: secrets were not copied; export these before `manifold serve`: {}",
             out.variables.join(", ")
         );
+    }
+    if out.names.is_empty() {
+        eprintln!("note: no server was imported");
+        return Ok(());
     }
     eprintln!(
         "note: add the connectors to a virtual server, e.g.\n[servers.main]\nconnectors = [{}]",

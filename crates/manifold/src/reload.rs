@@ -53,15 +53,30 @@ pub fn spawn(path: PathBuf, gw: Arc<Gateway>, watch: bool) -> anyhow::Result<Rel
             while rx.try_recv().is_ok() {}
             let env = crate::env_lookup();
             match manifold_config::Config::load(&path, &|k: &str| env(k)) {
+                // A SIGHUP is an operator asking: answer it. Editors touch files often.
+                Ok(cfg) if *gw.config() == cfg && why == "SIGHUP" => tracing::info!(
+                    path = %path.display(),
+                    "SIGHUP: the config is unchanged; still serving it"
+                ),
                 Ok(cfg) if *gw.config() == cfg => tracing::debug!(reason = why, "config unchanged"),
                 Ok(cfg) => {
                     tracing::info!(reason = why, path = %path.display(), "reloading config");
+                    for w in cfg.warnings() {
+                        tracing::warn!("{w} (see docs/config.md)");
+                    }
                     gw.apply(cfg);
                 }
-                Err(e) => tracing::error!(
-                    reason = why,
-                    "config reload rejected, still serving the previous config: {e}"
-                ),
+                // One line per problem, so each can be found by its file:line:col.
+                Err(errors) => {
+                    tracing::error!(
+                        reason = why,
+                        "config reload rejected, still serving the previous config: {}",
+                        errors.summary()
+                    );
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                }
             }
         }
     });

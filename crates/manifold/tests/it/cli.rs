@@ -1,7 +1,10 @@
 //! The CLI as a user meets it: `check` (with and without `--probe`), `import`, and `serve`
 //! failures, each with a clear message and a non-zero exit code.
 
-use std::process::{Command, Output};
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
 
 use crate::support::*;
 
@@ -72,6 +75,109 @@ fn check_fails_with_file_line_and_key() {
 }
 
 #[test]
+fn check_reports_every_error_at_once() {
+    let dir = TempDir::new("check-errors");
+    let path = dir.path("m.toml");
+    std::fs::write(
+        &path,
+        r#"[connectors.time]
+kind = "stdio"
+command = "x"
+args = "UTC"
+[connectors.remote]
+kind = "http"
+url = "ftp://x"
+[servers.main]
+connectors = ["time", "remote", "tme"]
+"#,
+    )
+    .unwrap();
+    let o = manifold(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "", "nothing is OK");
+    let p = path.display();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            r#"error: {p}:4:8: connectors.time.args: expected a list of strings, found a string "UTC"
+error: {p}:7:7: connector "remote": url "ftp://x" must start with http:// or https://
+error: {p}:9:33: virtual server "main": unknown connector "tme" (did you mean "time"?)
+error: 3 errors in {p}
+"#
+        )
+    );
+}
+
+#[test]
+fn check_warns_when_nothing_would_be_served() {
+    let dir = TempDir::new("check-empty");
+    let path = dir.path("m.toml");
+    let p = path.display();
+    for text in ["", "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n"] {
+        std::fs::write(&path, text).unwrap();
+        let o = manifold(&["check", "--config", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", out(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr),
+            format!(
+                "warning: {p} defines no virtual server ([servers.NAME]); nothing would be served\n"
+            ),
+            "for {text:?}"
+        );
+    }
+    std::fs::write(
+        &path,
+        "[connectors.time]\nkind = \"stdio\"\ncommand = \"x\"\n[connectors.spare]\nkind = \"stdio\"\ncommand = \"x\"\n[servers.main]\nconnectors = [\"time\"]\n",
+    )
+    .unwrap();
+    let o = manifold(&["check", "--config", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            "warning: {p}: connector \"spare\" is not used by any virtual server: add it to a server's `connectors`, or remove it\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn serve_warns_when_nothing_would_be_served() {
+    let gw = Gw::start("");
+    let warning =
+        "defines no virtual server ([servers.NAME]); nothing would be served (see docs/config.md)";
+    eventually(
+        "the warning to be logged",
+        Duration::from_secs(10),
+        || async {
+            let log = gw.log();
+            match log.lines().find(|l| l.contains(warning)) {
+                Some(line) if line.contains("WARN") => Ok(()),
+                _ => Err(format!("log:\n{log}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Every argument of every subcommand says what it is for in `--help`.
+#[test]
+fn every_argument_has_help_text() {
+    for sub in ["serve", "check", "import"] {
+        let o = manifold(&[sub, "--help"]);
+        assert!(o.status.success(), "{}", out(&o));
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        let bare: Vec<&str> = help
+            .lines()
+            .filter(|l| l.starts_with("  "))
+            .filter(|l| matches!(l.trim_start().chars().next(), Some('-' | '<')))
+            // `  -c, --config <CONFIG>  The TOML config file…`: the help follows two spaces.
+            .filter(|l| !l.trim().contains("  "))
+            .collect();
+        assert!(bare.is_empty(), "manifold {sub}: no help for {bare:?}");
+    }
+}
+
+#[test]
 fn probe_reports_a_connector_that_cannot_start() {
     let dir = TempDir::new("probe-bad");
     let path = dir.path("m.toml");
@@ -96,22 +202,32 @@ fn probe_reports_a_connector_that_cannot_start() {
 fn import_converts_claude_desktop_config_without_secrets() {
     let dir = TempDir::new("import");
     let json = dir.path("claude.json");
-    std::fs::write(&json, r#"{"mcpServers": {"github": {"command": "npx", "args": ["-y", "gh-mcp"], "env": {"GITHUB_TOKEN": "ghp_secret"}}}}"#).unwrap();
+    std::fs::write(&json, r#"{"mcpServers": {"github": {"command": "npx", "args": ["-y", "gh-mcp"], "env": {"GITHUB_TOKEN": "ghp_secret", "TZ": "Europe/Paris"}}, "old": {"command": "old-mcp", "disabled": true}, "ws": {"type": "websocket", "url": "ws://127.0.0.1:9/"}}}"#).unwrap();
     let o = manifold(&["import", json.to_str().unwrap()]);
     assert!(o.status.success(), "{}", out(&o));
     let toml = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!toml.contains("ghp_secret"), "{toml}");
     assert!(
-        toml.contains("GITHUB_TOKEN = \"${GITHUB_GITHUB_TOKEN}\""),
+        toml.contains("GITHUB_TOKEN = \"${GITHUB_TOKEN}\""),
         "{toml}"
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("GITHUB_GITHUB_TOKEN"));
+    assert!(toml.contains("TZ = \"Europe/Paris\""), "{toml}");
+    assert!(
+        !toml.contains("[connectors.old]") && !toml.contains("[connectors.ws]"),
+        "{toml}"
+    );
+    assert!(stderr.contains("GITHUB_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("\"old\"") && stderr.contains("WebSocket"),
+        "{stderr}"
+    );
     // The output is a valid config once the variable exists.
     let cfg = dir.path("out.toml");
     std::fs::write(&cfg, toml).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_manifold"))
         .args(["check", "--config", cfg.to_str().unwrap()])
-        .env("GITHUB_GITHUB_TOKEN", "x")
+        .env("GITHUB_TOKEN", "x")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
