@@ -259,6 +259,41 @@ impl Gateway {
     }
 
     /// JSON health: `status` is `ok` when every connector is up, else `degraded`.
+    /// Readiness, for load balancers and orchestrators (`/readyz`): ready once every eager
+    /// connector's first start has finished (it came up, or failed and is retrying) and, when
+    /// there is any eager connector, while at least one of them is up. Lazy connectors do not
+    /// count: they start on first use. Returns whether ready, and the body that says why.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let rt = self.runtime.load();
+        let mut waiting = Vec::new();
+        let (mut eager, mut up) = (0, 0);
+        for (id, c) in &rt.connectors {
+            let lazy = matches!(&c.spec().transport,
+                manifold_config::TransportSpec::Stdio(s) if s.start == manifold_config::StartMode::Lazy);
+            if lazy {
+                continue;
+            }
+            eager += 1;
+            let h = c.health();
+            up += usize::from(h.state == HealthState::Up);
+            if !h.settled() {
+                waiting.push(id.to_string());
+            }
+        }
+        if !waiting.is_empty() {
+            let body = serde_json::json!({ "status": "starting", "waiting_for": waiting });
+            (false, body)
+        } else if eager > 0 && up == 0 {
+            let body = serde_json::json!({
+                "status": "unavailable",
+                "error": "no connector is up; see /healthz/detail",
+            });
+            (false, body)
+        } else {
+            (true, serde_json::json!({ "status": "ready" }))
+        }
+    }
+
     pub fn health(&self, detailed: bool) -> serde_json::Value {
         let rt = self.runtime.load();
         let mut all_up = true;

@@ -1,4 +1,5 @@
-//! The HTTP edge: the routes (`/mcp/{server}`, `/healthz`, `/healthz/detail`), the checks every
+//! The HTTP edge: the routes (`/mcp/{server}`, `/healthz`, `/healthz/detail`, `/readyz`, and
+//! a pointer to the endpoints at `/` and `/mcp`), the checks every
 //! MCP request passes before anything else (the `Caller` extractor: `Host`/`Origin`, then the
 //! authentication seam — the only place headers are read for identity), the dispatch of a POST to the legacy or the 2026-07-28 codec, and
 //! `serve` with its shutdown drain.
@@ -22,13 +23,17 @@ use crate::{
     origin::Refused,
 };
 
-/// The HTTP app: `/mcp/{server}`, `/healthz`, `/healthz/detail`; anything else is a 404. Every
-/// route applies the same Host/Origin policy.
+/// The HTTP app: `/mcp/{server}`, `/healthz`, `/healthz/detail`, `/readyz`, a pointer at `/`
+/// and `/mcp`; anything else is a 404. Every route applies the same Host/Origin policy.
 pub fn app(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/mcp/{server}", any(mcp))
         .route("/healthz", get(healthz))
         .route("/healthz/detail", get(healthz_detail))
+        .route("/readyz", get(readyz))
+        .route("/", any(pointer))
+        .route("/mcp", any(pointer))
+        .route("/mcp/", any(pointer))
         .fallback(not_found)
         .with_state(gw)
 }
@@ -54,7 +59,7 @@ impl axum::extract::FromRequestParts<Arc<Gateway>> for Checked {
                 tracing::warn!(host = %h, "refused a request with a Host that is not allowed (possible DNS rebinding)");
                 Err((
                     StatusCode::FORBIDDEN,
-                    format!("Forbidden: Host {h:?} is not allowed (gateway.allowed_hosts)"),
+                    format!("Forbidden: Host {h:?} is not allowed; to serve this host name, add it to gateway.allowed_hosts in the config"),
                 )
                     .into_response())
             }
@@ -62,7 +67,7 @@ impl axum::extract::FromRequestParts<Arc<Gateway>> for Checked {
                 tracing::warn!(origin = %o, "refused a request from an Origin that is not allowed");
                 Err((
                     StatusCode::FORBIDDEN,
-                    format!("Forbidden: Origin {o:?} is not allowed (gateway.allowed_origins)"),
+                    format!("Forbidden: Origin {o:?} is not allowed; to let pages of this origin call the gateway, add it to gateway.allowed_origins in the config"),
                 )
                     .into_response())
             }
@@ -276,10 +281,87 @@ fn no_such_server(gw: &Gateway, parts: &http::request::Parts, error: &str) -> Re
 async fn not_found(State(gw): State<Arc<Gateway>>, _: Checked, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let error = format!(
-        "no route {}: virtual servers are at /mcp/NAME, health at /healthz",
+        "no route {}: virtual servers are at /mcp/NAME, health at /healthz and /readyz",
         parts.uri.path()
     );
     no_such_server(&gw, &parts, &error)
+}
+
+/// `/`, `/mcp`: not an MCP endpoint, so say where the endpoints are (their names only to those
+/// who may see the list of servers). A browser or `curl` gets a short text; anything else (an
+/// MCP client posting to the wrong URL) a 404 whose JSON-RPC error says the same, so the
+/// client shows it.
+async fn pointer(State(gw): State<Arc<Gateway>>, _: Checked, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let base = base_url(&parts.headers);
+    let text = if may_see_detail(&gw, &parts) {
+        let servers = gw.servers();
+        if servers.is_empty() {
+            "No virtual server is configured: add a [servers.NAME] table to the config (see docs/config.md).".to_owned()
+        } else {
+            let mut t = String::from("Connect an MCP client to a virtual server:");
+            for vs in &servers {
+                t.push_str(&format!("\n  {base}/mcp/{}", vs.name()));
+                if let Some(title) = &vs.spec.title {
+                    t.push_str(&format!("  ({title})"));
+                }
+            }
+            t
+        }
+    } else {
+        format!(
+            "Connect an MCP client to {base}/mcp/NAME, where NAME is a virtual server your administrator gives you."
+        )
+    };
+    if parts.method == Method::GET || parts.method == Method::HEAD {
+        let body = format!(
+            "This is Manifold, a gateway of Virtual MCP servers. {text}\nHealth: {base}/healthz, readiness: {base}/readyz\n"
+        );
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response();
+    }
+    let message = format!(
+        "{} is not an MCP endpoint. {}",
+        parts.uri.path(),
+        text.replace("\n  ", " ")
+    );
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32600, "message": message },
+    });
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// The gateway's address as the client used it: the `Host` header (already checked against
+/// `gateway.allowed_hosts`), https when a proxy says the request came that way.
+fn base_url(h: &HeaderMap) -> String {
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let https = h
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        || h.get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|f| f.to_ascii_lowercase().contains("proto=https"));
+    format!("{}://{host}", if https { "https" } else { "http" })
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>, _: Checked) -> Response {
+    let (ready, body) = gw.readiness();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn healthz(State(gw): State<Arc<Gateway>>, _: Checked) -> Json<serde_json::Value> {

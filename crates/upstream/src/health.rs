@@ -39,8 +39,11 @@ pub struct Health {
     pub state: HealthState,
     pub last_error: Option<String>,
     pub restarts: u64,
-    #[serde(with = "unix_secs")]
+    /// When the connector entered `state`, as RFC 3339 in UTC.
+    #[serde(with = "rfc3339")]
     pub since: SystemTime,
+    /// Whether the connector has been up at least once since the gateway started it.
+    pub reached: bool,
     pub tools: usize,
     pub prompts: usize,
     pub resources: usize,
@@ -54,6 +57,7 @@ impl Health {
             last_error: None,
             restarts: 0,
             since: SystemTime::now(),
+            reached: false,
             tools: 0,
             prompts: 0,
             resources: 0,
@@ -62,13 +66,20 @@ impl Health {
     }
 }
 
-mod unix_secs {
+impl Health {
+    /// Has the connector's first start finished, whether it came up or failed? A load balancer
+    /// waits for this (`/readyz`) rather than for every connector to be up.
+    pub fn settled(&self) -> bool {
+        self.reached
+            || self.restarts > 0
+            || matches!(self.state, HealthState::Degraded | HealthState::Down)
+    }
+}
+
+mod rfc3339 {
     use std::time::SystemTime;
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
+        let t: chrono::DateTime<chrono::Utc> = (*t).into();
+        s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     }
 }

@@ -37,6 +37,9 @@ pub(crate) async fn listen_upstream(
         };
         let mut sub = match opened {
             Ok(sub) => {
+                if failures > 0 {
+                    tracing::info!(connector = %id, "subscriptions/listen to the upstream works again");
+                }
                 failures = 0;
                 sub
             }
@@ -47,9 +50,22 @@ pub(crate) async fn listen_upstream(
             {
                 return;
             }
+            // The upstream does not offer the stream (some 2026-07-28 servers do not): say so
+            // once and do not ask this connection again.
+            Err(rmcp::service::ServiceError::McpError(e))
+                if e.code == rmcp::model::ErrorCode::METHOD_NOT_FOUND =>
+            {
+                tracing::info!(connector = %id, "the upstream does not offer subscriptions/listen: its list changes and resource updates are not seen until it restarts");
+                return;
+            }
             Err(e) => {
                 failures += 1;
-                tracing::warn!(connector = %id, error = %e, "subscriptions/listen to the upstream failed; list changes and resource updates of this connector will be missed until it works");
+                // One warning per run of failures; the retries after it are debug lines.
+                if failures == 1 {
+                    tracing::warn!(connector = %id, error = %e, "subscriptions/listen to the upstream failed; list changes and resource updates of this connector will be missed until it works (retrying)");
+                } else {
+                    tracing::debug!(connector = %id, error = %e, failures, "subscriptions/listen to the upstream failed again");
+                }
                 let wait = Duration::from_secs(u64::from(failures.min(6)) * 5);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,

@@ -26,6 +26,7 @@ impl Shared {
             h.since = SystemTime::now();
         }
         h.state = state;
+        h.reached |= state == HealthState::Up;
         if error.is_some() || state == HealthState::Up {
             h.last_error = error.clone();
         }

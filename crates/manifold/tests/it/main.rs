@@ -3,6 +3,7 @@
 mod cli;
 mod datapath;
 mod faults;
+mod first_hour;
 mod hardening;
 mod http;
 mod modern;
