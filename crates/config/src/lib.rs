@@ -171,8 +171,18 @@ impl fmt::Display for ConnectorId {
 pub struct Config {
     pub path: PathBuf,
     pub gateway: GatewaySettings,
+    pub store: StoreLocation,
     pub connectors: BTreeMap<ConnectorId, ConnectorSpec>,
     pub servers: BTreeMap<String, VirtualServerSpec>,
+}
+
+/// Where the gateway keeps its users, keys and (later) tokens and audit: `[store]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// SQLite, `manifold.db` in this data directory (the embedded default).
+    Sqlite(PathBuf),
+    /// PostgreSQL at this URL (`postgres://…`; it may hold a password).
+    Postgres(Secret),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -470,6 +480,7 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn build(&mut self, raw: RawConfig) -> Config {
         let gateway = self.gateway(raw.gateway);
+        let store = self.store(raw.store);
         // Every name defined, even where its table was bad: servers using it get no second error.
         let defined: Vec<String> = raw.connectors.keys().cloned().collect();
         let mut connectors = BTreeMap::new();
@@ -512,9 +523,61 @@ impl Builder<'_> {
         Config {
             path: self.src.path.to_path_buf(),
             gateway,
+            store,
             connectors,
             servers,
         }
+    }
+
+    /// `[store]`: PostgreSQL when `url` is set, else SQLite in `data_dir` (relative to the
+    /// config file), by default `$XDG_DATA_HOME/manifold`, `~/.local/share/manifold`, or
+    /// `manifold-data` beside the config file when there is no home.
+    fn store(&mut self, s: raw::RawStore) -> StoreLocation {
+        let fallback = || StoreLocation::Sqlite(PathBuf::from("manifold-data"));
+        if let Some(url) = &s.url {
+            if let Some(dir) = &s.data_dir {
+                self.errors.push(
+                    self.src.at(dir).err(
+                        "store.data_dir: not used with store.url (PostgreSQL): remove one of them"
+                            .to_owned(),
+                    ),
+                );
+            }
+            let Some(expanded) = self.expand(url, "store.url", &mut Vec::new()) else {
+                return fallback();
+            };
+            if !(expanded.starts_with("postgres://") || expanded.starts_with("postgresql://")) {
+                self.errors.push(self.src.at(url).err(
+                    "store.url: must be a postgres:// URL (leave it out to use SQLite in store.data_dir)"
+                        .to_owned(),
+                ));
+                return fallback();
+            }
+            return StoreLocation::Postgres(Secret::new(expanded));
+        }
+        if let Some(dir) = &s.data_dir {
+            let Some(expanded) = self.expand(dir, "store.data_dir", &mut Vec::new()) else {
+                return fallback();
+            };
+            let p = PathBuf::from(expanded);
+            let base = self.src.path.parent().unwrap_or(Path::new("."));
+            return StoreLocation::Sqlite(if p.is_relative() { base.join(p) } else { p });
+        }
+        let data_home = self
+            .env
+            .var("XDG_DATA_HOME")
+            .filter(|d| Path::new(d).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| {
+                self.env
+                    .var("HOME")
+                    .map(|h| Path::new(&h).join(".local/share"))
+            });
+        // Without a home (a service account, a container): beside the config file.
+        let base = self.src.path.parent().unwrap_or(Path::new("."));
+        StoreLocation::Sqlite(
+            data_home.map_or_else(|| base.join("manifold-data"), |d| d.join("manifold")),
+        )
     }
 
     fn gateway(&mut self, g: raw::RawGateway) -> GatewaySettings {
@@ -1033,6 +1096,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "" | "s" => Some(Duration::from_secs(n)),
         "m" => Some(Duration::from_secs(n * 60)),
         "h" => Some(Duration::from_secs(n * 3600)),
+        "d" => Some(Duration::from_secs(n * 86_400)),
         _ => None,
     }
 }

@@ -18,10 +18,18 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct RawConfig {
     pub gateway: RawGateway,
+    pub store: RawStore,
     /// `None` for a connector whose table did not deserialise (its errors are reported): its
     /// name is still defined, so servers that use it get no second error.
     pub connectors: BTreeMap<String, Option<RawConnector>>,
     pub servers: BTreeMap<String, RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub url: Option<Spanned<String>>,
+    pub data_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +137,7 @@ impl RawConfig {
         for (key, value) in root.into_inner() {
             match key.get_ref().as_ref() {
                 "gateway" => raw.gateway = reader.one(value).unwrap_or_default(),
+                "store" => raw.store = reader.one(value).unwrap_or_default(),
                 "connectors" => {
                     for (name, table) in reader.tables("connectors", value) {
                         let connector = reader.one(table);

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use crate::{Config, ConnectorId, HttpTransport, StartMode, TransportSpec};
+use crate::{Config, ConnectorId, HttpTransport, Secret, StartMode, StoreLocation, TransportSpec};
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let m: HashMap<String, String> = vars
@@ -265,7 +265,7 @@ fn type_errors_name_the_key() {
         ),
         (
             "[conectors.time]\nkind = \"stdio\"\n",
-            "/etc/m/manifold.toml:1:2: unknown field `conectors`, expected one of `gateway`, `connectors`, `servers` (did you mean \"connectors\"?)",
+            "/etc/m/manifold.toml:1:2: unknown field `conectors`, expected one of `gateway`, `store`, `connectors`, `servers` (did you mean \"connectors\"?)",
         ),
     ];
     for (text, expect) in cases {
@@ -545,4 +545,47 @@ fn a_reference_anywhere_in_the_url_is_not_shown() {
     };
     assert_eq!(h.url, "http://h-s3cret.test/mcp/s3cret");
     assert_eq!(h.display_url(), "http://h-***.test/mcp/***");
+}
+
+#[test]
+fn the_store_is_sqlite_in_a_data_dir_or_postgres() {
+    let path = Path::new("/etc/manifold/m.toml");
+    let env = |k: &str| match k {
+        "HOME" => Some("/home/u".to_owned()),
+        "PG" => Some("postgres://u:pw@db:5432/m".to_owned()),
+        _ => None,
+    };
+    let load = |text: &str| Config::parse(text, path, &env);
+    assert_eq!(
+        load("").unwrap().store,
+        StoreLocation::Sqlite("/home/u/.local/share/manifold".into())
+    );
+    let xdg = |k: &str| (k == "XDG_DATA_HOME").then(|| "/data".to_owned());
+    assert_eq!(
+        Config::parse("", path, &xdg).unwrap().store,
+        StoreLocation::Sqlite("/data/manifold".into())
+    );
+    assert_eq!(
+        load("[store]\ndata_dir = \"state\"\n").unwrap().store,
+        StoreLocation::Sqlite("/etc/manifold/state".into())
+    );
+    let pg = load("[store]\nurl = \"${PG}\"\n").unwrap();
+    assert_eq!(
+        pg.store,
+        StoreLocation::Postgres(Secret::new("postgres://u:pw@db:5432/m"))
+    );
+    assert!(!format!("{pg:?}").contains("pw"), "the URL is never shown");
+    let e = load("[store]\nurl = \"mysql://x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("m.toml:2:7: store.url: must be a postgres:// URL"),
+        "{e}"
+    );
+    let e = load("[store]\nurl = \"postgres://x/y\"\ndata_dir = \"d\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("store.data_dir: not used with store.url"), "{e}");
+    let e = load("[store]\ndir = \"d\"\n").unwrap_err().to_string();
+    assert!(e.contains("unknown field `dir`"), "{e}");
 }

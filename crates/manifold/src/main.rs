@@ -1,6 +1,7 @@
 //! The `manifold` binary: CLI, logging, wiring, hot reload (file watch and SIGHUP), signals and
 //! graceful shutdown. The only crate that uses `anyhow`.
 
+mod admin;
 mod reload;
 
 use std::{
@@ -51,6 +52,22 @@ enum Command {
         #[arg(long, default_value = "60s")]
         probe_timeout: String,
     },
+    /// Manage local users (in the store of the config's `[store]`).
+    Users {
+        /// The TOML config file whose store holds the users.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: admin::Users,
+    },
+    /// Manage API keys for headless agents and CI.
+    Keys {
+        /// The TOML config file whose store holds the keys.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: admin::Keys,
+    },
     /// Convert a Claude-Desktop-style {"mcpServers": {...}} JSON file to connector TOML.
     Import {
         /// The JSON file ("-" for standard input).
@@ -78,6 +95,12 @@ fn main() -> std::process::ExitCode {
                 init_logging(false);
             }
             runtime().and_then(|rt| rt.block_on(check(&config, probe, &probe_timeout)))
+        }
+        Command::Users { config, command } => {
+            runtime().and_then(|rt| rt.block_on(admin::users(&config, command)))
+        }
+        Command::Keys { config, command } => {
+            runtime().and_then(|rt| rt.block_on(admin::keys(&config, command)))
         }
         Command::Import { file } => import(&file),
     };
@@ -152,7 +175,13 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let watch = config.gateway.watch;
     let servers: Vec<String> = config.servers.keys().cloned().collect();
-    let gw = Gateway::start(config, env_lookup());
+    let store = admin::open(&config).await?;
+    tracing::info!(store = %store.shown(), "store open");
+    let seams = manifold_server::Seams {
+        authenticate: Arc::new(manifold_auth::StoreAuth::new(store)),
+        ..manifold_server::Seams::default()
+    };
+    let gw = Gateway::start_with(config, env_lookup(), seams);
     // One line that scripts (and the tests) read to find the port.
     println!("manifold listening on http://{local}");
     for s in &servers {
@@ -202,7 +231,13 @@ async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<
         return Ok(());
     }
     println!("probe:");
-    let gw = Gateway::start(config, env_lookup());
+    let store = admin::open(&config).await?;
+    tracing::info!(store = %store.shown(), "store open");
+    let seams = manifold_server::Seams {
+        authenticate: Arc::new(manifold_auth::StoreAuth::new(store)),
+        ..manifold_server::Seams::default()
+    };
+    let gw = Gateway::start_with(config, env_lookup(), seams);
     let mut failed = false;
     let connectors = gw.connectors();
     let waits = connectors.iter().map(|c| c.wait_ready(wait));

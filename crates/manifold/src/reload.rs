@@ -64,6 +64,11 @@ pub fn spawn(path: PathBuf, gw: Arc<Gateway>, watch: bool) -> anyhow::Result<Rel
                     for w in cfg.warnings() {
                         tracing::warn!("{w} (see docs/config.md)");
                     }
+                    if cfg.store != gw.config().store {
+                        tracing::warn!(
+                            "[store] changed: the gateway keeps using the store it opened at start; restart it to switch"
+                        );
+                    }
                     gw.apply(cfg);
                 }
                 // One line per problem, so each can be found by its file:line:col.

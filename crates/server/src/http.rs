@@ -110,7 +110,25 @@ impl axum::extract::FromRequestParts<Arc<Gateway>> for Caller {
         Checked::from_request_parts(parts, gw).await?;
         match gw.seams.authenticate.authenticate(parts).await {
             Ok(p) => Ok(Caller(Arc::new(p))),
-            Err(e) => Err((StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")).into_response()),
+            Err(e) => {
+                // RFC 6750: say why in the challenge too (printable ASCII, no quotes).
+                let why: String =
+                    e.0.chars()
+                        .map(|c| match c {
+                            '"' | '\\' => '\'',
+                            c if c.is_ascii_graphic() || c == ' ' => c,
+                            _ => '?',
+                        })
+                        .collect();
+                let challenge =
+                    format!("Bearer error=\"invalid_token\", error_description=\"{why}\"");
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                    format!("Unauthorized: {e}"),
+                )
+                    .into_response())
+            }
         }
     }
 }

@@ -11,6 +11,11 @@ use crate::support::*;
 fn manifold(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_manifold"))
         .args(args)
+        // Not the user's own data directory.
+        .env(
+            "XDG_DATA_HOME",
+            std::env::temp_dir().join("manifold-cli-tests"),
+        )
         .output()
         .expect("run manifold")
 }

@@ -1,5 +1,6 @@
 //! The one integration-test binary of the `manifold` crate: real processes on loopback.
 
+mod auth;
 mod cli;
 mod datapath;
 mod faults;

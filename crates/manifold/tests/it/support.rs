@@ -226,6 +226,8 @@ impl Gw {
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])
             .env("MANIFOLD_LOG", "info,rmcp=warn")
+            // Each gateway its own store (SQLite in its temp dir), unless the config says.
+            .env("XDG_DATA_HOME", dir.path("data"))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -262,6 +264,38 @@ impl Gw {
             dir,
             log,
         }
+    }
+
+    /// Run `manifold ARGS` (`users`, `keys`, …) on this gateway's config and store, with
+    /// `stdin` as standard input; its output, or a panic with it on failure.
+    pub fn admin(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> String {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_manifold"))
+            .args(&args[..1.min(args.len())])
+            .arg("--config")
+            .arg(self.config_path())
+            .args(&args[1.min(args.len())..])
+            .env("XDG_DATA_HOME", self.dir.path("data"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn manifold");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let o = child.wait_with_output().expect("manifold exits");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "manifold {args:?} failed: {text}");
+        text
     }
 
     pub fn url(&self, server: &str) -> String {

@@ -1,0 +1,304 @@
+//! `manifold users …` and `manifold keys …`: local users and API keys, in the store the config
+//! names (`[store]`), so a running gateway sees a change at its next request.
+
+use std::{io::BufRead, path::Path};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use manifold_config::{Config, StoreLocation};
+use manifold_store::{Location, NewApiKey, NewUser, Store, StoreError, User};
+
+#[derive(Subcommand)]
+pub enum Users {
+    /// Add a local user. Without --password-stdin a random password is made and printed once.
+    Add {
+        /// The login name.
+        name: String,
+        /// A Manifold role (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// The user's e-mail address (shown to administrators only).
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users: name, state, roles, e-mail.
+    List,
+    /// Disable a user: their API keys and tokens are refused from the next request on.
+    Disable {
+        /// The login name.
+        name: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// The login name.
+        name: String,
+    },
+    /// Set a new password (random and printed once unless --password-stdin).
+    Passwd {
+        /// The login name.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Keys {
+    /// Create an API key for a user, for some virtual servers; the key is printed once.
+    Create {
+        /// The user the key acts as.
+        #[arg(long)]
+        user: String,
+        /// A virtual server the key may be used at (repeat for several; "*" for all).
+        #[arg(long = "server", required = true)]
+        servers: Vec<String>,
+        /// How long the key is valid (e.g. 30d, 12h), or "never".
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        /// A label, to tell keys apart in `keys list`.
+        #[arg(long, default_value = "api key")]
+        name: String,
+    },
+    /// List API keys (never the keys themselves): id, user, servers, expiry, state.
+    List {
+        /// Only this user's keys.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke an API key at once (on every gateway sharing the store).
+    Revoke {
+        /// The key's id, as `keys list` shows it.
+        id: String,
+    },
+}
+
+/// The store the config names.
+pub async fn open(config: &Config) -> anyhow::Result<Store> {
+    let location = match &config.store {
+        StoreLocation::Sqlite(dir) => Location::Sqlite(dir.clone()),
+        StoreLocation::Postgres(url) => Location::Postgres(url.expose().to_owned()),
+    };
+    let shown = location.shown();
+    Store::open(&location)
+        .await
+        .with_context(|| format!("cannot open the store {shown} (see [store] in docs/config.md)"))
+}
+
+async fn local_user(store: &Store, name: &str) -> anyhow::Result<User> {
+    store
+        .local_user(name)
+        .await?
+        .with_context(|| format!("no local user {name:?}: `manifold users list` shows them"))
+}
+
+/// The password: the first line of standard input, or a new random one (printed).
+fn password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((manifold_auth::new_password(), true));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    if p.chars().count() < 12 {
+        bail!("the password is too short: use at least 12 characters");
+    }
+    Ok((p, false))
+}
+
+pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
+    let config = crate::load(config_path)?;
+    let store = open(&config).await?;
+    match cmd {
+        Users::Add {
+            name,
+            roles,
+            email,
+            password_stdin,
+        } => {
+            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_whitespace()) {
+                bail!("a user name is 1 to 64 characters without spaces");
+            }
+            let (pw, made) = password(password_stdin)?;
+            let hash = manifold_auth::hash_password(&pw).map_err(anyhow::Error::msg)?;
+            match store
+                .add_user(&NewUser {
+                    name: &name,
+                    email: email.as_deref(),
+                    password_hash: Some(&hash),
+                    roles: &roles,
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::Conflict(m)) => {
+                    bail!("{m}: choose another name, or `manifold users passwd {name}`")
+                }
+                Err(e) => return Err(e.into()),
+            }
+            println!("added user {name}");
+            if made {
+                println!("password (shown once): {pw}");
+            }
+        }
+        Users::List => {
+            let users = store.users().await?;
+            if users.is_empty() {
+                println!("no users yet: `manifold users add NAME`");
+            }
+            for u in users {
+                let state = if u.disabled { "disabled" } else { "active" };
+                println!(
+                    "{:<24} {:<9} roles: {:<20} {}",
+                    u.name,
+                    state,
+                    if u.roles.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        u.roles.join(",")
+                    },
+                    u.email.unwrap_or_default()
+                );
+            }
+        }
+        Users::Disable { name } => {
+            let u = local_user(&store, &name).await?;
+            store.set_disabled(&u.id, true).await?;
+            println!("disabled user {name}: their keys are refused from the next request on");
+        }
+        Users::Enable { name } => {
+            let u = local_user(&store, &name).await?;
+            store.set_disabled(&u.id, false).await?;
+            println!("enabled user {name}");
+        }
+        Users::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let u = local_user(&store, &name).await?;
+            let (pw, made) = password(password_stdin)?;
+            let hash = manifold_auth::hash_password(&pw).map_err(anyhow::Error::msg)?;
+            store.set_password_hash(&u.id, &hash).await?;
+            println!("new password set for {name}");
+            if made {
+                println!("password (shown once): {pw}");
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn keys(config_path: &Path, cmd: Keys) -> anyhow::Result<()> {
+    let config = crate::load(config_path)?;
+    let store = open(&config).await?;
+    match cmd {
+        Keys::Create {
+            user,
+            servers,
+            expires,
+            name,
+        } => {
+            let u = local_user(&store, &user).await?;
+            for s in &servers {
+                if s != "*" && !config.servers.contains_key(s) {
+                    let known: Vec<&str> = config.servers.keys().map(String::as_str).collect();
+                    bail!(
+                        "no virtual server {s:?} in {} (it has: {})",
+                        config_path.display(),
+                        known.join(", ")
+                    );
+                }
+            }
+            let expires_at = if expires == "never" {
+                None
+            } else {
+                let d = manifold_config::parse_duration(&expires).with_context(|| {
+                    format!(
+                        "--expires {expires:?} is not a duration like 30d or 12h, nor \"never\""
+                    )
+                })?;
+                Some(manifold_store::now() + d.as_secs() as i64)
+            };
+            let (key, hash) = manifold_auth::new_key();
+            let k = store
+                .add_api_key(&NewApiKey {
+                    user_id: &u.id,
+                    name: &name,
+                    hash: &hash,
+                    servers: &servers,
+                    expires_at,
+                })
+                .await?;
+            println!(
+                "created API key {} for {user} ({})",
+                k.id,
+                servers.join(", ")
+            );
+            println!("key (shown once, send it as `Authorization: Bearer <key>`): {key}");
+        }
+        Keys::List { user } => {
+            let owner = match &user {
+                Some(name) => Some(local_user(&store, name).await?),
+                None => None,
+            };
+            let names: std::collections::HashMap<String, String> = store
+                .users()
+                .await?
+                .into_iter()
+                .map(|u| (u.id, u.name))
+                .collect();
+            let keys = store
+                .api_keys(owner.as_ref().map(|u| u.id.as_str()))
+                .await?;
+            if keys.is_empty() {
+                println!("no API keys: `manifold keys create --user NAME --server SERVER`");
+            }
+            let now = manifold_store::now();
+            for k in keys {
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else if !k.live(now) {
+                    "expired"
+                } else {
+                    "live"
+                };
+                let expires = k
+                    .expires_at
+                    .map_or("never".to_owned(), |t| format!("in {}", days(t - now)));
+                println!(
+                    "{}  {:<16} {:<8} {:<20} servers: {:<16} expires: {}",
+                    k.id,
+                    names.get(&k.user_id).map_or("?", String::as_str),
+                    state,
+                    k.name,
+                    k.servers.join(","),
+                    if state == "live" { expires } else { "-".into() }
+                );
+            }
+        }
+        Keys::Revoke { id } => match store.revoke_api_key(&id).await {
+            Ok(()) => println!("revoked API key {id}"),
+            Err(StoreError::NotFound(_)) => {
+                bail!("no API key {id:?}: `manifold keys list` shows their ids")
+            }
+            Err(e) => return Err(e.into()),
+        },
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn days(secs: i64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 3_600 => format!("{} hours", s / 3_600),
+        s => format!("{} minutes", (s / 60).max(1)),
+    }
+}

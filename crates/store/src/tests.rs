@@ -1,0 +1,181 @@
+use crate::{Backend, Location, NewApiKey, NewUser, Store, StoreError, testing};
+
+/// Each test runs on both backends: SQLite in a fresh directory, PostgreSQL in a fresh schema.
+/// Without PostgreSQL the second is skipped (said so), unless `MANIFOLD_REQUIRE_POSTGRES=1`.
+async fn stores(test: &str) -> Vec<Store> {
+    let dir = std::env::temp_dir().join(format!("manifold-store-{}", crate::new_id()));
+    let mut out = vec![Store::open(&Location::Sqlite(dir)).await.unwrap()];
+    match testing::fresh_postgres().await {
+        Ok(url) => out.push(Store::open(&Location::Postgres(url)).await.unwrap()),
+        Err(why) if testing::postgres_required() => {
+            panic!("{test}: {why}")
+        }
+        Err(why) => eprintln!("SKIPPED {test} on PostgreSQL: {why}"),
+    }
+    out
+}
+
+fn user(name: &str) -> NewUser<'_> {
+    NewUser {
+        name,
+        email: None,
+        password_hash: Some("$argon2id$x"),
+        roles: &[],
+    }
+}
+
+#[tokio::test]
+async fn users_are_added_found_listed_and_disabled() {
+    for s in stores("users_are_added_found_listed_and_disabled").await {
+        let b = s.backend();
+        let roles = vec!["admin".to_owned(), "dev".to_owned()];
+        let alice = s
+            .add_user(&NewUser {
+                name: "alice",
+                email: Some("a@example.com"),
+                password_hash: Some("$argon2id$h"),
+                roles: &roles,
+            })
+            .await
+            .unwrap();
+        assert_eq!(alice.roles, roles, "{b:?}");
+        assert_eq!(alice.subject, alice.id, "{b:?}");
+        assert!(!alice.disabled);
+        match s.add_user(&user("alice")).await {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("alice"), "{m}"),
+            other => panic!("{b:?}: a second alice: {other:?}"),
+        }
+        s.add_user(&user("bob")).await.unwrap();
+        let names: Vec<String> = s
+            .users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob"], "{b:?}");
+        s.set_disabled(&alice.id, true).await.unwrap();
+        assert!(
+            s.local_user("alice").await.unwrap().unwrap().disabled,
+            "{b:?}"
+        );
+        s.set_password_hash(&alice.id, "$argon2id$new")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.user(&alice.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash
+                .as_deref(),
+            Some("$argon2id$new")
+        );
+        assert!(matches!(
+            s.set_disabled("nobody", true).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(s.local_user("carol").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn api_keys_are_found_by_hash_listed_and_revoked() {
+    for s in stores("api_keys_are_found_by_hash_listed_and_revoked").await {
+        let b = s.backend();
+        let alice = s.add_user(&user("alice")).await.unwrap();
+        let servers = vec!["demo".to_owned(), "team".to_owned()];
+        let k = s
+            .add_api_key(&NewApiKey {
+                user_id: &alice.id,
+                name: "ci",
+                hash: "h1",
+                servers: &servers,
+                expires_at: Some(crate::now() + 3600),
+            })
+            .await
+            .unwrap();
+        assert_eq!(k.servers, servers, "{b:?}");
+        assert!(k.live(crate::now()));
+        assert!(!k.live(crate::now() + 7200), "expired later");
+        let (found, owner) = s.api_key_by_hash("h1").await.unwrap().unwrap();
+        assert_eq!(
+            (found.id.as_str(), owner.name.as_str()),
+            (k.id.as_str(), "alice")
+        );
+        assert!(s.api_key_by_hash("h2").await.unwrap().is_none(), "{b:?}");
+        s.touch_api_key(&k.id, 1000).await.unwrap();
+        s.touch_api_key(&k.id, 1010).await.unwrap();
+        let listed = s.api_keys(Some(&alice.id)).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].last_used_at,
+            Some(1000),
+            "one write a minute: {b:?}"
+        );
+        s.revoke_api_key(&k.id).await.unwrap();
+        let (revoked, _) = s.api_key_by_hash("h1").await.unwrap().unwrap();
+        assert!(!revoked.live(crate::now()), "{b:?}");
+        assert!(matches!(
+            s.revoke_api_key("nope").await,
+            Err(StoreError::NotFound(_))
+        ));
+        // A key needs an existing user.
+        assert!(
+            s.add_api_key(&NewApiKey {
+                user_id: "nobody",
+                name: "x",
+                hash: "h3",
+                servers: &servers,
+                expires_at: None,
+            })
+            .await
+            .is_err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn reopening_migrates_once_and_keeps_the_data() {
+    let dir = std::env::temp_dir().join(format!("manifold-store-{}", crate::new_id()));
+    let s = Store::open(&Location::Sqlite(dir.clone())).await.unwrap();
+    assert_eq!(s.backend(), Backend::Sqlite);
+    s.add_user(&user("alice")).await.unwrap();
+    s.close().await;
+    let s = Store::open(&Location::Sqlite(dir.clone())).await.unwrap();
+    assert!(s.local_user("alice").await.unwrap().is_some());
+    // WAL, as promised.
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(mode.to_lowercase(), "wal");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn gateways_starting_together_on_postgres_migrate_once_and_share_data() {
+    let url = match testing::fresh_postgres().await {
+        Ok(u) => u,
+        Err(why) if testing::postgres_required() => {
+            panic!("{why}")
+        }
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    let loc = Location::Postgres(url);
+    // Four gateways starting at once on one database.
+    let stores: Vec<Store> = futures::future::join_all((0..4).map(|_| Store::open(&loc)))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    stores[0].add_user(&user("alice")).await.unwrap();
+    for s in &stores {
+        assert!(s.local_user("alice").await.unwrap().is_some());
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM manifold_migrations")
+        .fetch_one(&stores[3].pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}

@@ -1,0 +1,296 @@
+//! Users and their API keys. The store keeps what it is given: password hashes (Argon2id,
+//! made by the caller) and key hashes, never a password or a key.
+
+use sqlx::{Row, any::AnyRow};
+
+use crate::{Store, StoreError, new_id, now};
+
+/// The issuer of local users (those the gateway itself keeps, with a password).
+pub const LOCAL_ISSUER: &str = "manifold:local";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    /// With `subject`, who the user is: (issuer, subject) is unique and never reused.
+    pub issuer: String,
+    pub subject: String,
+    /// Unique per issuer: the local user's login name.
+    pub name: String,
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+pub struct NewUser<'a> {
+    pub name: &'a str,
+    pub email: Option<&'a str>,
+    pub password_hash: Option<&'a str>,
+    pub roles: &'a [String],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    /// The virtual servers it may be used at.
+    pub servers: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl ApiKey {
+    /// Usable at `now`: not revoked and not expired.
+    pub fn live(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
+pub struct NewApiKey<'a> {
+    pub user_id: &'a str,
+    pub name: &'a str,
+    /// A hash of the key (the key itself is shown once and never stored).
+    pub hash: &'a str,
+    pub servers: &'a [String],
+    pub expires_at: Option<i64>,
+}
+
+const USER_COLUMNS: &str =
+    "id, issuer, subject, name, email, password_hash, roles, disabled, created_at";
+const KEY_COLUMNS: &str =
+    "id, user_id, name, servers, expires_at, created_at, last_used_at, revoked_at";
+
+fn words(s: String) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn user_of(r: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: r.try_get("id")?,
+        issuer: r.try_get("issuer")?,
+        subject: r.try_get("subject")?,
+        name: r.try_get("name")?,
+        email: r.try_get("email")?,
+        password_hash: r.try_get("password_hash")?,
+        roles: words(r.try_get("roles")?),
+        disabled: r.try_get::<i64, _>("disabled")? != 0,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn key_of(r: &AnyRow) -> Result<ApiKey, sqlx::Error> {
+    Ok(ApiKey {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        name: r.try_get("name")?,
+        servers: words(r.try_get("servers")?),
+        expires_at: r.try_get("expires_at")?,
+        created_at: r.try_get("created_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    /// A new local user. A name that exists already is a `Conflict`.
+    pub async fn add_user(&self, u: &NewUser<'_>) -> Result<User, StoreError> {
+        let id = new_id();
+        let t = now();
+        sqlx::query(
+            "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, disabled, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+        )
+        .bind(&id)
+        .bind(LOCAL_ISSUER)
+        .bind(&id)
+        .bind(u.name)
+        .bind(u.email)
+        .bind(u.password_hash)
+        .bind(u.roles.join(" "))
+        .bind(t)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("a user named {:?} exists already", u.name))
+            } else {
+                self.err(e)
+            }
+        })?;
+        self.user(&id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user {id} vanished after insert")))
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.as_ref()
+            .map(user_of)
+            .transpose()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The local user called `name`.
+    pub async fn local_user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE issuer = $1 AND name = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(LOCAL_ISSUER)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.as_ref()
+            .map(user_of)
+            .transpose()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every user, by issuer and name.
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY issuer, name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(user_of)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Disable (or enable again) a user; `NotFound` if there is none with this id.
+    pub async fn set_disabled(&self, id: &str, disabled: bool) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(disabled))
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        found(r.rows_affected(), id)
+    }
+
+    pub async fn set_password_hash(&self, id: &str, hash: &str) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        found(r.rows_affected(), id)
+    }
+
+    pub async fn add_api_key(&self, k: &NewApiKey<'_>) -> Result<ApiKey, StoreError> {
+        let id = new_id();
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_id, name, hash, servers, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&id)
+        .bind(k.user_id)
+        .bind(k.name)
+        .bind(k.hash)
+        .bind(k.servers.join(" "))
+        .bind(k.expires_at)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        key_of(&row).map_err(|e| self.err(e))
+    }
+
+    /// The key with this hash and its user, whatever their state (the caller decides).
+    pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<(ApiKey, User)>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(row) = row else { return Ok(None) };
+        let key = key_of(&row).map_err(|e| self.err(e))?;
+        Ok(self.user(&key.user_id).await?.map(|u| (key, u)))
+    }
+
+    /// Keys, newest first; of one user if given.
+    pub async fn api_keys(&self, user_id: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = match user_id {
+            Some(u) => {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(u)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                let sql =
+                    format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at DESC, id");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(key_of)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Revoke a key (at once, on every gateway sharing the store); `NotFound` if unknown,
+    /// and revoking a revoked key keeps its first revocation time.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<(), StoreError> {
+        let r =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now())
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        found(r.rows_affected(), id)
+    }
+
+    /// Record a key's use (at most one write a minute per key).
+    pub async fn touch_api_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(at - 60)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+fn found(rows: u64, id: &str) -> Result<(), StoreError> {
+    if rows == 0 {
+        Err(StoreError::NotFound(format!("nothing with id {id}")))
+    } else {
+        Ok(())
+    }
+}
