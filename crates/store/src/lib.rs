@@ -182,10 +182,28 @@ pub mod testing {
     pub async fn fresh_postgres() -> Result<String, String> {
         sqlx::any::install_default_drivers();
         let base = postgres_url();
-        let schema = format!("t_{}", crate::new_id());
+        let now = crate::now();
+        let schema = format!("t_{now}_{}", crate::new_id());
         let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
             .await
             .map_err(|e| format!("PostgreSQL at {base} is not reachable: {e}"))?;
+        // The schemas of earlier runs (named by their creation time) go after an hour.
+        let old: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_%\\_%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        for name in old {
+            let born = name.split('_').nth(1).and_then(|t| t.parse::<i64>().ok());
+            if born.is_some_and(|t| t < now - 3600) {
+                let _ = conn
+                    .execute(AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS {name} CASCADE"
+                    )))
+                    .await;
+            }
+        }
         conn.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
             .await
             .map_err(|e| format!("cannot create a schema in {base}: {e}"))?;

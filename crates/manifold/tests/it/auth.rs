@@ -311,3 +311,59 @@ async fn two_gateways_on_one_postgres_share_users_and_keys() {
     // The store's URL (with its password, if any) is never logged.
     assert!(!a.log().contains("search_path"), "{}", a.log());
 }
+
+#[tokio::test]
+async fn a_clients_token_cookies_and_session_never_reach_an_upstream() {
+    let up = FaultyHttp::start("up");
+    let cfg = format!(
+        "[connectors.up]\nkind = \"http\"\nurl = \"{}\"\n\n[servers.main]\nconnectors = [\"up\"]\n",
+        up.url
+    );
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    gw.admin(&["users", "add", "alice"], "", &[]);
+    let out = gw.admin(
+        &["keys", "create", "--user", "alice", "--server", "main"],
+        "",
+        &[],
+    );
+    let key = key_of(&out);
+    let main = gw.url("main");
+    let with = |r: reqwest::RequestBuilder| {
+        r.header("authorization", format!("Bearer {key}"))
+            .header("cookie", "session=client-cookie-value")
+            .header("x-api-key", "client-header-value")
+    };
+    let r = with(post(&main)).body(INIT).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"up__echo","arguments":{"message":"hi"}}}"#;
+    let r = with(post_in(&main, &sid)).body(call).send().await.unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.contains("hi"), "{body}");
+    // A 2026-07-28 request too.
+    let r = with(modern(
+        &main,
+        "tools/call",
+        Some("up__echo"),
+        serde_json::json!({"name": "up__echo", "arguments": {"message": "hi"}}),
+        serde_json::json!({}),
+    ))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let seen = up.log();
+    assert!(seen.contains("http request headers"), "{seen}");
+    for secret in [
+        key.as_str(),
+        "client-cookie-value",
+        "client-header-value",
+        sid.as_str(),
+    ] {
+        assert!(
+            !seen.contains(secret),
+            "{secret} reached the upstream: {seen}"
+        );
+    }
+}
