@@ -1,0 +1,95 @@
+//! What checking an API key costs per request: `StoreAuth` over SQLite (the embedded default)
+//! and, when reachable, PostgreSQL. Prints µs per check (wall and CPU of this process).
+//!
+//!     cargo bench -p manifold-auth
+
+use std::time::Instant;
+
+use manifold_auth::{StoreAuth, new_key};
+use manifold_server::Authenticate;
+use manifold_store::{Location, NewApiKey, NewUser, Store};
+
+const N: u32 = 20_000;
+
+fn cpu_micros() -> f64 {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage");
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 * 1e6 + tv.tv_usec() as f64;
+    t(u.user_time()) + t(u.system_time())
+}
+
+async fn measure(what: &str, store: Store) {
+    let user = store
+        .add_user(&NewUser {
+            name: "bench",
+            email: None,
+            password_hash: None,
+            roles: &[],
+        })
+        .await
+        .expect("user");
+    let (key, hash) = new_key();
+    store
+        .add_api_key(&NewApiKey {
+            user_id: &user.id,
+            name: "bench",
+            hash: &hash,
+            servers: &["main".to_owned()],
+            expires_at: None,
+        })
+        .await
+        .expect("key");
+    let auth = StoreAuth::new(store);
+    let (parts, ()) = http::Request::builder()
+        .uri("/mcp/main")
+        .header("authorization", format!("Bearer {key}"))
+        .body(())
+        .expect("request")
+        .into_parts();
+    let anonymous = http::Request::builder()
+        .uri("/mcp/main")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    for _ in 0..1000 {
+        auth.authenticate(&parts).await.expect("warm-up");
+    }
+    for (label, p) in [("API key", &parts), ("no token", &anonymous)] {
+        let (wall, cpu) = (Instant::now(), cpu_micros());
+        for _ in 0..N {
+            auth.authenticate(p).await.expect("authenticated");
+        }
+        println!(
+            "| {what} | {label} | {:.1} | {:.1} |",
+            wall.elapsed().as_secs_f64() * 1e6 / f64::from(N),
+            (cpu_micros() - cpu) / f64::from(N)
+        );
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        println!("| store | request | wall µs per check | CPU µs per check |");
+        println!("|---|---|---:|---:|");
+        let dir = std::env::temp_dir().join(format!("manifold-bench-{}", manifold_store::new_id()));
+        let sqlite = Store::open(&Location::Sqlite(dir.clone()))
+            .await
+            .expect("sqlite");
+        measure("SQLite", sqlite).await;
+        let _ = std::fs::remove_dir_all(dir);
+        match manifold_store::testing::fresh_postgres().await {
+            Ok(url) => {
+                let pg = Store::open(&Location::Postgres(url))
+                    .await
+                    .expect("postgres");
+                measure("PostgreSQL (loopback)", pg).await;
+            }
+            Err(why) => println!("PostgreSQL skipped: {why}"),
+        }
+    });
+}
