@@ -1,5 +1,6 @@
-//! What checking an API key costs per request: `StoreAuth` over SQLite (the embedded default)
-//! and, when reachable, PostgreSQL. Prints µs per check (wall and CPU of this process).
+//! What checking a caller costs per request: an API key through `StoreAuth` over SQLite (the
+//! embedded default) and, when reachable, PostgreSQL; and an ES256 access token verified by
+//! the key ring. Prints µs per check (wall and CPU of this process).
 //!
 //!     cargo bench -p manifold-auth
 
@@ -68,6 +69,33 @@ async fn measure(what: &str, store: Store) {
     }
 }
 
+fn tokens() {
+    let ring = manifold_auth::KeyRing::new(vec![manifold_auth::SigningKey::generate().unwrap()], 0)
+        .unwrap();
+    let now = manifold_store::now();
+    let claims = manifold_auth::AccessClaims {
+        iss: "https://gw.example".into(),
+        sub: "alice".into(),
+        aud: "https://gw.example/mcp/main".into(),
+        exp: now + 300,
+        iat: now,
+        jti: "j".into(),
+        client_id: "c".into(),
+        scope: String::new(),
+    };
+    let token = ring.issue(&claims).unwrap();
+    let (wall, cpu) = (Instant::now(), cpu_micros());
+    for _ in 0..N {
+        ring.verify(&token, &claims.iss, &claims.aud, now)
+            .expect("valid");
+    }
+    println!(
+        "| none (signature) | access token, ES256 | {:.1} | {:.1} |",
+        wall.elapsed().as_secs_f64() * 1e6 / f64::from(N),
+        (cpu_micros() - cpu) / f64::from(N)
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -82,6 +110,7 @@ fn main() {
             .expect("sqlite");
         measure("SQLite", sqlite).await;
         let _ = std::fs::remove_dir_all(dir);
+        tokens();
         match manifold_store::testing::fresh_postgres().await {
             Ok(url) => {
                 let pg = Store::open(&Location::Postgres(url))

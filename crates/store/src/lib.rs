@@ -6,6 +6,7 @@
 //! Invariants: nothing secret is stored in the clear (password hashes, key hashes only); times
 //! are Unix seconds; ids are 128 random bits in hex.
 
+mod keys;
 mod migrate;
 mod users;
 
@@ -16,6 +17,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
+pub use keys::StoredSigningKey;
 pub use users::{ApiKey, NewApiKey, NewUser, User};
 
 /// Where the store lives.

@@ -7,11 +7,18 @@ use sqlx::{AssertSqlSafe, Executor};
 use crate::{Backend, Store, StoreError};
 
 /// (version, name, SQL). Append only: a released migration never changes.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "users and API keys",
-    include_str!("../migrations/0001_users_and_keys.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "users and API keys",
+        include_str!("../migrations/0001_users_and_keys.sql"),
+    ),
+    (
+        2,
+        "signing keys",
+        include_str!("../migrations/0002_signing_keys.sql"),
+    ),
+];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.
 const LOCK: i64 = 0x6d61_6e69_666f_6c64;
