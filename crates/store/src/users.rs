@@ -69,16 +69,21 @@ fn words(s: String) -> Vec<String> {
 }
 
 fn user_of(r: &AnyRow) -> Result<User, sqlx::Error> {
+    user_in(r, r.try_get("id")?, "name", "created_at")
+}
+
+/// The user in `r`, whose `name` and `created_at` columns may be aliased (in a join).
+fn user_in(r: &AnyRow, id: String, name: &str, created_at: &str) -> Result<User, sqlx::Error> {
     Ok(User {
-        id: r.try_get("id")?,
+        id,
         issuer: r.try_get("issuer")?,
         subject: r.try_get("subject")?,
-        name: r.try_get("name")?,
+        name: r.try_get(name)?,
         email: r.try_get("email")?,
         password_hash: r.try_get("password_hash")?,
         roles: words(r.try_get("roles")?),
         disabled: r.try_get::<i64, _>("disabled")? != 0,
-        created_at: r.try_get("created_at")?,
+        created_at: r.try_get(created_at)?,
     })
 }
 
@@ -235,17 +240,7 @@ impl Store {
         let Some(r) = row else { return Ok(None) };
         let both = || -> Result<(ApiKey, User), sqlx::Error> {
             let key = key_of(&r)?;
-            let user = User {
-                id: key.user_id.clone(),
-                issuer: r.try_get("issuer")?,
-                subject: r.try_get("subject")?,
-                name: r.try_get("user_name")?,
-                email: r.try_get("email")?,
-                password_hash: r.try_get("password_hash")?,
-                roles: words(r.try_get("roles")?),
-                disabled: r.try_get::<i64, _>("disabled")? != 0,
-                created_at: r.try_get("user_created_at")?,
-            };
+            let user = user_in(&r, key.user_id.clone(), "user_name", "user_created_at")?;
             Ok((key, user))
         };
         both().map(Some).map_err(|e| self.err(e))
