@@ -501,41 +501,29 @@ fn references(value: &str) -> Option<(String, Vec<String>)> {
     }
     let mut out = String::with_capacity(value.len());
     let mut names = Vec::new();
-    let mut rest = value;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push_str("$$");
-            rest = stripped;
-            continue;
-        }
-        let Some(body) = after.strip_prefix('{') else {
-            out.push('$');
-            rest = after;
-            continue;
+    for piece in crate::text::pieces(value).ok()? {
+        let reference = match piece {
+            crate::text::Piece::Text(t) => {
+                out.push_str(t);
+                continue;
+            }
+            crate::text::Piece::Dollar => {
+                out.push_str("$$");
+                continue;
+            }
+            crate::text::Piece::Reference(r) => r,
         };
-        let end = body.find('}')?;
-        let reference = &body[..end];
-        rest = &body[end + 1..];
         if reference.starts_with("file:") {
             out.push_str(&format!("${{{reference}}}"));
             continue;
         }
         let reference = reference.strip_prefix("env:").unwrap_or(reference);
-        let (name, default) = match reference.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (reference, None),
-        };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return None;
-        }
+        let (name, default) = crate::text::split_reference(reference)?;
         if default.is_none() && !names.iter().any(|n| n == name) {
             names.push(name.to_owned());
         }
         out.push_str(&format!("${{{reference}}}"));
     }
-    out.push_str(rest);
     Some((out, names))
 }
 

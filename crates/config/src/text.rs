@@ -341,27 +341,18 @@ pub fn expand(
     substituted: &mut Vec<String>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-            continue;
-        }
-        let Some(body) = after.strip_prefix('{') else {
-            out.push('$');
-            rest = after;
-            continue;
+    for piece in pieces(input)? {
+        let reference = match piece {
+            Piece::Text(t) => {
+                out.push_str(t);
+                continue;
+            }
+            Piece::Dollar => {
+                out.push('$');
+                continue;
+            }
+            Piece::Reference(r) => r,
         };
-        let Some(end) = body.find('}') else {
-            return Err(format!(
-                "unterminated reference in {input:?}: add the closing '}}'"
-            ));
-        };
-        let reference = &body[..end];
-        rest = &body[end + 1..];
         if let Some(file) = reference.strip_prefix("file:") {
             let p = Path::new(file);
             let p = if p.is_relative() {
@@ -376,15 +367,11 @@ pub fn expand(
             substituted.push(value.to_owned());
             continue;
         }
-        let (name, default) = match reference.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (reference, None),
-        };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
+        let (name, default) = split_reference(reference).ok_or_else(|| {
+            format!(
                 "${{{reference}}} is not a valid reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}}"
-            ));
-        }
+            )
+        })?;
         match (env.var(name), default) {
             (Some(v), _) => {
                 out.push_str(&v);
@@ -401,6 +388,52 @@ pub fn expand(
             }
         }
     }
-    out.push_str(rest);
     Ok(out)
+}
+
+/// A piece of a config string: text, an escaped `$$`, or the inside of a `${…}` reference.
+pub(crate) enum Piece<'a> {
+    Text(&'a str),
+    Dollar,
+    Reference(&'a str),
+}
+
+/// `input` cut at its references (the one tokenizer of `${…}`, for expansion and `import`); an
+/// error for a reference without its closing brace.
+pub(crate) fn pieces(input: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        if i > 0 {
+            out.push(Piece::Text(&rest[..i]));
+        }
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push(Piece::Dollar);
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| {
+                format!("unterminated reference in {input:?}: add the closing '}}'")
+            })?;
+            out.push(Piece::Reference(&body[..end]));
+            rest = &body[end + 1..];
+        } else {
+            out.push(Piece::Text("$"));
+            rest = after;
+        }
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+/// A variable reference's name and default (`NAME`, `NAME:-default`), if the name is valid.
+pub(crate) fn split_reference(reference: &str) -> Option<(&str, Option<&str>)> {
+    let (name, default) = match reference.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (reference, None),
+    };
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then_some((name, default))
 }

@@ -1,3 +1,5 @@
+//! The store on both backends: users, API keys, migrations, WAL, concurrent opens.
+
 use crate::{Backend, Location, NewApiKey, NewUser, Store, StoreError, testing};
 
 /// Each test runs on both backends: SQLite in a fresh directory, PostgreSQL in a fresh schema.
