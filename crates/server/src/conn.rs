@@ -169,16 +169,27 @@ impl Refusals {
     }
 }
 
-/// A connection over the cap: a 503 that says why, then closed. The request is read (and
-/// dropped) until the client closes, for at most a second: closing with it unread would reset
-/// the connection and lose the answer.
+/// A connection over the cap: a 503 that says why, then closed, all within a second. The
+/// request's head is read before the answer is written and the rest is drained after it:
+/// closing with it unread would reset the connection and lose the answer.
 async fn turn_away(mut tcp: TcpStream) {
     use tokio::io::AsyncReadExt;
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 62\r\n\r\nService Unavailable: too many open connections; retry shortly\n";
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        // Answer the request once its head has arrived (an answer sent before the client has
+        // written its request reaches some clients as a broken connection), then drain what
+        // else it sends, so closing does not reset the connection under the answer.
+        let mut head = Vec::with_capacity(1024);
+        let mut sink = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            let n = tcp.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&sink[..n]);
+        }
         tcp.write_all(BUSY).await?;
         tcp.shutdown().await?;
-        let mut sink = [0u8; 1024];
         while tcp.read(&mut sink).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })
