@@ -137,23 +137,27 @@ impl Store {
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.one_user(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id))
             .await
-            .map_err(|e| self.err(e))?;
-        row.as_ref()
-            .map(user_of)
-            .transpose()
-            .map_err(|e| self.err(e))
     }
 
     /// The local user called `name`.
     pub async fn local_user(&self, name: &str) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE issuer = $1 AND name = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(LOCAL_ISSUER)
-            .bind(name)
+        self.one_user(
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(LOCAL_ISSUER)
+                .bind(name),
+        )
+        .await
+    }
+
+    /// The user a query of `USER_COLUMNS` finds, if any.
+    async fn one_user(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<Option<User>, StoreError> {
+        let row = q
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
