@@ -82,6 +82,7 @@ fn tokens() {
         jti: "j".into(),
         client_id: "c".into(),
         scope: String::new(),
+        sid: String::new(),
     };
     let token = ring.issue(&claims).unwrap();
     let (wall, cpu) = (Instant::now(), cpu_micros());

@@ -6,13 +6,15 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use base64::Engine;
 use manifold_policy::Principal;
-use manifold_server::{AuthError, Authenticate};
+use manifold_server::{AuthError, AuthErrorKind, Authenticate};
+
+use crate::{AuthServer, SCOPE};
 use manifold_store::Store;
 use manifold_upstream::BoxFut;
 use sha2::Digest;
@@ -45,20 +47,47 @@ pub fn hash_key(key: &str) -> String {
 /// anything else is refused (401), as is a token in the URL query.
 pub struct StoreAuth {
     store: Store,
+    /// The authorization server whose access tokens are accepted, if sign-in is on.
+    oauth: Option<Arc<AuthServer>>,
     /// When each key's use was last written (at most once a minute per key).
     touched: Mutex<HashMap<String, Instant>>,
 }
 
 impl StoreAuth {
+    /// API keys only.
     pub fn new(store: Store) -> Self {
         Self {
             store,
+            oauth: None,
             touched: Mutex::new(HashMap::new()),
         }
     }
 
+    /// API keys and the authorization server's access tokens; a request without either is
+    /// refused with a challenge naming the virtual server's resource metadata when
+    /// `auth.required` is set.
+    pub fn with_oauth(store: Store, oauth: Arc<AuthServer>) -> Self {
+        Self {
+            oauth: Some(oauth),
+            ..Self::new(store)
+        }
+    }
+
     async fn check(&self, parts: &http::request::Parts) -> Result<Principal, AuthError> {
-        let refuse = |m: &str| Err(AuthError(m.to_owned()));
+        let server = parts.uri.path().strip_prefix("/mcp/").unwrap_or_default();
+        let challenge = self.oauth.as_ref().map(|o| o.challenge(server));
+        self.identify(parts, server).await.map_err(|mut e| {
+            e.challenge = challenge;
+            e
+        })
+    }
+
+    async fn identify(
+        &self,
+        parts: &http::request::Parts,
+        server: &str,
+    ) -> Result<Principal, AuthError> {
+        let refuse = |m: &str| Err(AuthError::invalid(m));
         if parts.uri.query().is_some_and(|q| {
             q.split('&')
                 .any(|p| p.starts_with("access_token=") || p.starts_with("api_key="))
@@ -68,6 +97,14 @@ impl StoreAuth {
             );
         }
         let Some(value) = parts.headers.get(http::header::AUTHORIZATION) else {
+            if self.oauth.as_ref().is_some_and(|o| o.required()) {
+                return Err(AuthError {
+                    message: "sign in: this virtual server needs an access token or an API key"
+                        .into(),
+                    kind: AuthErrorKind::Missing,
+                    challenge: None,
+                });
+            }
             return Ok(Principal::anonymous());
         };
         let token = value
@@ -80,7 +117,10 @@ impl StoreAuth {
             return refuse("Authorization must be `Bearer <token>`");
         };
         if !token.starts_with(KEY_PREFIX) {
-            return refuse("the bearer token is not one this gateway issued");
+            return match &self.oauth {
+                Some(o) => self.access_token(o, token, server).await,
+                None => refuse("the bearer token is not one this gateway issued"),
+            };
         }
         let found = self.store.api_key_by_hash(&hash_key(token)).await;
         let (key, user) = match found {
@@ -101,9 +141,8 @@ impl StoreAuth {
         if user.disabled {
             return refuse("the API key's user is disabled");
         }
-        let server = parts.uri.path().strip_prefix("/mcp/").unwrap_or_default();
         if !key.servers.iter().any(|s| s == server || s == "*") {
-            return Err(AuthError(format!(
+            return Err(AuthError::invalid(format!(
                 "the API key is not valid for the virtual server {server:?} (it is for {})",
                 key.servers.join(", ")
             )));
@@ -114,6 +153,51 @@ impl StoreAuth {
             user.subject,
             user.roles,
             Vec::new(),
+        ))
+    }
+
+    /// The user of a valid access token for this virtual server, if their grant stands and
+    /// they are enabled (one store query per request, so a revocation or a disabled user takes
+    /// effect at the next request on every gateway).
+    async fn access_token(
+        &self,
+        o: &AuthServer,
+        token: &str,
+        server: &str,
+    ) -> Result<Principal, AuthError> {
+        let claims = o
+            .verify(token, &o.resource(server))
+            .await
+            .map_err(|e| AuthError::invalid(e.to_string()))?;
+        let holder = self.store.token_holder(&claims.sub, &claims.sid).await;
+        let user = match holder {
+            Ok(Some((user, true))) if !user.disabled => user,
+            Ok(Some((_, true))) => return Err(AuthError::invalid("the token's user is disabled")),
+            Ok(_) => {
+                return Err(AuthError::invalid(
+                    "the token's sign-in was revoked: sign in again",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check an access token: the store failed");
+                return Err(AuthError::invalid(
+                    "the gateway cannot check credentials right now; try again",
+                ));
+            }
+        };
+        let scopes: Vec<String> = claims.scope.split_whitespace().map(str::to_owned).collect();
+        if !scopes.iter().any(|s| s == SCOPE) {
+            return Err(AuthError {
+                message: format!("the token lacks the scope {SCOPE:?}"),
+                kind: AuthErrorKind::InsufficientScope,
+                challenge: None,
+            });
+        }
+        Ok(Principal::user(
+            user.issuer,
+            user.subject,
+            user.roles,
+            scopes,
         ))
     }
 

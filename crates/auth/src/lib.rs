@@ -7,11 +7,14 @@
 //! gateway sharing the store.
 
 mod keys;
+mod oauth;
+mod pages;
 mod password;
 mod rotation;
 mod tokens;
 
 pub use keys::{KEY_PREFIX, StoreAuth, hash_key, new_key};
+pub use oauth::{AuthServer, SCOPE};
 pub use password::{hash_password, new_password, verify_password};
 pub use rotation::{Rotation, key_ring};
 pub use tokens::{AccessClaims, KeyRing, LEEWAY_SECS, SigningKey, TokenError};

@@ -134,6 +134,7 @@ mod tests {
                 jti: "j".into(),
                 client_id: "c".into(),
                 scope: String::new(),
+                sid: String::new(),
             };
             let old_token = first.issue(&claims).unwrap();
             // `lead` before `every`: the next key is published, the first still signs.

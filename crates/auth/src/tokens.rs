@@ -36,6 +36,10 @@ pub struct AccessClaims {
     /// Space-separated scopes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// The grant (the user's sign-in to this client) the token belongs to: revoking it, or
+    /// disabling the user, ends the token at its next use.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sid: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -227,6 +231,7 @@ mod tests {
             jti: "j1".into(),
             client_id: "c1".into(),
             scope: "mcp".into(),
+            sid: "g1".into(),
         }
     }
 

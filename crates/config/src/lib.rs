@@ -172,8 +172,70 @@ pub struct Config {
     pub path: PathBuf,
     pub gateway: GatewaySettings,
     pub store: StoreLocation,
+    pub auth: AuthSettings,
     pub connectors: BTreeMap<ConnectorId, ConnectorSpec>,
     pub servers: BTreeMap<String, VirtualServerSpec>,
+}
+
+/// Who may call: `[auth]`, the gateway's own OAuth authorization server and the resource
+/// server on every virtual server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthSettings {
+    /// Every MCP request needs a token (an access token or an API key).
+    pub required: bool,
+    /// The authorization server's issuer and the base of every virtual server's canonical URL
+    /// (`{issuer}/mcp/{name}`); `None`: `http://` and the address the gateway listens on.
+    pub issuer: Option<String>,
+    pub access_token_lifetime: Duration,
+    pub refresh_token_lifetime: Duration,
+    pub dynamic_registration: bool,
+    pub registrations_per_hour: u32,
+    pub max_clients: u32,
+    pub unused_client_expiry: Duration,
+    pub logins_per_minute: u32,
+    /// Pre-registered clients by client id.
+    pub clients: BTreeMap<String, ClientSpec>,
+}
+
+/// A client registered in the config (`[auth.clients.ID]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSpec {
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+}
+
+/// Whether `uri` may be a redirect URI: an absolute `https` URL, or `http` to a loopback
+/// address (RFC 8252), without a fragment or userinfo.
+pub fn valid_redirect_uri(uri: &str) -> Result<(), String> {
+    let parsed: http::Uri = uri.parse().map_err(|_| format!("{uri:?} is not a URL"))?;
+    let authority = parsed
+        .authority()
+        .ok_or_else(|| format!("{uri:?} is not an absolute URL"))?;
+    if uri.contains('#') {
+        return Err(format!(
+            "{uri:?} has a fragment (not allowed in a redirect URI)"
+        ));
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{uri:?} holds a user name (not allowed in a redirect URI)"
+        ));
+    }
+    let host = authority.host().trim_matches(['[', ']']);
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        Some("http") => Err(format!(
+            "{uri:?}: plain http is allowed only to a loopback address (127.0.0.1, [::1], localhost); use https"
+        )),
+        _ => Err(format!(
+            "{uri:?}: a redirect URI is https, or http to a loopback address"
+        )),
+    }
 }
 
 /// Where the gateway keeps its users, keys and (later) tokens and audit: `[store]`.
@@ -481,6 +543,7 @@ impl Builder<'_> {
     fn build(&mut self, raw: RawConfig) -> Config {
         let gateway = self.gateway(raw.gateway);
         let store = self.store(raw.store);
+        let auth = self.auth(raw.auth, gateway.listen);
         // Every name defined, even where its table was bad: servers using it get no second error.
         let defined: Vec<String> = raw.connectors.keys().cloned().collect();
         let mut connectors = BTreeMap::new();
@@ -524,8 +587,119 @@ impl Builder<'_> {
             path: self.src.path.to_path_buf(),
             gateway,
             store,
+            auth,
             connectors,
             servers,
+        }
+    }
+
+    /// `[auth]`. A gateway reachable from other machines must require sign-in.
+    fn auth(&mut self, a: raw::RawAuth, listen: SocketAddr) -> AuthSettings {
+        let required = a.required.unwrap_or(false);
+        if !required && !listen.ip().is_loopback() {
+            self.errors.push(self.src.table(&["gateway"]).err(format!(
+                "gateway.listen: {listen} is reachable from other machines, and without sign-in anyone there could call every tool: set [auth] required = true, or listen on 127.0.0.1"
+            )));
+        }
+        let issuer = a.issuer.as_ref().and_then(|i| {
+            let v = i.get_ref().trim_end_matches('/').to_owned();
+            let mut bad = |m: &str| {
+                self.errors.push(
+                    self.src
+                        .at(i)
+                        .err(format!("auth.issuer: {:?} {m}", i.get_ref())),
+                );
+                None
+            };
+            let Ok(uri) = v.parse::<http::Uri>() else {
+                return bad("is not a URL");
+            };
+            let Some(host) = uri
+                .authority()
+                .map(|a| a.host().trim_matches(['[', ']']).to_owned())
+            else {
+                return bad("is not an absolute URL like \"https://gateway.example.com\"");
+            };
+            if !matches!(uri.path(), "" | "/") {
+                return bad(
+                    "must be an origin like \"https://gateway.example.com\", without a path (the gateway serves /mcp/… and /oauth/… at its root)",
+                );
+            }
+            if uri.query().is_some()
+                || v.contains('#')
+                || uri.authority().is_some_and(|a| a.as_str().contains('@'))
+            {
+                return bad("must not have a query, fragment or user name");
+            }
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            match uri.scheme_str() {
+                Some("https") => Some(v),
+                Some("http") if loopback => Some(v),
+                _ => bad("must be https (plain http only on a loopback address)"),
+            }
+        });
+        let mut clients = BTreeMap::new();
+        for (id, c) in a.clients.unwrap_or_default() {
+            let at = self.src.at(&c);
+            let c = c.into_inner();
+            if id.is_empty() || id.len() > 200 || id.chars().any(|ch| ch.is_control() || ch == ' ')
+            {
+                self.errors.push(at.err(format!(
+                    "auth.clients.{id}: a client id is 1 to 200 characters, without spaces"
+                )));
+            }
+            if c.redirect_uris.is_empty() {
+                self.errors.push(at.err(format!("auth.clients.{id}: needs redirect_uris (where the browser returns after sign-in)")));
+            }
+            let mut uris = Vec::new();
+            for u in &c.redirect_uris {
+                match valid_redirect_uri(u.get_ref()) {
+                    Ok(()) => uris.push(u.get_ref().clone()),
+                    Err(m) => self.errors.push(
+                        self.src
+                            .at(u)
+                            .err(format!("auth.clients.{id}.redirect_uris: {m}")),
+                    ),
+                }
+            }
+            clients.insert(
+                id.clone(),
+                ClientSpec {
+                    name: c.name.unwrap_or(id),
+                    redirect_uris: uris,
+                },
+            );
+        }
+        let access_token_lifetime = self.positive(
+            a.access_token_lifetime,
+            "auth.access_token_lifetime",
+            Duration::from_secs(3600),
+        );
+        if access_token_lifetime > Duration::from_secs(86_400) {
+            self.errors.push(self.src.table(&["auth"]).err("auth.access_token_lifetime: at most 24h (access tokens are not checked against revocation between requests of a signed-out client; keep them short)".to_owned()));
+        }
+        AuthSettings {
+            required,
+            issuer,
+            access_token_lifetime: access_token_lifetime.min(Duration::from_secs(86_400)),
+            refresh_token_lifetime: self.positive(
+                a.refresh_token_lifetime,
+                "auth.refresh_token_lifetime",
+                Duration::from_secs(30 * 86_400),
+            ),
+            dynamic_registration: a.dynamic_registration.unwrap_or(true),
+            registrations_per_hour: a.registrations_per_hour.unwrap_or(20),
+            max_clients: a.max_clients.unwrap_or(10_000).max(1),
+            unused_client_expiry: self.positive(
+                a.unused_client_expiry,
+                "auth.unused_client_expiry",
+                Duration::from_secs(30 * 86_400),
+            ),
+            logins_per_minute: a.logins_per_minute.unwrap_or(10).max(1),
+            clients,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::{
 pub struct RawConfig {
     pub gateway: RawGateway,
     pub store: RawStore,
+    pub auth: RawAuth,
     /// `None` for a connector whose table did not deserialise (its errors are reported): its
     /// name is still defined, so servers that use it get no second error.
     pub connectors: BTreeMap<String, Option<RawConnector>>,
@@ -30,6 +31,28 @@ pub struct RawConfig {
 pub struct RawStore {
     pub url: Option<Spanned<String>>,
     pub data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub required: Option<bool>,
+    pub issuer: Option<Spanned<String>>,
+    pub access_token_lifetime: Option<Spanned<String>>,
+    pub refresh_token_lifetime: Option<Spanned<String>>,
+    pub dynamic_registration: Option<bool>,
+    pub registrations_per_hour: Option<u32>,
+    pub max_clients: Option<u32>,
+    pub unused_client_expiry: Option<Spanned<String>>,
+    pub logins_per_minute: Option<u32>,
+    pub clients: Option<BTreeMap<String, Spanned<RawClient>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub name: Option<String>,
+    pub redirect_uris: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +161,7 @@ impl RawConfig {
             match key.get_ref().as_ref() {
                 "gateway" => raw.gateway = reader.one(value).unwrap_or_default(),
                 "store" => raw.store = reader.one(value).unwrap_or_default(),
+                "auth" => raw.auth = reader.one(value).unwrap_or_default(),
                 "connectors" => {
                     for (name, table) in reader.tables("connectors", value) {
                         let connector = reader.one(table);

@@ -589,3 +589,33 @@ fn the_store_is_sqlite_in_a_data_dir_or_postgres() {
     let e = load("[store]\ndir = \"d\"\n").unwrap_err().to_string();
     assert!(e.contains("unknown field `dir`"), "{e}");
 }
+
+#[test]
+fn auth_settings_are_checked() {
+    let c = parse(
+        "[auth]\nrequired = true\nissuer = \"https://gw.example.com/\"\n[auth.clients.cli]\nredirect_uris = [\"http://127.0.0.1/cb\", \"https://app.example/cb\"]\n",
+    )
+    .unwrap();
+    assert!(c.auth.required);
+    assert_eq!(c.auth.issuer.as_deref(), Some("https://gw.example.com"));
+    assert_eq!(c.auth.clients["cli"].name, "cli");
+    assert_eq!(c.auth.access_token_lifetime, Duration::from_secs(3600));
+    let e = parse(
+        "[gateway]\nlisten = \"0.0.0.0:8730\"\n[auth]\nissuer = \"http://gw.example.com\"\naccess_token_lifetime = \"2d\"\n[auth.clients.web]\nredirect_uris = [\"http://app.example/cb\", \"https://app.example/cb#x\"]\n[auth.clients.none]\nredirect_uris = []\n",
+    )
+    .unwrap_err();
+    for part in [
+        "gateway.listen: 0.0.0.0:8730 is reachable from other machines",
+        "set [auth] required = true",
+        "auth.issuer: \"http://gw.example.com\" must be https",
+        "auth.clients.web.redirect_uris: \"http://app.example/cb\": plain http is allowed only to a loopback address",
+        "has a fragment",
+        "auth.clients.none: needs redirect_uris",
+        "auth.access_token_lifetime: at most 24h",
+        "/etc/m/manifold.toml:",
+    ] {
+        assert!(e.contains(part), "{part:?} in:\n{e}");
+    }
+    let e = parse("[auth]\nissuer = \"https://gw.example.com/base\"\n").unwrap_err();
+    assert!(e.contains("auth.issuer"), "{e}");
+}

@@ -88,6 +88,35 @@ pub async fn open(config: &Config) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open the store {shown} (see [store] in docs/config.md)"))
 }
 
+/// With sign-in required and no user at all, the first start creates `admin` and prints its
+/// password once, so the first person can sign in (and add the others).
+pub async fn first_admin(store: &Store) -> anyhow::Result<()> {
+    if !store.users().await?.is_empty() {
+        return Ok(());
+    }
+    let pw = manifold_auth::new_password();
+    let hash = manifold_auth::hash_password(&pw).map_err(anyhow::Error::msg)?;
+    let added = store
+        .add_user(&NewUser {
+            name: "admin",
+            email: None,
+            password_hash: Some(&hash),
+            roles: &["admin".to_owned()],
+        })
+        .await;
+    match added {
+        Ok(_) => {
+            println!(
+                "manifold created the first user: admin, password (shown once): {pw}\n  change it with `manifold users -c CONFIG passwd admin`; add others with `manifold users -c CONFIG add NAME`"
+            );
+            Ok(())
+        }
+        // Another gateway on the same store made it first.
+        Err(StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn local_user(store: &Store, name: &str) -> anyhow::Result<User> {
     store
         .local_user(name)
@@ -170,7 +199,12 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
         Users::Disable { name } => {
             let u = local_user(&store, &name).await?;
             store.set_disabled(&u.id, true).await?;
-            println!("disabled user {name}: their keys are refused from the next request on");
+            let grants = store
+                .revoke_user_grants(&u.id, manifold_store::now())
+                .await?;
+            println!(
+                "disabled user {name}: their keys and tokens are refused from the next request on ({grants} sign-ins revoked)"
+            );
         }
         Users::Enable { name } => {
             let u = local_user(&store, &name).await?;

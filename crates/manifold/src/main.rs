@@ -167,6 +167,11 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
             .with_context(|| format!("--listen {l:?} is not an address like 127.0.0.1:8730"))?,
         None => config.gateway.listen,
     };
+    if !addr.ip().is_loopback() && !config.auth.required {
+        anyhow::bail!(
+            "refusing to listen on {addr} without sign-in: other machines could call every tool with the gateway's credentials. Set [auth] required = true in the config, or listen on 127.0.0.1"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!(
             "cannot listen on {addr}: is another process using it? set gateway.listen or --listen"
@@ -177,18 +182,26 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let servers: Vec<String> = config.servers.keys().cloned().collect();
     let store = admin::open(&config).await?;
     tracing::info!(store = %store.shown(), "store open");
+    if config.auth.required {
+        admin::first_admin(&store).await?;
+    }
+    let oauth = manifold_auth::AuthServer::start(store.clone(), &config.auth, local)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the authorization server: {e}"))?;
+    tracing::info!(issuer = %oauth.issuer, required = config.auth.required, "authorization server");
     let seams = manifold_server::Seams {
-        authenticate: Arc::new(manifold_auth::StoreAuth::new(store)),
+        authenticate: Arc::new(manifold_auth::StoreAuth::with_oauth(store, oauth.clone())),
         ..manifold_server::Seams::default()
     };
     let gw = Gateway::start_with(config, env_lookup(), seams);
+    oauth.attach(&gw);
     // One line that scripts (and the tests) read to find the port.
     println!("manifold listening on http://{local}");
     for s in &servers {
         tracing::info!(url = %format!("http://{local}/mcp/{s}"), "virtual server");
     }
     let _reloader = reload::spawn(path.to_path_buf(), gw.clone(), watch)?;
-    manifold_server::serve(listener, gw, shutdown_signal())
+    manifold_server::serve_with(listener, gw, oauth.router(), shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     tracing::info!("stopped");

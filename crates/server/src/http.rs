@@ -48,29 +48,45 @@ impl axum::extract::FromRequestParts<Arc<Gateway>> for Checked {
         parts: &mut http::request::Parts,
         gw: &Arc<Gateway>,
     ) -> Result<Self, Response> {
-        match gw.runtime.load().allowed.check(&parts.headers) {
-            Ok(()) => Ok(Checked),
-            Err(Refused::BadHost) => Err((
+        match refusal(gw.runtime.load().allowed.check(&parts.headers)) {
+            None => Ok(Checked),
+            Some(r) => Err(r),
+        }
+    }
+}
+
+/// The `Host` check (DNS-rebinding protection) for routes that judge `Origin` themselves, such
+/// as the sign-in pages, which their own origin posts to.
+/// `None` if the request may go on, else the answer that refuses it.
+pub fn check_host(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    refusal(gw.runtime.load().allowed.check_host(headers))
+}
+
+fn refusal(checked: Result<(), Refused>) -> Option<Response> {
+    match checked {
+        Ok(()) => None,
+        Err(Refused::BadHost) => Some(
+            (
                 StatusCode::BAD_REQUEST,
                 "Bad Request: missing or invalid Host header",
             )
-                .into_response()),
-            Err(Refused::Host(h)) => {
-                tracing::warn!(host = %h, "refused a request with a Host that is not allowed (possible DNS rebinding)");
-                Err((
+                .into_response(),
+        ),
+        Err(Refused::Host(h)) => {
+            tracing::warn!(host = %h, "refused a request with a Host that is not allowed (possible DNS rebinding)");
+            Some((
                     StatusCode::FORBIDDEN,
                     format!("Forbidden: Host {h:?} is not allowed; to serve this host name, add it to gateway.allowed_hosts in the config"),
                 )
                     .into_response())
-            }
-            Err(Refused::Origin(o)) => {
-                tracing::warn!(origin = %o, "refused a request from an Origin that is not allowed");
-                Err((
+        }
+        Err(Refused::Origin(o)) => {
+            tracing::warn!(origin = %o, "refused a request from an Origin that is not allowed");
+            Some((
                     StatusCode::FORBIDDEN,
                     format!("Forbidden: Origin {o:?} is not allowed; to let pages of this origin call the gateway, add it to gateway.allowed_origins in the config"),
                 )
                     .into_response())
-            }
         }
     }
 }
@@ -110,27 +126,58 @@ impl axum::extract::FromRequestParts<Arc<Gateway>> for Caller {
         Checked::from_request_parts(parts, gw).await?;
         match gw.seams.authenticate.authenticate(parts).await {
             Ok(p) => Ok(Caller(Arc::new(p))),
-            Err(e) => {
-                // RFC 6750: say why in the challenge too (printable ASCII, no quotes).
-                let why: String =
-                    e.0.chars()
-                        .map(|c| match c {
-                            '"' | '\\' => '\'',
-                            c if c.is_ascii_graphic() || c == ' ' => c,
-                            _ => '?',
-                        })
-                        .collect();
-                let challenge =
-                    format!("Bearer error=\"invalid_token\", error_description=\"{why}\"");
-                Err((
-                    StatusCode::UNAUTHORIZED,
-                    [(header::WWW_AUTHENTICATE, challenge)],
-                    format!("Unauthorized: {e}"),
-                )
-                    .into_response())
-            }
+            Err(e) => Err(refused(&e)),
         }
     }
+}
+
+/// The answer to a request the authentication seam refused: 401 or 403 with a
+/// `WWW-Authenticate: Bearer` challenge that says why (RFC 6750) and where to sign in (RFC 9728).
+fn refused(e: &crate::AuthError) -> Response {
+    use crate::AuthErrorKind::*;
+    // Quoted-string values: printable ASCII without quotes or backslashes.
+    let why: String = e
+        .message
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect();
+    let mut params = Vec::new();
+    let status = match e.kind {
+        Missing => StatusCode::UNAUTHORIZED,
+        Invalid => {
+            params.push("error=\"invalid_token\"".to_owned());
+            params.push(format!("error_description=\"{why}\""));
+            StatusCode::UNAUTHORIZED
+        }
+        InsufficientScope => {
+            params.push("error=\"insufficient_scope\"".to_owned());
+            params.push(format!("error_description=\"{why}\""));
+            StatusCode::FORBIDDEN
+        }
+    };
+    if let Some(c) = &e.challenge {
+        params.push(c.clone());
+    }
+    let challenge = if params.is_empty() {
+        "Bearer".to_owned()
+    } else {
+        format!("Bearer {}", params.join(", "))
+    };
+    let label = if status == StatusCode::FORBIDDEN {
+        "Forbidden"
+    } else {
+        "Unauthorized"
+    };
+    (
+        status,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        format!("{label}: {e}"),
+    )
+        .into_response()
 }
 
 async fn mcp(
@@ -407,7 +454,17 @@ pub async fn serve(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(gw.clone());
+    serve_with(listener, gw, Router::new(), shutdown).await
+}
+
+/// `serve`, with more routes beside the gateway's own (the authorization server's).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    gw: Arc<Gateway>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app(gw.clone()).merge(extra);
     let settings = &gw.config().gateway;
     let grace = settings.shutdown_grace;
     let limits = conn::Limits::from_config(settings);
@@ -456,6 +513,46 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_carry_the_challenge_rfc_6750_and_9728_describe() {
+        let meta = "resource_metadata=\"https://gw/.well-known/oauth-protected-resource/mcp/a\", scope=\"mcp\"";
+        let cases = [
+            (crate::AuthErrorKind::Missing, 401, format!("Bearer {meta}")),
+            (
+                crate::AuthErrorKind::Invalid,
+                401,
+                format!(
+                    "Bearer error=\"invalid_token\", error_description=\"it is 'bad'?\", {meta}"
+                ),
+            ),
+            (
+                crate::AuthErrorKind::InsufficientScope,
+                403,
+                format!(
+                    "Bearer error=\"insufficient_scope\", error_description=\"it is 'bad'?\", {meta}"
+                ),
+            ),
+        ];
+        for (kind, status, challenge) in cases {
+            let r = refused(&crate::AuthError {
+                message: "it is \"bad\"\n".into(),
+                kind,
+                challenge: Some(meta.into()),
+            });
+            assert_eq!(r.status().as_u16(), status, "{kind:?}");
+            assert_eq!(
+                r.headers()[header::WWW_AUTHENTICATE],
+                challenge.as_str(),
+                "{kind:?}"
+            );
+        }
+        let bare = refused(&crate::AuthError::invalid("x"));
+        assert_eq!(
+            bare.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\", error_description=\"x\""
+        );
+    }
 
     #[test]
     fn detail_is_for_this_machine_unless_public() {

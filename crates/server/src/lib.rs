@@ -33,9 +33,11 @@ mod seams;
 mod session;
 mod stream;
 
+pub use conn::Peer;
 pub use gateway::Gateway;
-pub use http::{app, serve};
+pub use http::{app, check_host, serve, serve_with};
 pub use jsonrpc::to_error;
 pub use seams::{
-    Anonymous, AuthError, Authenticate, Configured, CredentialError, Credentials, Seams,
+    Anonymous, AuthError, AuthErrorKind, Authenticate, Configured, CredentialError, Credentials,
+    Seams,
 };

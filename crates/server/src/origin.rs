@@ -61,6 +61,18 @@ impl Allowed {
     /// Check `Host` (an entry without a port allows any port; an empty list allows every host)
     /// and a present `Origin` (absent: a non-browser client).
     pub fn check(&self, h: &HeaderMap) -> Result<(), Refused> {
+        self.check_host(h)?;
+        if let Some(origin) = h.get(header::ORIGIN) {
+            let o = origin.to_str().unwrap_or("");
+            if !self.origin_allowed(o) {
+                return Err(Refused::Origin(o.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `Host` check alone (for routes that decide about `Origin` themselves).
+    pub fn check_host(&self, h: &HeaderMap) -> Result<(), Refused> {
         let host = h
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -77,12 +89,6 @@ impl Allowed {
                 .any(|(n, p)| n.eq_ignore_ascii_case(name) && p.is_none_or(|p| Some(p) == port))
             {
                 return Err(Refused::Host(host.to_owned()));
-            }
-        }
-        if let Some(origin) = h.get(header::ORIGIN) {
-            let o = origin.to_str().unwrap_or("");
-            if !self.origin_allowed(o) {
-                return Err(Refused::Origin(o.to_owned()));
             }
         }
         Ok(())

@@ -12,10 +12,38 @@ use manifold_config::ConnectorSpec;
 use manifold_policy::{Policy, Principal};
 use manifold_upstream::{BoxFut, Credential};
 
-/// Why a request could not be authenticated (answered 401).
+/// Why a request could not be authenticated: 401 (no credential, or one that is not valid) or
+/// 403 (valid, but without a scope the request needs), with the `WWW-Authenticate: Bearer`
+/// parameters that tell the client what to do (RFC 6750, RFC 9728).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthError(pub String);
+#[error("{message}")]
+pub struct AuthError {
+    pub message: String,
+    pub kind: AuthErrorKind,
+    /// `resource_metadata="…", scope="…"`, when the gateway has an authorization server.
+    pub challenge: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthErrorKind {
+    /// No credential: 401 without an `error` (the client should sign in).
+    Missing,
+    /// A credential that is not valid: 401 `invalid_token`.
+    Invalid,
+    /// Valid, but short of a scope: 403 `insufficient_scope`.
+    InsufficientScope,
+}
+
+impl AuthError {
+    /// 401 `invalid_token` with this reason.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind: AuthErrorKind::Invalid,
+            challenge: None,
+        }
+    }
+}
 
 /// The authentication seam: reads a request's headers (only here: nothing downstream reads
 /// `Authorization` again) and says who is calling.

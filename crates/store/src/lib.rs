@@ -8,6 +8,7 @@
 
 mod keys;
 mod migrate;
+mod oauth;
 mod users;
 
 use std::{path::PathBuf, time::Duration};
@@ -18,6 +19,7 @@ use sqlx::{
 };
 
 pub use keys::StoredSigningKey;
+pub use oauth::{Client, Code, Grant, Redeemed, SignIn};
 pub use users::{ApiKey, NewApiKey, NewUser, User};
 
 /// Where the store lives.

@@ -18,6 +18,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "signing keys",
         include_str!("../migrations/0002_signing_keys.sql"),
     ),
+    (
+        3,
+        "oauth clients, grants, codes, refresh tokens, consents, sign-in sessions",
+        include_str!("../migrations/0003_oauth.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

@@ -59,7 +59,7 @@ pub struct NewApiKey<'a> {
     pub expires_at: Option<i64>,
 }
 
-const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "id, issuer, subject, name, email, password_hash, roles, disabled, created_at";
 const KEY_COLUMNS: &str =
     "id, user_id, name, servers, expires_at, created_at, last_used_at, revoked_at";
@@ -68,12 +68,17 @@ fn words(s: String) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
-fn user_of(r: &AnyRow) -> Result<User, sqlx::Error> {
+pub(crate) fn user_of(r: &AnyRow) -> Result<User, sqlx::Error> {
     user_in(r, r.try_get("id")?, "name", "created_at")
 }
 
 /// The user in `r`, whose `name` and `created_at` columns may be aliased (in a join).
-fn user_in(r: &AnyRow, id: String, name: &str, created_at: &str) -> Result<User, sqlx::Error> {
+pub(crate) fn user_in(
+    r: &AnyRow,
+    id: String,
+    name: &str,
+    created_at: &str,
+) -> Result<User, sqlx::Error> {
     Ok(User {
         id,
         issuer: r.try_get("issuer")?,

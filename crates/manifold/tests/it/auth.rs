@@ -99,7 +99,7 @@ async fn api_keys_identify_their_user_until_revoked_disabled_or_expired() {
     refused(
         &main,
         Some("Bearer eyJhbGciOiJub25lIn0.e30."),
-        "not one this gateway issued",
+        "not an access token of this gateway",
     )
     .await;
     refused(

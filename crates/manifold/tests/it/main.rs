@@ -8,6 +8,7 @@ mod first_hour;
 mod hardening;
 mod http;
 mod modern;
+mod oauth;
 mod peers;
 mod reload;
 mod support;

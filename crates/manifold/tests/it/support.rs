@@ -208,6 +208,8 @@ pub struct Gw {
     pub base: String,
     pub dir: TempDir,
     pub log: Arc<Mutex<String>>,
+    /// Standard output before the listen line.
+    pub head: String,
 }
 
 impl Gw {
@@ -234,15 +236,21 @@ impl Gw {
             .spawn()
             .expect("spawn manifold");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listen line");
-        let base = line
-            .trim()
-            .strip_prefix("manifold listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        // What the gateway prints before it listens (the first admin's password, say).
+        let mut head = String::new();
+        let mut reader = BufReader::new(stdout);
+        let base = loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read listen line");
+            if let Some(b) = line.trim().strip_prefix("manifold listening on ") {
+                break b.to_owned();
+            }
+            assert!(
+                n > 0 && head.len() < 10_000,
+                "no listen line; stdout: {head}"
+            );
+            head.push_str(&line);
+        };
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let l = log.clone();
@@ -263,6 +271,7 @@ impl Gw {
             base,
             dir,
             log,
+            head,
         }
     }
 
