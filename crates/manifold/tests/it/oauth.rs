@@ -228,12 +228,14 @@ async fn sign_in(
     challenge: &str,
     server: &str,
 ) -> String {
+    // The issuer (and so the resource's URL) is the config's, which need not be `base`.
+    let issuer = issuer_of(base).await;
     let url = authorize_url(
         base,
         client,
         REDIRECT,
         challenge,
-        &format!("{base}/mcp/{server}"),
+        &format!("{issuer}/mcp/{server}"),
     );
     let mut r = b.get(&url).await;
     for _ in 0..3 {
@@ -269,10 +271,22 @@ async fn sign_in(
     let (to, q) = location(&r);
     assert_eq!(to, REDIRECT);
     assert_eq!(q["state"], "st4te");
-    assert_eq!(q["iss"], base, "RFC 9207 iss");
+    assert_eq!(q["iss"], issuer, "RFC 9207 iss");
     q.get("code")
         .unwrap_or_else(|| panic!("a code: {q:?}"))
         .clone()
+}
+
+async fn issuer_of(base: &str) -> String {
+    let m: Value = http()
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    m["issuer"].as_str().unwrap().to_owned()
 }
 
 async fn token_request(
@@ -1012,4 +1026,99 @@ async fn mcp_remote_signs_in_with_a_browser_and_calls_a_tool() {
         "mcp-remote registered itself"
     );
     assert!(gw.log().contains("signed in"), "through the sign-in page");
+}
+
+/// The Python SDK's OAuth client: discovery, dynamic registration, PKCE and `resource`, then
+/// tools, in both eras.
+#[tokio::test]
+async fn the_python_sdk_signs_in_and_calls_a_tool_in_both_eras() {
+    let Some(peers) = Peers::get("the_python_sdk_signs_in_and_calls_a_tool_in_both_eras") else {
+        return;
+    };
+    let gw = Gw::start(&signed_in_config("", ""));
+    gw.wait_up().await;
+    let password = admin_password(&gw);
+    for era in ["legacy", "modern"] {
+        let out = tokio::process::Command::new(peers.python())
+            .arg(repo().join("tests/clients/oauth_client.py"))
+            .args([
+                &gw.url("main"),
+                "admin",
+                &password,
+                "fa__echo",
+                "--era",
+                era,
+            ])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+            .await
+            .expect("the Python client finishes within 60 s")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("call: Echo: from python"),
+            "{era}: stdout: {stdout}\nstderr: {}\ngateway: {}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.log()
+        );
+        assert!(stdout.contains("fa__echo"), "{stdout}");
+    }
+}
+
+/// Two gateways on one PostgreSQL database, with one issuer: a client registered at one signs
+/// in there, and its tokens work at the other, whose refresh rotates them too.
+#[tokio::test]
+async fn two_gateways_on_one_postgres_share_clients_and_tokens() {
+    let url = match manifold_store::testing::fresh_postgres().await {
+        Ok(url) => url,
+        Err(why) if manifold_store::testing::postgres_required() => panic!("{why}"),
+        Err(why) => {
+            return eprintln!(
+                "SKIPPED two_gateways_on_one_postgres_share_clients_and_tokens: {why}"
+            );
+        }
+    };
+    let config = signed_in_config(
+        &format!("[store]\nurl = \"{url}\"\n"),
+        "issuer = \"http://127.0.0.1:1\"\n",
+    );
+    let a = Gw::start(&config);
+    a.wait_up().await;
+    let b = Gw::start(&config);
+    b.wait_up().await;
+    assert!(
+        b.head.is_empty(),
+        "the second finds the first admin: {}",
+        b.head
+    );
+    let password = admin_password(&a);
+    let (client, access, refresh) =
+        tokens_for(&a.base, &mut Browser::new(), "admin", &password, "main").await;
+    assert_eq!(
+        init_with(&b.url("main"), &access).await,
+        200,
+        "a's token at b"
+    );
+    let (status, t, _) = refresh_with(&b.base, &client, &refresh).await;
+    assert_eq!(status, 200, "b rotates a's refresh token: {t}");
+    let access2 = t["access_token"].as_str().unwrap();
+    assert_eq!(
+        init_with(&a.url("main"), access2).await,
+        200,
+        "b's token at a"
+    );
+    // a's client signs in at b too.
+    let (verifier, challenge) = pkce();
+    let code = sign_in(
+        &mut Browser::new(),
+        &b.base,
+        &client,
+        "admin",
+        &password,
+        &challenge,
+        "main",
+    )
+    .await;
+    assert_eq!(redeem(&b.base, &client, &code, &verifier).await.0, 200);
 }
