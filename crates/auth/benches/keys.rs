@@ -40,7 +40,41 @@ async fn measure(what: &str, store: Store) {
         })
         .await
         .expect("key");
-    let auth = StoreAuth::new(store);
+    // An access token of the authorization server for the same user.
+    let settings = manifold_config::Config::parse(
+        "[auth]\nissuer = \"https://gw.example\"\n",
+        std::path::Path::new("bench.toml"),
+        &|_: &str| None,
+    )
+    .expect("config")
+    .auth;
+    let oauth = manifold_auth::AuthServer::start(
+        store.clone(),
+        &settings,
+        "127.0.0.1:1".parse().expect("address"),
+    )
+    .await
+    .expect("authorization server");
+    let now = manifold_store::now();
+    let grant = manifold_store::Grant {
+        id: manifold_store::new_id(),
+        user_id: user.id.clone(),
+        client_id: "bench".into(),
+        resource: oauth.resource("main"),
+        scope: manifold_auth::SCOPE.into(),
+        created_at: now,
+        revoked_at: None,
+    };
+    store.add_grant(&grant).await.expect("grant");
+    let token = oauth.access_token(&grant, now).expect("token");
+    let with_token = http::Request::builder()
+        .uri("/mcp/main")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    let auth = StoreAuth::with_oauth(store, oauth);
     let (parts, ()) = http::Request::builder()
         .uri("/mcp/main")
         .header("authorization", format!("Bearer {key}"))
@@ -55,8 +89,13 @@ async fn measure(what: &str, store: Store) {
         .0;
     for _ in 0..1000 {
         auth.authenticate(&parts).await.expect("warm-up");
+        auth.authenticate(&with_token).await.expect("warm-up");
     }
-    for (label, p) in [("API key", &parts), ("no token", &anonymous)] {
+    for (label, p) in [
+        ("API key", &parts),
+        ("access token (ES256 + grant and user read)", &with_token),
+        ("no token (sign-in optional)", &anonymous),
+    ] {
         let (wall, cpu) = (Instant::now(), cpu_micros());
         for _ in 0..N {
             auth.authenticate(p).await.expect("authenticated");

@@ -177,6 +177,21 @@ impl AuthServer {
             .verify(token, &self.issuer, audience, now())
     }
 
+    /// A signed access token for `grant`, issued at `now`, for its virtual server only.
+    pub fn access_token(&self, grant: &Grant, now: i64) -> Result<String, String> {
+        self.ring.load().issue(&AccessClaims {
+            iss: self.issuer.clone(),
+            sub: grant.user_id.clone(),
+            aud: grant.resource.clone(),
+            exp: now + self.settings.access_token_lifetime.as_secs() as i64,
+            iat: now,
+            jti: new_id(),
+            client_id: grant.client_id.clone(),
+            scope: grant.scope.clone(),
+            sid: grant.id.clone(),
+        })
+    }
+
     /// The routes: metadata, the authorization and token endpoints, sign-in and consent,
     /// registration, revocation and the JWKS.
     pub fn router(self: &Arc<Self>) -> Router {
@@ -1033,18 +1048,7 @@ async fn token(
         Err(e) => return store_failed(&e),
     }
     let lifetime = s.settings.access_token_lifetime.as_secs() as i64;
-    let claims = AccessClaims {
-        iss: s.issuer.clone(),
-        sub: grant.user_id.clone(),
-        aud: grant.resource.clone(),
-        exp: t + lifetime,
-        iat: t,
-        jti: new_id(),
-        client_id: grant.client_id.clone(),
-        scope: grant.scope.clone(),
-        sid: grant.id.clone(),
-    };
-    let access = match s.ring.load().issue(&claims) {
+    let access = match s.access_token(&grant, t) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "cannot sign an access token");
