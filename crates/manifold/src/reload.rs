@@ -69,6 +69,11 @@ pub fn spawn(path: PathBuf, gw: Arc<Gateway>, watch: bool) -> anyhow::Result<Rel
                             "[store] changed: the gateway keeps using the store it opened at start; restart it to switch"
                         );
                     }
+                    if cfg.auth != gw.config().auth {
+                        tracing::warn!(
+                            "[auth] changed: the authorization server keeps the settings it started with; restart the gateway to apply them"
+                        );
+                    }
                     gw.apply(cfg);
                 }
                 // One line per problem, so each can be found by its file:line:col.

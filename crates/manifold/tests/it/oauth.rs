@@ -923,6 +923,26 @@ async fn a_token_is_its_users_alone_and_ends_with_them() {
     assert_eq!(init_with(&gw.url("main"), &admin_token).await, 200);
     gw.admin(&["users", "disable", "admin"], "", &[]);
     assert_eq!(init_with(&gw.url("main"), &admin_token).await, 401);
+
+    // A reload cannot change the running authorization server: it says so.
+    std::fs::write(
+        gw.config_path(),
+        signed_in_config("", "logins_per_minute = 3\n"),
+    )
+    .unwrap();
+    eventually(
+        "the [auth] warning",
+        std::time::Duration::from_secs(10),
+        || async {
+            let log = gw.log();
+            if log.contains("[auth] changed") && log.contains("restart the gateway") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
