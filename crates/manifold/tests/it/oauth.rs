@@ -797,14 +797,17 @@ async fn registration_sign_in_and_pages_resist_abuse() {
         .await
         .unwrap();
     assert!(page.contains("not registered"), "{page}");
-    let mut statuses = Vec::new();
-    for i in 0..2 {
-        let form = vec![
-            ("csrf".to_owned(), "forged".to_owned()),
+    let guess = |csrf: &str, i: usize| {
+        vec![
+            ("csrf".to_owned(), csrf.to_owned()),
             ("next".to_owned(), String::new()),
             ("username".to_owned(), "admin".to_owned()),
             ("password".to_owned(), format!("guess{i}")),
-        ];
+        ]
+    };
+    let mut statuses = Vec::new();
+    for i in 0..2 {
+        let form = guess("forged", i);
         // Without the CSRF cookie the form is refused before any password check.
         let r = br.post_form(&format!("{base}/oauth/login"), &form).await;
         let text = r.text().await.unwrap();
@@ -813,12 +816,7 @@ async fn registration_sign_in_and_pages_resist_abuse() {
     // With the cookie, guesses are checked, then limited.
     br.cookies.insert("mf_csrf".into(), "tok".into());
     for i in 0..6 {
-        let form = vec![
-            ("csrf".to_owned(), "tok".to_owned()),
-            ("next".to_owned(), String::new()),
-            ("username".to_owned(), "admin".to_owned()),
-            ("password".to_owned(), format!("guess{i}")),
-        ];
+        let form = guess("tok", i);
         let r = br.post_form(&format!("{base}/oauth/login"), &form).await;
         statuses.push(r.status().as_u16());
         br.cookies.insert("mf_csrf".into(), "tok".into());
