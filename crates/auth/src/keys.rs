@@ -75,9 +75,9 @@ impl StoreAuth {
 
     async fn check(&self, parts: &http::request::Parts) -> Result<Principal, AuthError> {
         let server = parts.uri.path().strip_prefix("/mcp/").unwrap_or_default();
-        let challenge = self.oauth.as_ref().map(|o| o.challenge(server));
         self.identify(parts, server).await.map_err(|mut e| {
-            e.challenge = challenge;
+            // Built only for a refusal: accepted requests pay nothing for it.
+            e.challenge = self.oauth.as_ref().map(|o| o.challenge(server));
             e
         })
     }

@@ -249,10 +249,6 @@ impl AuthServer {
             Err(e) => Err(e.to_string()),
         }
     }
-
-    fn origin(&self) -> &str {
-        &self.issuer
-    }
 }
 
 fn rotation(s: &AuthSettings) -> Rotation {
@@ -345,13 +341,13 @@ fn same_origin(s: &AuthServer, h: &HeaderMap) -> Option<Response> {
     }
     match h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => None,
-        Some(o) if o == s.origin() => None,
+        Some(o) if o == s.issuer => None,
         Some(o) => Some(pages::error(
             StatusCode::FORBIDDEN,
             "This form was sent from another site",
             &format!(
                 "The sign-in forms accept posts from {} only, not from {o}.",
-                s.origin()
+                s.issuer
             ),
         )),
     }
@@ -499,8 +495,8 @@ fn redirect_matches(registered: &str, given: &str) -> bool {
         && !given.contains('#')
 }
 
-/// Check an authorization request. `Err(Left)`: the client or redirect URI is not valid, so
-/// the error is shown here and nothing is redirected; `Err(Right)`: the error goes back to the
+/// Why an authorization request was refused. `Page`: the client or redirect URI is not valid,
+/// so the error is shown here and nothing is redirected; `Redirect`: the error goes back to the
 /// client's redirect URI.
 pub(crate) enum Refusal {
     Page(Response),

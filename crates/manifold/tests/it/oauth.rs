@@ -277,15 +277,12 @@ async fn sign_in(
         .clone()
 }
 
+async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn issuer_of(base: &str) -> String {
-    let m: Value = http()
-        .get(format!("{base}/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = get_json(format!("{base}/.well-known/oauth-authorization-server")).await;
     m["issuer"].as_str().unwrap().to_owned()
 }
 
@@ -410,7 +407,7 @@ async fn a_client_signs_in_and_its_token_works_only_where_and_while_it_should() 
 
         // Metadata: the resource's and the authorization server's, issuer from the config
         // (here the listening address), not from the Host header.
-        let meta: Value = http().get(&prm).send().await.unwrap().json().await.unwrap();
+        let meta: Value = get_json(&prm).await;
         assert_eq!(meta["resource"], format!("{base}/mcp/main"));
         assert_eq!(meta["authorization_servers"], json!([base]));
         let port = base.rsplit(':').next().unwrap();
@@ -430,14 +427,7 @@ async fn a_client_signs_in_and_its_token_works_only_where_and_while_it_should() 
                 .to_string()
                 .contains("offline_access")
         );
-        let oidc: Value = http()
-            .get(format!("{base}/.well-known/openid-configuration"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let oidc: Value = get_json(format!("{base}/.well-known/openid-configuration")).await;
         assert_eq!(oidc["token_endpoint"], asm["token_endpoint"]);
         let evil = http()
             .get(format!("{base}/.well-known/oauth-authorization-server"))
