@@ -2,7 +2,11 @@
 application would: discovery from the 401, dynamic client registration, authorization code
 with PKCE and `resource`, then list tools and call one, in the era asked for.
 
-    python oauth_client.py URL USER PASSWORD TOOL [--era legacy|modern]
+    python oauth_client.py URL USER PASSWORD TOOL [--era legacy|modern] [--client-metadata-url URL]
+
+With `--client-metadata-url` the client identifies itself by that URL (a client ID metadata
+document, which must list this script's redirect URI) instead of registering, when the
+gateway's metadata says it accepts them.
 
 The "browser" is httpx2 with a cookie jar: it follows the gateway's redirects, fills in the
 sign-in form and allows access on the consent page, and stops at the client's redirect URI,
@@ -80,7 +84,7 @@ async def browse(url: str, user: str, password: str) -> AuthorizationCodeResult:
     raise SystemExit("too many steps")
 
 
-async def run(url: str, user: str, password: str, tool: str, era: str) -> None:
+async def run(url: str, user: str, password: str, tool: str, era: str, metadata_url: str | None) -> None:
     result: dict[str, AuthorizationCodeResult] = {}
 
     async def redirect_handler(auth_url: str) -> None:
@@ -101,6 +105,7 @@ async def run(url: str, user: str, password: str, tool: str, era: str) -> None:
         storage=Memory(),
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
+        client_metadata_url=metadata_url,
     )
     async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
         transport = streamable_http_client(url, http_client=http)
@@ -111,6 +116,8 @@ async def run(url: str, user: str, password: str, tool: str, era: str) -> None:
             r = await c.call_tool(tool, {"message": "from python"})
             text = " ".join(getattr(x, "text", "") for x in r.content)
             print(f"call: {text}", flush=True)
+    client = provider.context.client_info
+    print(f"client_id: {client.client_id if client else None}", flush=True)
 
 
 def main() -> None:
@@ -120,8 +127,9 @@ def main() -> None:
     p.add_argument("password")
     p.add_argument("tool")
     p.add_argument("--era", choices=["legacy", "modern"], default="legacy")
+    p.add_argument("--client-metadata-url")
     a = p.parse_args()
-    anyio.run(run, a.url, a.user, a.password, a.tool, a.era)
+    anyio.run(run, a.url, a.user, a.password, a.tool, a.era, a.client_metadata_url)
 
 
 if __name__ == "__main__":

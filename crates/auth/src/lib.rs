@@ -6,6 +6,7 @@
 //! per request, so a revoked key or a disabled user is refused at the next request on every
 //! gateway sharing the store.
 
+mod client_doc;
 mod keys;
 mod oauth;
 mod pages;

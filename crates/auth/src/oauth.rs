@@ -34,7 +34,11 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::{AccessClaims, KeyRing, Rotation, TokenError, hash_key, key_ring, pages};
+use crate::{
+    AccessClaims, KeyRing, Rotation, TokenError,
+    client_doc::{self, ClientDocs},
+    hash_key, key_ring, pages,
+};
 
 /// The one scope: access to a virtual server's tools, prompts and resources.
 pub const SCOPE: &str = "mcp";
@@ -59,6 +63,25 @@ pub struct AuthServer {
     ring_read: Mutex<Instant>,
     logins: Window,
     registrations: Window,
+    /// Client ID metadata documents, when accepted.
+    docs: Option<ClientDocs>,
+}
+
+/// A client the authorization request names: its name, redirect URIs and whether the
+/// administrator configured it.
+pub(crate) struct KnownClient {
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub configured: bool,
+}
+
+/// Why a client cannot be used, for the page the person sees.
+pub(crate) enum NoClient {
+    Unknown,
+    /// Its metadata document was refused (the reason).
+    Document(String),
+    /// The store failed.
+    Failed(String),
 }
 
 impl AuthServer {
@@ -74,6 +97,11 @@ impl AuthServer {
             .clone()
             .unwrap_or_else(|| format!("http://{listening}"));
         let ring = key_ring(&store, now(), rotation(&settings)).await?;
+        let docs = if settings.client_metadata_documents {
+            Some(ClientDocs::new(&settings)?)
+        } else {
+            None
+        };
         let server = Arc::new(Self {
             store,
             gw: OnceLock::new(),
@@ -82,6 +110,7 @@ impl AuthServer {
             ring_read: Mutex::new(Instant::now()),
             logins: Window::new(Duration::from_secs(60), settings.logins_per_minute),
             registrations: Window::new(Duration::from_secs(3600), settings.registrations_per_hour),
+            docs,
             settings,
         });
         // Keys rotate and other gateways add theirs: read the ring again every minute; forget
@@ -228,7 +257,7 @@ impl AuthServer {
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": [SCOPE],
             "authorization_response_iss_parameter_supported": true,
-            "client_id_metadata_document_supported": false,
+            "client_id_metadata_document_supported": self.docs.is_some(),
         });
         if self.settings.dynamic_registration {
             m["registration_endpoint"] = json!(format!("{i}/oauth/register"));
@@ -236,17 +265,40 @@ impl AuthServer {
         m
     }
 
-    /// A configured or registered client.
-    async fn client(&self, id: &str) -> Result<Option<(String, Vec<String>, bool)>, String> {
+    /// A configured client, a registered one, or one whose id is the URL of its metadata
+    /// document.
+    pub(crate) async fn client(&self, id: &str) -> Result<KnownClient, NoClient> {
         if let Some(c) = self.settings.clients.get(id) {
-            return Ok(Some((c.name.clone(), c.redirect_uris.clone(), true)));
+            return Ok(KnownClient {
+                name: c.name.clone(),
+                redirect_uris: c.redirect_uris.clone(),
+                configured: true,
+            });
+        }
+        if client_doc::is_url(id) {
+            let Some(docs) = &self.docs else {
+                return Err(NoClient::Document(
+                    "this gateway does not accept client metadata documents (auth.client_metadata_documents is off)".to_owned(),
+                ));
+            };
+            let d = docs.get(id).await.map_err(NoClient::Document)?;
+            return Ok(KnownClient {
+                name: d.name.clone(),
+                redirect_uris: d.redirect_uris.clone(),
+                configured: false,
+            });
         }
         if !id.starts_with("mfc_") {
-            return Ok(None);
+            return Err(NoClient::Unknown);
         }
         match self.store.client(id).await {
-            Ok(c) => Ok(c.map(|c| (c.name, c.redirect_uris, false))),
-            Err(e) => Err(e.to_string()),
+            Ok(Some(c)) => Ok(KnownClient {
+                name: c.name,
+                redirect_uris: c.redirect_uris,
+                configured: false,
+            }),
+            Ok(None) => Err(NoClient::Unknown),
+            Err(e) => Err(NoClient::Failed(e.to_string())),
         }
     }
 }
@@ -259,14 +311,14 @@ fn rotation(s: &AuthSettings) -> Rotation {
 }
 
 /// A fixed window of attempts per key (a source address, a user name), bounded in memory.
-struct Window {
+pub(crate) struct Window {
     every: Duration,
     max: u32,
     seen: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl Window {
-    fn new(every: Duration, max: u32) -> Self {
+    pub(crate) fn new(every: Duration, max: u32) -> Self {
         Self {
             every,
             max: max.max(1),
@@ -275,7 +327,7 @@ impl Window {
     }
 
     /// Count one attempt for each key; false if any is over its limit.
-    fn allow(&self, keys: &[&str]) -> bool {
+    pub(crate) fn allow(&self, keys: &[&str]) -> bool {
         let mut seen = self.seen.lock().expect("window lock");
         if seen.len() > 100_000 {
             let every = self.every;
@@ -509,15 +561,28 @@ async fn validate(s: &AuthServer, p: AuthzParams) -> Result<Authz, Refusal> {
     if p.client_id.is_empty() {
         return Err(page("No client", "The request names no client_id."));
     }
-    let (client_name, uris, configured) = match s.client(&p.client_id).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
+    let KnownClient {
+        name: client_name,
+        redirect_uris: uris,
+        configured,
+    } = match s.client(&p.client_id).await {
+        Ok(c) => c,
+        Err(NoClient::Unknown) => {
             return Err(page(
                 "Unknown application",
                 "The application that sent you here is not registered with this gateway (it may have expired): start again from the application.",
             ));
         }
-        Err(e) => {
+        Err(NoClient::Document(why)) => {
+            return Err(page(
+                "Unknown application",
+                &format!(
+                    "The application that sent you here identifies itself by the address {}, but the gateway cannot use what is there: {why}. Tell the application's developer.",
+                    p.client_id
+                ),
+            ));
+        }
+        Err(NoClient::Failed(e)) => {
             tracing::error!(error = %e, "cannot look up a client: the store failed");
             return Err(Refusal::Page(pages::error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1295,6 +1360,9 @@ mod tests {
             max_clients: 100,
             unused_client_expiry: Duration::from_secs(86_400),
             logins_per_minute: 10,
+            client_metadata_documents: true,
+            client_metadata_private_hosts: Vec::new(),
+            client_metadata_ca: None,
             clients: BTreeMap::new(),
         }
     }

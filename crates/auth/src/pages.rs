@@ -84,6 +84,15 @@ pub fn consent(a: &Authz, csrf: &str, user: &str) -> Response {
         .and_then(|u| u.authority().map(|x| x.to_string()))
         .unwrap_or_default();
     let p = &a.params;
+    // A client known by its metadata document is whoever controls that address.
+    let identified = p
+        .client_id
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.scheme_str() == Some("https"))
+        .and_then(|u| u.host().map(str::to_owned))
+        .map(|h| format!(" (identified by <b>{}</b>)", escape(&h)))
+        .unwrap_or_default();
     let mut hidden = String::new();
     for (k, v) in [
         ("response_type", Some(&p.response_type)),
@@ -107,7 +116,7 @@ pub fn consent(a: &Authz, csrf: &str, user: &str) -> Response {
         "Allow access?",
         &format!(
             "<p>Signed in as <b>{user}</b>.</p>\
-             <p>The application <b>{name}</b> wants to use <code>{resource}</code> on your behalf: list and call its tools, prompts and resources as you may.</p>\
+             <p>The application <b>{name}</b>{identified} wants to use <code>{resource}</code> on your behalf: list and call its tools, prompts and resources as you may.</p>\
              <p>After you answer, your browser goes to <b>{host}</b>. Allow only if you started this from an application you trust on that address.</p>\
              <form method=\"post\" action=\"/oauth/consent\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{hidden}\
              <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\

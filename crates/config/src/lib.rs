@@ -193,6 +193,13 @@ pub struct AuthSettings {
     pub max_clients: u32,
     pub unused_client_expiry: Duration,
     pub logins_per_minute: u32,
+    /// Accept an `https` URL as a client id and fetch the client's metadata document from it.
+    pub client_metadata_documents: bool,
+    /// Hosts (lower-case names or IP addresses) whose metadata documents may be fetched from
+    /// private, loopback or link-local addresses; every other host must resolve to public ones.
+    pub client_metadata_private_hosts: Vec<String>,
+    /// Extra trusted roots (a PEM file) for fetching metadata documents.
+    pub client_metadata_ca: Option<PathBuf>,
     /// Pre-registered clients by client id.
     pub clients: BTreeMap<String, ClientSpec>,
 }
@@ -673,6 +680,36 @@ impl Builder<'_> {
                 },
             );
         }
+        let mut client_metadata_private_hosts = Vec::new();
+        for h in a.client_metadata_private_hosts.unwrap_or_default() {
+            let v = h.get_ref().trim().to_ascii_lowercase();
+            let v = v.trim_matches(['[', ']']).to_owned();
+            let ok = !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+            if ok {
+                client_metadata_private_hosts.push(v);
+            } else {
+                self.errors.push(self.src.at(&h).err(format!(
+                    "auth.client_metadata_private_hosts: {:?} is not a host name or IP address (no scheme, port or path)",
+                    h.get_ref()
+                )));
+            }
+        }
+        let client_metadata_ca = a.client_metadata_ca.as_ref().and_then(|c| {
+            let p = PathBuf::from(c.get_ref());
+            let base = self.src.path.parent().unwrap_or(Path::new("."));
+            let p = if p.is_relative() { base.join(p) } else { p };
+            if p.is_file() {
+                Some(p)
+            } else {
+                self.errors.push(self.src.at(c).err(format!(
+                    "auth.client_metadata_ca: {} is not a readable file (a PEM file of CA certificates)",
+                    p.display()
+                )));
+                None
+            }
+        });
         let access_token_lifetime = self.positive(
             a.access_token_lifetime,
             "auth.access_token_lifetime",
@@ -699,6 +736,9 @@ impl Builder<'_> {
                 Duration::from_secs(30 * 86_400),
             ),
             logins_per_minute: a.logins_per_minute.unwrap_or(10).max(1),
+            client_metadata_documents: a.client_metadata_documents.unwrap_or(true),
+            client_metadata_private_hosts,
+            client_metadata_ca,
             clients,
         }
     }

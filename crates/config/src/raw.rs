@@ -45,6 +45,9 @@ pub struct RawAuth {
     pub max_clients: Option<u32>,
     pub unused_client_expiry: Option<Spanned<String>>,
     pub logins_per_minute: Option<u32>,
+    pub client_metadata_documents: Option<bool>,
+    pub client_metadata_private_hosts: Option<Vec<Spanned<String>>>,
+    pub client_metadata_ca: Option<Spanned<String>>,
     pub clients: Option<BTreeMap<String, Spanned<RawClient>>>,
 }
 

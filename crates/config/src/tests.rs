@@ -618,4 +618,25 @@ fn auth_settings_are_checked() {
     }
     let e = parse("[auth]\nissuer = \"https://gw.example.com/base\"\n").unwrap_err();
     assert!(e.contains("auth.issuer"), "{e}");
+    assert!(c.auth.client_metadata_documents);
+    assert!(c.auth.client_metadata_private_hosts.is_empty());
+    let c = parse(
+        "[auth]\nclient_metadata_documents = false\nclient_metadata_private_hosts = [\"Clients.Corp.Internal\", \"[::1]\", \"127.0.0.1\"]\n",
+    )
+    .unwrap();
+    assert!(!c.auth.client_metadata_documents);
+    assert_eq!(
+        c.auth.client_metadata_private_hosts,
+        ["clients.corp.internal", "::1", "127.0.0.1"]
+    );
+    let e = parse(
+        "[auth]\nclient_metadata_private_hosts = [\"https://clients.corp/\"]\nclient_metadata_ca = \"no-such-ca.pem\"\n",
+    )
+    .unwrap_err();
+    for part in [
+        "auth.client_metadata_private_hosts: \"https://clients.corp/\" is not a host name",
+        "auth.client_metadata_ca: /etc/m/no-such-ca.pem is not a readable file",
+    ] {
+        assert!(e.contains(part), "{part:?} in:\n{e}");
+    }
 }

@@ -1038,6 +1038,30 @@ async fn mcp_remote_signs_in_with_a_browser_and_calls_a_tool() {
 
 /// The Python SDK's OAuth client: discovery, dynamic registration, PKCE and `resource`, then
 /// tools, in both eras.
+/// Run `tests/clients/oauth_client.py` (the Python SDK's OAuth client) as `admin` against the
+/// gateway's `main` server, calling `fa__echo`: its standard output, once it succeeded.
+async fn python_client(peers: &Peers, gw: &Gw, password: &str, extra: &[&str]) -> String {
+    let out = tokio::process::Command::new(peers.python())
+        .arg(repo().join("tests/clients/oauth_client.py"))
+        .args([&gw.url("main"), "admin", password, "fa__echo"])
+        .args(extra)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+        .await
+        .expect("the Python client finishes within 60 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("call: Echo: from python"),
+        "{extra:?}: stdout: {stdout}\nstderr: {}\ngateway: {}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert!(stdout.contains("fa__echo"), "{stdout}");
+    stdout
+}
+
 #[tokio::test]
 async fn the_python_sdk_signs_in_and_calls_a_tool_in_both_eras() {
     let Some(peers) = Peers::get("the_python_sdk_signs_in_and_calls_a_tool_in_both_eras") else {
@@ -1047,29 +1071,7 @@ async fn the_python_sdk_signs_in_and_calls_a_tool_in_both_eras() {
     gw.wait_up().await;
     let password = admin_password(&gw);
     for era in ["legacy", "modern"] {
-        let out = tokio::process::Command::new(peers.python())
-            .arg(repo().join("tests/clients/oauth_client.py"))
-            .args([
-                &gw.url("main"),
-                "admin",
-                &password,
-                "fa__echo",
-                "--era",
-                era,
-            ])
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
-            .await
-            .expect("the Python client finishes within 60 s")
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("call: Echo: from python"),
-            "{era}: stdout: {stdout}\nstderr: {}\ngateway: {}",
-            String::from_utf8_lossy(&out.stderr),
-            gw.log()
-        );
+        let stdout = python_client(peers, &gw, &password, &["--era", era]).await;
         assert!(stdout.contains("fa__echo"), "{stdout}");
     }
 }
@@ -1129,4 +1131,319 @@ async fn two_gateways_on_one_postgres_share_clients_and_tokens() {
     )
     .await;
     assert_eq!(redeem(&b.base, &client, &code, &verifier).await.0, 200);
+}
+
+/// The HTTPS host of `tests/fixtures/metadata_host.py`: its documents, and what it was asked.
+struct MetadataHost {
+    child: std::process::Child,
+    dir: TempDir,
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl MetadataHost {
+    fn start(peers: &Peers) -> Self {
+        use std::io::{BufRead, BufReader};
+        let dir = TempDir::new("cimd");
+        let mut child = std::process::Command::new(peers.python())
+            .arg(fixture("metadata_host.py"))
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the metadata host");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first line").unwrap();
+        let port = first
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = requests.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                r.lock().unwrap().push(l);
+            }
+        });
+        Self {
+            child,
+            dir,
+            port,
+            requests,
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Serve `doc` at `/name`.
+    fn put(&self, name: &str, doc: &Value) {
+        std::fs::write(self.dir.path("docs").join(name), doc.to_string()).unwrap();
+    }
+
+    /// How often `/name` was asked for.
+    fn fetches(&self, name: &str) -> usize {
+        let line = format!("GET /{name}");
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| **l == line)
+            .count()
+    }
+}
+
+impl Drop for MetadataHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that is known by the URL of its metadata document (no registration): the Python
+/// SDK signs in with one and calls a tool; the document is fetched once for the whole flow;
+/// documents that lie, overreach, redirect, are too big or too slow are refused with the
+/// reason and no redirect; and addresses that are private are never fetched.
+#[tokio::test]
+async fn client_metadata_documents_are_fetched_with_care() {
+    let Some(peers) = Peers::get("client_metadata_documents_are_fetched_with_care") else {
+        return;
+    };
+    let host = MetadataHost::start(peers);
+    let python_redirect = "http://127.0.0.1:9/callback";
+    let doc = |url: &str| {
+        json!({
+            "client_id": url,
+            "client_name": "Doc <client>",
+            "redirect_uris": [python_redirect, REDIRECT],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        })
+    };
+    host.put("client.json", &doc(&host.url("client.json")));
+    host.put("mismatch.json", &doc(&host.url("client.json")));
+    let mut secret = doc(&host.url("secret.json"));
+    secret["client_secret"] = json!("s3cret");
+    host.put("secret.json", &secret);
+    host.put("big.json", &doc(&host.url("big.json")));
+    host.put("slow.json", &doc(&host.url("slow.json")));
+    std::fs::write(host.dir.path("docs").join("notjson"), "<html>hello</html>").unwrap();
+    // Only 127.0.0.1 is trusted on a private address, and only with the test CA.
+    let gw = Gw::start(&signed_in_config(
+        "",
+        &format!(
+            "client_metadata_private_hosts = [\"127.0.0.1\"]\nclient_metadata_ca = \"{}\"",
+            host.dir.path("cert.pem").display()
+        ),
+    ));
+    gw.wait_up().await;
+    let base = gw.base.clone();
+    let meta = get_json(format!("{base}/.well-known/oauth-authorization-server")).await;
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+
+    let password = admin_password(&gw);
+    // The consent page says who the client is by the document's host.
+    let (_, challenge) = pkce();
+    let resource = format!("{base}/mcp/main");
+    let mut b = Browser::new();
+    let r = b
+        .get(&authorize_url(
+            &base,
+            &host.url("client.json"),
+            REDIRECT,
+            &challenge,
+            &resource,
+        ))
+        .await;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    let form = hidden(&page);
+    let r = b
+        .post_form(
+            &format!("{base}/oauth/login"),
+            &[
+                form,
+                vec![
+                    ("username".into(), "admin".into()),
+                    ("password".into(), password.clone()),
+                ],
+            ]
+            .concat(),
+        )
+        .await;
+    let next = r.headers()["location"].to_str().unwrap().to_owned();
+    let page = b.get(&format!("{base}{next}")).await.text().await.unwrap();
+    assert!(
+        page.contains("Doc &lt;client&gt;</b> (identified by <b>127.0.0.1</b>)"),
+        "{page}"
+    );
+
+    // The real client, identified by its document.
+    let stdout = python_client(
+        peers,
+        &gw,
+        &password,
+        &[
+            "--era",
+            "modern",
+            "--client-metadata-url",
+            &host.url("client.json"),
+        ],
+    )
+    .await;
+    assert!(
+        stdout.contains(&format!("client_id: {}", host.url("client.json"))),
+        "the SDK used the document, not registration: {stdout}"
+    );
+    assert_eq!(
+        host.fetches("client.json"),
+        1,
+        "one fetch for both flows (authorize, sign-in, consent): {:?}",
+        host.requests.lock().unwrap()
+    );
+    // A redirect URI the document does not list: no redirect.
+    let r = no_redirects()
+        .get(authorize_url(
+            &base,
+            &host.url("client.json"),
+            "http://127.0.0.1:7777/other",
+            &challenge,
+            &resource,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+
+    // Documents that are wrong: an error page with the reason, never a redirect.
+    let refused = |client: String, why: &'static str| {
+        let base = base.clone();
+        let challenge = challenge.clone();
+        let resource = resource.clone();
+        async move {
+            let r = no_redirects()
+                .get(authorize_url(
+                    &base, &client, REDIRECT, &challenge, &resource,
+                ))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let location = r.headers().get("location").cloned();
+            let page = r.text().await.unwrap();
+            assert_eq!(status, 400, "{client}: {page}");
+            assert!(location.is_none(), "{client}: no redirect");
+            assert!(page.contains(why), "{client}: {why:?} in {page}");
+        }
+    };
+    let started = std::time::Instant::now();
+    tokio::join!(
+        refused(host.url("slow.json"), "did not arrive within 5 seconds"),
+        async {
+            refused(host.url("mismatch.json"), "not the URL it is served at").await;
+            refused(host.url("secret.json"), "client_secret").await;
+            refused(host.url("big.json"), "larger than 5120 bytes").await;
+            refused(host.url("notjson"), "not a client metadata document").await;
+            refused(host.url("redirect.json"), "redirects are not followed").await;
+            refused(host.url("missing.json"), "404").await;
+        }
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the slow document is cut off"
+    );
+    // A refused document is remembered for a while, not fetched again at once.
+    refused(host.url("mismatch.json"), "not the URL it is served at").await;
+    assert_eq!(host.fetches("mismatch.json"), 1);
+    assert_eq!(host.fetches("client.json"), 1, "redirects are not followed");
+
+    // Addresses that are not public, and URLs that are not canonical https: never fetched.
+    let p = host.port;
+    for (client, why) in [
+        (
+            format!("https://localhost:{p}/ssrf1.json"),
+            "a private or reserved address",
+        ),
+        (
+            format!("https://[::1]:{p}/ssrf2.json"),
+            "a private or reserved address",
+        ),
+        (
+            format!("https://[::ffff:7f00:1]:{p}/ssrf3.json"),
+            "a private or reserved address",
+        ),
+        (
+            "https://169.254.169.254/latest/meta-data/iam".to_owned(),
+            "a private or reserved address",
+        ),
+        (
+            "https://10.0.0.1/client.json".to_owned(),
+            "a private or reserved address",
+        ),
+        (
+            "https://[fd00::1]/client.json".to_owned(),
+            "a private or reserved address",
+        ),
+        (
+            "https://0.0.0.0/client.json".to_owned(),
+            "private or reserved",
+        ),
+        (
+            format!("http://127.0.0.1:{p}/ssrf4.json"),
+            "must be an https URL",
+        ),
+        (
+            format!("https://2130706433:{p}/ssrf5.json"),
+            "not in canonical form",
+        ),
+        (
+            format!("https://127.0.0.1:{p}/a/../ssrf6.json"),
+            "not in canonical form",
+        ),
+        (format!("https://127.0.0.1:{p}/"), "needs a path"),
+        (
+            format!("https://user@127.0.0.1:{p}/ssrf7.json"),
+            "user name",
+        ),
+    ] {
+        refused(client, why).await;
+    }
+    let asked = host.requests.lock().unwrap().clone();
+    assert!(
+        asked.iter().all(|l| !l.contains("ssrf")),
+        "no private fetch happened: {asked:?}"
+    );
+}
+
+/// With `client_metadata_documents = false`, a URL client id is refused, and the metadata
+/// says so.
+#[tokio::test]
+async fn client_metadata_documents_can_be_switched_off() {
+    let gw = Gw::start(&signed_in_config("", "client_metadata_documents = false"));
+    gw.wait_up().await;
+    let base = gw.base.clone();
+    let meta = get_json(format!("{base}/.well-known/oauth-authorization-server")).await;
+    assert_eq!(meta["client_id_metadata_document_supported"], false);
+    let (_, challenge) = pkce();
+    let r = no_redirects()
+        .get(authorize_url(
+            &base,
+            "https://app.example.com/client.json",
+            REDIRECT,
+            &challenge,
+            &format!("{base}/mcp/main"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("does not accept client metadata documents")
+    );
 }
