@@ -43,7 +43,9 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: with it, browsers send `Origin: null` on the forms, which the
+        // same-origin check must refuse. `same-origin` still gives other sites nothing.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ] {
         h.insert(k, HeaderValue::from_static(v));

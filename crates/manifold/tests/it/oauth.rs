@@ -1447,3 +1447,82 @@ async fn client_metadata_documents_can_be_switched_off() {
             .contains("does not accept client metadata documents")
     );
 }
+
+/// Clickjacking: in headless Chromium, the consent page renders at the top level but not in a
+/// frame of another page on the same site (which gets the sign-in cookie, so the consent page
+/// itself is what the browser refuses), while an ordinary page in the same frame renders.
+#[tokio::test]
+async fn the_consent_page_refuses_to_render_in_a_frame() {
+    let Some(peers) = Peers::get("the_consent_page_refuses_to_render_in_a_frame") else {
+        return;
+    };
+    let chromium = peers.var("MANIFOLD_CHROMIUM");
+    if !std::path::Path::new(chromium).exists() {
+        if std::env::var("MANIFOLD_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!(
+                "{chromium} is missing: run scripts/setup-peers as root (apt-get install chromium)"
+            );
+        }
+        eprintln!("SKIPPED the_consent_page_refuses_to_render_in_a_frame: no {chromium}");
+        return;
+    }
+    let gw = Gw::start(&signed_in_config("", ""));
+    gw.wait_up().await;
+    let base = gw.base.clone();
+    let (_, reg) = register(&base, &[REDIRECT]).await;
+    let client = reg["client_id"].as_str().unwrap();
+    let (_, challenge) = pkce();
+    let url = authorize_url(
+        &base,
+        client,
+        REDIRECT,
+        &challenge,
+        &format!("{base}/mcp/main"),
+    );
+    let out = tokio::process::Command::new(peers.node22())
+        .arg(repo().join("tests/clients/frame_check.mjs"))
+        .arg(chromium)
+        .arg(format!(
+            "{}/npm/node_modules/playwright-core",
+            peers.var("MANIFOLD_PEERS")
+        ))
+        .args([url.as_str(), "admin", &admin_password(&gw)])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), out)
+        .await
+        .expect("the browser check finishes within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}\ngateway: {}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(
+        r["topLevel"], true,
+        "the consent page renders on its own: {r}"
+    );
+    assert_eq!(
+        r["servedIntoFrame"], true,
+        "the frame was sent the consent page itself: {r}"
+    );
+    assert_eq!(
+        r["framed"], false,
+        "the browser refused to render it in a frame: {r}"
+    );
+    assert_eq!(
+        r["controlFramed"], true,
+        "an ordinary page does render in the frame: {r}"
+    );
+    assert!(
+        r["console"].as_array().unwrap().iter().any(|m| m
+            .as_str()
+            .unwrap_or_default()
+            .contains("frame-ancestors 'none'")),
+        "Chromium names the policy that refused it: {r}"
+    );
+}
