@@ -218,6 +218,47 @@ fn authorize_url(
     )
 }
 
+/// Follow an authorization URL in `b` as `user`, allowing on the consent page (which must name
+/// the client `name`, as escaped HTML, and the redirect host): the final redirect.
+async fn follow(
+    b: &mut Browser,
+    base: &str,
+    url: &str,
+    user: &str,
+    password: &str,
+    name: &str,
+) -> reqwest::Response {
+    let mut r = b.get(url).await;
+    for _ in 0..3 {
+        if r.status() == 303 {
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        let page = r.text().await.unwrap();
+        let mut form = hidden(&page);
+        if page.contains("action=\"/oauth/login\"") {
+            form.push(("username".into(), user.into()));
+            form.push(("password".into(), password.into()));
+            r = b.post_form(&format!("{base}/oauth/login"), &form).await;
+            assert_eq!(r.status(), 303, "sign-in accepted");
+            let next = r.headers()["location"].to_str().unwrap().to_owned();
+            assert!(next.starts_with("/oauth/authorize?"), "{next}");
+            r = b.get(&format!("{base}{next}")).await;
+        } else if page.contains("action=\"/oauth/consent\"") {
+            assert!(page.contains(name), "the client's name, escaped: {page}");
+            assert!(
+                page.contains("127.0.0.1:7777"),
+                "the redirect host is shown: {page}"
+            );
+            form.push(("decision".into(), "allow".into()));
+            r = b.post_form(&format!("{base}/oauth/consent"), &form).await;
+        } else {
+            panic!("an unexpected page: {page}");
+        }
+    }
+    r
+}
+
 /// Sign in as `user` in `b` and allow `client`: the authorization code.
 async fn sign_in(
     b: &mut Browser,
@@ -237,37 +278,7 @@ async fn sign_in(
         challenge,
         &format!("{issuer}/mcp/{server}"),
     );
-    let mut r = b.get(&url).await;
-    for _ in 0..3 {
-        if r.status() == 303 {
-            break;
-        }
-        assert_eq!(r.status(), 200);
-        let page = r.text().await.unwrap();
-        let mut form = hidden(&page);
-        if page.contains("action=\"/oauth/login\"") {
-            form.push(("username".into(), user.into()));
-            form.push(("password".into(), password.into()));
-            r = b.post_form(&format!("{base}/oauth/login"), &form).await;
-            assert_eq!(r.status(), 303, "sign-in accepted");
-            let next = r.headers()["location"].to_str().unwrap().to_owned();
-            assert!(next.starts_with("/oauth/authorize?"), "{next}");
-            r = b.get(&format!("{base}{next}")).await;
-        } else if page.contains("action=\"/oauth/consent\"") {
-            assert!(
-                page.contains("Test &lt;client&gt;"),
-                "the client's name, escaped: {page}"
-            );
-            assert!(
-                page.contains("127.0.0.1:7777"),
-                "the redirect host is shown: {page}"
-            );
-            form.push(("decision".into(), "allow".into()));
-            r = b.post_form(&format!("{base}/oauth/consent"), &form).await;
-        } else {
-            panic!("an unexpected page: {page}");
-        }
-    }
+    let r = follow(b, base, &url, user, password, "Test &lt;client&gt;").await;
     let (to, q) = location(&r);
     assert_eq!(to, REDIRECT);
     assert_eq!(q["state"], "st4te");
@@ -1525,4 +1536,82 @@ async fn the_consent_page_refuses_to_render_in_a_frame() {
             .contains("frame-ancestors 'none'")),
         "Chromium names the policy that refused it: {r}"
     );
+}
+
+/// rmcp's OAuth client: discovery from the gateway's metadata, dynamic registration, PKCE
+/// and `resource`, the callback with `state` and `iss` checked, then tools listed and one
+/// called with its token, in both eras.
+#[tokio::test]
+async fn rmcp_signs_in_and_calls_a_tool_in_both_eras() {
+    use rmcp::{
+        model::ProtocolVersion,
+        service::{ClientLifecycleMode, ClientServiceExt as _},
+        transport::{
+            AuthClient, StreamableHttpClientTransport,
+            auth::{AuthorizationRequest, OAuthState},
+            streamable_http_client::StreamableHttpClientTransportConfig,
+        },
+    };
+    let gw = Gw::start(&signed_in_config("", ""));
+    gw.wait_up().await;
+    let password = admin_password(&gw);
+    manifold_upstream::install_crypto_provider();
+    for era in ["legacy", "modern"] {
+        let mut state = OAuthState::new(gw.url("main"), None).await.unwrap();
+        state
+            .start_authorization(
+                AuthorizationRequest::new(REDIRECT).with_client_name("Test <client> rmcp"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{era}: start: {e}\n{}", gw.log()));
+        let url = state.get_authorization_url().await.unwrap();
+        assert!(url.contains("code_challenge_method=S256"), "{url}");
+        assert!(url.contains("resource="), "{url}");
+        let mut b = Browser::new();
+        let r = follow(
+            &mut b,
+            &gw.base,
+            &url,
+            "admin",
+            &password,
+            "Test &lt;client&gt; rmcp",
+        )
+        .await;
+        let callback = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(callback.starts_with(REDIRECT), "{callback}");
+        state
+            .handle_callback_url(&callback)
+            .await
+            .unwrap_or_else(|e| panic!("{era}: callback: {e}\n{}", gw.log()));
+        let manager = state.into_authorization_manager().expect("authorized");
+        let transport = StreamableHttpClientTransport::with_client(
+            AuthClient::new(reqwest::Client::new(), manager),
+            StreamableHttpClientTransportConfig::with_uri(gw.url("main")),
+        );
+        let lifecycle = if era == "legacy" {
+            ClientLifecycleMode::Initialize
+        } else {
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            }
+        };
+        let c = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            ().serve_with_lifecycle(transport, lifecycle),
+        )
+        .await
+        .expect("connects in time")
+        .unwrap_or_else(|e| panic!("{era}: connect: {e}\n{}", gw.log()));
+        let tools = c.list_all_tools().await.unwrap();
+        assert!(
+            tools.iter().any(|t| t.name == "fa__echo"),
+            "{era}: {tools:?}"
+        );
+        let r = c
+            .call_tool(call("fa__echo", json!({ "message": "from rmcp" })))
+            .await
+            .unwrap();
+        assert_eq!(text(&r), "Echo: from rmcp", "{era}");
+        let _ = c.cancel().await;
+    }
 }
