@@ -4,8 +4,8 @@
 //! required, `iss` on every response, RFC 9207) with its sign-in and consent pages, the token
 //! endpoint (codes single-use and bound to client, redirect URI, resource, challenge and user;
 //! refresh tokens rotated on every use, a reuse revoking the whole grant), revocation
-//! (RFC 7009), dynamic client registration (RFC 7591, limited per source and in total, unused
-//! clients expiring) and the JWKS.
+//! (RFC 7009), client ID metadata documents (`client_doc`), dynamic client registration
+//! (RFC 7591, limited per source and in total, unused clients expiring) and the JWKS.
 //!
 //! Invariants: the issuer comes from the config (or the listening address), never from a
 //! request; no redirect happens to a URI not registered for the client; codes, refresh tokens
