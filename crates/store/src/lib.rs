@@ -4,14 +4,23 @@
 //! open, once, even when several gateways start on one PostgreSQL database at the same time.
 //!
 //! Invariants: nothing secret is stored in the clear (password hashes, key hashes only); times
-//! are Unix seconds; ids are 128 random bits in hex.
+//! are Unix seconds; ids are 128 random bits in hex; every method that withdraws a credential
+//! (revokes a grant or an API key, disables a user) moves the change counter in the same
+//! transaction (`Store::withdraw`), so that caches of verified credentials can tell.
 
 mod keys;
 mod migrate;
 mod oauth;
 mod users;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{
     AnyPool, Executor,
@@ -80,6 +89,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     at: String,
+    /// How many withdrawals this process has committed (through any clone of this store).
+    withdrawals: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -120,7 +131,12 @@ impl Store {
             });
         }
         let pool = pool.connect_with(options).await.map_err(db)?;
-        let store = Store { pool, backend, at };
+        let store = Store {
+            pool,
+            backend,
+            at,
+            withdrawals: Arc::default(),
+        };
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -136,6 +152,43 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// The change counter of the whole store: it moves whenever any process sharing the store
+    /// withdraws a credential. One read of one row.
+    pub async fn credential_changes(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT serial FROM credential_changes WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// How many withdrawals this process has committed: a cache in this process that took
+    /// this number before reading a credential knows at once when it changed.
+    pub fn withdrawals_here(&self) -> u64 {
+        self.withdrawals.load(Ordering::Acquire)
+    }
+
+    /// Run one withdrawing statement and move the change counter in the same transaction;
+    /// the rows it changed.
+    async fn withdraw(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, StoreError> {
+        let e = |e| self.err(e);
+        let mut tx = self.pool.begin().await.map_err(e)?;
+        let changed = query.execute(&mut *tx).await.map_err(e)?.rows_affected();
+        if changed > 0 {
+            sqlx::query("UPDATE credential_changes SET serial = serial + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await
+                .map_err(e)?;
+        }
+        tx.commit().await.map_err(e)?;
+        if changed > 0 {
+            self.withdrawals.fetch_add(1, Ordering::Release);
+        }
+        Ok(changed)
     }
 
     fn err(&self, source: sqlx::Error) -> StoreError {

@@ -23,6 +23,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "oauth clients, grants, codes, refresh tokens, consents, sign-in sessions",
         include_str!("../migrations/0003_oauth.sql"),
     ),
+    (
+        4,
+        "credential change counter",
+        include_str!("../migrations/0004_credential_changes.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

@@ -187,30 +187,30 @@ impl Store {
 
     /// Revoke one grant: its refresh tokens and access tokens stop working.
     pub async fn revoke_grant(&self, id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE oauth_grants SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        self.withdraw(
+            sqlx::query(
+                "UPDATE oauth_grants SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
             .bind(at)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+            .bind(id),
+        )
+        .await?;
         Ok(())
     }
 
     /// Revoke every grant of a user; how many were live.
     pub async fn revoke_user_grants(&self, user_id: &str, at: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE oauth_grants SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        self.withdraw(
+            sqlx::query(
+                "UPDATE oauth_grants SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(at)
+            .bind(user_id),
         )
-        .bind(at)
-        .bind(user_id)
-        .execute(&self.pool)
         .await
-        .map_err(|e| self.err(e))?;
-        Ok(done.rows_affected())
     }
 
-    /// The user behind an access token and whether its grant still stands: one query per
-    /// request, so a disabled user or a revoked grant is refused at once on every gateway.
+    /// The user behind an access token and whether its grant still stands (one query).
     pub async fn token_holder(
         &self,
         user_id: &str,

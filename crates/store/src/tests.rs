@@ -185,3 +185,101 @@ async fn gateways_starting_together_on_postgres_migrate_once_and_share_data() {
         "each migration once"
     );
 }
+
+#[tokio::test]
+async fn every_withdrawal_moves_the_change_counter_and_nothing_else_does() {
+    for s in stores("every_withdrawal_moves_the_change_counter_and_nothing_else_does").await {
+        let b = s.backend();
+        // The counter as a second gateway on the same store sees it.
+        let other = Store::open(&match b {
+            Backend::Sqlite => Location::Sqlite(
+                std::path::Path::new(s.shown())
+                    .parent()
+                    .unwrap()
+                    .to_path_buf(),
+            ),
+            Backend::Postgres => continue_with_postgres(&s).await,
+        })
+        .await
+        .unwrap();
+        let counters = || async {
+            (
+                s.withdrawals_here(),
+                other.credential_changes().await.unwrap(),
+            )
+        };
+        let (here, shared) = counters().await;
+        assert_eq!(other.withdrawals_here(), 0, "{b:?}");
+        let alice = s.add_user(&user("alice")).await.unwrap();
+        let k = s
+            .add_api_key(&NewApiKey {
+                user_id: &alice.id,
+                name: "ci",
+                hash: "h1",
+                servers: &["demo".to_owned()],
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        let now = crate::now();
+        let grant = crate::Grant {
+            id: crate::new_id(),
+            user_id: alice.id.clone(),
+            client_id: "c".into(),
+            resource: "https://gw.example/mcp/demo".into(),
+            scope: "mcp".into(),
+            created_at: now,
+            revoked_at: None,
+        };
+        s.add_grant(&grant).await.unwrap();
+        s.set_password_hash(&alice.id, "$argon2id$new")
+            .await
+            .unwrap();
+        s.touch_api_key(&k.id, now).await.unwrap();
+        assert_eq!(
+            counters().await,
+            (here, shared),
+            "{b:?}: nothing withdrawn yet"
+        );
+        // A withdrawal that changes nothing does not move it either.
+        s.revoke_user_grants("nobody", now).await.unwrap();
+        assert!(s.set_disabled("nobody", true).await.is_err());
+        assert_eq!(counters().await, (here, shared), "{b:?}");
+        s.set_disabled(&alice.id, true).await.unwrap();
+        assert_eq!(counters().await, (here + 1, shared + 1), "{b:?}: disabled");
+        s.revoke_api_key(&k.id).await.unwrap();
+        assert_eq!(
+            counters().await,
+            (here + 2, shared + 2),
+            "{b:?}: key revoked"
+        );
+        s.revoke_grant(&grant.id, now).await.unwrap();
+        assert_eq!(
+            counters().await,
+            (here + 3, shared + 3),
+            "{b:?}: grant revoked"
+        );
+        s.revoke_grant(&grant.id, now).await.unwrap();
+        assert_eq!(
+            counters().await,
+            (here + 3, shared + 3),
+            "{b:?}: already revoked"
+        );
+        assert_eq!(
+            other.withdrawals_here(),
+            0,
+            "{b:?}: a count of this process only"
+        );
+    }
+}
+
+/// A second store on the PostgreSQL schema of `s` (its URL is not kept: read the search path).
+async fn continue_with_postgres(s: &Store) -> Location {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    let base = testing::postgres_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Location::Postgres(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}

@@ -187,14 +187,15 @@ impl Store {
 
     /// Disable (or enable again) a user; `NotFound` if there is none with this id.
     pub async fn set_disabled(&self, id: &str, disabled: bool) -> Result<(), StoreError> {
-        let r = sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3")
-            .bind(i64::from(disabled))
-            .bind(now())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        found(r.rows_affected(), id)
+        let changed = self
+            .withdraw(
+                sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3")
+                    .bind(i64::from(disabled))
+                    .bind(now())
+                    .bind(id),
+            )
+            .await?;
+        found(changed, id)
     }
 
     pub async fn set_password_hash(&self, id: &str, hash: &str) -> Result<(), StoreError> {
@@ -282,17 +283,19 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Revoke a key (at once, on every gateway sharing the store); `NotFound` if unknown,
+    /// Revoke a key (moving the change counter); `NotFound` if unknown,
     /// and revoking a revoked key keeps its first revocation time.
     pub async fn revoke_api_key(&self, id: &str) -> Result<(), StoreError> {
-        let r =
-            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+        let changed = self
+            .withdraw(
+                sqlx::query(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
+                )
                 .bind(now())
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.err(e))?;
-        found(r.rows_affected(), id)
+                .bind(id),
+            )
+            .await?;
+        found(changed, id)
     }
 
     /// Record a key's use (at most one write a minute per key).
