@@ -73,9 +73,22 @@ impl Session {
 
 /// The HTTP client all sessions share: HTTP/1.1 only, keep-alive, no proxy, Nagle off.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    http_client_as(None)
+}
+
+/// The same, sending `Authorization: Bearer <bearer>` on every request if given.
+pub fn http_client_as(bearer: Option<&str>) -> anyhow::Result<reqwest::Client> {
     // reqwest is built without a crypto provider (see `manifold_upstream::install_crypto_provider`).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(b) = bearer {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {b}"))
+            .context("the bearer token is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .http1_only()
         .tcp_nodelay(true)

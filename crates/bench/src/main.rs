@@ -133,6 +133,12 @@ enum Target {
     Http { url: String, watch: Watch },
     /// The same, as a 2026-07-28 client (stateless requests).
     HttpModern { url: String, watch: Watch },
+    /// Streamable HTTP with `Authorization: Bearer <bearer>` on every request.
+    HttpAs {
+        url: String,
+        watch: Watch,
+        bearer: String,
+    },
     /// A `fast-upstream stdio` child of the benchmark itself, one per run.
     StdioDirect,
 }
@@ -305,7 +311,8 @@ impl Bench {
         let dir = self.tmp.path(&format!("{tag}-config"));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("manifold.toml");
-        std::fs::write(&path, config)?;
+        // The store (users, keys) in the scratch directory too, not in the user's data directory.
+        std::fs::write(&path, format!("[store]\ndata_dir = \"data\"\n\n{config}"))?;
         let mut cmd = match self.gateway_cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -323,6 +330,38 @@ impl Bench {
         let mut proc = Proc::spawn(&format!("manifold ({tag})"), &mut cmd, log)?;
         let base = proc.first_line("manifold listening on ", Duration::from_secs(30))?;
         Ok(Gateway { proc, base })
+    }
+
+    /// An API key for `server` of the gateway started as `tag`, of a user made for it, through
+    /// the CLI as an administrator would.
+    fn api_key(&self, tag: &str, server: &str) -> anyhow::Result<String> {
+        let path = self
+            .tmp
+            .path(&format!("{tag}-config"))
+            .join("manifold.toml");
+        let run = |args: &[&str]| -> anyhow::Result<String> {
+            let out = Command::new(&self.manifold)
+                .args(&args[..1])
+                .arg("--config")
+                .arg(&path)
+                .args(&args[1..])
+                .output()
+                .with_context(|| format!("cannot run manifold {}", args.join(" ")))?;
+            if !out.status.success() {
+                bail!(
+                    "manifold {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        run(&["users", "add", "bench"])?;
+        let out = run(&["keys", "create", "--user", "bench", "--server", server])?;
+        out.split_whitespace()
+            .find(|w| w.starts_with("mfk_"))
+            .map(str::to_owned)
+            .with_context(|| format!("no key in what `manifold keys create` printed: {out}"))
     }
 
     /// `fast-upstream http` with `tools` extra tools; returns it and its MCP URL.
@@ -418,6 +457,7 @@ impl Bench {
                 upstreams,
             },
         };
+        let bearer = self.api_key("proxy", "http")?;
         let scenarios = [
             (
                 "tools/call echo, HTTP upstream",
@@ -427,6 +467,25 @@ impl Bench {
                     tool: "echo".into(),
                 },
                 via("http", vec![up.pid()]),
+                Op::Call {
+                    tool: "up_http__echo".into(),
+                },
+            ),
+            (
+                "tools/call echo, HTTP upstream, API key",
+                Kind::Call,
+                http_direct(),
+                Op::Call {
+                    tool: "echo".into(),
+                },
+                Target::HttpAs {
+                    url: gw.url("http"),
+                    watch: Watch {
+                        gateway: Some(gw.pid()),
+                        upstreams: vec![up.pid()],
+                    },
+                    bearer,
+                },
                 Op::Call {
                     tool: "up_http__echo".into(),
                 },
@@ -596,6 +655,12 @@ impl Bench {
                 ),
                 Target::HttpModern { url, watch } => (
                     Session::Http(HttpSession::modern(&self.client, url)),
+                    watch.clone(),
+                ),
+                Target::HttpAs { url, watch, bearer } => (
+                    Session::Http(
+                        HttpSession::open(&client::http_client_as(Some(bearer))?, url).await?,
+                    ),
                     watch.clone(),
                 ),
                 Target::StdioDirect => {
