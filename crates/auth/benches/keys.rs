@@ -1,6 +1,8 @@
-//! What checking a caller costs per request: an API key through `StoreAuth` over SQLite (the
-//! embedded default) and, when reachable, PostgreSQL; and an ES256 access token verified by
-//! the key ring. Prints µs per check (wall and CPU of this process).
+//! What checking a caller costs per request: an API key and an access token through
+//! `StoreAuth` over SQLite (the embedded default) and, when reachable, PostgreSQL — the first
+//! time each is seen (a full check: ES256 signature, store read) and again (remembered); and an
+//! ES256 access token verified by the key ring alone. Prints µs per check (wall and CPU of
+//! this process).
 //!
 //!     cargo bench -p manifold-auth
 
@@ -11,6 +13,8 @@ use manifold_server::Authenticate;
 use manifold_store::{Location, NewApiKey, NewUser, Store};
 
 const N: u32 = 20_000;
+/// Credentials seen once each, for the first-sight rows.
+const FRESH: usize = 2_000;
 
 fn cpu_micros() -> f64 {
     let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
@@ -29,17 +33,22 @@ async fn measure(what: &str, store: Store) {
         })
         .await
         .expect("user");
-    let (key, hash) = new_key();
-    store
-        .add_api_key(&NewApiKey {
-            user_id: &user.id,
-            name: "bench",
-            hash: &hash,
-            servers: &["main".to_owned()],
-            expires_at: None,
-        })
-        .await
-        .expect("key");
+    let mut keys = Vec::new();
+    for _ in 0..=FRESH {
+        let (key, hash) = new_key();
+        store
+            .add_api_key(&NewApiKey {
+                user_id: &user.id,
+                name: "bench",
+                hash: &hash,
+                servers: &["main".to_owned()],
+                expires_at: None,
+            })
+            .await
+            .expect("key");
+        keys.push(key);
+    }
+    let key = keys.pop().expect("a key");
     // An access token of the authorization server for the same user.
     let settings = manifold_config::Config::parse(
         "[auth]\nissuer = \"https://gw.example\"\n",
@@ -66,14 +75,21 @@ async fn measure(what: &str, store: Store) {
         revoked_at: None,
     };
     store.add_grant(&grant).await.expect("grant");
+    let bearer = |token: &str| {
+        http::Request::builder()
+            .uri("/mcp/main")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0
+    };
     let token = oauth.access_token(&grant, now).expect("token");
-    let with_token = http::Request::builder()
-        .uri("/mcp/main")
-        .header("authorization", format!("Bearer {token}"))
-        .body(())
-        .expect("request")
-        .into_parts()
-        .0;
+    let with_token = bearer(&token);
+    let fresh_tokens: Vec<_> = (0..FRESH)
+        .map(|_| bearer(&oauth.access_token(&grant, now).expect("token")))
+        .collect();
+    let fresh_keys: Vec<_> = keys.iter().map(|k| bearer(k)).collect();
     let auth = StoreAuth::with_oauth(store, oauth);
     let (parts, ()) = http::Request::builder()
         .uri("/mcp/main")
@@ -87,13 +103,30 @@ async fn measure(what: &str, store: Store) {
         .expect("request")
         .into_parts()
         .0;
+    for (label, fresh) in [
+        ("API key, first sight (key read)", &fresh_keys),
+        (
+            "access token, first sight (ES256 + grant and user read)",
+            &fresh_tokens,
+        ),
+    ] {
+        let (wall, cpu) = (Instant::now(), cpu_micros());
+        for p in fresh {
+            auth.authenticate(p).await.expect("authenticated");
+        }
+        println!(
+            "| {what} | {label} | {:.1} | {:.1} |",
+            wall.elapsed().as_secs_f64() * 1e6 / fresh.len() as f64,
+            (cpu_micros() - cpu) / fresh.len() as f64
+        );
+    }
     for _ in 0..1000 {
         auth.authenticate(&parts).await.expect("warm-up");
         auth.authenticate(&with_token).await.expect("warm-up");
     }
     for (label, p) in [
-        ("API key", &parts),
-        ("access token (ES256 + grant and user read)", &with_token),
+        ("API key, remembered", &parts),
+        ("access token, remembered", &with_token),
         ("no token (sign-in optional)", &anonymous),
     ] {
         let (wall, cpu) = (Instant::now(), cpu_micros());

@@ -14,7 +14,7 @@ use base64::Engine;
 use manifold_policy::Principal;
 use manifold_server::{AuthError, AuthErrorKind, Authenticate};
 
-use crate::{AuthServer, SCOPE};
+use crate::{AuthServer, SCOPE, verified::Verified};
 use manifold_store::Store;
 use manifold_upstream::BoxFut;
 use sha2::Digest;
@@ -44,9 +44,12 @@ pub fn hash_key(key: &str) -> String {
 /// The authentication seam over the store. A request without `Authorization` is anonymous
 /// (until the gateway requires sign-in); one with `Authorization: Bearer mfk_…` is the key's
 /// user, if the key is live, its user enabled, and the virtual server one the key is for;
-/// anything else is refused (401), as is a token in the URL query.
+/// anything else is refused (401), as is a token in the URL query. A credential accepted once
+/// is remembered (`verified`) until it expires or anything is withdrawn, so a repeated one
+/// costs a hash and a lookup.
 pub struct StoreAuth {
     store: Store,
+    verified: Arc<Verified>,
     /// The authorization server whose access tokens are accepted, if sign-in is on.
     oauth: Option<Arc<AuthServer>>,
     /// When each key's use was last written (at most once a minute per key).
@@ -54,9 +57,10 @@ pub struct StoreAuth {
 }
 
 impl StoreAuth {
-    /// API keys only.
+    /// API keys only. Needs a tokio runtime (for the task that watches the store's changes).
     pub fn new(store: Store) -> Self {
         Self {
+            verified: Verified::start(store.clone()),
             store,
             oauth: None,
             touched: Mutex::new(HashMap::new()),
@@ -116,9 +120,24 @@ impl StoreAuth {
         let Some(token) = token else {
             return refuse("Authorization must be `Bearer <token>`");
         };
+        let cached = Verified::key(server, token);
+        let now = manifold_store::now();
+        if let Some((principal, key_id)) = self.verified.get(&cached, now) {
+            if let Some(id) = key_id {
+                self.touch(&id, now);
+            }
+            return Ok(principal);
+        }
+        // Taken before the store is read: a withdrawal meanwhile voids what this check finds.
+        let stamp = self.verified.stamp();
         if !token.starts_with(KEY_PREFIX) {
             return match &self.oauth {
-                Some(o) => self.access_token(o, token, server).await,
+                Some(o) => {
+                    let (principal, exp) = self.access_token(o, token, server).await?;
+                    self.verified
+                        .put(cached, &principal, None, Some(exp), stamp, now);
+                    Ok(principal)
+                }
                 None => refuse("the bearer token is not one this gateway issued"),
             };
         }
@@ -131,7 +150,6 @@ impl StoreAuth {
                 return refuse("the gateway cannot check credentials right now; try again");
             }
         };
-        let now = manifold_store::now();
         if key.revoked_at.is_some() {
             return refuse("the API key was revoked");
         }
@@ -148,23 +166,26 @@ impl StoreAuth {
             )));
         }
         self.touch(&key.id, now);
-        Ok(Principal::user(
-            user.issuer,
-            user.subject,
-            user.roles,
-            Vec::new(),
-        ))
+        let principal = Principal::user(user.issuer, user.subject, user.roles, Vec::new());
+        self.verified.put(
+            cached,
+            &principal,
+            Some(&key.id),
+            key.expires_at,
+            stamp,
+            now,
+        );
+        Ok(principal)
     }
 
     /// The user of a valid access token for this virtual server, if their grant stands and
-    /// they are enabled (one store query per request, so a revocation or a disabled user takes
-    /// effect at the next request on every gateway).
+    /// they are enabled, and when the token expires.
     async fn access_token(
         &self,
         o: &AuthServer,
         token: &str,
         server: &str,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<(Principal, i64), AuthError> {
         let claims = o
             .verify(token, &o.resource(server))
             .await
@@ -193,11 +214,9 @@ impl StoreAuth {
                 challenge: None,
             });
         }
-        Ok(Principal::user(
-            user.issuer,
-            user.subject,
-            user.roles,
-            scopes,
+        Ok((
+            Principal::user(user.issuer, user.subject, user.roles, scopes),
+            claims.exp,
         ))
     }
 

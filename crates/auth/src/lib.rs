@@ -2,9 +2,11 @@
 //! piece the OAuth authorization server will issue and the resource server verify), local
 //! users with Argon2id password hashes (`password`), API keys for
 //! headless agents and CI (`keys`: shown once, stored as a hash, scoped to virtual servers,
-//! with an expiry, revocable), and `StoreAuth`, the authentication seam over them: one lookup
-//! per request, so a revoked key or a disabled user is refused at the next request on every
-//! gateway sharing the store.
+//! with an expiry, revocable), and `StoreAuth`, the authentication seam over them, which
+//! remembers what it verified (`verified`) until it expires or the store says something was
+//! withdrawn: a revoked key, a revoked sign-in or a disabled user is refused at the next request
+//! when the change was made by this gateway, and within `verified::POLL` (one second) when it
+//! was made elsewhere (the CLI, another gateway sharing the store).
 
 mod client_doc;
 mod keys;
@@ -13,9 +15,11 @@ mod pages;
 mod password;
 mod rotation;
 mod tokens;
+mod verified;
 
 pub use keys::{KEY_PREFIX, StoreAuth, hash_key, new_key};
 pub use oauth::{AuthServer, SCOPE};
 pub use password::{hash_password, new_password, verify_password};
 pub use rotation::{Rotation, key_ring};
 pub use tokens::{AccessClaims, KeyRing, LEEWAY_SECS, SigningKey, TokenError};
+pub use verified::POLL as WITHDRAWALS_POLL;

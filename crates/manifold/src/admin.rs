@@ -1,5 +1,6 @@
 //! `manifold users …` and `manifold keys …`: local users and API keys, in the store the config
-//! names (`[store]`), so a running gateway sees a change at its next request.
+//! names (`[store]`). A running gateway notices a withdrawal (a user disabled, a key revoked)
+//! within a second: it reads the store's change counter every second.
 
 use std::{io::BufRead, path::Path};
 
@@ -26,7 +27,7 @@ pub enum Users {
     },
     /// List users: name, state, roles, e-mail.
     List,
-    /// Disable a user: their API keys and tokens are refused from the next request on.
+    /// Disable a user: their API keys and tokens are refused within a second, on every gateway.
     Disable {
         /// The login name.
         name: String,
@@ -203,7 +204,7 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
                 .revoke_user_grants(&u.id, manifold_store::now())
                 .await?;
             println!(
-                "disabled user {name}: their keys and tokens are refused from the next request on ({grants} sign-ins revoked)"
+                "disabled user {name}: their keys and tokens are refused within a second on every gateway sharing the store ({grants} sign-ins revoked)"
             );
         }
         Users::Enable { name } => {

@@ -886,6 +886,41 @@ async fn a_token_is_its_users_alone_and_ends_with_them() {
         .unwrap();
     assert_eq!(theirs.status(), 404, "another user's session is not found");
 
+    // So does an MRTR round of a 2026-07-28 call: admin's `requestState`, presented with bob's
+    // token, is refused (and tells bob nothing of admin); admin can still finish the call.
+    let args = json!({"name": "fa__elicit", "arguments": {"message": "who are you?"}});
+    let round = |token: &str, params: Value| {
+        let r = modern(
+            &gw.url("main"),
+            "tools/call",
+            Some("fa__elicit"),
+            params,
+            json!({"elicitation": {"form": {}}}),
+        )
+        .header("authorization", format!("Bearer {token}"));
+        async move { message(&r.send().await.unwrap().text().await.unwrap()) }
+    };
+    let v = round(&admin_token, args.clone()).await;
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let key = v["result"]["inputRequests"]
+        .as_object()
+        .and_then(|m| m.keys().next().cloned())
+        .unwrap_or_else(|| panic!("an input request: {v}"));
+    let mut retry = args.clone();
+    retry["requestState"] = v["result"]["requestState"].clone();
+    retry["inputResponses"] = json!({key: {"action": "accept", "content": {"name": "Ada"}}});
+    let v = round(&bob_token, retry.clone()).await;
+    assert_eq!(
+        v["error"]["code"], -32602,
+        "another user's requestState: {v}"
+    );
+    assert!(!v.to_string().contains("admin"), "{v}");
+    let v = round(&admin_token, retry).await;
+    assert_eq!(
+        v["result"]["content"][0]["text"], "elicited: accept {\"name\":\"Ada\"}",
+        "{v}"
+    );
+
     // Forged tokens: `alg: none`, a garbled signature, a token of another issuer's shape.
     let body = admin_token.split('.').nth(1).unwrap();
     let none = format!(
@@ -907,6 +942,8 @@ async fn a_token_is_its_users_alone_and_ends_with_them() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Bob's token was remembered as verified since its first use; a revocation through this
+    // gateway voids that at once.
     assert_eq!(init_with(&gw.url("main"), &bob_token).await, 401);
     // Unknown tokens are revoked "successfully" too (no oracle).
     let r = http()
@@ -918,10 +955,15 @@ async fn a_token_is_its_users_alone_and_ends_with_them() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // A disabled user's token is refused at the next request.
+    // A user disabled by the CLI (another process) is refused within the gateway's poll of
+    // the store's change counter.
     assert_eq!(init_with(&gw.url("main"), &admin_token).await, 200);
     gw.admin(&["users", "disable", "admin"], "", &[]);
-    assert_eq!(init_with(&gw.url("main"), &admin_token).await, 401);
+    eventually("the disabled user refused", WITHDRAWN_WITHIN, || async {
+        let status = init_with(&gw.url("main"), &admin_token).await;
+        (status == 401).then_some(())
+    })
+    .await;
 
     // A reload cannot change the running authorization server: it says so.
     std::fs::write(
