@@ -5,8 +5,9 @@
 //! with an expiry, revocable), and `StoreAuth`, the authentication seam over them, which
 //! remembers what it verified (`verified`) until it expires or the store says something was
 //! withdrawn: a revoked key, a revoked sign-in or a disabled user is refused at the next request
-//! when the change was made by this gateway, and within `verified::POLL` (one second) when it
-//! was made elsewhere (the CLI, another gateway sharing the store).
+//! when the change was made by this gateway or once the CLI that made it returns (it waits,
+//! `until_gateways_notice`), and within `verified::POLL` (one second) when another gateway
+//! sharing the store made it.
 
 mod client_doc;
 mod keys;
@@ -22,4 +23,4 @@ pub use oauth::{AuthServer, SCOPE};
 pub use password::{hash_password, new_password, verify_password};
 pub use rotation::{Rotation, key_ring};
 pub use tokens::{AccessClaims, KeyRing, LEEWAY_SECS, SigningKey, TokenError};
-pub use verified::POLL as WITHDRAWALS_POLL;
+pub use verified::until_gateways_notice;

@@ -9,8 +9,12 @@
 //!   revocation or a disabled user is committed here, so they apply at the next request;
 //! - the store's shared counter (`Store::credential_changes`), read every [`POLL`] by a task,
 //!   which moves when another process (the `manifold` CLI, another gateway on the same
-//!   PostgreSQL) withdraws something: that applies within one poll. A failed read counts as a
-//!   change, so an unreachable store never leaves stale entries in use.
+//!   PostgreSQL) withdraws something: that applies within one poll (and the CLI waits for it,
+//!   below). A failed read counts as a
+//!   change, so an unreachable store never leaves stale entries in use. Having acted on a
+//!   value, the task records it in the store (`Store::record_check`, and every [`HEARTBEAT`]
+//!   that it is still running), so the CLI can wait until every running gateway has noticed
+//!   its change before it says the change is made.
 //!
 //! Only successes are kept; a refused token is checked in full every time. Tokens themselves
 //! are not kept, only their SHA-256 (with the server's name).
@@ -32,6 +36,9 @@ use sha2::Digest;
 /// by another process stays usable here.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// How often a gateway records that it is running (and what it has seen) when nothing changes.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// The longest an entry is trusted without a full check, whatever its expiry.
 pub const LONGEST: i64 = 600;
 
@@ -41,6 +48,9 @@ const MOST: usize = 20_000;
 
 pub(crate) struct Verified {
     store: Store,
+    /// How this gateway is named in the store's record of checks: host, process, and a random
+    /// part (one process may hold several).
+    name: String,
     entries: Mutex<HashMap<[u8; 32], Entry>>,
     /// Moves whenever the poller sees the shared counter move (or fail to be read).
     shared: AtomicU64,
@@ -69,8 +79,16 @@ impl Verified {
     /// A cache over `store`, and its poller (which stops when the cache is dropped). Needs a
     /// tokio runtime.
     pub(crate) fn start(store: Store) -> Arc<Self> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "a host".into());
         let me = Arc::new(Self {
             store,
+            name: format!(
+                "{host} pid {} ({})",
+                std::process::id(),
+                &manifold_store::new_id()[..6]
+            ),
             entries: Mutex::new(HashMap::new()),
             shared: AtomicU64::new(0),
         });
@@ -139,27 +157,60 @@ impl Verified {
     }
 }
 
+/// After a withdrawal: wait (a few polls at most) until every running gateway on `store` has
+/// acted on it, i.e. refuses the withdrawn credential at its next request. The gateways that
+/// had not by then (empty when all had); a gateway counts as running if it checked within
+/// three heartbeats.
+pub async fn until_gateways_notice(
+    store: &Store,
+) -> Result<Vec<String>, manifold_store::StoreError> {
+    let serial = store.credential_changes().await?;
+    let deadline = tokio::time::Instant::now() + POLL * 5;
+    loop {
+        let since = manifold_store::now() - 3 * HEARTBEAT.as_secs() as i64;
+        let behind = store.gateways_behind(serial, since).await?;
+        if behind.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(behind);
+        }
+        tokio::time::sleep(POLL / 10).await;
+    }
+}
+
 /// Read the store's change counter every `POLL`; move `shared` when it moved or could not be
-/// read. Ends when the cache is gone.
+/// read, and then record what was acted on. Ends when the cache is gone.
 async fn poll(cache: Weak<Verified>) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<i64> = None;
+    let mut recorded: Option<(i64, tokio::time::Instant)> = None;
     loop {
         tick.tick().await;
         let Some(cache) = cache.upgrade() else { return };
-        let read = cache.store.credential_changes().await;
-        let changed = match &read {
-            Ok(n) => last.is_some_and(|l| l != *n),
+        let n = match cache.store.credential_changes().await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the store's credential change counter: verified credentials are checked again");
-                true
+                cache.shared.fetch_add(1, Ordering::Release);
+                continue;
             }
         };
-        if changed {
+        if last.is_some_and(|l| l != n) {
             cache.shared.fetch_add(1, Ordering::Release);
         }
-        last = read.ok().or(last);
+        last = Some(n);
+        // Only after acting on it: the CLI takes this as "refused here from now on".
+        if recorded.is_none_or(|(r, at)| r != n || at.elapsed() >= HEARTBEAT) {
+            match cache
+                .store
+                .record_check(&cache.name, n, manifold_store::now())
+                .await
+            {
+                Ok(()) => recorded = Some((n, tokio::time::Instant::now())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record this gateway's check of the credential change counter")
+                }
+            }
+        }
     }
 }
 
@@ -272,6 +323,36 @@ mod tests {
         other.set_disabled(&user, true).await.unwrap();
         assert_eq!(store.withdrawals_here(), 0, "not this process's");
         voided_soon(&v, &k, now, "another process withdrew").await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn once_a_gateway_says_it_noticed_a_withdrawal_its_entries_are_void() {
+        let (store, dir) = store().await;
+        let v = Verified::start(store.clone());
+        let other = Store::open(&Location::Sqlite(dir.clone())).await.unwrap();
+        let user = add_alice(&other).await;
+        let now = manifold_store::now();
+        let k = Verified::key("main", "tok");
+        // Nothing withdrawn: every running gateway (this one) is up to date at once.
+        assert!(until_gateways_notice(&other).await.unwrap().is_empty());
+        v.put(k, &alice(), None, None, v.stamp(), now);
+        other.set_disabled(&user, true).await.unwrap();
+        assert!(until_gateways_notice(&other).await.unwrap().is_empty());
+        assert!(v.get(&k, now).is_none(), "noticed means void");
+        // A gateway that stopped a moment ago still counts as running (for three heartbeats):
+        // it is waited for, up to the bound, and named.
+        let name = v.name.clone();
+        drop(v);
+        tokio::time::sleep(POLL * 2).await;
+        other.set_disabled(&user, false).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let behind = until_gateways_notice(&other).await.unwrap();
+        assert_eq!(behind, [name], "the stopped one has checked recently");
+        assert!(
+            started.elapsed() >= POLL * 5,
+            "it was waited for, up to the bound"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

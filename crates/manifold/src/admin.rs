@@ -1,6 +1,7 @@
 //! `manifold users …` and `manifold keys …`: local users and API keys, in the store the config
 //! names (`[store]`). A running gateway notices a withdrawal (a user disabled, a key revoked)
-//! within a second: it reads the store's change counter every second.
+//! within a second (it reads the store's change counter every second), and the command waits
+//! until every running gateway has before it says the change is made.
 
 use std::{io::BufRead, path::Path};
 
@@ -27,7 +28,7 @@ pub enum Users {
     },
     /// List users: name, state, roles, e-mail.
     List,
-    /// Disable a user: their API keys and tokens are refused within a second, on every gateway.
+    /// Disable a user: every running gateway refuses their API keys and tokens once this returns.
     Disable {
         /// The login name.
         name: String,
@@ -203,8 +204,10 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
             let grants = store
                 .revoke_user_grants(&u.id, manifold_store::now())
                 .await?;
+            let behind = manifold_auth::until_gateways_notice(&store).await?;
             println!(
-                "disabled user {name}: their keys and tokens are refused within a second on every gateway sharing the store ({grants} sign-ins revoked)"
+                "disabled user {name} ({grants} sign-ins revoked): {}",
+                noticed(&behind, "their keys and tokens")
             );
         }
         Users::Enable { name } => {
@@ -319,7 +322,10 @@ pub async fn keys(config_path: &Path, cmd: Keys) -> anyhow::Result<()> {
             }
         }
         Keys::Revoke { id } => match store.revoke_api_key(&id).await {
-            Ok(()) => println!("revoked API key {id}"),
+            Ok(()) => {
+                let behind = manifold_auth::until_gateways_notice(&store).await?;
+                println!("revoked API key {id}: {}", noticed(&behind, "it"));
+            }
             Err(StoreError::NotFound(_)) => {
                 bail!("no API key {id:?}: `manifold keys list` shows their ids")
             }
@@ -328,6 +334,17 @@ pub async fn keys(config_path: &Path, cmd: Keys) -> anyhow::Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// What a withdrawal's message says once the running gateways have been waited for.
+fn noticed(behind: &[String], what: &str) -> String {
+    if behind.is_empty() {
+        return format!("every running gateway refuses {what} from now on");
+    }
+    format!(
+        "refused from now on by every running gateway but {}, which has not noticed yet (each gateway checks the store every second; one that is stopping or overloaded notices when it catches up)",
+        behind.join(", ")
+    )
 }
 
 fn days(secs: i64) -> String {

@@ -7,3 +7,11 @@ CREATE TABLE credential_changes (
 );
 
 INSERT INTO credential_changes (id, serial) VALUES (1, 0);
+
+-- What each running gateway has seen of that counter, and when it last looked: so that the CLI,
+-- having withdrawn a credential, can wait until every running gateway has noticed.
+CREATE TABLE credential_checks (
+    gateway TEXT PRIMARY KEY,
+    serial BIGINT NOT NULL,
+    checked_at BIGINT NOT NULL
+);

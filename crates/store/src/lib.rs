@@ -163,6 +163,48 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Record that `gateway` has acted on the change counter up to `serial` (and is running).
+    pub async fn record_check(
+        &self,
+        gateway: &str,
+        serial: i64,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO credential_checks (gateway, serial, checked_at) VALUES ($1, $2, $3)
+             ON CONFLICT (gateway) DO UPDATE SET serial = excluded.serial, checked_at = excluded.checked_at",
+        )
+        .bind(gateway)
+        .bind(serial)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The gateways that checked the counter since `since` (so are running) but have not yet
+    /// acted on `serial`; and forget those that have not checked for a day.
+    pub async fn gateways_behind(
+        &self,
+        serial: i64,
+        since: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query("DELETE FROM credential_checks WHERE checked_at < $1")
+            .bind(since - 86_400)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query_scalar(
+            "SELECT gateway FROM credential_checks WHERE checked_at >= $1 AND serial < $2 ORDER BY gateway",
+        )
+        .bind(since)
+        .bind(serial)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
     /// How many withdrawals this process has committed: a cache in this process that took
     /// this number before reading a credential knows at once when it changed.
     pub fn withdrawals_here(&self) -> u64 {

@@ -25,7 +25,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         4,
-        "credential change counter",
+        "credential change counter and what each gateway has seen of it",
         include_str!("../migrations/0004_credential_changes.sql"),
     ),
 ];

@@ -283,3 +283,42 @@ async fn continue_with_postgres(s: &Store) -> Location {
     let sep = if base.contains('?') { '&' } else { '?' };
     Location::Postgres(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
+
+#[tokio::test]
+async fn running_gateways_say_how_far_they_have_seen_the_counter() {
+    for s in stores("running_gateways_say_how_far_they_have_seen_the_counter").await {
+        let b = s.backend();
+        let now = crate::now();
+        assert!(s.gateways_behind(1, now - 15).await.unwrap().is_empty());
+        s.record_check("gw-a", 0, now).await.unwrap();
+        s.record_check("gw-b", 0, now).await.unwrap();
+        s.record_check("gw-stopped", 0, now - 60).await.unwrap();
+        s.record_check("gw-long-gone", 0, now - 90_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.gateways_behind(1, now - 15).await.unwrap(),
+            ["gw-a", "gw-b"],
+            "{b:?}: running and behind; stopped ones do not count"
+        );
+        // A later check replaces the earlier one.
+        s.record_check("gw-a", 1, now).await.unwrap();
+        assert_eq!(
+            s.gateways_behind(1, now - 15).await.unwrap(),
+            ["gw-b"],
+            "{b:?}"
+        );
+        s.record_check("gw-b", 2, now).await.unwrap();
+        assert!(
+            s.gateways_behind(1, now - 15).await.unwrap().is_empty(),
+            "{b:?}"
+        );
+        // Rows a day old are forgotten; a stopped gateway's are kept until then.
+        let kept: Vec<String> =
+            sqlx::query_scalar("SELECT gateway FROM credential_checks ORDER BY gateway")
+                .fetch_all(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(kept, ["gw-a", "gw-b", "gw-stopped"], "{b:?}");
+    }
+}

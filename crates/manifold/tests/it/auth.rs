@@ -31,21 +31,6 @@ fn id_of(out: &str) -> String {
         .to_owned()
 }
 
-/// `refused`, once the gateway has noticed a withdrawal made by another process (the CLI):
-/// within `WITHDRAWN_WITHIN`.
-async fn refused_soon(url: &str, auth: Option<&str>, why: &str) {
-    eventually(why, WITHDRAWN_WITHIN, || async {
-        let (status, body, _) = init(url, auth).await;
-        if status == 401 {
-            Ok(())
-        } else {
-            Err(format!("{status}: {body}"))
-        }
-    })
-    .await;
-    refused(url, auth, why).await;
-}
-
 /// `initialize` at `url` with `auth` as the Authorization header (if any): status and body.
 async fn init(url: &str, auth: Option<&str>) -> (u16, String, Option<String>) {
     let mut r = post(url).body(INIT);
@@ -132,10 +117,15 @@ async fn api_keys_identify_their_user_until_revoked_disabled_or_expired() {
     let (_, body, _) = init(&main, Some("Bearer mfk_not-a-key")).await;
     assert!(!body.contains(&key), "{body}");
 
-    // Disabled, enabled again, then revoked (by the CLI, another process): each takes effect
-    // within a poll of the store's change counter, though the key was remembered as verified.
-    gw.admin(&["users", "disable", "alice"], "", &[]);
-    refused_soon(&main, Some(&bearer), "user is disabled").await;
+    // Disabled, enabled again, then revoked, by the CLI (another process): each takes effect at
+    // the next request, though the key was remembered as verified — the CLI returns once every
+    // running gateway has noticed.
+    let said = gw.admin(&["users", "disable", "alice"], "", &[]);
+    assert!(
+        said.contains("every running gateway refuses their keys and tokens from now on"),
+        "{said}"
+    );
+    refused(&main, Some(&bearer), "user is disabled").await;
     gw.admin(&["users", "enable", "alice"], "", &[]);
     assert_eq!(init(&main, Some(&bearer)).await.0, 200);
     let listed = gw.admin(&["keys", "list"], "", &[]);
@@ -148,7 +138,7 @@ async fn api_keys_identify_their_user_until_revoked_disabled_or_expired() {
         "keys are never shown again: {listed}"
     );
     gw.admin(&["keys", "revoke", &id_of(&out)], "", &[]);
-    refused_soon(&main, Some(&bearer), "revoked").await;
+    refused(&main, Some(&bearer), "revoked").await;
 
     // An expired key.
     let out = gw.admin(
@@ -320,10 +310,33 @@ async fn two_gateways_on_one_postgres_share_users_and_keys() {
         let (status, body, _) = init(&gw.url("main"), Some(&bearer)).await;
         assert_eq!(status, 200, "{body}");
     }
-    a.admin(&["keys", "revoke", &id_of(&out)], "", &env);
+    // Both gateways remembered the key; the CLI waits until both have noticed.
+    let said = a.admin(&["keys", "revoke", &id_of(&out)], "", &env);
+    assert!(
+        said.contains("every running gateway refuses it from now on"),
+        "{said}"
+    );
     for gw in [&a, &b] {
-        refused_soon(&gw.url("main"), Some(&bearer), "revoked").await;
+        refused(&gw.url("main"), Some(&bearer), "revoked").await;
     }
+    // A gateway that has just stopped is waited for a few seconds, then named: the CLI does
+    // not claim what it cannot know.
+    let stopped = format!("pid {} (", b.child.id());
+    drop(b);
+    let out = a.admin(
+        &["keys", "create", "--user", "alice", "--server", "main"],
+        "",
+        &env,
+    );
+    let said = a.admin(&["keys", "revoke", &id_of(&out)], "", &env);
+    assert!(
+        said.contains("by every running gateway but") && said.contains(&stopped),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&format!("pid {} (", a.child.id())),
+        "the running one noticed: {said}"
+    );
     // The store's URL (with its password, if any) is never logged.
     assert!(!a.log().contains("search_path"), "{}", a.log());
 }

@@ -46,11 +46,6 @@ pub fn fixture(name: &str) -> String {
 /// How often `eventually` checks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// How long a credential withdrawn by another process (the CLI, a second gateway) may still be
-/// accepted: the gateway reads the store's change counter every `WITHDRAWALS_POLL` (1 s); the
-/// rest is slack for a loaded machine.
-pub const WITHDRAWN_WITHIN: Duration = manifold_auth::WITHDRAWALS_POLL.saturating_mul(5);
-
 /// Wait for something to have happened: run `check` every 50 ms until it reports success,
 /// and return what it found. Panics once `timeout` has passed (checked between attempts),
 /// with "timed out after {timeout} waiting for {what}" and what the last attempt saw.
