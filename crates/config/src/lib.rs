@@ -202,6 +202,49 @@ pub struct AuthSettings {
     pub client_metadata_ca: Option<PathBuf>,
     /// Pre-registered clients by client id.
     pub clients: BTreeMap<String, ClientSpec>,
+    /// Whether local users may sign in with a password.
+    pub password_login: bool,
+    /// Identity providers members may sign in through, by name (`[auth.providers.NAME]`).
+    pub providers: BTreeMap<String, ProviderSpec>,
+}
+
+/// An OpenID Connect identity provider (`[auth.providers.NAME]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderSpec {
+    /// What the sign-in page's button says.
+    pub label: String,
+    /// The exact issuer (discovery is at `{issuer}/.well-known/openid-configuration`).
+    pub issuer: String,
+    pub client_id: String,
+    /// `None`: a public client (PKCE only).
+    pub client_secret: Option<String>,
+    /// Requested scopes; `openid` is always among them.
+    pub scopes: Vec<String>,
+    /// Where the groups are in the ID token (and userinfo) claims: a dotted path such as
+    /// `groups` or `realm_access.roles`.
+    pub groups_claim: String,
+    pub name_claim: String,
+    pub email_claim: String,
+    /// Also read the userinfo endpoint (its claims add to the ID token's).
+    pub userinfo: bool,
+    /// Manifold roles for each group value.
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// Roles every member signing in through this provider gets.
+    pub default_roles: Vec<String>,
+}
+
+impl std::fmt::Debug for ProviderSpec {
+    // The secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSpec")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "…"))
+            .field("scopes", &self.scopes)
+            .field("groups_claim", &self.groups_claim)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A client registered in the config (`[auth.clients.ID]`).
@@ -209,6 +252,31 @@ pub struct AuthSettings {
 pub struct ClientSpec {
     pub name: String,
     pub redirect_uris: Vec<String>,
+}
+
+/// An issuer: an absolute `https` URL, or `http` on a loopback address; no query or fragment.
+fn https_or_loopback(v: &str) -> Result<(), String> {
+    let uri: http::Uri = v.parse().map_err(|_| format!("{v:?} is not a URL"))?;
+    let Some(host) = uri
+        .authority()
+        .map(|a| a.host().trim_matches(['[', ']']).to_owned())
+    else {
+        return Err(format!("{v:?} is not an absolute URL"));
+    };
+    if uri.query().is_some() || v.contains('#') {
+        return Err(format!("{v:?} must not have a query or fragment"));
+    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        _ => Err(format!(
+            "{v:?} must be https (plain http only on a loopback address)"
+        )),
+    }
 }
 
 /// Whether `uri` may be a redirect URI: an absolute `https` URL, or `http` to a loopback
@@ -710,6 +778,80 @@ impl Builder<'_> {
                 None
             }
         });
+        let mut providers = BTreeMap::new();
+        for (name, p) in a.providers.unwrap_or_default() {
+            let at = self.src.at(&p);
+            let p = p.into_inner();
+            let key = format!("auth.providers.{name}");
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                self.errors.push(at.err(format!(
+                    "{key}: a provider's name is 1 to 32 of a-z, 0-9, - and _ (it appears in URLs)"
+                )));
+            }
+            let issuer = self
+                .expand(&p.issuer, &format!("{key}.issuer"), &mut Vec::new())
+                .map(|i| i.trim_end_matches('/').to_owned());
+            if let Some(i) = &issuer
+                && let Err(m) = https_or_loopback(i)
+            {
+                self.errors
+                    .push(self.src.at(&p.issuer).err(format!("{key}.issuer: {m}")));
+            }
+            let client_id = self.expand(&p.client_id, &format!("{key}.client_id"), &mut Vec::new());
+            if client_id.as_deref() == Some("") {
+                self.errors.push(
+                    self.src
+                        .at(&p.client_id)
+                        .err(format!("{key}.client_id: must not be empty")),
+                );
+            }
+            let client_secret = p
+                .client_secret
+                .as_ref()
+                .and_then(|s| self.expand(s, &format!("{key}.client_secret"), &mut Vec::new()));
+            let mut scopes = p
+                .scopes
+                .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]);
+            if !scopes.iter().any(|s| s == "openid") {
+                scopes.insert(0, "openid".into());
+            }
+            let groups_claim = p
+                .groups_claim
+                .as_ref()
+                .map_or_else(|| "groups".to_owned(), |g| g.get_ref().clone());
+            if groups_claim.is_empty() || groups_claim.split('.').any(str::is_empty) {
+                self.errors.push(self.src.table(&["auth", "providers", &name]).err(format!(
+                    "{key}.groups_claim: {groups_claim:?} is not a claim path (names joined by dots, like \"realm_access.roles\")"
+                )));
+            }
+            providers.insert(
+                name.clone(),
+                ProviderSpec {
+                    label: p.label.unwrap_or_else(|| name.clone()),
+                    issuer: issuer.unwrap_or_default(),
+                    client_id: client_id.unwrap_or_default(),
+                    client_secret,
+                    scopes,
+                    groups_claim,
+                    name_claim: p.name_claim.unwrap_or_else(|| "name".into()),
+                    email_claim: p.email_claim.unwrap_or_else(|| "email".into()),
+                    userinfo: p.userinfo.unwrap_or(false),
+                    roles: p.roles.unwrap_or_default(),
+                    default_roles: p.default_roles.unwrap_or_default(),
+                },
+            );
+        }
+        let password_login = a.password_login.unwrap_or(true);
+        if !password_login && providers.is_empty() {
+            self.errors.push(self.src.table(&["auth"]).err(
+                "auth.password_login = false leaves no way to sign in: configure [auth.providers.NAME], or allow passwords".to_owned(),
+            ));
+        }
         let access_token_lifetime = self.positive(
             a.access_token_lifetime,
             "auth.access_token_lifetime",
@@ -740,6 +882,8 @@ impl Builder<'_> {
             client_metadata_private_hosts,
             client_metadata_ca,
             clients,
+            password_login,
+            providers,
         }
     }
 

@@ -49,6 +49,24 @@ pub struct RawAuth {
     pub client_metadata_private_hosts: Option<Vec<Spanned<String>>>,
     pub client_metadata_ca: Option<Spanned<String>>,
     pub clients: Option<BTreeMap<String, Spanned<RawClient>>>,
+    pub password_login: Option<bool>,
+    pub providers: Option<BTreeMap<String, Spanned<RawProvider>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub issuer: Spanned<String>,
+    pub client_id: Spanned<String>,
+    pub client_secret: Option<Spanned<String>>,
+    pub label: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub groups_claim: Option<Spanned<String>>,
+    pub name_claim: Option<String>,
+    pub email_claim: Option<String>,
+    pub userinfo: Option<bool>,
+    pub roles: Option<BTreeMap<String, Vec<String>>>,
+    pub default_roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -640,3 +640,57 @@ fn auth_settings_are_checked() {
         assert!(e.contains(part), "{part:?} in:\n{e}");
     }
 }
+
+#[test]
+fn identity_providers_are_checked() {
+    let c = parse(
+        "[auth]\nrequired = true\npassword_login = false\n[auth.providers.okta]\nissuer = \"https://acme.okta.example/\"\nclient_id = \"0oa1\"\nscopes = [\"email\"]\ngroups_claim = \"realm_access.roles\"\nroles = { eng = [\"dev\"], admins = [\"admin\", \"dev\"] }\ndefault_roles = [\"member\"]\n[auth.providers.local-kc]\nissuer = \"http://127.0.0.1:8080/realms/acme\"\nclient_id = \"manifold\"\nlabel = \"Keycloak\"\n",
+    )
+    .unwrap();
+    assert!(!c.auth.password_login);
+    let okta = &c.auth.providers["okta"];
+    assert_eq!(okta.issuer, "https://acme.okta.example");
+    assert_eq!(okta.label, "okta");
+    assert_eq!(okta.scopes, ["openid", "email"], "openid is always asked");
+    assert_eq!(okta.groups_claim, "realm_access.roles");
+    assert_eq!(okta.roles["admins"], ["admin", "dev"]);
+    assert_eq!(okta.default_roles, ["member"]);
+    assert_eq!(okta.client_secret, None);
+    let kc = &c.auth.providers["local-kc"];
+    assert_eq!(kc.label, "Keycloak");
+    assert_eq!(kc.scopes, ["openid", "profile", "email"]);
+    assert_eq!(
+        (kc.groups_claim.as_str(), kc.name_claim.as_str()),
+        ("groups", "name")
+    );
+    assert_eq!(c.auth.providers.len(), 2);
+    let e = parse(
+        "[auth]\npassword_login = false\n[auth.providers.Bad_Name]\nissuer = \"http://idp.example\"\nclient_id = \"\"\ngroups_claim = \"a..b\"\n[auth.providers.x]\nissuer = \"https://idp.example/?q=1\"\nclient_id = \"c\"\nclient_secret = \"${NO_SUCH_SECRET}\"\n",
+    )
+    .unwrap_err();
+    for part in [
+        "auth.providers.Bad_Name: a provider's name is 1 to 32 of a-z",
+        "auth.providers.Bad_Name.issuer: \"http://idp.example\" must be https",
+        "auth.providers.Bad_Name.client_id: must not be empty",
+        "auth.providers.Bad_Name.groups_claim: \"a..b\" is not a claim path",
+        "auth.providers.x.issuer: \"https://idp.example/?q=1\" must not have a query",
+        "auth.providers.x.client_secret:",
+        "NO_SUCH_SECRET",
+    ] {
+        assert!(e.contains(part), "{part:?} in:\n{e}");
+    }
+    let e = parse("[auth]\npassword_login = false\n").unwrap_err();
+    assert!(e.contains("leaves no way to sign in"), "{e}");
+    let e = parse("[auth.providers.p]\nissuer = \"https://i.example\"\n").unwrap_err();
+    assert!(e.contains("client_id"), "{e}");
+    // The secret never shows in a debug print.
+    let c = parse(
+        "[auth.providers.p]\nissuer = \"https://i.example\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-value\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.auth.providers["p"].client_secret.as_deref(),
+        Some("s3cr3t-value")
+    );
+    assert!(!format!("{:?}", c.auth).contains("s3cr3t-value"));
+}
