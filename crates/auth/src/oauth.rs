@@ -1364,6 +1364,8 @@ mod tests {
             client_metadata_private_hosts: Vec::new(),
             client_metadata_ca: None,
             clients: BTreeMap::new(),
+            password_login: true,
+            providers: BTreeMap::new(),
         }
     }
 
