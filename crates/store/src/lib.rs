@@ -11,6 +11,7 @@
 mod keys;
 mod migrate;
 mod oauth;
+mod sso;
 mod users;
 
 use std::{
@@ -29,6 +30,7 @@ use sqlx::{
 
 pub use keys::StoredSigningKey;
 pub use oauth::{Client, Code, Grant, Redeemed, SignIn};
+pub use sso::{SsoMember, SsoRequest};
 pub use users::{ApiKey, NewApiKey, NewUser, User};
 
 /// Where the store lives.

@@ -28,6 +28,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "credential change counter and what each gateway has seen of it",
         include_str!("../migrations/0004_credential_changes.sql"),
     ),
+    (
+        5,
+        "sign-ins through identity providers in progress",
+        include_str!("../migrations/0005_sso.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

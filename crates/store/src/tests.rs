@@ -322,3 +322,97 @@ async fn running_gateways_say_how_far_they_have_seen_the_counter() {
         assert_eq!(kept, ["gw-a", "gw-b", "gw-stopped"], "{b:?}");
     }
 }
+
+#[tokio::test]
+async fn members_of_an_identity_provider_are_kept_by_issuer_and_subject() {
+    for s in stores("members_of_an_identity_provider_are_kept_by_issuer_and_subject").await {
+        let b = s.backend();
+        let dev = vec!["dev".to_owned()];
+        let member = |subject: &'static str, name: &'static str, roles: &'static [String]| {
+            crate::SsoMember {
+                issuer: "https://idp.example",
+                subject,
+                name,
+                email: Some("ada@acme.example"),
+                roles,
+            }
+        };
+        let ada = s
+            .sso_user(&member("sub-1", "ada@acme.example", &[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ada.issuer.as_str(), ada.subject.as_str(), ada.name.as_str()),
+            ("https://idp.example", "sub-1", "ada@acme.example"),
+            "{b:?}"
+        );
+        assert!(ada.password_hash.is_none(), "no password: {b:?}");
+        // A local user of the same name is another user.
+        let local = s.add_user(&user("ada@acme.example")).await.unwrap();
+        assert_ne!(local.id, ada.id);
+        // The next sign-in updates roles (a withdrawal: cached principals hold roles) but
+        // keeps the id, and never re-enables a disabled member.
+        s.set_disabled(&ada.id, true).await.unwrap();
+        let before = s.withdrawals_here();
+        let roles: &'static [String] = Box::leak(dev.into_boxed_slice());
+        let again = s
+            .sso_user(&member("sub-1", "ada@acme.example", roles))
+            .await
+            .unwrap();
+        assert_eq!(again.id, ada.id, "{b:?}");
+        assert_eq!(again.roles, ["dev"], "{b:?}");
+        assert!(again.disabled, "{b:?}");
+        assert_eq!(s.withdrawals_here(), before + 1, "{b:?}: roles changed");
+        s.sso_user(&member("sub-1", "ada@acme.example", roles))
+            .await
+            .unwrap();
+        assert_eq!(s.withdrawals_here(), before + 1, "{b:?}: nothing changed");
+        // Another member with the same handle gets their subject as their name.
+        let other = s
+            .sso_user(&member("sub-2", "ada@acme.example", &[]))
+            .await
+            .unwrap();
+        assert_eq!(other.name, "sub-2", "{b:?}");
+        assert_ne!(other.id, ada.id);
+    }
+}
+
+#[tokio::test]
+async fn a_sign_in_in_progress_is_spent_once() {
+    for s in stores("a_sign_in_in_progress_is_spent_once").await {
+        let b = s.backend();
+        let req = crate::SsoRequest {
+            provider: "okta".into(),
+            browser_hash: "bh".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            next: "client_id=c".into(),
+            expires_at: crate::now() + 600,
+        };
+        s.add_sso_request("st", &req).await.unwrap();
+        assert_eq!(
+            s.take_sso_request("st").await.unwrap(),
+            Some(req.clone()),
+            "{b:?}"
+        );
+        assert_eq!(
+            s.take_sso_request("st").await.unwrap(),
+            None,
+            "{b:?}: spent"
+        );
+        assert_eq!(s.take_sso_request("other").await.unwrap(), None, "{b:?}");
+        // Twenty callbacks at once: exactly one gets it.
+        s.add_sso_request("race", &req).await.unwrap();
+        let got = futures::future::join_all((0..20).map(|_| s.take_sso_request("race"))).await;
+        let won = got.into_iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+        assert_eq!(won, 1, "{b:?}");
+        // Expired requests are cleaned up when the next one is added.
+        let old = crate::SsoRequest {
+            expires_at: crate::now() - 10,
+            ..req.clone()
+        };
+        s.add_sso_request("old", &old).await.unwrap();
+        s.add_sso_request("new", &req).await.unwrap();
+        assert_eq!(s.take_sso_request("old").await.unwrap(), None, "{b:?}");
+    }
+}

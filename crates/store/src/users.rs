@@ -105,7 +105,7 @@ fn key_of(r: &AnyRow) -> Result<ApiKey, sqlx::Error> {
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 

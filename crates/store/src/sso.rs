@@ -1,0 +1,183 @@
+//! Members who sign in through an identity provider: their user rows (keyed by the provider's
+//! issuer and their subject) and the sign-ins in progress.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError, User, new_id, now, users::user_of};
+
+/// A redirect to an identity provider, waiting for its callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsoRequest {
+    pub provider: String,
+    /// SHA-256 of the cookie of the browser that started it.
+    pub browser_hash: String,
+    pub nonce: String,
+    pub verifier: String,
+    pub next: String,
+    pub expires_at: i64,
+}
+
+/// What an identity provider says of a member at sign-in.
+pub struct SsoMember<'a> {
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    /// A handle to show and find them by (their e-mail, or a user name); the subject when
+    /// another member of the same provider has it.
+    pub name: &'a str,
+    pub email: Option<&'a str>,
+    pub roles: &'a [String],
+}
+
+impl Store {
+    pub async fn add_sso_request(
+        &self,
+        state_hash: &str,
+        r: &SsoRequest,
+    ) -> Result<(), StoreError> {
+        // Requests nobody came back for go with the next one.
+        sqlx::query("DELETE FROM sso_requests WHERE expires_at < $1")
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "INSERT INTO sso_requests (state_hash, provider, browser_hash, nonce, verifier, next, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(state_hash)
+        .bind(&r.provider)
+        .bind(&r.browser_hash)
+        .bind(&r.nonce)
+        .bind(&r.verifier)
+        .bind(&r.next)
+        .bind(r.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Spend the request with this state: the first callback gets it (whether or not it has
+    /// expired: the caller checks), every later one `None`.
+    pub async fn take_sso_request(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<SsoRequest>, StoreError> {
+        let e = |e| self.err(e);
+        let row = sqlx::query(
+            "DELETE FROM sso_requests WHERE state_hash = $1
+             RETURNING provider, browser_hash, nonce, verifier, next, expires_at",
+        )
+        .bind(state_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e)?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(SsoRequest {
+            provider: r.try_get("provider").map_err(e)?,
+            browser_hash: r.try_get("browser_hash").map_err(e)?,
+            nonce: r.try_get("nonce").map_err(e)?,
+            verifier: r.try_get("verifier").map_err(e)?,
+            next: r.try_get("next").map_err(e)?,
+            expires_at: r.try_get("expires_at").map_err(e)?,
+        }))
+    }
+
+    /// The member's user, created at their first sign-in and brought up to date at every
+    /// later one (name, e-mail, roles; never whether an administrator disabled them). A change
+    /// of roles is a withdrawal: credentials verified with the old roles are checked again.
+    pub async fn sso_user(&self, m: &SsoMember<'_>) -> Result<User, StoreError> {
+        let roles = m.roles.join(" ");
+        let existing = self.user_by_subject(m.issuer, m.subject).await?;
+        let t = now();
+        match existing {
+            None => {
+                let id = new_id();
+                let insert = |name: String| {
+                    sqlx::query(
+                        "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $7)",
+                    )
+                    .bind(id.clone())
+                    .bind(m.issuer.to_owned())
+                    .bind(m.subject.to_owned())
+                    .bind(name)
+                    .bind(m.email.map(str::to_owned))
+                    .bind(roles.clone())
+                    .bind(t)
+                };
+                if let Err(e) = insert(m.name.to_owned()).execute(&self.pool).await {
+                    if !crate::users::is_unique_violation(&e) {
+                        return Err(self.err(e));
+                    }
+                    // Another member has this name (or a concurrent first sign-in made this
+                    // one): the subject is theirs alone.
+                    if let Err(e) = insert(m.subject.to_owned()).execute(&self.pool).await
+                        && !crate::users::is_unique_violation(&e)
+                    {
+                        return Err(self.err(e));
+                    }
+                }
+            }
+            Some(u) => {
+                let name_taken =
+                    u.name != m.name && self.user_by_name(m.issuer, m.name).await?.is_some();
+                let name = if name_taken { m.subject } else { m.name };
+                let update = sqlx::query(
+                    "UPDATE users SET name = $1, email = $2, roles = $3, updated_at = $4 WHERE id = $5",
+                )
+                .bind(name)
+                .bind(m.email)
+                .bind(&roles)
+                .bind(t)
+                .bind(&u.id);
+                if u.roles != m.roles {
+                    self.withdraw(update).await?;
+                } else {
+                    update.execute(&self.pool).await.map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        self.user_by_subject(m.issuer, m.subject)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no user {} at {}", m.subject, m.issuer)))
+    }
+
+    async fn user_by_subject(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM users WHERE issuer = $1 AND subject = $2",
+            crate::users::USER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.as_ref()
+            .map(user_of)
+            .transpose()
+            .map_err(|e| self.err(e))
+    }
+
+    async fn user_by_name(&self, issuer: &str, name: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM users WHERE issuer = $1 AND name = $2",
+            crate::users::USER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(issuer)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.as_ref()
+            .map(user_of)
+            .transpose()
+            .map_err(|e| self.err(e))
+    }
+}
