@@ -323,20 +323,22 @@ async fn running_gateways_say_how_far_they_have_seen_the_counter() {
     }
 }
 
+/// A member of one identity provider, as it describes them.
+fn member<'a>(subject: &'a str, name: &'a str, roles: &'a [String]) -> crate::SsoMember<'a> {
+    crate::SsoMember {
+        issuer: "https://idp.example",
+        subject,
+        name,
+        email: Some("ada@acme.example"),
+        roles,
+    }
+}
+
 #[tokio::test]
 async fn members_of_an_identity_provider_are_kept_by_issuer_and_subject() {
     for s in stores("members_of_an_identity_provider_are_kept_by_issuer_and_subject").await {
         let b = s.backend();
         let dev = vec!["dev".to_owned()];
-        let member = |subject: &'static str, name: &'static str, roles: &'static [String]| {
-            crate::SsoMember {
-                issuer: "https://idp.example",
-                subject,
-                name,
-                email: Some("ada@acme.example"),
-                roles,
-            }
-        };
         let ada = s
             .sso_user(&member("sub-1", "ada@acme.example", &[]))
             .await
@@ -354,7 +356,7 @@ async fn members_of_an_identity_provider_are_kept_by_issuer_and_subject() {
         // keeps the id, and never re-enables a disabled member.
         s.set_disabled(&ada.id, true).await.unwrap();
         let before = s.withdrawals_here();
-        let roles: &'static [String] = Box::leak(dev.into_boxed_slice());
+        let roles = &dev[..];
         let again = s
             .sso_user(&member("sub-1", "ada@acme.example", roles))
             .await
