@@ -338,7 +338,7 @@ fn member<'a>(subject: &'a str, name: &'a str, roles: &'a [String]) -> crate::Ss
 async fn members_of_an_identity_provider_are_kept_by_issuer_and_subject() {
     for s in stores("members_of_an_identity_provider_are_kept_by_issuer_and_subject").await {
         let b = s.backend();
-        let dev = vec!["dev".to_owned()];
+        let dev = ["dev".to_owned()];
         let ada = s
             .sso_user(&member("sub-1", "ada@acme.example", &[]))
             .await
