@@ -15,6 +15,7 @@ mod oauth;
 mod pages;
 mod password;
 mod rotation;
+mod sso;
 mod tokens;
 mod verified;
 

@@ -65,6 +65,8 @@ pub struct AuthServer {
     registrations: Window,
     /// Client ID metadata documents, when accepted.
     docs: Option<ClientDocs>,
+    /// Identity providers members may sign in through, if any.
+    pub(crate) sso: Option<crate::sso::Sso>,
 }
 
 /// A client the authorization request names: its name, redirect URIs and whether the
@@ -102,7 +104,9 @@ impl AuthServer {
         } else {
             None
         };
+        let sso = crate::sso::Sso::new(&settings.providers, &issuer)?;
         let server = Arc::new(Self {
+            sso,
             store,
             gw: OnceLock::new(),
             issuer,
@@ -238,6 +242,7 @@ impl AuthServer {
             .route("/oauth/register", post(register))
             .route("/oauth/revoke", post(revoke))
             .route("/oauth/jwks", get(jwks))
+            .merge(crate::sso::Sso::router())
             .with_state(self.clone())
     }
 
@@ -347,7 +352,7 @@ impl Window {
 }
 
 /// Random, URL-safe: 256 bits.
-fn secret(prefix: &str) -> String {
+pub(crate) fn secret(prefix: &str) -> String {
     let bytes: [u8; 32] = rand::random();
     format!("{prefix}{}", B64.encode(bytes))
 }
@@ -356,7 +361,7 @@ fn source(peer: Option<&Peer>) -> String {
     peer.map(|p| p.0.ip().to_string()).unwrap_or_default()
 }
 
-fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -366,7 +371,7 @@ fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn set_cookie(s: &AuthServer, name: &str, value: &str, max_age: i64) -> HeaderValue {
+pub(crate) fn set_cookie(s: &AuthServer, name: &str, value: &str, max_age: i64) -> HeaderValue {
     let secure = if s.issuer.starts_with("https://") {
         "; Secure"
     } else {
@@ -380,7 +385,7 @@ fn set_cookie(s: &AuthServer, name: &str, value: &str, max_age: i64) -> HeaderVa
 
 /// Checks every route of the authorization server makes first: the `Host` (DNS rebinding),
 /// and for the forms, that a browser posts them from this origin.
-fn host_ok(s: &AuthServer, h: &HeaderMap) -> Option<Response> {
+pub(crate) fn host_ok(s: &AuthServer, h: &HeaderMap) -> Option<Response> {
     match s.gateway() {
         Some(gw) => manifold_server::check_host(&gw, h),
         None => Some((StatusCode::SERVICE_UNAVAILABLE, "the gateway is starting").into_response()),
@@ -731,9 +736,21 @@ async fn authorize(
     pages::consent(&a, &si.csrf, &si.user.name)
 }
 
+/// The sign-in page (or, when the only way to sign in is one identity provider, that
+/// provider).
 fn login_page(s: &AuthServer, p: &AuthzParams, problem: Option<&str>) -> Response {
+    let providers = s.sso.as_ref().map(|x| x.choices()).unwrap_or_default();
+    if let ([(name, _)], false, None) = (&providers[..], s.settings.password_login, problem) {
+        return Redirect::to(&format!("/oauth/sso/{name}?{}", p.query())).into_response();
+    }
     let csrf = secret("");
-    let mut r = pages::login(&p.query(), &csrf, problem);
+    let mut r = pages::login(
+        &p.query(),
+        &csrf,
+        problem,
+        &providers,
+        s.settings.password_login,
+    );
     r.headers_mut()
         .append(header::SET_COOKIE, set_cookie(s, CSRF_COOKIE, &csrf, 3600));
     r
@@ -762,6 +779,13 @@ async fn login(
         return r;
     }
     let p: AuthzParams = serde_urlencoded_from(&f.next);
+    if !s.settings.password_login {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Passwords are off",
+            "This gateway signs members in through their identity provider only.",
+        );
+    }
     if f.csrf.is_empty() || cookie(&h, CSRF_COOKIE) != Some(f.csrf.as_str()) {
         return login_page(
             &s,
@@ -818,8 +842,19 @@ async fn login(
             Some("The user name or password is not right (or the user is disabled)."),
         );
     };
-    // A new session at every sign-in (no fixation); the old one, if any, ends.
-    if let Some(old) = cookie(&h, SESSION_COOKIE) {
+    tracing::info!(user = %user.name, source = %from, "signed in");
+    begin_session(&s, &h, &user, &p).await
+}
+
+/// Signed in as `user`: a new session (no fixation; the old one, if any, ends), then on with
+/// the authorization request `p`.
+pub(crate) async fn begin_session(
+    s: &AuthServer,
+    h: &HeaderMap,
+    user: &User,
+    p: &AuthzParams,
+) -> Response {
+    if let Some(old) = cookie(h, SESSION_COOKIE) {
         let _ = s.store.end_sign_in(&hash_key(old)).await;
     }
     let token = secret("");
@@ -842,16 +877,20 @@ async fn login(
             "The gateway cannot sign you in right now.",
         );
     }
-    tracing::info!(user = %user.name, source = %from, "signed in");
     let mut r = Redirect::to(&format!("/oauth/authorize?{}", p.query())).into_response();
     let hs = r.headers_mut();
     hs.append(
         header::SET_COOKIE,
-        set_cookie(&s, SESSION_COOKIE, &token, SIGN_IN_LIFETIME),
+        set_cookie(s, SESSION_COOKIE, &token, SIGN_IN_LIFETIME),
     );
-    hs.append(header::SET_COOKIE, set_cookie(&s, CSRF_COOKIE, "", 0));
+    hs.append(header::SET_COOKIE, set_cookie(s, CSRF_COOKIE, "", 0));
     hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The authorization request in a query string (what a sign-in continues).
+pub(crate) fn params_from(q: &str) -> AuthzParams {
+    serde_urlencoded_from(q)
 }
 
 fn serde_urlencoded_from(q: &str) -> AuthzParams {

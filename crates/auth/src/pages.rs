@@ -57,23 +57,50 @@ pub fn error(status: StatusCode, title: &str, message: &str) -> Response {
     page(status, title, &format!("<p>{}</p>", escape(message)))
 }
 
-/// The sign-in form; `next` is the authorization request to continue.
-pub fn login(next: &str, csrf: &str, problem: Option<&str>) -> Response {
+/// The sign-in page: a link per identity provider (`(name, label)`), then the password form
+/// unless `password` is off; `next` is the authorization request to continue.
+pub fn login(
+    next: &str,
+    csrf: &str,
+    problem: Option<&str>,
+    providers: &[(&str, &str)],
+    password: bool,
+) -> Response {
     let problem = problem
         .map(|p| format!("<p class=\"problem\" role=\"alert\">{}</p>", escape(p)))
         .unwrap_or_default();
-    page(
-        StatusCode::OK,
-        "Sign in",
-        &format!(
-            "{problem}<form method=\"post\" action=\"/oauth/login\">\
+    let mut links = String::new();
+    for (name, label) in providers {
+        // `next` is a query string already: only escaped for HTML here.
+        links.push_str(&format!(
+            "<p><a class=\"provider\" href=\"/oauth/sso/{name}?{next}\">Sign in with {label}</a></p>",
+            name = escape(name),
+            next = escape(next),
+            label = escape(label),
+        ));
+    }
+    let form = if password {
+        format!(
+            "{or}<form method=\"post\" action=\"/oauth/login\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"next\" value=\"{next}\">\
              <label for=\"username\">User name</label><input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
              <label for=\"password\">Password</label><input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
              <button type=\"submit\">Sign in</button></form>",
+            or = if providers.is_empty() {
+                ""
+            } else {
+                "<p>Or with a Manifold password:</p>"
+            },
             csrf = escape(csrf),
             next = escape(next),
-        ),
+        )
+    } else {
+        String::new()
+    };
+    page(
+        StatusCode::OK,
+        "Sign in",
+        &format!("{problem}{links}{form}"),
     )
 }
 

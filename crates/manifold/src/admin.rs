@@ -30,13 +30,19 @@ pub enum Users {
     List,
     /// Disable a user: every running gateway refuses their API keys and tokens once this returns.
     Disable {
-        /// The login name.
+        /// The login name, or the name of a member who signs in through an identity provider
+        /// (their e-mail, as `users list` shows it).
         name: String,
+        /// The identity provider's issuer, when members of several have this name.
+        #[arg(long)]
+        issuer: Option<String>,
     },
     /// Enable a disabled user again.
     Enable {
-        /// The login name.
+        /// The name, as for `disable`.
         name: String,
+        #[arg(long)]
+        issuer: Option<String>,
     },
     /// Set a new password (random and printed once unless --password-stdin).
     Passwd {
@@ -119,6 +125,29 @@ pub async fn first_admin(store: &Store) -> anyhow::Result<()> {
     }
 }
 
+/// The user of this name: local or of an identity provider (of `issuer`, when given or when
+/// several have it).
+async fn any_user(store: &Store, name: &str, issuer: Option<&str>) -> anyhow::Result<User> {
+    let mut found: Vec<User> = store
+        .users()
+        .await?
+        .into_iter()
+        .filter(|u| u.name == name && issuer.is_none_or(|i| u.issuer == i))
+        .collect();
+    match found.len() {
+        0 => bail!("no user {name:?}: `manifold users list` shows them"),
+        1 => Ok(found.remove(0)),
+        _ => bail!(
+            "several users are named {name:?}, of {}: say which with --issuer",
+            found
+                .iter()
+                .map(|u| u.issuer.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 async fn local_user(store: &Store, name: &str) -> anyhow::Result<User> {
     store
         .local_user(name)
@@ -185,8 +214,13 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
             }
             for u in users {
                 let state = if u.disabled { "disabled" } else { "active" };
+                let via = if u.issuer == manifold_store::LOCAL_ISSUER {
+                    String::new()
+                } else {
+                    format!(" (signs in through {})", u.issuer)
+                };
                 println!(
-                    "{:<24} {:<9} roles: {:<20} {}",
+                    "{:<24} {:<9} roles: {:<20} {}{via}",
                     u.name,
                     state,
                     if u.roles.is_empty() {
@@ -198,8 +232,8 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
                 );
             }
         }
-        Users::Disable { name } => {
-            let u = local_user(&store, &name).await?;
+        Users::Disable { name, issuer } => {
+            let u = any_user(&store, &name, issuer.as_deref()).await?;
             store.set_disabled(&u.id, true).await?;
             let grants = store
                 .revoke_user_grants(&u.id, manifold_store::now())
@@ -210,8 +244,8 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
                 noticed(&behind, "their keys and tokens")
             );
         }
-        Users::Enable { name } => {
-            let u = local_user(&store, &name).await?;
+        Users::Enable { name, issuer } => {
+            let u = any_user(&store, &name, issuer.as_deref()).await?;
             store.set_disabled(&u.id, false).await?;
             println!("enabled user {name}");
         }

@@ -31,7 +31,7 @@ use sqlx::{
 pub use keys::StoredSigningKey;
 pub use oauth::{Client, Code, Grant, Redeemed, SignIn};
 pub use sso::{SsoMember, SsoRequest};
-pub use users::{ApiKey, NewApiKey, NewUser, User};
+pub use users::{ApiKey, LOCAL_ISSUER, NewApiKey, NewUser, User};
 
 /// Where the store lives.
 #[derive(Clone, Debug, PartialEq, Eq)]

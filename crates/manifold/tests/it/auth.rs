@@ -240,11 +240,7 @@ async fn users_and_keys_commands_refuse_bad_input_clearly() {
             "short\n",
             "too short",
         ),
-        (
-            &["users", "disable", "carol"],
-            "",
-            "no local user \"carol\"",
-        ),
+        (&["users", "disable", "carol"], "", "no user \"carol\""),
         (
             &["keys", "create", "--user", "alice", "--server", "nope"],
             "",

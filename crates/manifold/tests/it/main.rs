@@ -11,4 +11,5 @@ mod modern;
 mod oauth;
 mod peers;
 mod reload;
+mod sso;
 mod support;

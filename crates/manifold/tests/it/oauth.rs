@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
-const REDIRECT: &str = "http://127.0.0.1:7777/callback";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:7777/callback";
 
 /// Two virtual servers with sign-in required, on `store` (empty: SQLite in the temp dir).
 fn signed_in_config(store: &str, extra_auth: &str) -> String {
@@ -30,14 +30,14 @@ fn admin_password(gw: &Gw) -> String {
         .to_owned()
 }
 
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     let bytes: [u8; 32] = rand::random();
     let verifier = B64.encode(bytes);
     let challenge = B64.encode(Sha256::digest(verifier.as_bytes()));
     (verifier, challenge)
 }
 
-fn no_redirects() -> reqwest::Client {
+pub(crate) fn no_redirects() -> reqwest::Client {
     http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -45,13 +45,13 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// A browser: no automatic redirects, cookies kept by name.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     cookies: HashMap<String, String>,
 }
 
 impl Browser {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             http: no_redirects(),
             cookies: HashMap::new(),
@@ -79,7 +79,7 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, url: &str) -> reqwest::Response {
+    pub(crate) async fn get(&mut self, url: &str) -> reqwest::Response {
         let r = self
             .http
             .get(url)
@@ -91,7 +91,11 @@ impl Browser {
         r
     }
 
-    async fn post_form(&mut self, url: &str, form: &[(String, String)]) -> reqwest::Response {
+    pub(crate) async fn post_form(
+        &mut self,
+        url: &str,
+        form: &[(String, String)],
+    ) -> reqwest::Response {
         let body = form
             .iter()
             .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
@@ -111,7 +115,7 @@ impl Browser {
     }
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -123,7 +127,7 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-fn dec(s: &str) -> String {
+pub(crate) fn dec(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -147,7 +151,7 @@ fn dec(s: &str) -> String {
 }
 
 /// The hidden fields of a page's form.
-fn hidden(page: &str) -> Vec<(String, String)> {
+pub(crate) fn hidden(page: &str) -> Vec<(String, String)> {
     page.split("<input type=\"hidden\" name=\"")
         .skip(1)
         .map(|rest| {
@@ -173,7 +177,7 @@ fn hidden(page: &str) -> Vec<(String, String)> {
 }
 
 /// The query parameters of a redirect's `Location`.
-fn location(r: &reqwest::Response) -> (String, HashMap<String, String>) {
+pub(crate) fn location(r: &reqwest::Response) -> (String, HashMap<String, String>) {
     let loc = r
         .headers()
         .get("location")
@@ -193,7 +197,7 @@ fn location(r: &reqwest::Response) -> (String, HashMap<String, String>) {
     (path.to_owned(), params)
 }
 
-async fn register(base: &str, redirects: &[&str]) -> (u16, Value) {
+pub(crate) async fn register(base: &str, redirects: &[&str]) -> (u16, Value) {
     let r = http()
         .post(format!("{base}/oauth/register"))
         .json(&json!({ "redirect_uris": redirects, "client_name": "Test <client>", "token_endpoint_auth_method": "none" }))
@@ -203,7 +207,7 @@ async fn register(base: &str, redirects: &[&str]) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-fn authorize_url(
+pub(crate) fn authorize_url(
     base: &str,
     client: &str,
     redirect: &str,
@@ -288,7 +292,7 @@ async fn sign_in(
         .clone()
 }
 
-async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+pub(crate) async fn get_json(url: impl reqwest::IntoUrl) -> Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
@@ -297,7 +301,7 @@ async fn issuer_of(base: &str) -> String {
     m["issuer"].as_str().unwrap().to_owned()
 }
 
-async fn token_request(
+pub(crate) async fn token_request(
     base: &str,
     form: &[(&str, &str)],
 ) -> (u16, Value, reqwest::header::HeaderMap) {
@@ -333,7 +337,7 @@ async fn refresh_with(
     .await
 }
 
-async fn redeem(base: &str, client: &str, code: &str, verifier: &str) -> (u16, Value) {
+pub(crate) async fn redeem(base: &str, client: &str, code: &str, verifier: &str) -> (u16, Value) {
     let (s, v, _) = token_request(
         base,
         &[
@@ -349,7 +353,7 @@ async fn redeem(base: &str, client: &str, code: &str, verifier: &str) -> (u16, V
 }
 
 /// `initialize` with a bearer token: the status.
-async fn init_with(url: &str, token: &str) -> u16 {
+pub(crate) async fn init_with(url: &str, token: &str) -> u16 {
     post(url)
         .header("authorization", format!("Bearer {token}"))
         .body(INIT)

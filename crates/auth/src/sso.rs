@@ -1,0 +1,749 @@
+//! Single sign-on: members sign in to the authorization server through an OpenID Connect
+//! identity provider (`[auth.providers.NAME]`) instead of a password.
+//!
+//! `GET /oauth/sso/NAME?<authorization request>` starts: a random `state` and `nonce`, a PKCE
+//! verifier and a cookie that binds them to this browser are kept in the store (found by the
+//! SHA-256 of the state, for 10 minutes, spendable once), and the browser goes to the
+//! provider. `GET /oauth/sso/callback` ends: the state is spent (a replayed callback finds
+//! nothing), the cookie must be the one that started it (login CSRF), the `iss` parameter must
+//! be the provider's (RFC 9207; required when the provider says it sends it, so a response of
+//! one provider cannot be passed off as another's), the code is redeemed with the verifier and
+//! the ID token checked by `openidconnect` (signature by the provider's JWKS with an algorithm
+//! allow-list, exact issuer, audience and `azp`, expiry with 60 s of skew, nonce). An unknown
+//! `kid` reads the provider's metadata and keys again, at most every 30 s. Then the member's
+//! user is created or brought up to date (by issuer and subject; roles from the groups claim),
+//! and the sign-in continues exactly as after a password: a new session, then consent.
+//!
+//! Provider metadata is read at first use and kept for an hour; requests to providers go
+//! through our HTTP client (no redirects, 10 s, 1 MiB).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+    routing::get,
+};
+use base64::Engine;
+use manifold_config::ProviderSpec;
+use manifold_store::{SsoMember, SsoRequest};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    Scope, TokenResponse,
+    core::{
+        CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+        CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+        CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
+        CoreSubjectIdentifierType,
+    },
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{AuthServer, hash_key, oauth, pages};
+
+/// How long a started sign-in waits for the provider's callback.
+const REQUEST_LIFETIME: i64 = 600;
+/// Provider metadata (and keys) are read again after this long.
+const METADATA_TTL: Duration = Duration::from_secs(3600);
+/// An unknown `kid` reads them again, but not more often than this.
+const REFETCH_AT_MOST: Duration = Duration::from_secs(30);
+/// The cookie that binds a started sign-in to its browser.
+const BROWSER_COOKIE: &str = "mf_sso";
+/// The largest response read from a provider.
+const MOST_BYTES: usize = 1 << 20;
+
+/// What a provider's discovery document says beyond the core: whether it sends `iss` with
+/// its authorization responses (RFC 9207).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+struct IssParameter {
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
+}
+
+impl AdditionalProviderMetadata for IssParameter {}
+
+type Metadata = ProviderMetadata<
+    IssParameter,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// ID-token signature algorithms accepted (never `none` or a shared-secret HMAC).
+const ALGORITHMS: [CoreJwsSigningAlgorithm; 9] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+pub(crate) struct Sso {
+    providers: BTreeMap<String, Provider>,
+    http: reqwest::Client,
+    /// `{issuer}/oauth/sso/callback`: the one redirect URI registered at every provider.
+    callback: RedirectUrl,
+}
+
+struct Provider {
+    spec: ProviderSpec,
+    /// The metadata and when it was read.
+    metadata: Mutex<Option<(Arc<Metadata>, Instant)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct HttpError(String);
+
+impl Sso {
+    /// `None` without providers.
+    pub(crate) fn new(
+        providers: &BTreeMap<String, ProviderSpec>,
+        issuer: &str,
+    ) -> Result<Option<Self>, String> {
+        if providers.is_empty() {
+            return Ok(None);
+        }
+        let callback = RedirectUrl::new(format!("{issuer}/oauth/sso/callback"))
+            .map_err(|e| format!("the sign-in callback URL: {e}"))?;
+        manifold_upstream::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the identity providers' HTTP client: {e}"))?;
+        let providers = providers
+            .iter()
+            .map(|(name, spec)| {
+                let p = Provider {
+                    spec: spec.clone(),
+                    metadata: Mutex::new(None),
+                };
+                (name.clone(), p)
+            })
+            .collect();
+        Ok(Some(Self {
+            providers,
+            http,
+            callback,
+        }))
+    }
+
+    /// (name, label) of every provider, for the sign-in page.
+    pub(crate) fn choices(&self) -> Vec<(&str, &str)> {
+        self.providers
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.spec.label.as_str()))
+            .collect()
+    }
+
+    pub(crate) fn router() -> Router<Arc<AuthServer>> {
+        Router::new()
+            .route("/oauth/sso/callback", get(callback))
+            .route("/oauth/sso/{name}", get(start))
+    }
+
+    fn http(&self) -> Http {
+        Http(self.http.clone())
+    }
+}
+
+/// Our HTTP client, as `openidconnect` calls it.
+struct Http(reqwest::Client);
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for Http {
+    type Error = HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<openidconnect::HttpResponse, HttpError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, req: openidconnect::HttpRequest) -> Self::Future {
+        Box::pin(send(self.0.clone(), req))
+    }
+}
+
+/// One request to a provider.
+async fn send(
+    http: reqwest::Client,
+    req: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, HttpError> {
+    {
+        let (parts, body) = req.into_parts();
+        let mut r = http
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| HttpError(format!("{}: {e}", parts.uri)))?;
+        let mut out = http::Response::builder().status(r.status());
+        for (k, v) in r.headers() {
+            out = out.header(k, v);
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = r
+            .chunk()
+            .await
+            .map_err(|e| HttpError(format!("{}: {e}", parts.uri)))?
+        {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > MOST_BYTES {
+                return Err(HttpError(format!(
+                    "{}: the answer is larger than {MOST_BYTES} bytes",
+                    parts.uri
+                )));
+            }
+        }
+        out.body(bytes).map_err(|e| HttpError(e.to_string()))
+    }
+}
+
+impl Sso {
+    /// The provider's metadata and keys: cached, or read (again, if `stale` and not read in
+    /// the last `REFETCH_AT_MOST`).
+    async fn metadata(&self, p: &Provider, stale: bool) -> Result<Arc<Metadata>, String> {
+        let cached = p.metadata.lock().expect("metadata lock").clone();
+        if let Some((m, at)) = &cached {
+            let fresh = at.elapsed() < METADATA_TTL;
+            if (fresh && !stale) || (stale && at.elapsed() < REFETCH_AT_MOST) {
+                return Ok(m.clone());
+            }
+        }
+        let issuer = IssuerUrl::new(p.spec.issuer.clone()).map_err(|e| e.to_string())?;
+        let m = Metadata::discover_async(issuer, &self.http())
+            .await
+            .map_err(|e| {
+                let mut m = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    m.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                format!("cannot read {}'s metadata: {m}", p.spec.issuer)
+            })?;
+        let m = Arc::new(m);
+        *p.metadata.lock().expect("metadata lock") = Some((m.clone(), Instant::now()));
+        Ok(m)
+    }
+
+    fn client(
+        &self,
+        p: &Provider,
+        m: &Metadata,
+    ) -> CoreClient<
+        openidconnect::EndpointSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointMaybeSet,
+        openidconnect::EndpointMaybeSet,
+    > {
+        CoreClient::from_provider_metadata(
+            m.clone(),
+            ClientId::new(p.spec.client_id.clone()),
+            p.spec.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(self.callback.clone())
+    }
+}
+
+fn refused(status: StatusCode, title: &str, message: &str) -> Response {
+    pages::error(status, title, message)
+}
+
+fn sha(v: &str) -> String {
+    hash_key(v)
+}
+
+/// `GET /oauth/sso/NAME?…`: off to the provider.
+async fn start(
+    State(s): State<Arc<AuthServer>>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    uri: http::Uri,
+) -> Response {
+    if let Some(r) = oauth::host_ok(&s, &h) {
+        return r;
+    }
+    let Some(sso) = s.sso.as_ref() else {
+        return refused(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This gateway has no identity providers.",
+        );
+    };
+    let Some(p) = sso.providers.get(&name) else {
+        return refused(
+            StatusCode::NOT_FOUND,
+            "Unknown identity provider",
+            &format!(
+                "This gateway has no identity provider {name:?}: go back to the application and sign in again."
+            ),
+        );
+    };
+    let m = match sso.metadata(p, false).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(provider = %name, error = %e, "cannot reach an identity provider");
+            return refused(
+                StatusCode::BAD_GATEWAY,
+                "The identity provider cannot be reached",
+                &format!(
+                    "{} does not answer as it should right now; try again in a minute.",
+                    p.spec.label
+                ),
+            );
+        }
+    };
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state, nonce) = {
+        let client = sso.client(p, &m);
+        let mut req = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_pkce_challenge(challenge);
+        for scope in &p.spec.scopes {
+            if scope != "openid" {
+                req = req.add_scope(Scope::new(scope.clone()));
+            }
+        }
+        req.url()
+    };
+    let browser = oauth::secret("");
+    let request = SsoRequest {
+        provider: name.clone(),
+        browser_hash: sha(&browser),
+        nonce: nonce.secret().clone(),
+        verifier: verifier.secret().clone(),
+        next: uri.query().unwrap_or_default().to_owned(),
+        expires_at: manifold_store::now() + REQUEST_LIFETIME,
+    };
+    if let Err(e) = s
+        .store
+        .add_sso_request(&sha(state.secret()), &request)
+        .await
+    {
+        tracing::error!(error = %e, "cannot record a sign-in: the store failed");
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The gateway cannot sign you in right now.",
+        );
+    }
+    let mut r = Redirect::to(url.as_str()).into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        oauth::set_cookie(&s, BROWSER_COOKIE, &browser, REQUEST_LIFETIME),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    iss: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /oauth/sso/callback`: back from the provider.
+async fn callback(
+    State(s): State<Arc<AuthServer>>,
+    h: HeaderMap,
+    Query(q): Query<Callback>,
+) -> Response {
+    if let Some(r) = oauth::host_ok(&s, &h) {
+        return r;
+    }
+    let again = "Go back to the application and sign in again.";
+    let Some(sso) = s.sso.as_ref() else {
+        return refused(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This gateway has no identity providers.",
+        );
+    };
+    let Some(state) = q.state.as_deref().filter(|v| !v.is_empty()) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            &format!("The identity provider's answer has no state. {again}"),
+        );
+    };
+    let request = match s.store.take_sso_request(&sha(state)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::warn!("an identity provider callback with an unknown or spent state");
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "Sign-in failed",
+                &format!("This sign-in answer is unknown or was used already. {again}"),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a sign-in: the store failed");
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "The gateway cannot sign you in right now.",
+            );
+        }
+    };
+    // Spent, whatever happens next: the browser's cookie goes too.
+    let clear = oauth::set_cookie(&s, BROWSER_COOKIE, "", 0);
+    let fail = |status: StatusCode, message: String| {
+        let mut r = refused(status, "Sign-in failed", &message);
+        r.headers_mut().append(header::SET_COOKIE, clear.clone());
+        r
+    };
+    if request.expires_at <= manifold_store::now() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "The sign-in took longer than {} minutes. {again}",
+                REQUEST_LIFETIME / 60
+            ),
+        );
+    }
+    if oauth::cookie(&h, BROWSER_COOKIE).map(sha).as_deref() != Some(request.browser_hash.as_str())
+    {
+        tracing::warn!(provider = %request.provider, "an identity provider callback in a browser that did not start it");
+        return fail(
+            StatusCode::FORBIDDEN,
+            format!("This sign-in was started in another browser (or its cookie is gone). {again}"),
+        );
+    }
+    let Some(p) = sso.providers.get(&request.provider) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "The identity provider {:?} is no longer configured. {again}",
+                request.provider
+            ),
+        );
+    };
+    let m = match sso.metadata(p, false).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(provider = %request.provider, error = %e, "cannot reach an identity provider");
+            return fail(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "{} cannot be reached right now; try again in a minute.",
+                    p.spec.label
+                ),
+            );
+        }
+    };
+    // RFC 9207: an answer that names another issuer is another provider's (mix-up).
+    match q.iss.as_deref() {
+        Some(iss) if iss.trim_end_matches('/') != p.spec.issuer => {
+            tracing::warn!(provider = %request.provider, iss, "an identity provider callback naming another issuer");
+            return fail(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "The answer comes from {iss}, not from {} where this sign-in went. {again}",
+                    p.spec.issuer
+                ),
+            );
+        }
+        None if m
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported =>
+        {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                format!("The answer does not say which identity provider sent it. {again}"),
+            );
+        }
+        _ => {}
+    }
+    if let Some(e) = q.error.as_deref() {
+        let why = q.error_description.as_deref().unwrap_or(e);
+        tracing::info!(provider = %request.provider, error = e, "the identity provider refused a sign-in");
+        return fail(
+            StatusCode::FORBIDDEN,
+            format!("{} refused the sign-in: {why}", p.spec.label),
+        );
+    }
+    let Some(code) = q.code.filter(|c| !c.is_empty()) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!("The identity provider's answer has no code. {again}"),
+        );
+    };
+    let member = match redeem(sso, p, m, code, &request).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(provider = %request.provider, error = %e, "an identity provider sign-in failed");
+            return fail(
+                StatusCode::BAD_REQUEST,
+                format!("{}: {e}. {again}", p.spec.label),
+            );
+        }
+    };
+    let user = match s
+        .store
+        .sso_user(&SsoMember {
+            issuer: &p.spec.issuer,
+            subject: &member.subject,
+            name: &member.name,
+            email: member.email.as_deref(),
+            roles: &member.roles,
+        })
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a member: the store failed");
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway cannot sign you in right now.".into(),
+            );
+        }
+    };
+    if user.disabled {
+        tracing::info!(user = %user.name, provider = %request.provider, "sign-in of a disabled member refused");
+        return fail(
+            StatusCode::FORBIDDEN,
+            "Your Manifold account is disabled: ask an administrator.".into(),
+        );
+    }
+    tracing::info!(user = %user.name, provider = %request.provider, roles = ?user.roles, "signed in through an identity provider");
+    let params = oauth::params_from(&request.next);
+    let mut r = oauth::begin_session(&s, &h, &user, &params).await;
+    r.headers_mut().append(header::SET_COOKIE, clear);
+    r
+}
+
+/// Who the provider says signed in.
+struct Member {
+    subject: String,
+    name: String,
+    email: Option<String>,
+    roles: Vec<String>,
+}
+
+/// Redeem the code, check the ID token, read userinfo if configured, map the claims.
+async fn redeem(
+    sso: &Sso,
+    p: &Provider,
+    mut m: Arc<Metadata>,
+    code: String,
+    request: &SsoRequest,
+) -> Result<Member, String> {
+    let http = sso.http();
+    let client = sso.client(p, &m);
+    let exchange = client
+        .exchange_code(AuthorizationCode::new(code))
+        .map_err(|e| format!("no token endpoint: {e}"))?
+        .set_pkce_verifier(PkceCodeVerifier::new(request.verifier.clone()))
+        .request_async(&http);
+    let tokens = exchange.await.map_err(|e| match &e {
+        openidconnect::RequestTokenError::ServerResponse(r) => format!(
+            "the code was refused ({}{})",
+            r.error(),
+            r.error_description()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+        other => format!("the code could not be redeemed: {other}"),
+    })?;
+    let id_token = tokens
+        .id_token()
+        .ok_or("the identity provider sent no ID token (is `openid` among the scopes?)")?;
+    let nonce = Nonce::new(request.nonce.clone());
+    let mut refetched = false;
+    loop {
+        let client = sso.client(p, &m);
+        let verifier = client
+            .id_token_verifier()
+            .set_allowed_algs(ALGORITHMS)
+            // 60 s of clock skew on `exp`.
+            .set_time_fn(|| chrono::Utc::now() - chrono::Duration::seconds(60));
+        match id_token.claims(&verifier, &nonce) {
+            Ok(_) => break,
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey,
+            )) if !refetched => {
+                // The provider may have rotated its keys.
+                refetched = true;
+                m = sso.metadata(p, true).await?;
+            }
+            Err(e) => return Err(format!("its ID token was refused: {e}")),
+        }
+    }
+    // Verified: the payload can be read as it is, for the claims the standard set lacks.
+    let mut claims = payload(&id_token.to_string())?;
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or("the ID token has no subject")?
+        .to_owned();
+    if p.spec.userinfo {
+        let url = m
+            .userinfo_endpoint()
+            .ok_or("`userinfo = true`, but the provider has no userinfo endpoint")?;
+        let info: Value = sso
+            .http
+            .get(url.url().as_str())
+            .bearer_auth(tokens.access_token().secret())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("cannot read userinfo: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("userinfo is not JSON: {e}"))?;
+        if info.get("sub").and_then(Value::as_str) != Some(subject.as_str()) {
+            return Err("userinfo describes another subject than the ID token".into());
+        }
+        if let (Value::Object(c), Value::Object(i)) = (&mut claims, info) {
+            for (k, v) in i {
+                c.entry(k).or_insert(v);
+            }
+        }
+    }
+    let text = |path: &str| {
+        claim(&claims, path)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let email = text(&p.spec.email_claim);
+    let name = email
+        .clone()
+        .or_else(|| text("preferred_username"))
+        .or_else(|| text(&p.spec.name_claim))
+        .unwrap_or_else(|| subject.clone());
+    let groups: Vec<String> = match claim(&claims, &p.spec.groups_claim) {
+        Some(Value::String(g)) => vec![g.clone()],
+        Some(Value::Array(gs)) => gs
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Member {
+        roles: roles_of(&p.spec, &groups),
+        subject,
+        name,
+        email,
+    })
+}
+
+/// The claims of a compact JWT whose signature was checked.
+fn payload(jwt: &str) -> Result<Value, String> {
+    let part = jwt.split('.').nth(1).ok_or("the ID token is not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| "the ID token's payload is not base64url")?;
+    serde_json::from_slice(&bytes).map_err(|_| "the ID token's payload is not JSON".into())
+}
+
+/// The claim at a dotted path (`realm_access.roles`); a claim whose own name holds dots is
+/// found too.
+fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    path.split('.').try_fold(claims, |v, k| v.get(k))
+}
+
+/// The provider's default roles and those its rules give these groups, sorted, once each.
+fn roles_of(spec: &ProviderSpec, groups: &[String]) -> Vec<String> {
+    let mut roles: Vec<String> = spec.default_roles.clone();
+    for g in groups {
+        if let Some(rs) = spec.roles.get(g) {
+            roles.extend(rs.iter().cloned());
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> ProviderSpec {
+        ProviderSpec {
+            label: "IdP".into(),
+            issuer: "https://idp.example".into(),
+            client_id: "c".into(),
+            client_secret: None,
+            scopes: vec!["openid".into()],
+            groups_claim: "realm_access.roles".into(),
+            name_claim: "name".into(),
+            email_claim: "email".into(),
+            userinfo: false,
+            roles: BTreeMap::from([
+                ("eng".into(), vec!["dev".into()]),
+                ("admins".into(), vec!["admin".into(), "dev".into()]),
+            ]),
+            default_roles: vec!["member".into()],
+        }
+    }
+
+    #[test]
+    fn groups_map_to_roles_by_the_rules() {
+        let s = spec();
+        assert_eq!(roles_of(&s, &[]), ["member"]);
+        assert_eq!(
+            roles_of(&s, &["admins".into(), "eng".into(), "sales".into()]),
+            ["admin", "dev", "member"]
+        );
+    }
+
+    #[test]
+    fn claims_are_found_by_dotted_paths() {
+        let c = json!({"realm_access": {"roles": ["eng"]}, "https://acme.example/groups": ["x"], "email": "a@b"});
+        assert_eq!(claim(&c, "realm_access.roles"), Some(&json!(["eng"])));
+        assert_eq!(
+            claim(&c, "https://acme.example/groups"),
+            Some(&json!(["x"]))
+        );
+        assert_eq!(claim(&c, "email"), Some(&json!("a@b")));
+        assert_eq!(claim(&c, "realm_access.nope"), None);
+        assert_eq!(claim(&c, "email.x"), None);
+    }
+
+    #[test]
+    fn a_payload_is_read_only_from_a_jwt() {
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"s"}"#);
+        assert_eq!(payload(&format!("h.{body}.sig")).unwrap()["sub"], "s");
+        assert!(payload("not-a-jwt").is_err());
+        assert!(payload("h.!!!.s").is_err());
+    }
+}

@@ -1,0 +1,522 @@
+//! Single sign-on against a real OpenID Connect provider (npm `oidc-provider`, started here on
+//! loopback with a scripted sign-in): members sign in through it during the MCP authorization
+//! flow, their groups become roles, and every way the provider's answer can be wrong, replayed,
+//! misdirected or forged is refused.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    oauth::{
+        Browser, REDIRECT, authorize_url, enc, hidden, init_with, location, pkce, redeem, register,
+    },
+    support::*,
+};
+
+/// An `oidc-provider` on a free loopback port; killed (by PID) when dropped.
+struct Idp {
+    child: Child,
+    issuer: String,
+    /// What it writes to stderr.
+    log: std::path::PathBuf,
+}
+
+impl Idp {
+    /// With `accounts` (id → claims) and `scopes` (scope → the claims it releases).
+    fn start(peers: &Peers, accounts: Value, scopes: Value) -> Idp {
+        let config = json!({
+            "clients": [{"client_id": "manifold", "redirect_uris": ["http://127.0.0.1:1/oauth/sso/callback"]}],
+            "accounts": accounts,
+            "scopes": scopes,
+        });
+        let log = std::env::temp_dir().join(format!("manifold-idp-{}.log", rand::random::<u64>()));
+        let mut child = Command::new(peers.node22())
+            .arg(repo().join("tests/fixtures/idp.mjs"))
+            .arg(format!("{}/npm/node_modules", peers.var("MANIFOLD_PEERS")))
+            .arg(config.to_string())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the identity provider");
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Keep reading what it prints, so that it never writes to a closed pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        let issuer = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "the identity provider did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Idp { child, issuer, log }
+    }
+
+    /// Who signs in next.
+    async fn sign_in_as(&self, account: &str) {
+        let r = http()
+            .get(format!("{}/_test/as/{account}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A provider `[auth.providers.NAME]` table.
+fn provider(name: &str, issuer: &str, extra: &str) -> String {
+    format!("[auth.providers.{name}]\nissuer = \"{issuer}\"\nclient_id = \"manifold\"\n{extra}\n")
+}
+
+fn config(auth_extra: &str, providers: &str) -> String {
+    format!(
+        "[auth]\nrequired = true\n{auth_extra}\n{providers}\n{}\n[servers.main]\nconnectors = [\"fa\"]\n",
+        faulty("fa", "")
+    )
+}
+
+/// Follow redirects in `b` from `url` (relative ones against the URL they came from) until a
+/// page (200) or a redirect for which `stop` says so: that response and its URL.
+async fn walk(
+    b: &mut Browser,
+    url: &str,
+    stop: impl Fn(&str) -> bool,
+) -> (reqwest::Response, String) {
+    let mut url = url.to_owned();
+    for _ in 0..20 {
+        let r = b.get(&url).await;
+        if !r.status().is_redirection() {
+            return (r, url);
+        }
+        let loc = r.headers()["location"].to_str().unwrap().to_owned();
+        let next = if loc.starts_with("http") {
+            loc
+        } else {
+            let origin: String = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+            format!("{origin}{loc}")
+        };
+        if stop(&next) {
+            return (r, next);
+        }
+        url = next;
+    }
+    panic!("more than 20 redirects from {url}");
+}
+
+/// The MCP authorization flow of a registered client, from the authorization URL to the
+/// gateway's redirect to the client, through the provider: the code.
+async fn sign_in_through(b: &mut Browser, gw: &Gw, start: &str) -> String {
+    let (page, at) = walk(b, start, |_| false).await;
+    let status = page.status();
+    let page = page.text().await.unwrap();
+    assert_eq!(status, 200, "at {at}: {page}\n{}", gw.log());
+    assert!(
+        page.contains("action=\"/oauth/consent\""),
+        "the consent page: {page}"
+    );
+    let mut form = hidden(&page);
+    form.push(("decision".into(), "allow".into()));
+    let r = b
+        .post_form(&format!("{}/oauth/consent", gw.base), &form)
+        .await;
+    let (to, params) = location(&r);
+    assert_eq!(to, REDIRECT);
+    params["code"].clone()
+}
+
+/// Register a client, sign in through the provider and redeem the code: the access token.
+async fn token_through(
+    b: &mut Browser,
+    gw: &Gw,
+    first_page: impl Fn(&str) -> Option<String>,
+) -> String {
+    let (_, reg) = register(&gw.base, &[REDIRECT]).await;
+    let client = reg["client_id"].as_str().unwrap().to_owned();
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&gw.base, &client, REDIRECT, &challenge, &gw.url("main"));
+    // The sign-in page, or straight on to a provider.
+    let r = b.get(&url).await;
+    let start = if r.status() == 200 {
+        let page = r.text().await.unwrap();
+        first_page(&page).unwrap_or_else(|| panic!("no way on from the sign-in page: {page}"))
+    } else {
+        let loc = r.headers()["location"].to_str().unwrap().to_owned();
+        format!("{}{loc}", gw.base)
+    };
+    let code = sign_in_through(b, gw, &start).await;
+    let (status, t) = redeem(&gw.base, &client, &code, &verifier).await;
+    assert_eq!(status, 200, "{t}");
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The link of provider `name` on a sign-in page.
+fn link_of(base: &str, name: &str) -> impl Fn(&str) -> Option<String> {
+    let (base, needle) = (base.to_owned(), format!("href=\"/oauth/sso/{name}?"));
+    move |page: &str| {
+        let rest = page.split(&needle).nth(1)?;
+        let q = rest.split('"').next()?.replace("&amp;", "&");
+        Some(format!("{base}/oauth/sso/{name}?{q}"))
+    }
+}
+
+async fn call_echo(gw: &Gw, token: &str) -> Value {
+    let r = post(&gw.url("main"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let r = post_in(&gw.url("main"), &sid)
+        .header("authorization", format!("Bearer {token}"))
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fa__echo","arguments":{"message":"via sso"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    message(&r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn members_sign_in_through_two_providers_and_their_groups_become_roles() {
+    let Some(peers) =
+        Peers::get("members_sign_in_through_two_providers_and_their_groups_become_roles")
+    else {
+        return;
+    };
+    // Two providers with their groups in different claims (the second nested, and read with
+    // userinfo as well).
+    let acme = Idp::start(
+        peers,
+        json!({"alice": {"email": "alice@acme.example", "name": "Alice", "groups": ["eng", "sales"]}}),
+        json!({"email": ["email"], "profile": ["name"], "groups": ["groups"]}),
+    );
+    let corp = Idp::start(
+        peers,
+        json!({"bob": {"email": "bob@corp.example", "realm_access": {"roles": ["admins"]}}}),
+        json!({"email": ["email"], "roles": ["realm_access"]}),
+    );
+    let providers = format!(
+        "{}{}",
+        provider(
+            "acme",
+            &acme.issuer,
+            "label = \"Acme <SSO>\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nroles = { eng = [\"dev\"] }\ndefault_roles = [\"member\"]"
+        ),
+        provider(
+            "corp",
+            &corp.issuer,
+            "scopes = [\"openid\", \"email\", \"roles\"]\ngroups_claim = \"realm_access.roles\"\nuserinfo = true\nroles = { admins = [\"admin\"] }"
+        )
+    );
+    let gw = Gw::start(&config("", &providers));
+    gw.wait_up().await;
+
+    // The sign-in page offers both (labels escaped) and passwords.
+    let mut b = Browser::new();
+    let token_alice = token_through(&mut b, &gw, |page| {
+        assert!(page.contains("Sign in with Acme &lt;SSO&gt;"), "{page}");
+        assert!(page.contains("Sign in with corp"), "{page}");
+        assert!(
+            page.contains("action=\"/oauth/login\""),
+            "passwords stay on: {page}"
+        );
+        link_of(&gw.base, "acme")(page)
+    })
+    .await;
+    let v = call_echo(&gw, &token_alice).await;
+    assert_eq!(v["result"]["content"][0]["text"], "Echo: via sso", "{v}");
+
+    corp.sign_in_as("bob").await;
+    let mut b2 = Browser::new();
+    let token = token_through(&mut b2, &gw, link_of(&gw.base, "corp")).await;
+    assert_eq!(init_with(&gw.url("main"), &token).await, 200);
+
+    // Members are kept by (issuer, subject), with the roles their groups map to.
+    let users = gw.admin(&["users", "list"], "", &[]);
+    let line = |who: &str| {
+        users
+            .lines()
+            .find(|l| l.starts_with(who))
+            .unwrap_or_else(|| panic!("{who} in: {users}"))
+            .to_owned()
+    };
+    assert!(
+        line("alice@acme.example").contains("roles: dev,member"),
+        "{users}"
+    );
+    assert!(line("bob@corp.example").contains("roles: admin"), "{users}");
+    eventually(
+        "the sign-ins logged",
+        std::time::Duration::from_secs(10),
+        || async {
+            let log = gw.log();
+            (log.matches("signed in through an identity provider")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Signing in again is the same user, brought up to date, not a second one.
+    let mut b3 = Browser::new();
+    token_through(&mut b3, &gw, link_of(&gw.base, "acme")).await;
+    let users = gw.admin(&["users", "list"], "", &[]);
+    assert!(
+        line("alice@acme.example").contains(&format!("(signs in through {})", acme.issuer)),
+        "{users}"
+    );
+    assert_eq!(
+        users.matches("alice@acme.example").count(),
+        2,
+        "name and e-mail, once: {users}"
+    );
+
+    // An administrator disables a member: their token is refused at once, and the provider
+    // cannot sign them in again; enabled, they can.
+    let said = gw.admin(&["users", "disable", "alice@acme.example"], "", &[]);
+    assert!(said.contains("sign-ins revoked"), "{said}");
+    assert_eq!(init_with(&gw.url("main"), &token_alice).await, 401);
+    let mut b4 = Browser::new();
+    let (_, reg) = register(&gw.base, &[REDIRECT]).await;
+    let (_, challenge) = pkce();
+    let url = authorize_url(
+        &gw.base,
+        reg["client_id"].as_str().unwrap(),
+        REDIRECT,
+        &challenge,
+        &gw.url("main"),
+    );
+    let start = link_of(&gw.base, "acme")(&b4.get(&url).await.text().await.unwrap()).unwrap();
+    let (r, _) = walk(&mut b4, &start, |_| false).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("disabled"));
+    gw.admin(&["users", "enable", "alice@acme.example"], "", &[]);
+    let mut b5 = Browser::new();
+    token_through(&mut b5, &gw, link_of(&gw.base, "acme")).await;
+}
+
+#[tokio::test]
+async fn the_providers_answers_are_checked() {
+    let Some(peers) = Peers::get("the_providers_answers_are_checked") else {
+        return;
+    };
+    let accounts = json!({"alice": {"email": "alice@acme.example"}});
+    let scopes = json!({"email": ["email"]});
+    let acme = Idp::start(peers, accounts.clone(), scopes.clone());
+    let other = Idp::start(peers, accounts, scopes);
+    // `wrong` names the first provider by another spelling of its address: its metadata
+    // then states another issuer, which must be refused.
+    let wrong_issuer = acme.issuer.replace("127.0.0.1", "localhost");
+    let providers = format!(
+        "{}{}{}",
+        provider("acme", &acme.issuer, ""),
+        provider("other", &other.issuer, ""),
+        provider("wrong", &wrong_issuer, "")
+    );
+    let gw = Gw::start(&config("", &providers));
+    gw.wait_up().await;
+    let base = gw.base.clone();
+    let (_, reg) = register(&base, &[REDIRECT]).await;
+    let client = reg["client_id"].as_str().unwrap().to_owned();
+    let (_, challenge) = pkce();
+    let authz = authorize_url(&base, &client, REDIRECT, &challenge, &gw.url("main"));
+    let query = authz.split_once('?').unwrap().1.to_owned();
+    // A sign-in at `acme` in `b`, up to the provider's answer (not delivered): its URL.
+    async fn answer_in(b: &mut Browser, base: &str, query: &str) -> String {
+        let callback = format!("{base}/oauth/sso/callback");
+        walk(b, &format!("{base}/oauth/sso/acme?{query}"), |u| {
+            u.starts_with(&callback)
+        })
+        .await
+        .1
+    }
+    // A sign-in at `acme` in `b`, sent off to the provider and not come back: its state.
+    async fn started_in(b: &mut Browser, base: &str, query: &str) -> String {
+        let r = b.get(&format!("{base}/oauth/sso/acme?{query}")).await;
+        assert_eq!(r.status(), 303);
+        location(&r).1["state"].clone()
+    }
+
+    // A whole sign-in up to the provider's answer, kept to be replayed.
+    let mut b = Browser::new();
+    let answer = answer_in(&mut b, &base, &query).await;
+    assert!(
+        answer.contains("code=") && answer.contains("iss="),
+        "{answer}"
+    );
+    // Delivered in another browser: refused (login CSRF), and spent.
+    let r = Browser::new().get(&answer).await;
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("started in another browser")
+    );
+    let r = b.get(&answer).await;
+    assert_eq!(r.status(), 400, "spent by the refused attempt");
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("unknown or was used already")
+    );
+
+    // The genuine answer works once; the same answer again is refused.
+    let mut b = Browser::new();
+    let answer = answer_in(&mut b, &base, &query).await;
+    let r = b.get(&answer).await;
+    assert_eq!(r.status(), 303, "{}", gw.log());
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/oauth/authorize?")
+    );
+    let r = b.get(&answer).await;
+    assert_eq!(r.status(), 400, "replayed");
+
+    // An unknown state.
+    let r = b
+        .get(&format!(
+            "{base}/oauth/sso/callback?code=x&state=forged&iss={}",
+            enc(&acme.issuer)
+        ))
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = b.get(&format!("{base}/oauth/sso/callback?code=x")).await;
+    assert_eq!(r.status(), 400, "no state");
+
+    // Answers to a sign-in sent to `acme` that are not acme's: in the name of `other`
+    // (mix-up), without `iss` from a provider that says it sends one, with a made-up code.
+    let mut b = Browser::new();
+    for (code, iss, why) in [
+        ("x", Some(other.issuer.as_str()), "not from"),
+        ("x", None, "does not say which identity provider"),
+        (
+            "made-up",
+            Some(acme.issuer.as_str()),
+            "the code was refused",
+        ),
+    ] {
+        let state = started_in(&mut b, &base, &query).await;
+        let iss = iss.map(|i| format!("&iss={}", enc(i))).unwrap_or_default();
+        let r = b
+            .get(&format!(
+                "{base}/oauth/sso/callback?code={code}&state={}{iss}",
+                enc(&state)
+            ))
+            .await;
+        assert_eq!(r.status(), 400, "{why}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains(why), "{why:?} in {page}");
+    }
+
+    // A provider whose metadata names another issuer is not used at all.
+    let r = b.get(&format!("{base}/oauth/sso/wrong?{query}")).await;
+    assert_eq!(r.status(), 502);
+    eventually(
+        "the issuer mismatch logged",
+        std::time::Duration::from_secs(10),
+        || async { gw.log().contains("unexpected issuer URI").then_some(()) },
+    )
+    .await;
+    // An unknown provider.
+    assert_eq!(
+        b.get(&format!("{base}/oauth/sso/nope?{query}"))
+            .await
+            .status(),
+        404
+    );
+
+    // The provider's own ID token is not an access token of this gateway.
+    let id_token = id_token_from(&acme).await;
+    assert_eq!(init_with(&gw.url("main"), &id_token).await, 401);
+}
+
+/// An ID token of `idp` for the client `manifold`, obtained as a relying party would.
+async fn id_token_from(idp: &Idp) -> String {
+    let (verifier, challenge) = pkce();
+    let redirect = "http://127.0.0.1:1/oauth/sso/callback";
+    let mut b = Browser::new();
+    let start = format!(
+        "{}/auth?response_type=code&client_id=manifold&redirect_uri={}&scope=openid&code_challenge={challenge}&code_challenge_method=S256&state=s&nonce=n",
+        idp.issuer,
+        enc(redirect)
+    );
+    let (_, answer) = walk(&mut b, &start, |u| u.starts_with(redirect)).await;
+    let code = answer
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("code="))
+        .unwrap()
+        .to_owned();
+    let t: Value = http()
+        .post(format!("{}/token", idp.issuer))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=authorization_code&code={}&redirect_uri={}&client_id=manifold&code_verifier={verifier}",
+            enc(&code),
+            enc(redirect)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["id_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an ID token: {t}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn with_passwords_off_the_only_provider_is_the_way_in() {
+    let Some(peers) = Peers::get("with_passwords_off_the_only_provider_is_the_way_in") else {
+        return;
+    };
+    let acme = Idp::start(
+        peers,
+        json!({"carol": {"email": "carol@acme.example"}}),
+        json!({"email": ["email"]}),
+    );
+    let gw = Gw::start(&config(
+        "password_login = false",
+        &provider("acme", &acme.issuer, ""),
+    ));
+    gw.wait_up().await;
+    // Straight to the provider: no sign-in page.
+    let mut b = Browser::new();
+    let token = token_through(&mut b, &gw, |page| panic!("a sign-in page: {page}")).await;
+    assert_eq!(init_with(&gw.url("main"), &token).await, 200);
+    // The password form is refused even when posted directly.
+    let r = b
+        .post_form(
+            &format!("{}/oauth/login", gw.base),
+            &[
+                ("username".into(), "admin".into()),
+                ("password".into(), "x".into()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("identity provider only"));
+}
