@@ -3,13 +3,15 @@ application would: discovery from the 401, dynamic client registration, authoriz
 with PKCE and `resource`, then list tools and call one, in the era asked for.
 
     python oauth_client.py URL USER PASSWORD TOOL [--era legacy|modern] [--client-metadata-url URL]
+                                                  [--provider NAME]
 
 With `--client-metadata-url` the client identifies itself by that URL (a client ID metadata
 document, which must list this script's redirect URI) instead of registering, when the
 gateway's metadata says it accepts them.
 
-The "browser" is httpx2 with a cookie jar: it follows the gateway's redirects, fills in the
-sign-in form and allows access on the consent page, and stops at the client's redirect URI,
+The "browser" is httpx2 with a cookie jar: it follows the redirects, fills in the sign-in
+form (or, with `--provider`, follows the sign-in page's link to that identity provider, whose
+own sign-in is scripted, and comes back) and allows access on the consent page, and stops at the client's redirect URI,
 whose `code`, `state` and `iss` go back to the SDK. Requires `mcp==2.3.0`.
 
 Output: `tools: [...]` and `call: TEXT`; exit status 0 on success.
@@ -56,12 +58,13 @@ def hidden(page: str) -> dict[str, str]:
     return {html.unescape(k): html.unescape(v) for k, v in found}
 
 
-async def browse(url: str, user: str, password: str) -> AuthorizationCodeResult:
+async def browse(url: str, user: str, password: str, provider: str | None) -> AuthorizationCodeResult:
     """Follow the authorization URL to the redirect URI, signing in and allowing on the way."""
     base = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(url))
     async with httpx2.AsyncClient(follow_redirects=False) as b:
+        cur = url
         r = await b.get(url)
-        for _ in range(8):
+        for _ in range(20):
             if r.status_code in (302, 303):
                 loc = r.headers["location"]
                 if loc.startswith(REDIRECT):
@@ -69,11 +72,16 @@ async def browse(url: str, user: str, password: str) -> AuthorizationCodeResult:
                     if "code" not in q:
                         raise SystemExit(f"the authorization failed: {q}")
                     return AuthorizationCodeResult(code=q["code"], state=q.get("state"), iss=q.get("iss"))
-                r = await b.get(urllib.parse.urljoin(base, loc))
+                cur = urllib.parse.urljoin(cur, loc)
+                r = await b.get(cur)
                 continue
             page = r.text
             form = hidden(page)
-            if 'action="/oauth/login"' in page:
+            link = provider and re.search(rf'href="(/oauth/sso/{re.escape(provider)}\?[^"]*)"', page)
+            if link:
+                cur = base + html.unescape(link.group(1))
+                r = await b.get(cur)
+            elif 'action="/oauth/login"' in page:
                 form.update(username=user, password=password)
                 r = await b.post(base + "/oauth/login", data=form)
             elif 'action="/oauth/consent"' in page:
@@ -84,11 +92,13 @@ async def browse(url: str, user: str, password: str) -> AuthorizationCodeResult:
     raise SystemExit("too many steps")
 
 
-async def run(url: str, user: str, password: str, tool: str, era: str, metadata_url: str | None) -> None:
+async def run(
+    url: str, user: str, password: str, tool: str, era: str, metadata_url: str | None, sso: str | None
+) -> None:
     result: dict[str, AuthorizationCodeResult] = {}
 
     async def redirect_handler(auth_url: str) -> None:
-        result["code"] = await browse(auth_url, user, password)
+        result["code"] = await browse(auth_url, user, password, sso)
 
     async def callback_handler() -> AuthorizationCodeResult:
         return result["code"]
@@ -128,8 +138,9 @@ def main() -> None:
     p.add_argument("tool")
     p.add_argument("--era", choices=["legacy", "modern"], default="legacy")
     p.add_argument("--client-metadata-url")
+    p.add_argument("--provider")
     a = p.parse_args()
-    anyio.run(run, a.url, a.user, a.password, a.tool, a.era, a.client_metadata_url)
+    anyio.run(run, a.url, a.user, a.password, a.tool, a.era, a.client_metadata_url, a.provider)
 
 
 if __name__ == "__main__":

@@ -1093,7 +1093,12 @@ async fn mcp_remote_signs_in_with_a_browser_and_calls_a_tool() {
 /// tools, in both eras.
 /// Run `tests/clients/oauth_client.py` (the Python SDK's OAuth client) as `admin` against the
 /// gateway's `main` server, calling `fa__echo`: its standard output, once it succeeded.
-async fn python_client(peers: &Peers, gw: &Gw, password: &str, extra: &[&str]) -> String {
+pub(crate) async fn python_client(
+    peers: &Peers,
+    gw: &Gw,
+    password: &str,
+    extra: &[&str],
+) -> String {
     let out = tokio::process::Command::new(peers.python())
         .arg(repo().join("tests/clients/oauth_client.py"))
         .args([&gw.url("main"), "admin", password, "fa__echo"])

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use crate::{
     oauth::{
-        Browser, REDIRECT, authorize_url, enc, hidden, init_with, location, pkce, redeem, register,
+        Browser, REDIRECT, authorize_url, enc, hidden, init_with, location, pkce, python_client,
+        redeem, register,
     },
     support::*,
 };
@@ -311,6 +312,37 @@ async fn members_sign_in_through_two_providers_and_their_groups_become_roles() {
     gw.admin(&["users", "enable", "alice@acme.example"], "", &[]);
     let mut b5 = Browser::new();
     token_through(&mut b5, &gw, link_of(&gw.base, "acme")).await;
+}
+
+#[tokio::test]
+async fn the_python_sdk_signs_in_through_a_provider_in_both_eras() {
+    let Some(peers) = Peers::get("the_python_sdk_signs_in_through_a_provider_in_both_eras") else {
+        return;
+    };
+    let acme = Idp::start(
+        peers,
+        json!({"dana": {"email": "dana@acme.example", "groups": ["eng"]}}),
+        json!({"email": ["email"], "groups": ["groups"]}),
+    );
+    let gw = Gw::start(&config(
+        "",
+        &provider(
+            "acme",
+            &acme.issuer,
+            "scopes = [\"openid\", \"email\", \"groups\"]\nroles = { eng = [\"dev\"] }",
+        ),
+    ));
+    gw.wait_up().await;
+    for era in ["legacy", "modern"] {
+        // The SDK registers, is sent to the sign-in page, follows the provider's link, comes
+        // back signed in as dana, allows, and lists and calls a tool (no password is used).
+        python_client(peers, &gw, "unused", &["--era", era, "--provider", "acme"]).await;
+    }
+    let users = gw.admin(&["users", "list"], "", &[]);
+    assert!(
+        users.contains("dana@acme.example") && users.contains("roles: dev"),
+        "{users}"
+    );
 }
 
 #[tokio::test]
