@@ -10,6 +10,7 @@
 //! sharing the store made it.
 
 mod client_doc;
+mod id_jag;
 mod keys;
 mod oauth;
 mod pages;

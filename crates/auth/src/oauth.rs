@@ -154,7 +154,7 @@ impl AuthServer {
     }
 
     /// Whether `name` is a virtual server of the running config.
-    fn serves(&self, name: &str) -> bool {
+    pub(crate) fn serves(&self, name: &str) -> bool {
         self.gateway()
             .is_some_and(|g| g.virtual_server(name).is_some())
     }
@@ -258,7 +258,7 @@ impl AuthServer {
             "response_modes_supported": ["query"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": ["none"],
+            "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": [SCOPE],
             "authorization_response_iss_parameter_supported": true,
@@ -266,6 +266,13 @@ impl AuthServer {
         });
         if self.settings.dynamic_registration {
             m["registration_endpoint"] = json!(format!("{i}/oauth/register"));
+        }
+        if self.sso.as_ref().is_some_and(|x| x.accepts_assertions()) {
+            m["grant_types_supported"] = json!([
+                "authorization_code",
+                "refresh_token",
+                crate::id_jag::GRANT_TYPE
+            ]);
         }
         m
     }
@@ -1028,7 +1035,84 @@ struct TokenForm {
     refresh_token: Option<String>,
     #[serde(default)]
     client_id: String,
+    client_secret: Option<String>,
     resource: Option<String>,
+    assertion: Option<String>,
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value (RFC 6749 §2.3.1 encodes the
+/// client id and secret so inside HTTP Basic).
+fn form_decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = v.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The client's authentication at the token endpoint: `Ok(Some(id))` for a configured
+/// confidential client with the right secret (HTTP Basic or `client_secret`), `Ok(None)` for a
+/// public client, and why not (for a 401 `invalid_client`) for a wrong secret or a
+/// confidential client that did not authenticate.
+fn authenticate_client(
+    s: &AuthServer,
+    h: &HeaderMap,
+    f: &TokenForm,
+) -> Result<Option<String>, &'static str> {
+    let refuse = |m: &'static str| m;
+    let basic = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .map(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|pair| {
+                    let (id, secret) = pair.split_once(':')?;
+                    Some((form_decode(id)?, form_decode(secret)?))
+                })
+        });
+    let presented = match (basic, &f.client_secret) {
+        (Some(None), _) => return Err(refuse("the Basic credentials are malformed")),
+        (Some(Some((id, _))), _) if !f.client_id.is_empty() && f.client_id != id => {
+            return Err(refuse("client_id differs from the authenticated client"));
+        }
+        (Some(Some(pair)), None) => Some(pair),
+        (Some(Some(_)), Some(_)) => {
+            return Err(refuse("authenticate one way only (Basic or client_secret)"));
+        }
+        (None, Some(secret)) => Some((f.client_id.clone(), secret.clone())),
+        (None, None) => None,
+    };
+    let configured = |id: &str| s.settings.clients.get(id).and_then(|c| c.secret.as_deref());
+    match presented {
+        Some((id, secret)) => match configured(&id) {
+            Some(want) if Sha256::digest(want.as_bytes()) == Sha256::digest(secret.as_bytes()) => {
+                Ok(Some(id))
+            }
+            _ => {
+                tracing::warn!(client = %id, "a client's authentication failed");
+                Err(refuse("the client id or secret is not right"))
+            }
+        },
+        None if configured(&f.client_id).is_some() => Err(refuse(
+            "this client is confidential: authenticate with its secret",
+        )),
+        None => Ok(None),
+    }
 }
 
 async fn token(
@@ -1040,8 +1124,59 @@ async fn token(
         return r;
     }
     let bad = |m: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", m);
+    let authenticated = match authenticate_client(&s, &h, &f) {
+        Ok(a) => a,
+        Err(m) => {
+            let mut r = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", m);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"manifold\""),
+            );
+            return r;
+        }
+    };
     let t = now();
+    // Grants from an identity assertion get no refresh token: the client asks its provider.
+    let mut refreshable = true;
     let grant = match f.grant_type.as_str() {
+        crate::id_jag::GRANT_TYPE => {
+            let Some(client) = authenticated else {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "the identity-assertion grant needs client authentication",
+                );
+            };
+            let Some(assertion) = &f.assertion else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "send assertion");
+            };
+            let accepted =
+                match crate::id_jag::accept(&s, assertion, &client, f.resource.as_deref()).await {
+                    Ok(a) => a,
+                    Err(("temporarily_unavailable", m)) => {
+                        return oauth_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "temporarily_unavailable",
+                            &m,
+                        );
+                    }
+                    Err((code, m)) => return oauth_error(StatusCode::BAD_REQUEST, code, &m),
+                };
+            let g = Grant {
+                id: new_id(),
+                user_id: accepted.user.id.clone(),
+                client_id: client,
+                resource: accepted.resource,
+                scope: SCOPE.into(),
+                created_at: t,
+                revoked_at: None,
+            };
+            if let Err(e) = s.store.add_grant(&g).await {
+                return store_failed(&e);
+            }
+            refreshable = false;
+            g
+        }
         "authorization_code" => {
             let (Some(code), Some(verifier)) = (&f.code, &f.code_verifier) else {
                 return oauth_error(
@@ -1138,7 +1273,7 @@ async fn token(
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "grant_type is authorization_code or refresh_token",
+                "grant_type is authorization_code, refresh_token or (from a trusted identity provider) urn:ietf:params:oauth:grant-type:jwt-bearer",
             );
         }
     };
@@ -1159,14 +1294,25 @@ async fn token(
             );
         }
     };
-    let refresh = secret("mfr_");
-    let expires = t + s.settings.refresh_token_lifetime.as_secs() as i64;
-    if let Err(e) = s
-        .store
-        .add_refresh_token(&hash_key(&refresh), &grant.id, expires)
-        .await
-    {
-        return store_failed(&e);
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "scope": grant.scope,
+    });
+    if refreshable {
+        let refresh = secret("mfr_");
+        let expires = t + s.settings.refresh_token_lifetime.as_secs() as i64;
+        if let Err(e) = s
+            .store
+            .add_refresh_token(&hash_key(&refresh), &grant.id, expires)
+            .await
+        {
+            return store_failed(&e);
+        }
+        body["refresh_token"] = json!(refresh);
+    } else {
+        body["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
     }
     if grant.client_id.starts_with("mfc_") {
         let _ = s.store.touch_client(&grant.client_id, t).await;
@@ -1176,13 +1322,7 @@ async fn token(
             (header::CACHE_CONTROL, "no-store"),
             (header::PRAGMA, "no-cache"),
         ],
-        Json(json!({
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": lifetime,
-            "refresh_token": refresh,
-            "scope": grant.scope,
-        })),
+        Json(body),
     )
         .into_response()
 }

@@ -63,14 +63,14 @@ const MOST_BYTES: usize = 1 << 20;
 /// What a provider's discovery document says beyond the core: whether it sends `iss` with
 /// its authorization responses (RFC 9207).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-struct IssParameter {
+pub(crate) struct IssParameter {
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
 }
 
 impl AdditionalProviderMetadata for IssParameter {}
 
-type Metadata = ProviderMetadata<
+pub(crate) type Metadata = ProviderMetadata<
     IssParameter,
     CoreAuthDisplay,
     CoreClientAuthMethod,
@@ -86,7 +86,7 @@ type Metadata = ProviderMetadata<
 >;
 
 /// ID-token signature algorithms accepted (never `none` or a shared-secret HMAC).
-const ALGORITHMS: [CoreJwsSigningAlgorithm; 9] = [
+pub(crate) const ALGORITHMS: [CoreJwsSigningAlgorithm; 9] = [
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
@@ -105,8 +105,8 @@ pub(crate) struct Sso {
     callback: RedirectUrl,
 }
 
-struct Provider {
-    spec: ProviderSpec,
+pub(crate) struct Provider {
+    pub spec: ProviderSpec,
     /// The metadata and when it was read.
     metadata: Mutex<Option<(Arc<Metadata>, Instant)>>,
 }
@@ -147,6 +147,18 @@ impl Sso {
             http,
             callback,
         }))
+    }
+
+    /// The provider whose identity assertions are accepted, by its issuer.
+    pub(crate) fn asserting(&self, issuer: &str) -> Option<&Provider> {
+        self.providers
+            .values()
+            .find(|p| p.spec.id_jag && p.spec.issuer == issuer)
+    }
+
+    /// Whether any provider's identity assertions are accepted.
+    pub(crate) fn accepts_assertions(&self) -> bool {
+        self.providers.values().any(|p| p.spec.id_jag)
     }
 
     /// (name, label) of every provider, for the sign-in page.
@@ -221,7 +233,11 @@ async fn send(
 impl Sso {
     /// The provider's metadata and keys: cached, or read (again, if `stale` and not read in
     /// the last `REFETCH_AT_MOST`).
-    async fn metadata(&self, p: &Provider, stale: bool) -> Result<Arc<Metadata>, String> {
+    pub(crate) async fn metadata(
+        &self,
+        p: &Provider,
+        stale: bool,
+    ) -> Result<Arc<Metadata>, String> {
         let cached = p.metadata.lock().expect("metadata lock").clone();
         if let Some((m, at)) = &cached {
             let fresh = at.elapsed() < METADATA_TTL;
@@ -545,11 +561,11 @@ async fn callback(
 }
 
 /// Who the provider says signed in.
-struct Member {
-    subject: String,
-    name: String,
-    email: Option<String>,
-    roles: Vec<String>,
+pub(crate) struct Member {
+    pub subject: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
 }
 
 /// Redeem the code, check the ID token, read userinfo if configured, map the claims.
@@ -633,18 +649,23 @@ async fn redeem(
             }
         }
     }
+    Ok(member_of(&p.spec, &claims, subject))
+}
+
+/// Who the claims say the member is, by the provider's rules.
+pub(crate) fn member_of(spec: &ProviderSpec, claims: &Value, subject: String) -> Member {
     let text = |path: &str| {
-        claim(&claims, path)
+        claim(claims, path)
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    let email = text(&p.spec.email_claim);
+    let email = text(&spec.email_claim);
     let name = email
         .clone()
         .or_else(|| text("preferred_username"))
-        .or_else(|| text(&p.spec.name_claim))
+        .or_else(|| text(&spec.name_claim))
         .unwrap_or_else(|| subject.clone());
-    let groups: Vec<String> = match claim(&claims, &p.spec.groups_claim) {
+    let groups: Vec<String> = match claim(claims, &spec.groups_claim) {
         Some(Value::String(g)) => vec![g.clone()],
         Some(Value::Array(gs)) => gs
             .iter()
@@ -653,16 +674,16 @@ async fn redeem(
             .collect(),
         _ => Vec::new(),
     };
-    Ok(Member {
-        roles: roles_of(&p.spec, &groups),
+    Member {
+        roles: roles_of(spec, &groups),
         subject,
         name,
         email,
-    })
+    }
 }
 
 /// The claims of a compact JWT whose signature was checked.
-fn payload(jwt: &str) -> Result<Value, String> {
+pub(crate) fn payload(jwt: &str) -> Result<Value, String> {
     let part = jwt.split('.').nth(1).ok_or("the ID token is not a JWT")?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
@@ -713,6 +734,7 @@ mod tests {
                 ("admins".into(), vec!["admin".into(), "dev".into()]),
             ]),
             default_roles: vec!["member".into()],
+            id_jag: false,
         }
     }
 

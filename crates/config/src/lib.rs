@@ -231,6 +231,9 @@ pub struct ProviderSpec {
     pub roles: BTreeMap<String, Vec<String>>,
     /// Roles every member signing in through this provider gets.
     pub default_roles: Vec<String>,
+    /// Accept this provider's identity assertions (ID-JAG, enterprise-managed authorization)
+    /// at the token endpoint.
+    pub id_jag: bool,
 }
 
 impl std::fmt::Debug for ProviderSpec {
@@ -248,10 +251,24 @@ impl std::fmt::Debug for ProviderSpec {
 }
 
 /// A client registered in the config (`[auth.clients.ID]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientSpec {
     pub name: String,
     pub redirect_uris: Vec<String>,
+    /// A confidential client's secret (for grants without a browser, such as identity
+    /// assertions); `None`: a public client.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for ClientSpec {
+    // The secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSpec")
+            .field("name", &self.name)
+            .field("redirect_uris", &self.redirect_uris)
+            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// An issuer: an absolute `https` URL, or `http` on a loopback address; no query or fragment.
@@ -530,7 +547,15 @@ pub struct VirtualServerSpec {
     pub separator: String,
     /// In configuration order; order decides precedence on name collisions.
     pub connectors: Vec<ConnectorUse>,
+    /// MCP extensions the virtual server declares in its capabilities, from the rest of the
+    /// configuration: enterprise-managed authorization when an identity provider's
+    /// assertions are accepted (`id_jag`).
+    pub extensions: Vec<String>,
 }
+
+/// The extension a virtual server declares when identity assertions are accepted.
+pub const ENTERPRISE_MANAGED_AUTHORIZATION: &str =
+    "io.modelcontextprotocol/enterprise-managed-authorization";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectorUse {
@@ -641,7 +666,11 @@ impl Builder<'_> {
             if let Err(m) = ConnectorId::parse(&name) {
                 self.errors.push(at.err(format!("virtual server: {m}")));
             }
-            let spec = self.server(&name, rs, &defined);
+            let mut spec = self.server(&name, rs, &defined);
+            if auth.providers.values().any(|p| p.id_jag) {
+                spec.extensions
+                    .push(ENTERPRISE_MANAGED_AUTHORIZATION.to_owned());
+            }
             servers.insert(name, spec);
         }
         let base = self
@@ -726,7 +755,15 @@ impl Builder<'_> {
                     "auth.clients.{id}: a client id is 1 to 200 characters, without spaces"
                 )));
             }
-            if c.redirect_uris.is_empty() {
+            let secret = c.secret.as_ref().and_then(|s| {
+                self.expand(s, &format!("auth.clients.{id}.secret"), &mut Vec::new())
+            });
+            if secret.as_ref().is_some_and(|s| s.len() < 16) {
+                self.errors.push(at.err(format!(
+                    "auth.clients.{id}.secret: at least 16 characters (make one with `openssl rand -base64 32`)"
+                )));
+            }
+            if c.redirect_uris.is_empty() && secret.is_none() {
                 self.errors.push(at.err(format!("auth.clients.{id}: needs redirect_uris (where the browser returns after sign-in)")));
             }
             let mut uris = Vec::new();
@@ -745,6 +782,7 @@ impl Builder<'_> {
                 ClientSpec {
                     name: c.name.unwrap_or(id),
                     redirect_uris: uris,
+                    secret,
                 },
             );
         }
@@ -843,6 +881,7 @@ impl Builder<'_> {
                     userinfo: p.userinfo.unwrap_or(false),
                     roles: p.roles.unwrap_or_default(),
                     default_roles: p.default_roles.unwrap_or_default(),
+                    id_jag: p.id_jag.unwrap_or(false),
                 },
             );
         }
@@ -1304,6 +1343,7 @@ impl Builder<'_> {
             instructions: rs.instructions,
             separator,
             connectors: uses,
+            extensions: Vec::new(),
         }
     }
 

@@ -67,13 +67,16 @@ pub struct RawProvider {
     pub userinfo: Option<bool>,
     pub roles: Option<BTreeMap<String, Vec<String>>>,
     pub default_roles: Option<Vec<String>>,
+    pub id_jag: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawClient {
     pub name: Option<String>,
+    #[serde(default)]
     pub redirect_uris: Vec<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

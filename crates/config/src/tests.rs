@@ -679,6 +679,23 @@ fn identity_providers_are_checked() {
     ] {
         assert!(e.contains(part), "{part:?} in:\n{e}");
     }
+    assert!(!okta.id_jag);
+    // A confidential client (for identity assertions) needs no redirect URI, but a real secret.
+    let c = parse(
+        "[auth.clients.agent]\nsecret = \"${TOKEN}-and-more-of-it\"\n[auth.providers.p]\nissuer = \"https://i.example\"\nclient_id = \"c\"\nid_jag = true\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.auth.clients["agent"].secret.as_deref(),
+        Some("s3cret-and-more-of-it")
+    );
+    assert!(c.auth.providers["p"].id_jag);
+    assert!(!format!("{:?}", c.auth.clients).contains("s3cret"));
+    let e = parse("[auth.clients.agent]\nsecret = \"short\"\n").unwrap_err();
+    assert!(
+        e.contains("auth.clients.agent.secret: at least 16 characters"),
+        "{e}"
+    );
     let e = parse("[auth]\npassword_login = false\n").unwrap_err();
     assert!(e.contains("leaves no way to sign in"), "{e}");
     let e = parse("[auth.providers.p]\nissuer = \"https://i.example\"\n").unwrap_err();

@@ -108,7 +108,10 @@ impl Catalog {
         let mut resources: Vec<(Resource, Box<RawValue>, Origin)> = Vec::new();
         let mut templates: Vec<(ResourceTemplate, Box<RawValue>, Origin)> = Vec::new();
         let mut instructions: Vec<String> = spec.instructions.iter().cloned().collect();
-        cat.capabilities = merged_capabilities(inputs.iter().map(|(_, u)| u.capabilities.as_ref()));
+        cat.capabilities = merged_capabilities(
+            inputs.iter().map(|(_, u)| u.capabilities.as_ref()),
+            &spec.extensions,
+        );
         for (usage, upstream) in inputs {
             let cid = &usage.connector;
             let from = |name: &str| Origin {
@@ -315,6 +318,7 @@ impl Catalog {
 /// re-reads its connectors and tells clients when the merged list changes.
 fn merged_capabilities<'a>(
     upstreams: impl Iterator<Item = Option<&'a rmcp::model::ServerCapabilities>>,
+    extensions: &[String],
 ) -> rmcp::model::ServerCapabilities {
     let (mut tools, mut prompts, mut resources, mut subscribe, mut completions, mut logging) =
         (false, false, false, false, false, false);
@@ -358,6 +362,14 @@ fn merged_capabilities<'a>(
     }
     if logging {
         v.insert("logging".into(), serde_json::json!({}));
+    }
+    // The gateway's own extensions (the upstreams' are theirs, not the virtual server's).
+    if !extensions.is_empty() {
+        let ext: serde_json::Map<String, serde_json::Value> = extensions
+            .iter()
+            .map(|e| (e.clone(), serde_json::json!({})))
+            .collect();
+        v.insert("extensions".into(), serde_json::Value::Object(ext));
     }
     serde_json::from_value(serde_json::Value::Object(v)).expect("valid server capabilities")
 }

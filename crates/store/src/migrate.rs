@@ -33,6 +33,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sign-ins through identity providers in progress",
         include_str!("../migrations/0005_sso.sql"),
     ),
+    (
+        6,
+        "identity assertions spent",
+        include_str!("../migrations/0006_id_jag.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

@@ -83,6 +83,34 @@ impl Store {
         }))
     }
 
+    /// Spend the identity assertion `jti` of `issuer` (kept until `expires_at`): `true` the
+    /// first time, `false` for a replay.
+    pub async fn spend_assertion(
+        &self,
+        issuer: &str,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM spent_assertions WHERE expires_at < $1")
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let r = sqlx::query(
+            "INSERT INTO spent_assertions (issuer, jti, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(issuer)
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if crate::users::is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// The member's user, created at their first sign-in and brought up to date at every
     /// later one (name, e-mail, roles; never whether an administrator disabled them). A change
     /// of roles is a withdrawal: credentials verified with the old roles are checked again.

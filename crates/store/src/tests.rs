@@ -380,6 +380,34 @@ async fn members_of_an_identity_provider_are_kept_by_issuer_and_subject() {
 }
 
 #[tokio::test]
+async fn an_identity_assertion_is_spent_once_per_issuer() {
+    for s in stores("an_identity_assertion_is_spent_once_per_issuer").await {
+        let b = s.backend();
+        let later = crate::now() + 300;
+        assert!(
+            s.spend_assertion("https://a", "j1", later).await.unwrap(),
+            "{b:?}"
+        );
+        assert!(
+            !s.spend_assertion("https://a", "j1", later).await.unwrap(),
+            "{b:?}: replay"
+        );
+        assert!(
+            s.spend_assertion("https://b", "j1", later).await.unwrap(),
+            "{b:?}: another issuer's"
+        );
+        let raced =
+            futures::future::join_all((0..20).map(|_| s.spend_assertion("https://a", "j2", later)))
+                .await;
+        assert_eq!(
+            raced.iter().filter(|r| matches!(r, Ok(true))).count(),
+            1,
+            "{b:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_sign_in_in_progress_is_spent_once() {
     for s in stores("a_sign_in_in_progress_is_spent_once").await {
         let b = s.backend();

@@ -552,3 +552,260 @@ async fn with_passwords_off_the_only_provider_is_the_way_in() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("identity provider only"));
 }
+
+/// An identity assertion signed by `idp` (with `key: "unpublished"`, by a key it never
+/// published), of JWT type `typ`.
+async fn assertion(idp: &Idp, claims: Value, typ: Option<&str>, key: Option<&str>) -> String {
+    let r = http()
+        .post(format!("{}/_test/id-jag", idp.issuer))
+        .body(json!({"claims": claims, "typ": typ, "key": key}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The token endpoint's answer to the identity-assertion grant, authenticated as `auth`
+/// (`(client, secret)` by HTTP Basic).
+async fn exchange(gw: &Gw, auth: Option<(&str, &str)>, assertion: &str) -> (u16, Value) {
+    let mut r = http()
+        .post(format!("{}/oauth/token", gw.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type={}&assertion={}",
+            enc("urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            enc(assertion)
+        ));
+    if let Some((id, secret)) = auth {
+        r = r.basic_auth(id, Some(secret));
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn identity_assertions_are_exchanged_for_access_tokens_without_a_browser() {
+    let Some(peers) =
+        Peers::get("identity_assertions_are_exchanged_for_access_tokens_without_a_browser")
+    else {
+        return;
+    };
+    let idp = Idp::start(
+        peers,
+        json!({"erin": {"email": "erin@acme.example"}}),
+        json!({"email": ["email"]}),
+    );
+    const SECRET: &str = "agent-secret-0123456789";
+    let gw = Gw::start(&config(
+        &format!("[auth.clients.agent]\nname = \"Agent\"\nsecret = \"{SECRET}\"\n"),
+        &provider(
+            "acme",
+            &idp.issuer,
+            "id_jag = true\nroles = { eng = [\"dev\"] }",
+        ),
+    ));
+    gw.wait_up().await;
+    let now = manifold_store::now();
+    let claims = |changes: Value| {
+        let mut c = json!({
+            "iss": idp.issuer, "sub": "erin", "aud": gw.base, "client_id": "agent",
+            "resource": gw.url("main"), "jti": format!("j-{}", rand::random::<u64>()),
+            "iat": now, "exp": now + 300, "email": "erin@acme.example", "groups": ["eng"],
+        });
+        for (k, v) in changes.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let agent = Some(("agent", SECRET));
+
+    // The metadata says the grant is accepted, and clients may authenticate with a secret.
+    let m: Value = http()
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            gw.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        m["grant_types_supported"]
+            .to_string()
+            .contains("jwt-bearer"),
+        "{m}"
+    );
+
+    // A good assertion: an access token (no refresh token), that calls a tool.
+    let good = assertion(&idp, claims(json!({})), None, None).await;
+    let (status, t) = exchange(&gw, agent, &good).await;
+    assert_eq!(status, 200, "{t}\n{}", gw.log());
+    assert!(t.get("refresh_token").is_none(), "{t}");
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let v = call_echo(&gw, &token).await;
+    assert_eq!(v["result"]["content"][0]["text"], "Echo: via sso", "{v}");
+    // The member is kept, with the roles their groups give.
+    let users = gw.admin(&["users", "list"], "", &[]);
+    assert!(
+        users.contains("erin@acme.example") && users.contains("roles: dev"),
+        "{users}"
+    );
+    // The virtual server declares the extension, in both eras.
+    let r = post(&gw.url("main"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    let init = message(&r.text().await.unwrap());
+    assert!(
+        init["result"]["capabilities"]["extensions"]
+            .get("io.modelcontextprotocol/enterprise-managed-authorization")
+            .is_some(),
+        "{init}"
+    );
+    let r = modern(
+        &gw.url("main"),
+        "server/discover",
+        None,
+        json!({}),
+        json!({}),
+    )
+    .header("authorization", format!("Bearer {token}"))
+    .send()
+    .await
+    .unwrap();
+    let discover = message(&r.text().await.unwrap());
+    assert!(
+        discover
+            .to_string()
+            .contains("enterprise-managed-authorization"),
+        "{discover}"
+    );
+
+    // Every way an assertion or its presenter can be wrong.
+    let replayed = good.clone();
+    // (what, the assertion, the client's authentication, status, why).
+    type Case<'a> = (&'a str, String, Option<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("replayed", replayed, agent, 400, "used already"),
+        (
+            "untrusted issuer",
+            assertion(
+                &idp,
+                claims(json!({"iss": "https://evil.example"})),
+                None,
+                None,
+            )
+            .await,
+            agent,
+            400,
+            "not trusted",
+        ),
+        (
+            "expired",
+            assertion(
+                &idp,
+                claims(json!({"iat": now - 400, "exp": now - 120})),
+                None,
+                None,
+            )
+            .await,
+            agent,
+            400,
+            "expired",
+        ),
+        (
+            "for another audience",
+            assertion(
+                &idp,
+                claims(json!({"aud": "https://other.example"})),
+                None,
+                None,
+            )
+            .await,
+            agent,
+            400,
+            "aud must be",
+        ),
+        (
+            "issued to another client",
+            assertion(
+                &idp,
+                claims(json!({"client_id": "someone-else"})),
+                None,
+                None,
+            )
+            .await,
+            agent,
+            400,
+            "another client",
+        ),
+        (
+            "an ID token, not an ID-JAG",
+            assertion(&idp, claims(json!({})), Some("JWT"), None).await,
+            agent,
+            400,
+            "typ must be",
+        ),
+        (
+            "signed by a key the provider never published",
+            assertion(&idp, claims(json!({})), None, Some("unpublished")).await,
+            agent,
+            400,
+            "does not verify",
+        ),
+        (
+            "for a server this gateway does not have",
+            assertion(
+                &idp,
+                claims(json!({"resource": format!("{}/mcp/nope", gw.base)})),
+                None,
+                None,
+            )
+            .await,
+            agent,
+            400,
+            "invalid_target",
+        ),
+        (
+            "a lifetime too long",
+            assertion(&idp, claims(json!({"exp": now + 7200})), None, None).await,
+            agent,
+            400,
+            "lifetime",
+        ),
+        (
+            "no client authentication",
+            assertion(&idp, claims(json!({})), None, None).await,
+            None,
+            401,
+            "needs client authentication",
+        ),
+        (
+            "a wrong secret",
+            assertion(&idp, claims(json!({})), None, None).await,
+            Some(("agent", "not-the-secret-at-all")),
+            401,
+            "not right",
+        ),
+    ];
+    for (what, a, auth, status, why) in cases {
+        let (got, body) = exchange(&gw, auth, &a).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(body.to_string().contains(why), "{what}: {why:?} in {body}");
+    }
+    // The confidential client cannot use the token endpoint as a public one either.
+    let r = http()
+        .post(format!("{}/oauth/token", gw.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=refresh_token&refresh_token=x&client_id=agent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("confidential"));
+}
