@@ -9,7 +9,8 @@
 //! be the provider's (RFC 9207; required when the provider says it sends it, so a response of
 //! one provider cannot be passed off as another's), the code is redeemed with the verifier and
 //! the ID token checked by `openidconnect` (signature by the provider's JWKS with an algorithm
-//! allow-list, exact issuer, audience and `azp`, expiry with 60 s of skew, nonce). An unknown
+//! allow-list, exact issuer and audience (no other audience), expiry with 60 s of skew, nonce;
+//! `azp`, which the library leaves alone, is checked here). An unknown
 //! `kid` reads the provider's metadata and keys again, at most every 30 s. Then the member's
 //! user is created or brought up to date (by issuer and subject; roles from the groups claim),
 //! and the sign-in continues exactly as after a password: a new session, then consent.
@@ -619,6 +620,15 @@ async fn redeem(
     }
     // Verified: the payload can be read as it is, for the claims the standard set lacks.
     let mut claims = payload(&id_token.to_string())?;
+    // `openidconnect` leaves `azp` alone (any extra audience is refused already): an ID token
+    // issued to another party is not ours.
+    if let Some(azp) = claims.get("azp")
+        && azp.as_str() != Some(p.spec.client_id.as_str())
+    {
+        return Err(format!(
+            "its ID token was refused: its authorized party (azp) is {azp}, not this gateway"
+        ));
+    }
     let subject = claims
         .get("sub")
         .and_then(Value::as_str)

@@ -61,6 +61,17 @@ impl Idp {
         Idp { child, issuer, log }
     }
 
+    /// Make the next ID token it issues carry `change` (see `tests/fixtures/idp.mjs`).
+    async fn tamper(&self, change: Value) {
+        let r = http()
+            .post(format!("{}/_test/tamper", self.issuer))
+            .body(change.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
     /// Who signs in next.
     async fn sign_in_as(&self, account: &str) {
         let r = http()
@@ -461,6 +472,37 @@ async fn the_providers_answers_are_checked() {
         let page = r.text().await.unwrap();
         assert!(page.contains(why), "{why:?} in {page}");
     }
+
+    // ID tokens that are not right: for another nonce, audience or issuer, expired, issued to
+    // another authorized party, or unsigned. A genuine one goes through afterwards.
+    let past = manifold_store::now() - 3600;
+    for (change, why) in [
+        (json!({"claims": {"nonce": "another"}}), "nonce"),
+        (json!({"claims": {"aud": "someone-else"}}), "audience"),
+        (json!({"claims": {"iss": other.issuer}}), "issuer"),
+        (
+            json!({"claims": {"exp": past, "iat": past - 60}}),
+            "expired",
+        ),
+        (json!({"claims": {"aud": ["manifold", "x"]}}), "audience"),
+        (json!({"claims": {"azp": "x"}}), "authorized party"),
+        (json!({"none": true}), "signature"),
+    ] {
+        acme.tamper(change.clone()).await;
+        let mut b = Browser::new();
+        let answer = answer_in(&mut b, &base, &query).await;
+        let r = b.get(&answer).await;
+        let status = r.status();
+        let page = r.text().await.unwrap();
+        assert_eq!(status, 400, "{change}: {page}");
+        assert!(
+            page.contains("ID token was refused") && page.to_lowercase().contains(why),
+            "{change}: {why:?} in {page}"
+        );
+    }
+    let mut b = Browser::new();
+    let answer = answer_in(&mut b, &base, &query).await;
+    assert_eq!(b.get(&answer).await.status(), 303, "untampered");
 
     // A provider whose metadata names another issuer is not used at all.
     let r = b.get(&format!("{base}/oauth/sso/wrong?{query}")).await;
