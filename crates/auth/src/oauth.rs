@@ -237,6 +237,7 @@ impl AuthServer {
             )
             .route("/oauth/authorize", get(authorize))
             .route("/oauth/login", post(login))
+            .route("/oauth/logout", get(logout_page).post(logout))
             .route("/oauth/consent", post(consent))
             .route("/oauth/token", post(token))
             .route("/oauth/register", post(register))
@@ -908,6 +909,66 @@ fn serde_urlencoded_from(q: &str) -> AuthzParams {
     )
     .map(|q| q.0)
     .unwrap_or_default()
+}
+
+/// `GET /oauth/logout`: who is signed in here, and a button to sign out.
+async fn logout_page(State(s): State<Arc<AuthServer>>, h: HeaderMap) -> Response {
+    if let Some(r) = host_ok(&s, &h) {
+        return r;
+    }
+    match signed_in(&s, &h).await {
+        Some(si) => pages::sign_out(&si.user.name, &si.csrf),
+        None => pages::error(
+            StatusCode::OK,
+            "Signed out",
+            "This browser is not signed in to Manifold.",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /oauth/logout`: end this browser's sign-in session.
+async fn logout(
+    State(s): State<Arc<AuthServer>>,
+    h: HeaderMap,
+    Form(f): Form<LogoutForm>,
+) -> Response {
+    if let Some(r) = same_origin(&s, &h) {
+        return r;
+    }
+    let Some(si) = signed_in(&s, &h).await else {
+        return pages::error(
+            StatusCode::OK,
+            "Signed out",
+            "This browser is not signed in to Manifold.",
+        );
+    };
+    if f.csrf.is_empty() || f.csrf != si.csrf {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "The form expired",
+            "Open the sign-out page again.",
+        );
+    }
+    if let Some(token) = cookie(&h, SESSION_COOKIE)
+        && let Err(e) = s.store.end_sign_in(&hash_key(token)).await
+    {
+        return store_failed(&e);
+    }
+    tracing::info!(user = %si.user.name, "signed out");
+    let mut r = pages::error(
+        StatusCode::OK,
+        "Signed out",
+        "You are signed out of Manifold in this browser.",
+    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(&s, SESSION_COOKIE, "", 0));
+    r
 }
 
 #[derive(Deserialize)]

@@ -104,6 +104,21 @@ pub fn login(
     )
 }
 
+/// Sign out of the gateway's sign-in session (the browser's, not the applications' tokens).
+pub fn sign_out(user: &str, csrf: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "Sign out",
+        &format!(
+            "<p>Signed in as <b>{user}</b>. Signing out ends this browser's sign-in: the next application to connect asks you to sign in again. Applications already connected keep their access until it is revoked.</p>\
+             <form method=\"post\" action=\"/oauth/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\">Sign out</button></form>",
+            user = escape(user),
+            csrf = escape(csrf),
+        ),
+    )
+}
+
 /// Ask the signed-in user whether the application may use the virtual server for them.
 pub fn consent(a: &Authz, csrf: &str, user: &str) -> Response {
     let host = a

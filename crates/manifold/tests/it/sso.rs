@@ -593,6 +593,53 @@ async fn with_passwords_off_the_only_provider_is_the_way_in() {
         .await;
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("identity provider only"));
+
+    // Signed in, and consent remembered: the next authorization goes straight back with a
+    // code. After signing out, it goes to the provider again.
+    let (_, reg) = register(&gw.base, &[REDIRECT]).await;
+    let (_, challenge) = pkce();
+    let again = authorize_url(
+        &gw.base,
+        reg["client_id"].as_str().unwrap(),
+        REDIRECT,
+        &challenge,
+        &gw.url("main"),
+    );
+    let first = b.get(&again).await;
+    let page = if first.status() == 200 {
+        first.text().await.unwrap()
+    } else {
+        String::new()
+    };
+    assert!(
+        page.contains("action=\"/oauth/consent\""),
+        "signed in: consent for a new client: {page}"
+    );
+    let out = b.get(&format!("{}/oauth/logout", gw.base)).await;
+    let page = out.text().await.unwrap();
+    assert!(
+        page.contains("Signed in as <b>carol@acme.example</b>"),
+        "{page}"
+    );
+    let form = hidden(&page);
+    let wrong = b
+        .post_form(
+            &format!("{}/oauth/logout", gw.base),
+            &[("csrf".into(), "forged".into())],
+        )
+        .await;
+    assert_eq!(wrong.status(), 403);
+    let r = b
+        .post_form(&format!("{}/oauth/logout", gw.base), &form)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("You are signed out"));
+    let r = b.get(&again).await;
+    assert_eq!(r.status(), 303);
+    let (to, _) = location(&r);
+    assert_eq!(to, "/oauth/sso/acme", "signed out: to the provider again");
+    let r = b.get(&format!("{}/oauth/logout", gw.base)).await;
+    assert!(r.text().await.unwrap().contains("not signed in"));
 }
 
 /// An identity assertion signed by `idp` (with `key: "unpublished"`, by a key it never
