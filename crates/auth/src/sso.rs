@@ -56,6 +56,8 @@ const REQUEST_LIFETIME: i64 = 600;
 const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// An unknown `kid` reads them again, but not more often than this.
 const REFETCH_AT_MOST: Duration = Duration::from_secs(30);
+/// A provider whose metadata could not be read is not asked again for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The cookie that binds a started sign-in to its browser.
 const BROWSER_COOKIE: &str = "mf_sso";
 /// The largest response read from a provider.
@@ -110,6 +112,9 @@ pub(crate) struct Provider {
     pub spec: ProviderSpec,
     /// The metadata and when it was read.
     metadata: Mutex<Option<(Arc<Metadata>, Instant)>>,
+    /// The last failure to read it, and when: not tried again for `RETRY_AFTER`, so that a
+    /// provider that is down is not asked once per sign-in attempt.
+    failed: Mutex<Option<(String, Instant)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +144,7 @@ impl Sso {
                 let p = Provider {
                     spec: spec.clone(),
                     metadata: Mutex::new(None),
+                    failed: Mutex::new(None),
                 };
                 (name.clone(), p)
             })
@@ -200,35 +206,33 @@ async fn send(
     http: reqwest::Client,
     req: openidconnect::HttpRequest,
 ) -> Result<openidconnect::HttpResponse, HttpError> {
-    {
-        let (parts, body) = req.into_parts();
-        let mut r = http
-            .request(parts.method, parts.uri.to_string())
-            .headers(parts.headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| HttpError(format!("{}: {e}", parts.uri)))?;
-        let mut out = http::Response::builder().status(r.status());
-        for (k, v) in r.headers() {
-            out = out.header(k, v);
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = r
-            .chunk()
-            .await
-            .map_err(|e| HttpError(format!("{}: {e}", parts.uri)))?
-        {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() > MOST_BYTES {
-                return Err(HttpError(format!(
-                    "{}: the answer is larger than {MOST_BYTES} bytes",
-                    parts.uri
-                )));
-            }
-        }
-        out.body(bytes).map_err(|e| HttpError(e.to_string()))
+    let (parts, body) = req.into_parts();
+    let mut r = http
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| HttpError(format!("{}: {e}", parts.uri)))?;
+    let mut out = http::Response::builder().status(r.status());
+    for (k, v) in r.headers() {
+        out = out.header(k, v);
     }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = r
+        .chunk()
+        .await
+        .map_err(|e| HttpError(format!("{}: {e}", parts.uri)))?
+    {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > MOST_BYTES {
+            return Err(HttpError(format!(
+                "{}: the answer is larger than {MOST_BYTES} bytes",
+                parts.uri
+            )));
+        }
+    }
+    out.body(bytes).map_err(|e| HttpError(e.to_string()))
 }
 
 impl Sso {
@@ -246,18 +250,24 @@ impl Sso {
                 return Ok(m.clone());
             }
         }
+        if let Some((why, at)) = p.failed.lock().expect("failure lock").clone()
+            && at.elapsed() < RETRY_AFTER
+        {
+            return Err(why);
+        }
         let issuer = IssuerUrl::new(p.spec.issuer.clone()).map_err(|e| e.to_string())?;
-        let m = Metadata::discover_async(issuer, &self.http())
-            .await
-            .map_err(|e| {
-                let mut m = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    m.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                format!("cannot read {}'s metadata: {m}", p.spec.issuer)
-            })?;
+        let read = Metadata::discover_async(issuer, &self.http()).await;
+        let m = read.map_err(|e| {
+            let mut m = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                m.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            let why = format!("cannot read {}'s metadata: {m}", p.spec.issuer);
+            *p.failed.lock().expect("failure lock") = Some((why.clone(), Instant::now()));
+            why
+        })?;
         let m = Arc::new(m);
         *p.metadata.lock().expect("metadata lock") = Some((m.clone(), Instant::now()));
         Ok(m)
@@ -286,10 +296,6 @@ impl Sso {
 
 fn refused(status: StatusCode, title: &str, message: &str) -> Response {
     pages::error(status, title, message)
-}
-
-fn sha(v: &str) -> String {
-    hash_key(v)
 }
 
 /// `GET /oauth/sso/NAME?…`: off to the provider.
@@ -352,7 +358,7 @@ async fn start(
     let browser = oauth::secret("");
     let request = SsoRequest {
         provider: name.clone(),
-        browser_hash: sha(&browser),
+        browser_hash: hash_key(&browser),
         nonce: nonce.secret().clone(),
         verifier: verifier.secret().clone(),
         next: uri.query().unwrap_or_default().to_owned(),
@@ -360,7 +366,7 @@ async fn start(
     };
     if let Err(e) = s
         .store
-        .add_sso_request(&sha(state.secret()), &request)
+        .add_sso_request(&hash_key(state.secret()), &request)
         .await
     {
         tracing::error!(error = %e, "cannot record a sign-in: the store failed");
@@ -415,7 +421,7 @@ async fn callback(
             &format!("The identity provider's answer has no state. {again}"),
         );
     };
-    let request = match s.store.take_sso_request(&sha(state)).await {
+    let request = match s.store.take_sso_request(&hash_key(state)).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             tracing::warn!("an identity provider callback with an unknown or spent state");
@@ -450,7 +456,8 @@ async fn callback(
             ),
         );
     }
-    if oauth::cookie(&h, BROWSER_COOKIE).map(sha).as_deref() != Some(request.browser_hash.as_str())
+    if oauth::cookie(&h, BROWSER_COOKIE).map(hash_key).as_deref()
+        != Some(request.browser_hash.as_str())
     {
         tracing::warn!(provider = %request.provider, "an identity provider callback in a browser that did not start it");
         return fail(
@@ -482,7 +489,7 @@ async fn callback(
     };
     // RFC 9207: an answer that names another issuer is another provider's (mix-up).
     match q.iss.as_deref() {
-        Some(iss) if iss.trim_end_matches('/') != p.spec.issuer => {
+        Some(iss) if iss != p.spec.issuer => {
             tracing::warn!(provider = %request.provider, iss, "an identity provider callback naming another issuer");
             return fail(
                 StatusCode::BAD_REQUEST,

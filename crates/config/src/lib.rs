@@ -831,9 +831,9 @@ impl Builder<'_> {
                     "{key}: a provider's name is 1 to 32 of a-z, 0-9, - and _ (it appears in URLs)"
                 )));
             }
-            let issuer = self
-                .expand(&p.issuer, &format!("{key}.issuer"), &mut Vec::new())
-                .map(|i| i.trim_end_matches('/').to_owned());
+            // Exactly as written: some providers' issuers end with a slash, and issuers are
+            // compared as strings (discovery, ID tokens, RFC 9207).
+            let issuer = self.expand(&p.issuer, &format!("{key}.issuer"), &mut Vec::new());
             if let Some(i) = &issuer
                 && let Err(m) = https_or_loopback(i)
             {

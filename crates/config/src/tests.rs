@@ -649,7 +649,7 @@ fn identity_providers_are_checked() {
     .unwrap();
     assert!(!c.auth.password_login);
     let okta = &c.auth.providers["okta"];
-    assert_eq!(okta.issuer, "https://acme.okta.example");
+    assert_eq!(okta.issuer, "https://acme.okta.example/", "kept exactly");
     assert_eq!(okta.label, "okta");
     assert_eq!(okta.scopes, ["openid", "email"], "openid is always asked");
     assert_eq!(okta.groups_claim, "realm_access.roles");
