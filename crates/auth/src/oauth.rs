@@ -701,10 +701,19 @@ fn redirect(s: &AuthServer, uri: &str, params: &[(&str, &str)], state: Option<&s
     r
 }
 
+/// The browser's sign-in session, if it stands: its user is enabled, and a member of an
+/// identity provider signed in there recently enough (else they sign in there again).
 async fn signed_in(s: &AuthServer, h: &HeaderMap) -> Option<manifold_store::SignIn> {
     let token = cookie(h, SESSION_COOKIE)?;
     match s.store.sign_in(&hash_key(token), now()).await {
-        Ok(Some(si)) if !si.user.disabled => Some(si),
+        Ok(Some(si)) if !si.user.disabled => {
+            if si.user.issuer != manifold_store::LOCAL_ISSUER
+                && recent_enough(s, &si.user.id, now()).await.is_err()
+            {
+                return None;
+            }
+            Some(si)
+        }
         Ok(_) => None,
         Err(e) => {
             tracing::error!(error = %e, "cannot read a sign-in session: the store failed");
@@ -1319,6 +1328,10 @@ async fn token(
                             "resource must be the one the sign-in was for",
                         );
                     }
+                    if let Err(m) = recent_enough(&s, &g.user_id, t).await {
+                        let _ = s.store.revoke_grant(&g.id, t).await;
+                        return bad(&m);
+                    }
                     g
                 }
             }
@@ -1386,6 +1399,59 @@ async fn token(
         Json(body),
     )
         .into_response()
+}
+
+/// A member of an identity provider may have their sign-ins refreshed only for
+/// `reauthenticate_after` past their last sign-in there: then the provider is asked again, so
+/// that what it changed (groups, a disabled account) applies. Local users: always.
+async fn recent_enough(s: &AuthServer, user_id: &str, now: i64) -> Result<(), String> {
+    let user = match s.store.user(user_id).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return Err("the user is gone".into()),
+        Err(e) => {
+            return Err(format!(
+                "the gateway cannot check the sign-in right now: {e}"
+            ));
+        }
+    };
+    if user.issuer == manifold_store::LOCAL_ISSUER {
+        return Ok(());
+    }
+    let provider = s
+        .settings
+        .providers
+        .values()
+        .find(|p| p.issuer == user.issuer)
+        .ok_or_else(|| {
+            format!(
+                "{} is no longer an identity provider of this gateway",
+                user.issuer
+            )
+        })?;
+    let at = s
+        .store
+        .signed_in_at(user_id)
+        .await
+        .map_err(|e| format!("the gateway cannot check the sign-in right now: {e}"))?
+        .unwrap_or(0);
+    let bound = provider.reauthenticate_after.as_secs() as i64;
+    if at + bound <= now {
+        tracing::info!(user = %user.name, provider = %provider.label, "a sign-in is too old to refresh: the member signs in again");
+        return Err(format!(
+            "sign in again through {}: the last sign-in there is older than {}",
+            provider.label,
+            humane(bound)
+        ));
+    }
+    Ok(())
+}
+
+fn humane(secs: i64) -> String {
+    match secs {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 fn store_failed(e: &manifold_store::StoreError) -> Response {

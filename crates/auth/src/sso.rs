@@ -752,6 +752,7 @@ mod tests {
             ]),
             default_roles: vec!["member".into()],
             id_jag: false,
+            reauthenticate_after: std::time::Duration::from_secs(3600),
         }
     }
 

@@ -234,6 +234,9 @@ pub struct ProviderSpec {
     /// Accept this provider's identity assertions (ID-JAG, enterprise-managed authorization)
     /// at the token endpoint.
     pub id_jag: bool,
+    /// How long after a member's last sign-in through this provider their sign-ins may be
+    /// refreshed; then they sign in there again (so the provider's changes apply).
+    pub reauthenticate_after: Duration,
 }
 
 impl std::fmt::Debug for ProviderSpec {
@@ -882,6 +885,11 @@ impl Builder<'_> {
                     roles: p.roles.unwrap_or_default(),
                     default_roles: p.default_roles.unwrap_or_default(),
                     id_jag: p.id_jag.unwrap_or(false),
+                    reauthenticate_after: self.positive(
+                        p.reauthenticate_after,
+                        &format!("{key}.reauthenticate_after"),
+                        Duration::from_secs(12 * 3600),
+                    ),
                 },
             );
         }

@@ -68,6 +68,7 @@ pub struct RawProvider {
     pub roles: Option<BTreeMap<String, Vec<String>>>,
     pub default_roles: Option<Vec<String>>,
     pub id_jag: Option<bool>,
+    pub reauthenticate_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

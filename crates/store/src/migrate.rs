@@ -38,6 +38,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity assertions spent",
         include_str!("../migrations/0006_id_jag.sql"),
     ),
+    (
+        7,
+        "when members last signed in through their provider",
+        include_str!("../migrations/0007_signed_in_at.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

@@ -123,8 +123,8 @@ impl Store {
                 let id = new_id();
                 let insert = |name: String| {
                     sqlx::query(
-                        "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $7)",
+                        "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, created_at, updated_at, signed_in_at)
+                         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $7, $7)",
                     )
                     .bind(id.clone())
                     .bind(m.issuer.to_owned())
@@ -152,7 +152,7 @@ impl Store {
                     u.name != m.name && self.user_by_name(m.issuer, m.name).await?.is_some();
                 let name = if name_taken { m.subject } else { m.name };
                 let update = sqlx::query(
-                    "UPDATE users SET name = $1, email = $2, roles = $3, updated_at = $4 WHERE id = $5",
+                    "UPDATE users SET name = $1, email = $2, roles = $3, updated_at = $4, signed_in_at = $4 WHERE id = $5",
                 )
                 .bind(name)
                 .bind(m.email)
@@ -169,6 +169,16 @@ impl Store {
         self.user_by_subject(m.issuer, m.subject)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no user {} at {}", m.subject, m.issuer)))
+    }
+
+    /// When the member last signed in through their provider (`None` for a local user).
+    pub async fn signed_in_at(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT signed_in_at FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
     }
 
     async fn user_by_subject(

@@ -362,6 +362,17 @@ async fn members_of_an_identity_provider_are_kept_by_issuer_and_subject() {
             .await
             .unwrap();
         assert_eq!(again.id, ada.id, "{b:?}");
+        assert!(
+            s.signed_in_at(&ada.id)
+                .await
+                .unwrap()
+                .is_some_and(|t| t >= crate::now() - 5)
+        );
+        assert_eq!(
+            s.signed_in_at(&local.id).await.unwrap(),
+            None,
+            "{b:?}: a local user"
+        );
         assert_eq!(again.roles, ["dev"], "{b:?}");
         assert!(again.disabled, "{b:?}");
         assert_eq!(s.withdrawals_here(), before + 1, "{b:?}: roles changed");

@@ -321,7 +321,7 @@ pub(crate) async fn token_request(
     (r.status().as_u16(), r.json().await.unwrap(), h)
 }
 
-async fn refresh_with(
+pub(crate) async fn refresh_with(
     base: &str,
     client: &str,
     refresh: &str,

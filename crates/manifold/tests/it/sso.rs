@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::{
     oauth::{
         Browser, REDIRECT, authorize_url, enc, hidden, init_with, location, pkce, python_client,
-        redeem, register,
+        redeem, refresh_with, register,
     },
     support::*,
 };
@@ -66,6 +66,17 @@ impl Idp {
         let r = http()
             .post(format!("{}/_test/tamper", self.issuer))
             .body(change.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
+    /// Replace what it says of `account` from now on.
+    async fn set_claims(&self, account: &str, claims: Value) {
+        let r = http()
+            .post(format!("{}/_test/claims/{account}", self.issuer))
+            .body(claims.to_string())
             .send()
             .await
             .unwrap();
@@ -158,6 +169,18 @@ async fn token_through(
     gw: &Gw,
     first_page: impl Fn(&str) -> Option<String>,
 ) -> String {
+    tokens_through(b, gw, first_page).await.1["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The same: the client id and the whole token response.
+async fn tokens_through(
+    b: &mut Browser,
+    gw: &Gw,
+    first_page: impl Fn(&str) -> Option<String>,
+) -> (String, Value) {
     let (_, reg) = register(&gw.base, &[REDIRECT]).await;
     let client = reg["client_id"].as_str().unwrap().to_owned();
     let (verifier, challenge) = pkce();
@@ -174,7 +197,7 @@ async fn token_through(
     let code = sign_in_through(b, gw, &start).await;
     let (status, t) = redeem(&gw.base, &client, &code, &verifier).await;
     assert_eq!(status, 200, "{t}");
-    t["access_token"].as_str().unwrap().to_owned()
+    (client, t)
 }
 
 /// The link of provider `name` on a sign-in page.
@@ -897,4 +920,55 @@ async fn identity_assertions_are_exchanged_for_access_tokens_without_a_browser()
         .unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("confidential"));
+}
+
+#[tokio::test]
+async fn a_members_sign_ins_are_refreshed_only_while_their_provider_sign_in_is_recent() {
+    let Some(peers) =
+        Peers::get("a_members_sign_ins_are_refreshed_only_while_their_provider_sign_in_is_recent")
+    else {
+        return;
+    };
+    let acme = Idp::start(
+        peers,
+        json!({"fay": {"email": "fay@acme.example", "groups": ["admins"]}}),
+        json!({"email": ["email"], "groups": ["groups"]}),
+    );
+    let gw = Gw::start(&config(
+        "",
+        &provider(
+            "acme",
+            &acme.issuer,
+            "scopes = [\"openid\", \"email\", \"groups\"]\nroles = { admins = [\"admin\"] }\nreauthenticate_after = \"2s\"",
+        ),
+    ));
+    gw.wait_up().await;
+    let mut b = Browser::new();
+    let (client, t) = tokens_through(&mut b, &gw, link_of(&gw.base, "acme")).await;
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    // Fresh: refreshed as usual.
+    let (status, t, _) = refresh_with(&gw.base, &client, &refresh).await;
+    assert_eq!(status, 200, "{t}");
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    // Meanwhile the provider takes fay out of `admins`.
+    acme.set_claims("fay", json!({"email": "fay@acme.example", "groups": []}))
+        .await;
+    // Not synchronisation: waiting past reauthenticate_after (2 s) on purpose.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, t, _) = refresh_with(&gw.base, &client, &refresh).await;
+    assert_eq!(status, 400, "{t}");
+    assert!(t.to_string().contains("sign in again through acme"), "{t}");
+    let users = gw.admin(&["users", "list"], "", &[]);
+    assert!(
+        users.contains("roles: admin"),
+        "until fay signs in again: {users}"
+    );
+    // She signs in again (the application sends her, in the same browser: the gateway's own
+    // sign-in session is too old as well, so it is the provider again), and the provider's
+    // change applies.
+    let token = token_through(&mut b, &gw, link_of(&gw.base, "acme")).await;
+    assert_eq!(init_with(&gw.url("main"), &token).await, 200);
+    let users = gw.admin(&["users", "list"], "", &[]);
+    let fay = users.lines().find(|l| l.starts_with("fay@")).unwrap();
+    assert!(fay.contains("roles: -"), "{users}");
 }
