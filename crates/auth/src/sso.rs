@@ -11,7 +11,7 @@
 //! the ID token checked by `openidconnect` (signature by the provider's JWKS with an algorithm
 //! allow-list, exact issuer and audience (no other audience), expiry with 60 s of skew, nonce;
 //! `azp`, which the library leaves alone, is checked here). An unknown
-//! `kid` reads the provider's metadata and keys again, at most every 30 s. Then the member's
+//! `kid` reads the provider's metadata and keys again (such reads at most every 30 s). Then the member's
 //! user is created or brought up to date (by issuer and subject; roles from the groups claim),
 //! and the sign-in continues exactly as after a password: a new session, then consent.
 //!
@@ -115,6 +115,9 @@ pub(crate) struct Provider {
     /// The last failure to read it, and when: not tried again for `RETRY_AFTER`, so that a
     /// provider that is down is not asked once per sign-in attempt.
     failed: Mutex<Option<(String, Instant)>>,
+    /// When the keys were last read again for an unknown `kid` (at most every
+    /// `REFETCH_AT_MOST`, so that made-up `kid`s cannot make us hammer the provider).
+    refetched: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,7 @@ impl Sso {
                     spec: spec.clone(),
                     metadata: Mutex::new(None),
                     failed: Mutex::new(None),
+                    refetched: Mutex::new(None),
                 };
                 (name.clone(), p)
             })
@@ -236,8 +240,9 @@ async fn send(
 }
 
 impl Sso {
-    /// The provider's metadata and keys: cached, or read (again, if `stale` and not read in
-    /// the last `REFETCH_AT_MOST`).
+    /// The provider's metadata and keys: cached (for `METADATA_TTL`), or read. `stale`: the
+    /// cached keys lack one a token names; they are read again unless that was done in the
+    /// last `REFETCH_AT_MOST`.
     pub(crate) async fn metadata(
         &self,
         p: &Provider,
@@ -245,9 +250,15 @@ impl Sso {
     ) -> Result<Arc<Metadata>, String> {
         let cached = p.metadata.lock().expect("metadata lock").clone();
         if let Some((m, at)) = &cached {
-            let fresh = at.elapsed() < METADATA_TTL;
-            if (fresh && !stale) || (stale && at.elapsed() < REFETCH_AT_MOST) {
+            if !stale && at.elapsed() < METADATA_TTL {
                 return Ok(m.clone());
+            }
+            if stale {
+                let mut last = p.refetched.lock().expect("refetch lock");
+                if last.is_some_and(|l| l.elapsed() < REFETCH_AT_MOST) {
+                    return Ok(m.clone());
+                }
+                *last = Some(Instant::now());
             }
         }
         if let Some((why, at)) = p.failed.lock().expect("failure lock").clone()

@@ -527,6 +527,47 @@ async fn the_providers_answers_are_checked() {
     let answer = answer_in(&mut b, &base, &query).await;
     assert_eq!(b.get(&answer).await.status(), 303, "untampered");
 
+    // The provider rotates its keys: an ID token signed with the new key makes the gateway
+    // read the keys again (once), and is accepted; one signed with a key never published,
+    // right after, is refused without another read (at most one every 30 s).
+    let reads = || async {
+        http()
+            .get(format!("{}/_test/jwks-reads", acme.issuer))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let before = reads().await;
+    let r = http()
+        .post(format!("{}/_test/rotate", acme.issuer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    acme.tamper(json!({"key": "k2"})).await;
+    let mut b = Browser::new();
+    let answer = answer_in(&mut b, &base, &query).await;
+    let r = b.get(&answer).await;
+    assert_eq!(
+        r.status(),
+        303,
+        "signed with the new key: {}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(reads().await, before + 1, "the keys were read again once");
+    acme.tamper(json!({"key": "k3"})).await;
+    let mut b = Browser::new();
+    let answer = answer_in(&mut b, &base, &query).await;
+    let r = b.get(&answer).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("ID token was refused"));
+    assert_eq!(reads().await, before + 1, "not read again within 30 s");
+
     // A provider whose metadata names another issuer is not used at all.
     let r = b.get(&format!("{base}/oauth/sso/wrong?{query}")).await;
     assert_eq!(r.status(), 502);
