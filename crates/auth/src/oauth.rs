@@ -1140,7 +1140,6 @@ fn authenticate_client(
     h: &HeaderMap,
     f: &TokenForm,
 ) -> Result<Option<String>, &'static str> {
-    let refuse = |m: &'static str| m;
     let basic = h
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1156,13 +1155,13 @@ fn authenticate_client(
                 })
         });
     let presented = match (basic, &f.client_secret) {
-        (Some(None), _) => return Err(refuse("the Basic credentials are malformed")),
+        (Some(None), _) => return Err("the Basic credentials are malformed"),
         (Some(Some((id, _))), _) if !f.client_id.is_empty() && f.client_id != id => {
-            return Err(refuse("client_id differs from the authenticated client"));
+            return Err("client_id differs from the authenticated client");
         }
         (Some(Some(pair)), None) => Some(pair),
         (Some(Some(_)), Some(_)) => {
-            return Err(refuse("authenticate one way only (Basic or client_secret)"));
+            return Err("authenticate one way only (Basic or client_secret)");
         }
         (None, Some(secret)) => Some((f.client_id.clone(), secret.clone())),
         (None, None) => None,
@@ -1175,12 +1174,12 @@ fn authenticate_client(
             }
             _ => {
                 tracing::warn!(client = %id, "a client's authentication failed");
-                Err(refuse("the client id or secret is not right"))
+                Err("the client id or secret is not right")
             }
         },
-        None if configured(&f.client_id).is_some() => Err(refuse(
-            "this client is confidential: authenticate with its secret",
-        )),
+        None if configured(&f.client_id).is_some() => {
+            Err("this client is confidential: authenticate with its secret")
+        }
         None => Ok(None),
     }
 }
@@ -1205,6 +1204,8 @@ async fn token(
             return r;
         }
     };
+    // The authenticated client, or (a public client) the one the form names.
+    let client_id = authenticated.clone().unwrap_or_else(|| f.client_id.clone());
     let t = now();
     // Grants from an identity assertion get no refresh token: the client asks its provider.
     let mut refreshable = true;
@@ -1274,7 +1275,7 @@ async fn token(
                         tokio::spawn(async move { store.revoke_grant(&id, now()).await });
                         bad(m)
                     };
-                    if g.client_id != f.client_id {
+                    if g.client_id != client_id {
                         return refuse("the code was issued to another client");
                     }
                     if f.redirect_uri.as_deref() != Some(c.redirect_uri.as_str()) {
@@ -1317,7 +1318,7 @@ async fn token(
                     );
                 }
                 Redeemed::First((), g) => {
-                    if g.client_id != f.client_id {
+                    if g.client_id != client_id {
                         let _ = s.store.revoke_grant(&g.id, t).await;
                         return bad("the refresh token was issued to another client");
                     }

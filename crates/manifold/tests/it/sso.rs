@@ -951,6 +951,28 @@ async fn identity_assertions_are_exchanged_for_access_tokens_without_a_browser()
         assert_eq!(got, status, "{what}: {body}");
         assert!(body.to_string().contains(why), "{what}: {why:?} in {body}");
     }
+    // The secret may come in the form instead (client_secret_post), but not both ways.
+    let fresh = assertion(&idp, claims(json!({})), None, None).await;
+    let form = format!(
+        "grant_type={}&assertion={}&client_id=agent&client_secret={SECRET}",
+        enc("urn:ietf:params:oauth:grant-type:jwt-bearer"),
+        enc(&fresh)
+    );
+    let post_form = |basic: bool| {
+        let mut r = http()
+            .post(format!("{}/oauth/token", gw.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone());
+        if basic {
+            r = r.basic_auth("agent", Some(SECRET));
+        }
+        r.send()
+    };
+    let r = post_form(true).await.unwrap();
+    assert_eq!(r.status(), 401, "two ways at once");
+    let r = post_form(false).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
     // The confidential client cannot use the token endpoint as a public one either.
     let r = http()
         .post(format!("{}/oauth/token", gw.base))
