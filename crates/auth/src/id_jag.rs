@@ -12,8 +12,9 @@
 //! lifetime at most 10 minutes past `iat`; `client_id` is the client that authenticated (a
 //! configured confidential client); `resource` is one of our virtual servers (and the request's
 //! `resource`, if given); its `jti` has not been presented before. The claims are mapped to a
-//! member by the provider's rules, as at sign-in. No refresh token is issued: the client asks
-//! its provider for a new assertion, so the provider stays in charge of access.
+//! member by the provider's rules, as at sign-in. A `scope` claim, if any, must include `mcp`;
+//! the answer names the scope only then. No refresh token is issued: the client asks its
+//! provider for a new assertion, so the provider stays in charge of access.
 
 use openidconnect::{JsonWebKey, core::CoreJwsSigningAlgorithm};
 use serde_json::Value;
@@ -37,6 +38,9 @@ const LONGEST: i64 = 600;
 pub(crate) struct Accepted {
     pub user: manifold_store::User,
     pub resource: String,
+    /// Whether the assertion carried a `scope` (then the answer names the scope granted;
+    /// without one the client keeps what the assertion carries).
+    pub scoped: bool,
 }
 
 /// Check `assertion`, presented by the authenticated `client`, for `resource` (if the request
@@ -148,6 +152,19 @@ pub(crate) async fn accept(
             ),
         ));
     }
+    let scoped = match text("scope") {
+        Some(scope) if !scope.split(' ').any(|s| s == crate::SCOPE) => {
+            return Err((
+                "invalid_scope",
+                format!(
+                    "the assertion does not grant the scope {:?} this gateway's tokens need",
+                    crate::SCOPE
+                ),
+            ));
+        }
+        Some(_) => true,
+        None => false,
+    };
     let subject = text("sub")
         .ok_or_else(|| bad("the assertion has no sub".into()))?
         .to_owned();
@@ -196,6 +213,7 @@ pub(crate) async fn accept(
     Ok(Accepted {
         user,
         resource: target.to_owned(),
+        scoped,
     })
 }
 

@@ -1209,6 +1209,8 @@ async fn token(
     let t = now();
     // Grants from an identity assertion get no refresh token: the client asks its provider.
     let mut refreshable = true;
+    // …and name their scope only if the assertion named one.
+    let mut echo_scope = true;
     let grant = match f.grant_type.as_str() {
         crate::id_jag::GRANT_TYPE => {
             let Some(client) = authenticated else {
@@ -1246,6 +1248,7 @@ async fn token(
                 return store_failed(&e);
             }
             refreshable = false;
+            echo_scope = accepted.scoped;
             g
         }
         "authorization_code" => {
@@ -1373,8 +1376,10 @@ async fn token(
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": lifetime,
-        "scope": grant.scope,
     });
+    if echo_scope {
+        body["scope"] = json!(grant.scope);
+    }
     if refreshable {
         let refresh = secret("mfr_");
         let expires = t + s.settings.refresh_token_lifetime.as_secs() as i64;

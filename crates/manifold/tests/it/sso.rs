@@ -925,6 +925,13 @@ async fn identity_assertions_are_exchanged_for_access_tokens_without_a_browser()
             "invalid_target",
         ),
         (
+            "a scope without mcp",
+            assertion(&idp, claims(json!({"scope": "files.read"})), None, None).await,
+            agent,
+            400,
+            "invalid_scope",
+        ),
+        (
             "a lifetime too long",
             assertion(&idp, claims(json!({"exp": now + 7200})), None, None).await,
             agent,
@@ -1034,4 +1041,101 @@ async fn a_members_sign_ins_are_refreshed_only_while_their_provider_sign_in_is_r
     let users = gw.admin(&["users", "list"], "", &[]);
     let fay = users.lines().find(|l| l.starts_with("fay@")).unwrap();
     assert!(fay.contains("roles: -"), "{users}");
+}
+
+/// rmcp's enterprise-managed authorization client does the whole exchange as a client would:
+/// the member's ID token for an ID-JAG at the provider (RFC 8693), the ID-JAG for an access
+/// token at the gateway (its own checks of both answers included), then lists and calls a
+/// tool with it, in both eras.
+#[tokio::test]
+async fn rmcp_exchanges_an_identity_assertion_and_calls_a_tool_in_both_eras() {
+    use openidconnect::ClientSecret;
+    use rmcp::{
+        model::ProtocolVersion,
+        service::{ClientLifecycleMode, ClientServiceExt as _},
+        transport::{
+            StreamableHttpClientTransport,
+            auth::{
+                default_oauth_http_client,
+                enterprise::{EmaAuthorizationServer, EmaClientAuthentication, EmaExchangeRequest},
+            },
+            streamable_http_client::StreamableHttpClientTransportConfig,
+        },
+    };
+    let Some(peers) =
+        Peers::get("rmcp_exchanges_an_identity_assertion_and_calls_a_tool_in_both_eras")
+    else {
+        return;
+    };
+    let idp = Idp::start(
+        peers,
+        json!({"gus": {"email": "gus@acme.example"}}),
+        json!({"email": ["email"]}),
+    );
+    const SECRET: &str = "agent-secret-0123456789";
+    let gw = Gw::start(&config(
+        &format!("[auth.clients.agent]\nsecret = \"{SECRET}\"\n"),
+        &provider("acme", &idp.issuer, "id_jag = true"),
+    ));
+    gw.wait_up().await;
+    manifold_upstream::install_crypto_provider();
+    let http = default_oauth_http_client().unwrap();
+    for era in ["legacy", "modern"] {
+        let id_token = id_token_from(&idp).await;
+        let resource = gw.url("main");
+        let token = EmaExchangeRequest::new_with_id_token(
+            EmaAuthorizationServer::new(
+                idp.issuer.clone(),
+                format!("{}/_test/exchange", idp.issuer),
+                "manifold",
+            ),
+            EmaAuthorizationServer::new(
+                gw.base.clone(),
+                format!("{}/oauth/token", gw.base),
+                "agent",
+            )
+            .with_client_authentication(EmaClientAuthentication::ClientSecretBasic(
+                ClientSecret::new(SECRET.into()),
+            )),
+            &resource,
+            &id_token,
+        )
+        // Once without asking for a scope (the gateway's answer then names none, as the
+        // client requires), once asking for `mcp`.
+        .with_scopes(if era == "legacy" { vec![] } else { vec!["mcp"] })
+        .exchange(&http, &http)
+        .await
+        .unwrap_or_else(|e| panic!("{era}: the exchange: {e}\n{}", gw.log()));
+        assert_eq!(token.scopes.contains("mcp"), era == "modern", "{era}");
+        let transport = StreamableHttpClientTransport::with_client(
+            reqwest::Client::new(),
+            StreamableHttpClientTransportConfig::with_uri(resource.clone())
+                .auth_header(token.access_token.secret().clone()),
+        );
+        let lifecycle = if era == "legacy" {
+            ClientLifecycleMode::Initialize
+        } else {
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            }
+        };
+        let c = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            ().serve_with_lifecycle(transport, lifecycle),
+        )
+        .await
+        .expect("connects in time")
+        .unwrap_or_else(|e| panic!("{era}: connect: {e}\n{}", gw.log()));
+        let tools = c.list_all_tools().await.unwrap();
+        assert!(
+            tools.iter().any(|t| t.name == "fa__echo"),
+            "{era}: {tools:?}"
+        );
+        let r = c
+            .call_tool(call("fa__echo", json!({ "message": "from rmcp" })))
+            .await
+            .unwrap();
+        assert_eq!(text(&r), "Echo: from rmcp", "{era}");
+        let _ = c.cancel().await;
+    }
 }
