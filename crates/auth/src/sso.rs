@@ -60,6 +60,9 @@ const REFETCH_AT_MOST: Duration = Duration::from_secs(30);
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The cookie that binds a started sign-in to its browser.
 const BROWSER_COOKIE: &str = "mf_sso";
+/// The most sign-ins waiting for their provider at once (anyone can start one; each is kept
+/// for `REQUEST_LIFETIME`).
+const MOST_WAITING: i64 = 10_000;
 /// The largest response read from a provider.
 const MOST_BYTES: usize = 1 << 20;
 
@@ -377,9 +380,17 @@ async fn start(
     };
     if let Err(e) = s
         .store
-        .add_sso_request(&hash_key(state.secret()), &request)
+        .add_sso_request(&hash_key(state.secret()), &request, MOST_WAITING)
         .await
     {
+        if let manifold_store::StoreError::Conflict(why) = &e {
+            tracing::warn!(why, "too many sign-ins are waiting for identity providers");
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many sign-ins at once",
+                "Too many sign-ins are under way right now: try again in a minute.",
+            );
+        }
         tracing::error!(error = %e, "cannot record a sign-in: the store failed");
         return refused(
             StatusCode::SERVICE_UNAVAILABLE,

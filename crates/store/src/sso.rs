@@ -29,10 +29,13 @@ pub struct SsoMember<'a> {
 }
 
 impl Store {
+    /// Record a sign-in sent to a provider; `Conflict` when `most` are waiting already (anyone
+    /// can start one, so their number is bounded).
     pub async fn add_sso_request(
         &self,
         state_hash: &str,
         r: &SsoRequest,
+        most: i64,
     ) -> Result<(), StoreError> {
         // Requests nobody came back for go with the next one.
         sqlx::query("DELETE FROM sso_requests WHERE expires_at < $1")
@@ -40,6 +43,15 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
+        let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sso_requests")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        if waiting >= most {
+            return Err(StoreError::Conflict(format!(
+                "{waiting} sign-ins are waiting for their identity provider already"
+            )));
+        }
         sqlx::query(
             "INSERT INTO sso_requests (state_hash, provider, browser_hash, nonce, verifier, next, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

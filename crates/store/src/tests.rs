@@ -430,7 +430,7 @@ async fn a_sign_in_in_progress_is_spent_once() {
             next: "client_id=c".into(),
             expires_at: crate::now() + 600,
         };
-        s.add_sso_request("st", &req).await.unwrap();
+        s.add_sso_request("st", &req, 100).await.unwrap();
         assert_eq!(
             s.take_sso_request("st").await.unwrap(),
             Some(req.clone()),
@@ -443,7 +443,7 @@ async fn a_sign_in_in_progress_is_spent_once() {
         );
         assert_eq!(s.take_sso_request("other").await.unwrap(), None, "{b:?}");
         // Twenty callbacks at once: exactly one gets it.
-        s.add_sso_request("race", &req).await.unwrap();
+        s.add_sso_request("race", &req, 100).await.unwrap();
         let got = futures::future::join_all((0..20).map(|_| s.take_sso_request("race"))).await;
         let won = got.into_iter().filter(|r| matches!(r, Ok(Some(_)))).count();
         assert_eq!(won, 1, "{b:?}");
@@ -452,8 +452,18 @@ async fn a_sign_in_in_progress_is_spent_once() {
             expires_at: crate::now() - 10,
             ..req.clone()
         };
-        s.add_sso_request("old", &old).await.unwrap();
-        s.add_sso_request("new", &req).await.unwrap();
+        s.add_sso_request("old", &old, 100).await.unwrap();
+        s.add_sso_request("new", &req, 100).await.unwrap();
         assert_eq!(s.take_sso_request("old").await.unwrap(), None, "{b:?}");
+        // Bounded: with `most` waiting, the next is refused (and nothing is lost).
+        s.add_sso_request("b1", &req, 2).await.unwrap();
+        assert!(
+            matches!(
+                s.add_sso_request("b2", &req, 2).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b:?}"
+        );
+        assert!(s.take_sso_request("new").await.unwrap().is_some(), "{b:?}");
     }
 }
