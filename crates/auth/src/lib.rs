@@ -24,5 +24,6 @@ pub use keys::{KEY_PREFIX, StoreAuth, hash_key, new_key};
 pub use oauth::{AuthServer, SCOPE};
 pub use password::{hash_password, new_password, verify_password};
 pub use rotation::{Rotation, key_ring};
+pub use sso::probe_providers;
 pub use tokens::{AccessClaims, KeyRing, LEEWAY_SECS, SigningKey, TokenError};
 pub use verified::until_gateways_notice;

@@ -308,6 +308,41 @@ impl Sso {
     }
 }
 
+/// For `manifold check --probe`: each identity provider's metadata and keys, read as a
+/// sign-in would (the issuer checked exactly): what was found, or why not.
+pub async fn probe_providers(
+    providers: &BTreeMap<String, ProviderSpec>,
+) -> Vec<(String, Result<String, String>)> {
+    let sso = match Sso::new(providers, "http://127.0.0.1") {
+        Ok(Some(s)) => s,
+        Ok(None) => return Vec::new(),
+        Err(e) => return vec![("(all)".into(), Err(e))],
+    };
+    let mut out = Vec::new();
+    for (name, p) in &sso.providers {
+        let found = sso.metadata(p, false).await.map(|m| {
+            format!(
+                "{} signing key(s); {} the issuer with its answers{}",
+                m.jwks().keys().len(),
+                if m.additional_metadata()
+                    .authorization_response_iss_parameter_supported
+                {
+                    "names"
+                } else {
+                    "does not name"
+                },
+                if p.spec.id_jag {
+                    "; its identity assertions are accepted"
+                } else {
+                    ""
+                }
+            )
+        });
+        out.push((name.clone(), found));
+    }
+    out
+}
+
 fn refused(status: StatusCode, title: &str, message: &str) -> Response {
     pages::error(status, title, message)
 }

@@ -240,13 +240,28 @@ async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<
         let names: Vec<&str> = s.connectors.iter().map(|u| u.connector.as_str()).collect();
         println!("  /mcp/{name:<15} {}", names.join(", "));
     }
+    if !config.auth.providers.is_empty() {
+        println!("identity providers:");
+        for (name, p) in &config.auth.providers {
+            println!("  {name:<20} {}", p.issuer);
+        }
+    }
     if !probe {
         return Ok(());
     }
     println!("probe:");
+    let mut failed = false;
+    for (name, found) in manifold_auth::probe_providers(&config.auth.providers).await {
+        match found {
+            Ok(what) => println!("  {name:<20} up: {what}"),
+            Err(why) => {
+                failed = true;
+                println!("  {name:<20} {why}");
+            }
+        }
+    }
     // Starting the connectors needs no store: the probe serves no one.
     let gw = Gateway::start(config, env_lookup());
-    let mut failed = false;
     let connectors = gw.connectors();
     let waits = connectors.iter().map(|c| c.wait_ready(wait));
     let ready = futures::future::join_all(waits).await;

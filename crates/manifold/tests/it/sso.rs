@@ -577,6 +577,33 @@ async fn the_providers_answers_are_checked() {
         || async { gw.log().contains("unexpected issuer URI").then_some(()) },
     )
     .await;
+    // `manifold check --probe` reads every provider as a sign-in would, and says which fails.
+    let out = Command::new(env!("CARGO_BIN_EXE_manifold"))
+        .args(["check", "--probe", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("identity providers:"), "{text}");
+    let line = |name: &str| {
+        // The probe's line comes after the list's.
+        text.lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in: {text}"))
+            .to_owned()
+    };
+    assert!(
+        // (Two keys by now: it rotated above.)
+        line("acme").contains("up: 2 signing key(s); names the issuer"),
+        "{text}"
+    );
+    assert!(line("wrong").contains("unexpected issuer URI"), "{text}");
     // An unknown provider.
     assert_eq!(
         b.get(&format!("{base}/oauth/sso/nope?{query}"))
