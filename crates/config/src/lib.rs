@@ -175,6 +175,21 @@ pub struct Config {
     pub auth: AuthSettings,
     pub connectors: BTreeMap<ConnectorId, ConnectorSpec>,
     pub servers: BTreeMap<String, VirtualServerSpec>,
+    /// `[roles.NAME]`: what each role may reach. Empty: no role rules, everyone may use
+    /// everything (the gateway's behaviour before roles).
+    pub roles: BTreeMap<String, RoleSpec>,
+}
+
+/// What one role grants (`[roles.NAME]`): the virtual servers it may connect to, and there
+/// the items (by `connector/name` glob) it may use; `deny` wins over any role's `allow`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RoleSpec {
+    /// Virtual server names, or `*` for all.
+    pub servers: Vec<String>,
+    /// `CONNECTOR/NAME` globs (`*` any run, `?` one character) over the connector's id and the
+    /// upstream's own name of a tool or prompt, or a resource's URI.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 /// Who may call: `[auth]`, the gateway's own OAuth authorization server and the resource
@@ -690,6 +705,7 @@ impl Builder<'_> {
                 s.cwd = Some(base.join(cwd));
             }
         }
+        let roles = self.roles(raw.roles, &servers);
         Config {
             path: self.src.path.to_path_buf(),
             gateway,
@@ -697,7 +713,49 @@ impl Builder<'_> {
             auth,
             connectors,
             servers,
+            roles,
         }
+    }
+
+    /// `[roles.NAME]`: servers that exist, rules of the form `CONNECTOR/NAME`.
+    fn roles(
+        &mut self,
+        raw: BTreeMap<String, raw::RawRole>,
+        servers: &BTreeMap<String, VirtualServerSpec>,
+    ) -> BTreeMap<String, RoleSpec> {
+        let mut out = BTreeMap::new();
+        for (name, r) in raw {
+            let key = format!("roles.{name}");
+            let mut spec = RoleSpec::default();
+            for s in &r.servers {
+                let v = s.get_ref();
+                if v == "*" || servers.contains_key(v) {
+                    spec.servers.push(v.clone());
+                } else {
+                    let known: Vec<&str> = servers.keys().map(String::as_str).collect();
+                    self.errors.push(self.src.at(s).err(format!(
+                        "{key}.servers: no virtual server {v:?} (there are: {}; or \"*\" for all)",
+                        known.join(", ")
+                    )));
+                }
+            }
+            for (list, rules, into) in [
+                ("allow", &r.allow, &mut spec.allow),
+                ("deny", &r.deny, &mut spec.deny),
+            ] {
+                for g in rules {
+                    let v = g.get_ref();
+                    match v.split_once('/') {
+                        Some((c, n)) if !c.is_empty() && !n.is_empty() => into.push(v.clone()),
+                        _ => self.errors.push(self.src.at(g).err(format!(
+                            "{key}.{list}: {v:?} is not CONNECTOR/NAME (for example \"github/create_*\", \"*/read_*\" or \"*/*\")"
+                        ))),
+                    }
+                }
+            }
+            out.insert(name, spec);
+        }
+        out
     }
 
     /// `[auth]`. A gateway reachable from other machines must require sign-in.

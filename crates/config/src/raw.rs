@@ -24,6 +24,18 @@ pub struct RawConfig {
     /// name is still defined, so servers that use it get no second error.
     pub connectors: BTreeMap<String, Option<RawConnector>>,
     pub servers: BTreeMap<String, RawServer>,
+    pub roles: BTreeMap<String, RawRole>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    #[serde(default)]
+    pub servers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +209,13 @@ impl RawConfig {
                     for (name, table) in reader.tables("servers", value) {
                         if let Some(server) = reader.one(table) {
                             raw.servers.insert(name, server);
+                        }
+                    }
+                }
+                "roles" => {
+                    for (name, table) in reader.tables("roles", value) {
+                        if let Some(role) = reader.one(table) {
+                            raw.roles.insert(name, role);
                         }
                     }
                 }

@@ -265,7 +265,7 @@ fn type_errors_name_the_key() {
         ),
         (
             "[conectors.time]\nkind = \"stdio\"\n",
-            "/etc/m/manifold.toml:1:2: unknown field `conectors`, expected one of `gateway`, `store`, `connectors`, `servers` (did you mean \"connectors\"?)",
+            "/etc/m/manifold.toml:1:2: unknown field `conectors`, expected one of `gateway`, `store`, `auth`, `connectors`, `servers`, `roles` (did you mean \"connectors\"?)",
         ),
     ];
     for (text, expect) in cases {
@@ -710,4 +710,35 @@ fn identity_providers_are_checked() {
         Some("s3cr3t-value")
     );
     assert!(!format!("{:?}", c.auth).contains("s3cr3t-value"));
+}
+
+#[test]
+fn roles_are_checked() {
+    let base = "[connectors.gh]\nkind = \"stdio\"\ncommand = \"x\"\n[servers.main]\nconnectors = [\"gh\"]\n";
+    let c = parse(&format!(
+        "{base}[roles.dev]\nservers = [\"main\"]\nallow = [\"gh/*\", \"*/read_*\"]\ndeny = [\"gh/delete_*\"]\n[roles.ops]\nservers = [\"*\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.roles["dev"].allow, ["gh/*", "*/read_*"]);
+    assert_eq!(c.roles["dev"].deny, ["gh/delete_*"]);
+    assert_eq!(c.roles["ops"].servers, ["*"]);
+    assert!(c.roles["ops"].allow.is_empty());
+    let e = parse(&format!(
+        "{base}[roles.dev]\nservers = [\"nope\"]\nallow = [\"gh\", \"/x\"]\ndeny = [\"gh/\"]\nextra = 1\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("unknown field `extra`"), "{e}");
+    let e = parse(&format!(
+        "{base}[roles.dev]\nservers = [\"nope\"]\nallow = [\"gh\", \"/x\"]\ndeny = [\"gh/\"]\n"
+    ))
+    .unwrap_err();
+    for part in [
+        "roles.dev.servers: no virtual server \"nope\" (there are: main",
+        "roles.dev.allow: \"gh\" is not CONNECTOR/NAME",
+        "roles.dev.allow: \"/x\" is not CONNECTOR/NAME",
+        "roles.dev.deny: \"gh/\" is not CONNECTOR/NAME",
+        "/etc/m/manifold.toml:",
+    ] {
+        assert!(e.contains(part), "{part:?} in:\n{e}");
+    }
 }

@@ -189,8 +189,12 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the authorization server: {e}"))?;
     tracing::info!(issuer = %oauth.issuer, required = config.auth.required, "authorization server");
+    let roles = Arc::new(manifold_policy::RolePolicy::new(
+        role_rules(&config.roles).iter().map(|(n, r)| (n, r)),
+    ));
     let seams = manifold_server::Seams {
         authenticate: Arc::new(manifold_auth::StoreAuth::with_oauth(store, oauth.clone())),
+        policy: roles.clone(),
         ..manifold_server::Seams::default()
     };
     let gw = Gateway::start_with(config, env_lookup(), seams);
@@ -200,7 +204,7 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     for s in &servers {
         tracing::info!(url = %format!("http://{local}/mcp/{s}"), "virtual server");
     }
-    let _reloader = reload::spawn(path.to_path_buf(), gw.clone(), watch)?;
+    let _reloader = reload::spawn(path.to_path_buf(), gw.clone(), roles, watch)?;
     manifold_server::serve_with(listener, gw, oauth.router(), shutdown_signal())
         .await
         .context("the HTTP server failed")?;
@@ -216,6 +220,23 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: draining requests and stopping connectors");
+}
+
+/// The configuration's roles, as the policy takes them.
+pub(crate) fn role_rules(
+    roles: &std::collections::BTreeMap<String, manifold_config::RoleSpec>,
+) -> Vec<(String, manifold_policy::RoleRules)> {
+    roles
+        .iter()
+        .map(|(name, r)| {
+            let rules = manifold_policy::RoleRules {
+                servers: r.servers.clone(),
+                allow: r.allow.clone(),
+                deny: r.deny.clone(),
+            };
+            (name.clone(), rules)
+        })
+        .collect()
 }
 
 async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<()> {

@@ -13,7 +13,12 @@ pub struct Reloader {
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
-pub fn spawn(path: PathBuf, gw: Arc<Gateway>, watch: bool) -> anyhow::Result<Reloader> {
+pub fn spawn(
+    path: PathBuf,
+    gw: Arc<Gateway>,
+    roles: Arc<manifold_policy::RolePolicy>,
+    watch: bool,
+) -> anyhow::Result<Reloader> {
     let (tx, mut rx) = mpsc::channel::<&'static str>(8);
     let watcher = if watch {
         let file = path.file_name().map(|f| f.to_owned());
@@ -73,6 +78,11 @@ pub fn spawn(path: PathBuf, gw: Arc<Gateway>, watch: bool) -> anyhow::Result<Rel
                         tracing::warn!(
                             "[auth] changed: the authorization server keeps the settings it started with; restart the gateway to apply them"
                         );
+                    }
+                    // Role rules apply at the next request, before the rest of the reload.
+                    if cfg.roles != gw.config().roles {
+                        roles.replace(crate::role_rules(&cfg.roles).iter().map(|(n, r)| (n, r)));
+                        tracing::info!(roles = cfg.roles.len(), "role rules replaced");
                     }
                     gw.apply(cfg);
                 }

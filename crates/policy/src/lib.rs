@@ -7,8 +7,11 @@
 //! the per-item view (`Decision::Only`) that the page is built with, and that view must agree
 //! with the decisions for using each item, so that what a caller can list is what they can use.
 
+mod roles;
 #[cfg(test)]
 mod tests;
+
+pub use roles::{ANONYMOUS_ROLE, RolePolicy, RoleRules};
 
 use std::{fmt, sync::Arc};
 

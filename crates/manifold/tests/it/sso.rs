@@ -210,7 +210,8 @@ fn link_of(base: &str, name: &str) -> impl Fn(&str) -> Option<String> {
     }
 }
 
-async fn call_echo(gw: &Gw, token: &str) -> Value {
+/// A legacy session of `main`, opened with `token`: its id.
+async fn session_as(gw: &Gw, token: &str) -> String {
     let r = post(&gw.url("main"))
         .header("authorization", format!("Bearer {token}"))
         .body(INIT)
@@ -218,7 +219,11 @@ async fn call_echo(gw: &Gw, token: &str) -> Value {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    r.headers()["mcp-session-id"].to_str().unwrap().to_owned()
+}
+
+async fn call_echo(gw: &Gw, token: &str) -> Value {
+    let sid = session_as(gw, token).await;
     let r = post_in(&gw.url("main"), &sid)
         .header("authorization", format!("Bearer {token}"))
         .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fa__echo","arguments":{"message":"via sso"}}}"#)
@@ -1165,4 +1170,99 @@ async fn rmcp_exchanges_an_identity_assertion_and_calls_a_tool_in_both_eras() {
         assert_eq!(text(&r), "Echo: from rmcp", "{era}");
         let _ = c.cancel().await;
     }
+}
+
+/// What a member sees and may call follows their provider's groups: the Python SDK signs in
+/// as a member of `eng` (role `dev`: only `fa/echo`) and as one of `admins` (role `admin`: all of
+/// `fa`), in both eras; a tool hidden from `dev` is refused when called by its exact name.
+#[tokio::test]
+async fn what_a_member_sees_and_calls_follows_their_providers_groups() {
+    let Some(peers) = Peers::get("what_a_member_sees_and_calls_follows_their_providers_groups")
+    else {
+        return;
+    };
+    let acme = Idp::start(
+        peers,
+        json!({
+            "alice": {"email": "alice@acme.example", "groups": ["eng"]},
+            "bob": {"email": "bob@acme.example", "groups": ["admins"]},
+        }),
+        json!({"email": ["email"], "groups": ["groups"]}),
+    );
+    let cfg = format!(
+        "{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n\n[roles.admin]\nservers = [\"main\"]\nallow = [\"fa/*\"]\n",
+        config(
+            "",
+            &provider(
+                "acme",
+                &acme.issuer,
+                "scopes = [\"openid\", \"email\", \"groups\"]\nroles = { eng = [\"dev\"], admins = [\"admin\"] }",
+            ),
+        )
+    );
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    // Who signs in, in which era: the tools they are shown.
+    let tools_of = |who: &'static str, era: &'static str| {
+        let (acme, gw) = (&acme, &gw);
+        async move {
+            acme.sign_in_as(who).await;
+            let out =
+                python_client(peers, gw, "unused", &["--era", era, "--provider", "acme"]).await;
+            out.lines()
+                .find(|l| l.starts_with("tools:"))
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    for era in ["legacy", "modern"] {
+        let tools = tools_of("alice", era).await;
+        assert!(
+            tools.contains("'fa__echo'") && !tools.contains("fa__add"),
+            "{era}: alice: {tools}"
+        );
+        let tools = tools_of("bob", era).await;
+        assert!(
+            tools.contains("'fa__echo'") && tools.contains("'fa__add'"),
+            "{era}: bob: {tools}"
+        );
+    }
+    // Alice calls the hidden tool by its exact name: refused.
+    acme.sign_in_as("alice").await;
+    let mut b = Browser::new();
+    let token = token_through(&mut b, &gw, link_of(&gw.base, "acme")).await;
+    let sid = session_as(&gw, &token).await;
+    let add = || async {
+        let r = post_in(&gw.url("main"), &sid)
+            .header("authorization", format!("Bearer {token}"))
+            .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fa__add","arguments":{"a":1,"b":2}}}"#)
+            .send()
+            .await
+            .unwrap();
+        message(&r.text().await.unwrap())
+    };
+    let v = add().await;
+    // Exactly as a tool that does not exist: nothing to enumerate.
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(v["error"]["message"], "unknown tool: fa__add", "{v}");
+
+    // The administrator widens `dev`: the next request of the same session sees it.
+    std::fs::write(
+        gw.config_path(),
+        cfg.replace("allow = [\"fa/echo\"]", "allow = [\"fa/echo\", \"fa/add\"]"),
+    )
+    .unwrap();
+    eventually(
+        "the wider role applied",
+        std::time::Duration::from_secs(15),
+        || async {
+            let v = add().await;
+            if v.get("result").is_some() {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
 }

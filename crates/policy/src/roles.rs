@@ -1,0 +1,327 @@
+//! Roles: the configuration's simple rules (`[roles.NAME]`). A role grants virtual servers and,
+//! there, items by `CONNECTOR/NAME` glob; a `deny` of any of the caller's roles wins over every
+//! `allow`, and nothing is allowed that no role grants. Lists and uses are decided by the same
+//! function, so what a caller can list is what they can use. An anonymous caller holds the role
+//! `anonymous` (if defined). Without any role rules everything is allowed (the gateway before
+//! roles). The rules can be replaced while the gateway runs (`replace`): the next decision uses
+//! the new ones.
+
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwap;
+
+use crate::{Action, ActionKind, Decision, Item, Policy, Principal, glob};
+
+/// The role an anonymous caller holds.
+pub const ANONYMOUS_ROLE: &str = "anonymous";
+
+/// One role's rules, as the configuration gives them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleRules {
+    /// Virtual server names, or `*`.
+    pub servers: Vec<String>,
+    /// `CONNECTOR/NAME` globs.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Role {
+    servers: Vec<String>,
+    allow: Vec<(String, String)>,
+    deny: Vec<(String, String)>,
+}
+
+fn split(rules: &[String]) -> Vec<(String, String)> {
+    rules
+        .iter()
+        .filter_map(|r| r.split_once('/'))
+        .map(|(c, n)| (c.to_owned(), n.to_owned()))
+        .collect()
+}
+
+impl Role {
+    fn grants(&self, server: &str) -> bool {
+        self.servers.iter().any(|s| s == "*" || s == server)
+    }
+}
+
+fn matches(rules: &[(String, String)], item: &Item<'_>) -> bool {
+    rules
+        .iter()
+        .any(|(c, n)| glob(c, item.connector) && glob(n, item.name))
+}
+
+/// The policy of the configuration's roles.
+pub struct RolePolicy {
+    roles: ArcSwap<HashMap<String, Role>>,
+}
+
+impl RolePolicy {
+    pub fn new<'a>(roles: impl IntoIterator<Item = (&'a String, &'a RoleRules)>) -> Self {
+        let me = Self {
+            roles: ArcSwap::from_pointee(HashMap::new()),
+        };
+        me.replace(roles);
+        me
+    }
+
+    /// New rules, for every decision from now on.
+    pub fn replace<'a>(&self, roles: impl IntoIterator<Item = (&'a String, &'a RoleRules)>) {
+        let compiled = roles
+            .into_iter()
+            .map(|(name, r)| {
+                let role = Role {
+                    servers: r.servers.clone(),
+                    allow: split(&r.allow),
+                    deny: split(&r.deny),
+                };
+                (name.clone(), role)
+            })
+            .collect();
+        self.roles.store(Arc::new(compiled));
+    }
+}
+
+/// The caller's roles under one set of rules, on one virtual server.
+struct Held {
+    roles: Arc<HashMap<String, Role>>,
+    /// The caller's roles that exist.
+    names: Vec<String>,
+    server: String,
+}
+
+impl Held {
+    fn of(roles: Arc<HashMap<String, Role>>, who: &Principal, server: &str) -> Self {
+        let mine: Vec<&str> = if who.is_anonymous() {
+            vec![ANONYMOUS_ROLE]
+        } else {
+            who.roles.iter().map(String::as_str).collect()
+        };
+        let names = mine
+            .into_iter()
+            .filter(|r| roles.contains_key(*r))
+            .map(str::to_owned)
+            .collect();
+        Self {
+            roles,
+            names,
+            server: server.to_owned(),
+        }
+    }
+
+    fn each(&self) -> impl Iterator<Item = &Role> {
+        self.names.iter().filter_map(|n| self.roles.get(n))
+    }
+
+    fn connects(&self) -> bool {
+        self.each().any(|r| r.grants(&self.server))
+    }
+
+    fn allows(&self, item: &Item<'_>) -> bool {
+        self.each()
+            .any(|r| r.grants(&self.server) && matches(&r.allow, item))
+            && !self.each().any(|r| matches(&r.deny, item))
+    }
+}
+
+impl Policy for RolePolicy {
+    fn decide(&self, who: &Principal, action: &Action<'_>) -> Decision {
+        let roles = self.roles.load_full();
+        if roles.is_empty() {
+            return Decision::Allow;
+        }
+        let held = Held::of(roles, who, action.server);
+        if !held.connects() {
+            return Decision::Deny(format!(
+                "no role of {} grants the virtual server {:?}",
+                who.id(),
+                action.server
+            ));
+        }
+        match action.kind {
+            ActionKind::Connect => Decision::Allow,
+            ActionKind::List(_) => {
+                let held = Arc::new(held);
+                Decision::Only(Arc::new(move |item| held.allows(item)))
+            }
+            ActionKind::Use { item, .. } if held.allows(&item) => Decision::Allow,
+            ActionKind::Use { item, .. } => Decision::Deny(format!(
+                "no role of {} allows {}/{} (or one denies it)",
+                who.id(),
+                item.connector,
+                item.name
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ItemKind, Verb};
+
+    fn rules(servers: &[&str], allow: &[&str], deny: &[&str]) -> RoleRules {
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect();
+        RoleRules {
+            servers: v(servers),
+            allow: v(allow),
+            deny: v(deny),
+        }
+    }
+
+    fn item<'a>(connector: &'a str, name: &'a str) -> Item<'a> {
+        Item {
+            kind: ItemKind::Tool,
+            connector,
+            name,
+            exposed: name,
+            arguments: None,
+        }
+    }
+
+    fn uses(p: &RolePolicy, who: &Principal, server: &str, it: Item<'_>) -> bool {
+        let a = Action {
+            server,
+            kind: ActionKind::Use {
+                verb: Verb::Call,
+                item: it,
+            },
+        };
+        matches!(p.decide(who, &a), Decision::Allow)
+    }
+
+    fn lists(p: &RolePolicy, who: &Principal, server: &str, it: Item<'_>) -> bool {
+        let a = Action {
+            server,
+            kind: ActionKind::List(ItemKind::Tool),
+        };
+        match p.decide(who, &a) {
+            Decision::Allow => true,
+            Decision::Only(view) => view(&it),
+            Decision::Deny(_) => false,
+        }
+    }
+
+    fn user(roles: &[&str]) -> Principal {
+        Principal::user(
+            "local",
+            "u",
+            roles.iter().map(|r| (*r).to_owned()).collect(),
+            vec![],
+        )
+    }
+
+    #[test]
+    fn roles_grant_servers_and_items_and_deny_wins() {
+        let roles: Vec<(String, RoleRules)> = vec![
+            ("dev".into(), rules(&["main"], &["gh/*", "db/read_*"], &[])),
+            ("ops".into(), rules(&["*"], &["*/*"], &["gh/delete_*"])),
+            ("anonymous".into(), rules(&["public"], &["time/*"], &[])),
+        ];
+        let p = RolePolicy::new(roles.iter().map(|(n, r)| (n, r)));
+        let dev = user(&["dev"]);
+        assert!(uses(&p, &dev, "main", item("gh", "create_issue")));
+        assert!(uses(&p, &dev, "main", item("db", "read_rows")));
+        assert!(
+            !uses(&p, &dev, "main", item("db", "drop_table")),
+            "not granted"
+        );
+        assert!(
+            !uses(&p, &dev, "other", item("gh", "create_issue")),
+            "another server"
+        );
+        let ops = user(&["ops"]);
+        assert!(uses(&p, &ops, "other", item("db", "drop_table")));
+        assert!(!uses(&p, &ops, "main", item("gh", "delete_repo")), "denied");
+        let both = user(&["dev", "ops"]);
+        assert!(
+            !uses(&p, &both, "main", item("gh", "delete_repo")),
+            "deny wins over dev's allow"
+        );
+        assert!(
+            !uses(&p, &user(&["nobody"]), "main", item("gh", "x")),
+            "an unknown role grants nothing"
+        );
+        let anon = Principal::anonymous();
+        assert!(uses(&p, &anon, "public", item("time", "now")));
+        assert!(!uses(&p, &anon, "main", item("gh", "x")));
+        let connect = |who: &Principal, server| {
+            matches!(
+                p.decide(
+                    who,
+                    &Action {
+                        server,
+                        kind: ActionKind::Connect
+                    }
+                ),
+                Decision::Allow
+            )
+        };
+        assert!(connect(&dev, "main") && !connect(&dev, "public"));
+    }
+
+    #[test]
+    fn what_is_listed_is_what_may_be_used() {
+        // Every combination of a small world: roles, users, servers and items.
+        let roles: Vec<(String, RoleRules)> = vec![
+            (
+                "a".into(),
+                rules(&["s1"], &["c1/*", "c2/t?"], &["c1/secret*"]),
+            ),
+            ("b".into(), rules(&["s1", "s2"], &["*/t1"], &[])),
+            ("c".into(), rules(&["*"], &["c2/*"], &["*/t2"])),
+        ];
+        let p = RolePolicy::new(roles.iter().map(|(n, r)| (n, r)));
+        let users = [
+            user(&[]),
+            user(&["a"]),
+            user(&["b"]),
+            user(&["a", "c"]),
+            user(&["b", "c"]),
+            Principal::anonymous(),
+        ];
+        let mut seen = 0;
+        for who in &users {
+            for server in ["s1", "s2", "s3"] {
+                for c in ["c1", "c2", "c3"] {
+                    for n in ["t1", "t2", "tx", "secret", "other"] {
+                        assert_eq!(
+                            lists(&p, who, server, item(c, n)),
+                            uses(&p, who, server, item(c, n)),
+                            "{who:?} {server} {c}/{n}"
+                        );
+                        seen += usize::from(uses(&p, who, server, item(c, n)));
+                    }
+                }
+            }
+        }
+        assert!(seen > 10, "the world allows something: {seen}");
+    }
+
+    #[test]
+    fn without_roles_everything_is_allowed() {
+        let p = RolePolicy::new(std::iter::empty());
+        assert!(uses(&p, &Principal::anonymous(), "main", item("gh", "x")));
+        let a = Action {
+            server: "main",
+            kind: ActionKind::List(ItemKind::Tool),
+        };
+        assert!(
+            matches!(p.decide(&Principal::anonymous(), &a), Decision::Allow),
+            "no filtering at all"
+        );
+    }
+
+    #[test]
+    fn replaced_rules_apply_at_the_next_decision() {
+        let first = [("dev".to_owned(), rules(&["main"], &["gh/*"], &[]))];
+        let p = RolePolicy::new(first.iter().map(|(n, r)| (n, r)));
+        let dev = user(&["dev"]);
+        assert!(uses(&p, &dev, "main", item("gh", "x")));
+        let second = [("dev".to_owned(), rules(&["main"], &["db/*"], &[]))];
+        p.replace(second.iter().map(|(n, r)| (n, r)));
+        assert!(!uses(&p, &dev, "main", item("gh", "x")));
+        assert!(uses(&p, &dev, "main", item("db", "x")));
+    }
+}
