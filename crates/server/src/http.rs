@@ -172,9 +172,15 @@ fn refused(e: &crate::AuthError) -> Response {
     } else {
         "Unauthorized"
     };
+    // The request's body is not read: the connection cannot serve another request reliably,
+    // so say it closes (else a client may send its next request, say the same one with a
+    // token, on a connection the server is closing, and see it cut).
     (
         status,
-        [(header::WWW_AUTHENTICATE, challenge)],
+        [
+            (header::WWW_AUTHENTICATE, challenge),
+            (header::CONNECTION, "close".to_owned()),
+        ],
         format!("{label}: {e}"),
     )
         .into_response()

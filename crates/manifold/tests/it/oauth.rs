@@ -407,6 +407,8 @@ async fn a_client_signs_in_and_its_token_works_only_where_and_while_it_should() 
         // No token: 401 with where to sign in, in both eras.
         let r = post(&gw.url("main")).body(INIT).send().await.unwrap();
         assert_eq!(r.status(), 401, "{backend}");
+        // Its body unread, the connection is not reused: the answer says so.
+        assert_eq!(r.headers()["connection"], "close", "{backend}");
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
         let prm = format!("{base}/.well-known/oauth-protected-resource/mcp/main");
         assert_eq!(
