@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use crate::{Store, StoreError, User, new_id, now, users::user_of};
+use crate::{Store, StoreError, User, new_id, now};
 
 /// A redirect to an identity provider, waiting for its callback.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +161,7 @@ impl Store {
             }
             Some(u) => {
                 let name_taken =
-                    u.name != m.name && self.user_by_name(m.issuer, m.name).await?.is_some();
+                    u.name != m.name && self.user_named(m.issuer, m.name).await?.is_some();
                 let name = if name_taken { m.subject } else { m.name };
                 let update = sqlx::query(
                     "UPDATE users SET name = $1, email = $2, roles = $3, updated_at = $4, signed_in_at = $4 WHERE id = $5",
@@ -190,44 +190,6 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map(Option::flatten)
-            .map_err(|e| self.err(e))
-    }
-
-    async fn user_by_subject(
-        &self,
-        issuer: &str,
-        subject: &str,
-    ) -> Result<Option<User>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM users WHERE issuer = $1 AND subject = $2",
-            crate::users::USER_COLUMNS
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(issuer)
-            .bind(subject)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        row.as_ref()
-            .map(user_of)
-            .transpose()
-            .map_err(|e| self.err(e))
-    }
-
-    async fn user_by_name(&self, issuer: &str, name: &str) -> Result<Option<User>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM users WHERE issuer = $1 AND name = $2",
-            crate::users::USER_COLUMNS
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(issuer)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        row.as_ref()
-            .map(user_of)
-            .transpose()
             .map_err(|e| self.err(e))
     }
 }

@@ -148,11 +148,35 @@ impl Store {
 
     /// The local user called `name`.
     pub async fn local_user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        self.user_named(LOCAL_ISSUER, name).await
+    }
+
+    /// The user of `issuer` called `name`.
+    pub(crate) async fn user_named(
+        &self,
+        issuer: &str,
+        name: &str,
+    ) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE issuer = $1 AND name = $2");
         self.one_user(
             sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(LOCAL_ISSUER)
+                .bind(issuer)
                 .bind(name),
+        )
+        .await
+    }
+
+    /// The user of `issuer` with this subject.
+    pub(crate) async fn user_by_subject(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE issuer = $1 AND subject = $2");
+        self.one_user(
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(issuer)
+                .bind(subject),
         )
         .await
     }

@@ -1587,19 +1587,53 @@ async fn the_consent_page_refuses_to_render_in_a_frame() {
     );
 }
 
+/// rmcp connects over `transport` in `era` (`legacy`: initialize; `modern`: discover
+/// 2026-07-28), finds `fa__echo` and calls it.
+pub(crate) async fn rmcp_lists_and_calls_echo<T, E, A>(transport: T, era: &str, gw: &Gw)
+where
+    T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use rmcp::{
+        model::ProtocolVersion,
+        service::{ClientLifecycleMode, ClientServiceExt as _},
+    };
+    let lifecycle = if era == "legacy" {
+        ClientLifecycleMode::Initialize
+    } else {
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        }
+    };
+    let c = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        ().serve_with_lifecycle(transport, lifecycle),
+    )
+    .await
+    .expect("connects in time")
+    .unwrap_or_else(|e| panic!("{era}: connect: {e}\n{}", gw.log()));
+    let tools = c.list_all_tools().await.unwrap();
+    assert!(
+        tools.iter().any(|t| t.name == "fa__echo"),
+        "{era}: {tools:?}"
+    );
+    let r = c
+        .call_tool(call("fa__echo", json!({ "message": "from rmcp" })))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "Echo: from rmcp", "{era}");
+    let _ = c.cancel().await;
+}
+
 /// rmcp's OAuth client: discovery from the gateway's metadata, dynamic registration, PKCE
 /// and `resource`, the callback with `state` and `iss` checked, then tools listed and one
 /// called with its token, in both eras.
 #[tokio::test]
 async fn rmcp_signs_in_and_calls_a_tool_in_both_eras() {
-    use rmcp::{
-        model::ProtocolVersion,
-        service::{ClientLifecycleMode, ClientServiceExt as _},
-        transport::{
-            AuthClient, StreamableHttpClientTransport,
-            auth::{AuthorizationRequest, OAuthState},
-            streamable_http_client::StreamableHttpClientTransportConfig,
-        },
+    use rmcp::transport::{
+        AuthClient, StreamableHttpClientTransport,
+        auth::{AuthorizationRequest, OAuthState},
+        streamable_http_client::StreamableHttpClientTransportConfig,
     };
     let gw = Gw::start(&signed_in_config("", ""));
     gw.wait_up().await;
@@ -1637,30 +1671,6 @@ async fn rmcp_signs_in_and_calls_a_tool_in_both_eras() {
             AuthClient::new(reqwest::Client::new(), manager),
             StreamableHttpClientTransportConfig::with_uri(gw.url("main")),
         );
-        let lifecycle = if era == "legacy" {
-            ClientLifecycleMode::Initialize
-        } else {
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            }
-        };
-        let c = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            ().serve_with_lifecycle(transport, lifecycle),
-        )
-        .await
-        .expect("connects in time")
-        .unwrap_or_else(|e| panic!("{era}: connect: {e}\n{}", gw.log()));
-        let tools = c.list_all_tools().await.unwrap();
-        assert!(
-            tools.iter().any(|t| t.name == "fa__echo"),
-            "{era}: {tools:?}"
-        );
-        let r = c
-            .call_tool(call("fa__echo", json!({ "message": "from rmcp" })))
-            .await
-            .unwrap();
-        assert_eq!(text(&r), "Echo: from rmcp", "{era}");
-        let _ = c.cancel().await;
+        rmcp_lists_and_calls_echo(transport, era, &gw).await;
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::{
     oauth::{
         Browser, REDIRECT, authorize_url, enc, hidden, init_with, location, pkce, python_client,
-        redeem, refresh_with, register,
+        redeem, refresh_with, register, rmcp_lists_and_calls_echo,
     },
     support::*,
 };
@@ -738,6 +738,20 @@ async fn with_passwords_off_the_only_provider_is_the_way_in() {
     assert!(r.text().await.unwrap().contains("not signed in"));
 }
 
+/// The secret of the confidential client `agent` of `trusting`'s gateways.
+const SECRET: &str = "agent-secret-0123456789";
+
+/// A gateway that accepts `idp`'s identity assertions (its provider `acme`, with `extra`),
+/// presented by the client `agent`, and is up.
+async fn trusting(idp: &Idp, extra: &str) -> Gw {
+    let gw = Gw::start(&config(
+        &format!("[auth.clients.agent]\nname = \"Agent\"\nsecret = \"{SECRET}\"\n"),
+        &provider("acme", &idp.issuer, &format!("id_jag = true\n{extra}")),
+    ));
+    gw.wait_up().await;
+    gw
+}
+
 /// An identity assertion signed by `idp` (with `key: "unpublished"`, by a key it never
 /// published), of JWT type `typ`.
 async fn assertion(idp: &Idp, claims: Value, typ: Option<&str>, key: Option<&str>) -> String {
@@ -781,16 +795,7 @@ async fn identity_assertions_are_exchanged_for_access_tokens_without_a_browser()
         json!({"erin": {"email": "erin@acme.example"}}),
         json!({"email": ["email"]}),
     );
-    const SECRET: &str = "agent-secret-0123456789";
-    let gw = Gw::start(&config(
-        &format!("[auth.clients.agent]\nname = \"Agent\"\nsecret = \"{SECRET}\"\n"),
-        &provider(
-            "acme",
-            &idp.issuer,
-            "id_jag = true\nroles = { eng = [\"dev\"] }",
-        ),
-    ));
-    gw.wait_up().await;
+    let gw = trusting(&idp, "roles = { eng = [\"dev\"] }").await;
     let now = manifold_store::now();
     let claims = |changes: Value| {
         let mut c = json!({
@@ -1082,17 +1087,13 @@ async fn a_members_sign_ins_are_refreshed_only_while_their_provider_sign_in_is_r
 #[tokio::test]
 async fn rmcp_exchanges_an_identity_assertion_and_calls_a_tool_in_both_eras() {
     use openidconnect::ClientSecret;
-    use rmcp::{
-        model::ProtocolVersion,
-        service::{ClientLifecycleMode, ClientServiceExt as _},
-        transport::{
-            StreamableHttpClientTransport,
-            auth::{
-                default_oauth_http_client,
-                enterprise::{EmaAuthorizationServer, EmaClientAuthentication, EmaExchangeRequest},
-            },
-            streamable_http_client::StreamableHttpClientTransportConfig,
+    use rmcp::transport::{
+        StreamableHttpClientTransport,
+        auth::{
+            default_oauth_http_client,
+            enterprise::{EmaAuthorizationServer, EmaClientAuthentication, EmaExchangeRequest},
         },
+        streamable_http_client::StreamableHttpClientTransportConfig,
     };
     let Some(peers) =
         Peers::get("rmcp_exchanges_an_identity_assertion_and_calls_a_tool_in_both_eras")
@@ -1104,12 +1105,7 @@ async fn rmcp_exchanges_an_identity_assertion_and_calls_a_tool_in_both_eras() {
         json!({"gus": {"email": "gus@acme.example"}}),
         json!({"email": ["email"]}),
     );
-    const SECRET: &str = "agent-secret-0123456789";
-    let gw = Gw::start(&config(
-        &format!("[auth.clients.agent]\nsecret = \"{SECRET}\"\n"),
-        &provider("acme", &idp.issuer, "id_jag = true"),
-    ));
-    gw.wait_up().await;
+    let gw = trusting(&idp, "").await;
     manifold_upstream::install_crypto_provider();
     let http = default_oauth_http_client().unwrap();
     for era in ["legacy", "modern"] {
@@ -1144,31 +1140,7 @@ async fn rmcp_exchanges_an_identity_assertion_and_calls_a_tool_in_both_eras() {
             StreamableHttpClientTransportConfig::with_uri(resource.clone())
                 .auth_header(token.access_token.secret().clone()),
         );
-        let lifecycle = if era == "legacy" {
-            ClientLifecycleMode::Initialize
-        } else {
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            }
-        };
-        let c = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            ().serve_with_lifecycle(transport, lifecycle),
-        )
-        .await
-        .expect("connects in time")
-        .unwrap_or_else(|e| panic!("{era}: connect: {e}\n{}", gw.log()));
-        let tools = c.list_all_tools().await.unwrap();
-        assert!(
-            tools.iter().any(|t| t.name == "fa__echo"),
-            "{era}: {tools:?}"
-        );
-        let r = c
-            .call_tool(call("fa__echo", json!({ "message": "from rmcp" })))
-            .await
-            .unwrap();
-        assert_eq!(text(&r), "Echo: from rmcp", "{era}");
-        let _ = c.cancel().await;
+        rmcp_lists_and_calls_echo(transport, era, &gw).await;
     }
 }
 
