@@ -273,13 +273,23 @@ impl<T: fmt::Debug> fmt::Debug for Permit<T> {
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.
 pub fn glob(pattern: &str, name: &str) -> bool {
+    // Names are nearly always ASCII: match their bytes, allocating nothing (lists decide every
+    // item with it).
+    if pattern.is_ascii() && name.is_ascii() {
+        return glob_in(pattern.as_bytes(), name.as_bytes(), b'*', b'?');
+    }
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    glob_in(&p, &n, '*', '?')
+}
+
+/// The matching of `glob` over any symbols.
+fn glob_in<T: PartialEq + Copy>(p: &[T], n: &[T], any_run: T, any_one: T) -> bool {
     let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+        if pi < p.len() && (p[pi] == any_one || p[pi] == n[ni]) {
             pi += 1;
             ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == any_run {
             star = Some(pi);
             mark = ni;
             pi += 1;
@@ -291,7 +301,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == any_run)
 }
 
 /// A policy for tests: items whose exposed name (or URI) matches one of the globs are hidden

@@ -120,6 +120,12 @@ fn globs() {
         ("a*b*c", "aXbYc", true),
         ("a*b", "ab_", false),
         ("echo", "echos", false),
+        // Beyond ASCII, `?` is one character (not one byte).
+        ("caf?", "café", true),
+        ("caf??", "café", false),
+        ("*é", "café", true),
+        ("file:///tmp/*", "file:///tmp/ünï.txt", true),
+        ("*/read_*", "db/read_rows", true),
     ] {
         assert_eq!(glob(p, n), want, "{p} {n}");
     }
