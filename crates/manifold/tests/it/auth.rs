@@ -175,14 +175,7 @@ async fn a_session_belongs_to_the_key_that_opened_it() {
         );
         bearers.push(format!("Bearer {}", key_of(&out)));
     }
-    let r = post(&main)
-        .header("authorization", &bearers[0])
-        .body(INIT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = session_as(&main, &bearers[0]).await;
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     let as_ = |who: &str| {
         post_in(&main, &sid)

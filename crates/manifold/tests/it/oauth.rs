@@ -868,14 +868,7 @@ async fn a_token_is_its_users_alone_and_ends_with_them() {
     .await;
 
     // A legacy session belongs to whoever opened it.
-    let r = post(&gw.url("main"))
-        .header("authorization", format!("Bearer {admin_token}"))
-        .body(INIT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = session_as(&gw.url("main"), &format!("Bearer {admin_token}")).await;
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     let mine = post_in(&gw.url("main"), &sid)
         .header("authorization", format!("Bearer {admin_token}"))

@@ -210,20 +210,8 @@ fn link_of(base: &str, name: &str) -> impl Fn(&str) -> Option<String> {
     }
 }
 
-/// A legacy session of `main`, opened with `token`: its id.
-async fn session_as(gw: &Gw, token: &str) -> String {
-    let r = post(&gw.url("main"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(INIT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["mcp-session-id"].to_str().unwrap().to_owned()
-}
-
 async fn call_echo(gw: &Gw, token: &str) -> Value {
-    let sid = session_as(gw, token).await;
+    let sid = session_as(&gw.url("main"), &format!("Bearer {token}")).await;
     let r = post_in(&gw.url("main"), &sid)
         .header("authorization", format!("Bearer {token}"))
         .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fa__echo","arguments":{"message":"via sso"}}}"#)
@@ -1203,7 +1191,7 @@ async fn what_a_member_sees_and_calls_follows_their_providers_groups() {
     acme.sign_in_as("alice").await;
     let mut b = Browser::new();
     let token = token_through(&mut b, &gw, link_of(&gw.base, "acme")).await;
-    let sid = session_as(&gw, &token).await;
+    let sid = session_as(&gw.url("main"), &format!("Bearer {token}")).await;
     let add = || async {
         let r = post_in(&gw.url("main"), &sid)
             .header("authorization", format!("Bearer {token}"))

@@ -710,6 +710,19 @@ pub async fn rpc(url: &str, sid: &str, body: Value) -> Value {
 }
 
 /// The stateless (2026-07-28) protocol version.
+/// A legacy session at `url`, opened (`initialize`, which must answer 200) with this
+/// `Authorization` header: its id.
+pub async fn session_as(url: &str, authorization: &str) -> String {
+    let r = post(url)
+        .header("authorization", authorization)
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "initialize at {url}");
+    r.headers()["mcp-session-id"].to_str().unwrap().to_owned()
+}
+
 pub const MODERN_VERSION: &str = "2026-07-28";
 
 /// A stateless request: the 2026-07-28 headers and `_meta`, with `caps` as the client's
