@@ -191,13 +191,7 @@ pub(crate) async fn accept(
     let member = sso::member_of(&provider.spec, &claims, subject);
     let user = s
         .store
-        .sso_user(&manifold_store::SsoMember {
-            issuer,
-            subject: &member.subject,
-            name: &member.name,
-            email: member.email.as_deref(),
-            roles: &member.roles,
-        })
+        .sso_user(&member.stored(issuer))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot record a member: the store failed");

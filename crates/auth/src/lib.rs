@@ -16,6 +16,7 @@ mod oauth;
 mod pages;
 mod password;
 mod rotation;
+mod seal;
 mod sso;
 mod tokens;
 mod verified;

@@ -38,6 +38,7 @@ use crate::{
     AccessClaims, KeyRing, Rotation, TokenError,
     client_doc::{self, ClientDocs},
     hash_key, key_ring, pages,
+    seal::{self, Step},
 };
 
 /// The one scope: access to a virtual server's tools, prompts and resources.
@@ -747,10 +748,66 @@ async fn authorize(
                 false
             }
         };
+    // A member whose provider token went to an earlier authorization gets one of their own
+    // (from the provider, without a page when its own session stands).
+    if si.provider_token.as_deref() == Some("")
+        && let Some(r) = to_provider_again(&s, &si.user, &a.params)
+    {
+        return r;
+    }
     if remembered {
-        return issue_code(&s, &a, &si.user).await;
+        return code_for(&s, &h, &a, &si).await;
     }
     pages::consent(&a, &si.csrf, &si.user.name)
+}
+
+/// Off to the member's identity provider to sign in there again (`None`: a local user, or a
+/// provider no longer configured).
+fn to_provider_again(s: &AuthServer, user: &User, p: &AuthzParams) -> Option<Response> {
+    let (name, _) = s.sso.as_ref()?.of_issuer(&user.issuer)?;
+    let mut r = Redirect::to(&format!("/oauth/sso/{name}?{}", p.query())).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(r)
+}
+
+/// The code of an authorization from the browser's session `si`, which hands the member's
+/// provider token (if any) on to it, once.
+async fn code_for(
+    s: &AuthServer,
+    h: &HeaderMap,
+    a: &Authz,
+    si: &manifold_store::SignIn,
+) -> Response {
+    let mut provider_token = None;
+    if let (Some(sealed), Some(cookie)) = (
+        si.provider_token.as_deref().filter(|t| !t.is_empty()),
+        cookie(h, SESSION_COOKIE),
+    ) {
+        let taken = s
+            .store
+            .take_sign_in_provider_token(&hash_key(cookie), sealed)
+            .await;
+        match taken {
+            Ok(true) => provider_token = seal::open(cookie, Step::Session, sealed),
+            // Another authorization from this session took it at the same moment.
+            Ok(false) => {
+                if let Some(r) = to_provider_again(s, &si.user, &a.params) {
+                    return r;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a sign-in session: the store failed");
+                return redirect(
+                    s,
+                    &a.redirect_uri,
+                    &[("error", "temporarily_unavailable")],
+                    a.params.state.as_deref(),
+                );
+            }
+        }
+    }
+    issue_code(s, a, &si.user, provider_token.as_deref()).await
 }
 
 /// The sign-in page (or, when the only way to sign in is one identity provider, that
@@ -860,16 +917,18 @@ async fn login(
         );
     };
     tracing::info!(user = %user.name, source = %from, "signed in");
-    begin_session(&s, &h, &user, &p).await
+    begin_session(&s, &h, &user, &p, None).await
 }
 
 /// Signed in as `user`: a new session (no fixation; the old one, if any, ends), then on with
-/// the authorization request `p`.
+/// the authorization request `p`. `provider_token`: the member's refresh token at their
+/// identity provider, kept sealed by the session's cookie until an authorization takes it.
 pub(crate) async fn begin_session(
     s: &AuthServer,
     h: &HeaderMap,
     user: &User,
     p: &AuthzParams,
+    provider_token: Option<&str>,
 ) -> Response {
     if let Some(old) = cookie(h, SESSION_COOKIE) {
         let _ = s.store.end_sign_in(&hash_key(old)).await;
@@ -882,8 +941,10 @@ pub(crate) async fn begin_session(
             &hash_key(&token),
             &user.id,
             &secret(""),
-            t,
-            t + SIGN_IN_LIFETIME,
+            (t, t + SIGN_IN_LIFETIME),
+            provider_token
+                .map(|pt| seal::seal(&token, Step::Session, pt))
+                .as_deref(),
         )
         .await
     {
@@ -1035,10 +1096,17 @@ async fn consent(
     {
         tracing::error!(error = %e, "cannot record a consent: the store failed");
     }
-    issue_code(&s, &a, &si.user).await
+    code_for(&s, &h, &a, &si).await
 }
 
-async fn issue_code(s: &AuthServer, a: &Authz, user: &User) -> Response {
+/// A grant and its code; `provider_token` (the member's refresh token at their provider) is
+/// kept sealed by the code.
+async fn issue_code(
+    s: &AuthServer,
+    a: &Authz,
+    user: &User,
+    provider_token: Option<&str>,
+) -> Response {
     let t = now();
     let grant = Grant {
         id: new_id(),
@@ -1059,6 +1127,7 @@ async fn issue_code(s: &AuthServer, a: &Authz, user: &User) -> Response {
                 &Code {
                     redirect_uri: a.redirect_uri.clone(),
                     challenge: a.challenge.clone(),
+                    provider_token: provider_token.map(|pt| seal::seal(&code, Step::Code, pt)),
                 },
                 t + CODE_LIFETIME,
             )
@@ -1211,6 +1280,9 @@ async fn token(
     let mut refreshable = true;
     // …and name their scope only if the assertion named one.
     let mut echo_scope = true;
+    // The member's refresh token at their identity provider, handed on to the next refresh
+    // token of ours.
+    let mut provider_token: Option<String> = None;
     let grant = match f.grant_type.as_str() {
         crate::id_jag::GRANT_TYPE => {
             let Some(client) = authenticated else {
@@ -1295,6 +1367,9 @@ async fn token(
                     if !valid_verifier || computed != c.challenge {
                         return refuse("the code_verifier does not match the code_challenge");
                     }
+                    provider_token = c
+                        .provider_token
+                        .and_then(|sealed| seal::open(code, Step::Code, &sealed));
                     g
                 }
             }
@@ -1320,7 +1395,7 @@ async fn token(
                         "the refresh token was used already: the sign-in is revoked; sign in again",
                     );
                 }
-                Redeemed::First((), g) => {
+                Redeemed::First(sealed, g) => {
                     if g.client_id != client_id {
                         let _ = s.store.revoke_grant(&g.id, t).await;
                         return bad("the refresh token was issued to another client");
@@ -1331,6 +1406,16 @@ async fn token(
                             "invalid_target",
                             "resource must be the one the sign-in was for",
                         );
+                    }
+                    provider_token = sealed.and_then(|v| seal::open(rt, Step::Refresh, &v));
+                    if let Some(pt) = provider_token.take() {
+                        match ask_provider(&s, &g, pt).await {
+                            Ok(next) => provider_token = Some(next),
+                            Err(m) => {
+                                let _ = s.store.revoke_grant(&g.id, t).await;
+                                return bad(&m);
+                            }
+                        }
                     }
                     if let Err(m) = recent_enough(&s, &g.user_id, t).await {
                         let _ = s.store.revoke_grant(&g.id, t).await;
@@ -1383,9 +1468,12 @@ async fn token(
     if refreshable {
         let refresh = secret("mfr_");
         let expires = t + s.settings.refresh_token_lifetime.as_secs() as i64;
+        let sealed = provider_token
+            .as_deref()
+            .map(|pt| seal::seal(&refresh, Step::Refresh, pt));
         if let Err(e) = s
             .store
-            .add_refresh_token(&hash_key(&refresh), &grant.id, expires)
+            .add_refresh_token(&hash_key(&refresh), &grant.id, expires, sealed.as_deref())
             .await
         {
             return store_failed(&e);
@@ -1405,6 +1493,64 @@ async fn token(
         Json(body),
     )
         .into_response()
+}
+
+/// A refresh of a member's sign-in asks their identity provider again, with the member's
+/// refresh token there (`pt`): if it vouches for them, their name, e-mail and roles are
+/// brought up to date (a change of roles applies at their next request, with any access token)
+/// and the provider's next refresh token is the answer; if it no longer accepts the sign-in,
+/// why (the caller revokes the grant). If it cannot be asked, the refresh goes on with `pt`,
+/// within `reauthenticate_after` of the last time it vouched (`recent_enough`).
+async fn ask_provider(s: &AuthServer, g: &Grant, pt: String) -> Result<String, String> {
+    let user = match s.store.user(&g.user_id).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return Err("the user is gone".into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a user: the store failed");
+            return Ok(pt);
+        }
+    };
+    let Some((name, p)) = s.sso.as_ref().and_then(|x| x.of_issuer(&user.issuer)) else {
+        // `recent_enough` says why.
+        return Ok(pt);
+    };
+    match s
+        .sso
+        .as_ref()
+        .expect("found above")
+        .ask_again(p, &pt, &user.subject)
+        .await
+    {
+        crate::sso::Asked::Vouched(member, next) => {
+            let done = match member {
+                Some(m) => s
+                    .store
+                    .sso_user(&m.stored(&p.spec.issuer))
+                    .await
+                    .map(|u| {
+                        if u.roles != user.roles {
+                            tracing::info!(user = %u.name, provider = name, roles = ?u.roles, was = ?user.roles, "the identity provider changed a member's roles");
+                        }
+                    }),
+                None => s.store.vouched(&user.id).await,
+            };
+            if let Err(e) = done {
+                tracing::error!(error = %e, "cannot record what an identity provider said: the store failed");
+            }
+            Ok(next)
+        }
+        crate::sso::Asked::Refused(why) => {
+            tracing::info!(user = %user.name, provider = name, why, "the identity provider no longer accepts a member's sign-in: it is revoked");
+            Err(format!(
+                "sign in again through {}: it no longer accepts this sign-in ({why})",
+                p.spec.label
+            ))
+        }
+        crate::sso::Asked::Unreachable(why) => {
+            tracing::warn!(user = %user.name, provider = name, why, "cannot ask an identity provider about a member at a refresh: it goes on within reauthenticate_after of the last answer");
+            Ok(pt)
+        }
+    }
 }
 
 /// A member of an identity provider may have their sign-ins refreshed only for

@@ -15,6 +15,10 @@
 //! user is created or brought up to date (by issuer and subject; roles from the groups claim),
 //! and the sign-in continues exactly as after a password: a new session, then consent.
 //!
+//! The provider's refresh token, if it issues one, goes with the sign-in, sealed (`seal`); each
+//! refresh of ours asks the provider again with it (`Sso::ask_again`), so what the provider
+//! changed (groups, a disabled account) applies at the application's next refresh.
+//!
 //! Provider metadata is read at first use and kept for an hour; requests to providers go
 //! through our HTTP client (no redirects, 10 s, 1 MiB).
 
@@ -46,7 +50,7 @@ use openidconnect::{
     },
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{AuthServer, hash_key, oauth, pages};
 
@@ -581,7 +585,10 @@ async fn callback(
             format!("The identity provider's answer has no code. {again}"),
         );
     };
-    let member = match redeem(sso, p, m, code, &request).await {
+    let SignedIn {
+        member,
+        refresh_token,
+    } = match redeem(sso, p, m, code, &request).await {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(provider = %request.provider, error = %e, "an identity provider sign-in failed");
@@ -591,17 +598,7 @@ async fn callback(
             );
         }
     };
-    let user = match s
-        .store
-        .sso_user(&SsoMember {
-            issuer: &p.spec.issuer,
-            subject: &member.subject,
-            name: &member.name,
-            email: member.email.as_deref(),
-            roles: &member.roles,
-        })
-        .await
-    {
+    let user = match s.store.sso_user(&member.stored(&p.spec.issuer)).await {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(error = %e, "cannot record a member: the store failed");
@@ -620,7 +617,7 @@ async fn callback(
     }
     tracing::info!(user = %user.name, provider = %request.provider, roles = ?user.roles, "signed in through an identity provider");
     let params = oauth::params_from(&request.next);
-    let mut r = oauth::begin_session(&s, &h, &user, &params).await;
+    let mut r = oauth::begin_session(&s, &h, &user, &params, refresh_token.as_deref()).await;
     r.headers_mut().append(header::SET_COOKIE, clear);
     r
 }
@@ -633,14 +630,34 @@ pub(crate) struct Member {
     pub roles: Vec<String>,
 }
 
+impl Member {
+    /// The member as the store keeps them.
+    pub(crate) fn stored<'a>(&'a self, issuer: &'a str) -> SsoMember<'a> {
+        SsoMember {
+            issuer,
+            subject: &self.subject,
+            name: &self.name,
+            email: self.email.as_deref(),
+            roles: &self.roles,
+        }
+    }
+}
+
+/// What a sign-in at the provider gave: the member, and the provider's refresh token if it
+/// issued one (kept sealed, so that each refresh of ours asks the provider again).
+pub(crate) struct SignedIn {
+    pub member: Member,
+    pub refresh_token: Option<String>,
+}
+
 /// Redeem the code, check the ID token, read userinfo if configured, map the claims.
 async fn redeem(
     sso: &Sso,
     p: &Provider,
-    mut m: Arc<Metadata>,
+    m: Arc<Metadata>,
     code: String,
     request: &SsoRequest,
-) -> Result<Member, String> {
+) -> Result<SignedIn, String> {
     let http = sso.http();
     let client = sso.client(p, &m);
     let exchange = client
@@ -662,6 +679,37 @@ async fn redeem(
         .id_token()
         .ok_or("the identity provider sent no ID token (is `openid` among the scopes?)")?;
     let nonce = Nonce::new(request.nonce.clone());
+    let (m, mut claims) = verified(sso, p, m, id_token, &nonce).await?;
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or("the ID token has no subject")?
+        .to_owned();
+    if p.spec.userinfo {
+        with_userinfo(
+            sso,
+            &m,
+            tokens.access_token().secret(),
+            &subject,
+            &mut claims,
+        )
+        .await?;
+    }
+    Ok(SignedIn {
+        member: member_of(&p.spec, &claims, subject),
+        refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
+    })
+}
+
+/// The claims of an ID token of the provider, checked (its keys read again once for an
+/// unknown `kid`), and the metadata that checked them.
+async fn verified(
+    sso: &Sso,
+    p: &Provider,
+    mut m: Arc<Metadata>,
+    id_token: &openidconnect::core::CoreIdToken,
+    nonce: impl openidconnect::NonceVerifier + Clone,
+) -> Result<(Arc<Metadata>, Value), String> {
     let mut refetched = false;
     loop {
         let client = sso.client(p, &m);
@@ -670,7 +718,7 @@ async fn redeem(
             .set_allowed_algs(ALGORITHMS)
             // 60 s of clock skew on `exp`.
             .set_time_fn(|| chrono::Utc::now() - chrono::Duration::seconds(60));
-        match id_token.claims(&verifier, &nonce) {
+        match id_token.claims(&verifier, nonce.clone()) {
             Ok(_) => break,
             Err(openidconnect::ClaimsVerificationError::SignatureVerification(
                 openidconnect::SignatureVerificationError::NoMatchingKey,
@@ -683,7 +731,7 @@ async fn redeem(
         }
     }
     // Verified: the payload can be read as it is, for the claims the standard set lacks.
-    let mut claims = payload(&id_token.to_string())?;
+    let claims = payload(&id_token.to_string())?;
     // `openidconnect` leaves `azp` alone (any extra audience is refused already): an ID token
     // issued to another party is not ours.
     if let Some(azp) = claims.get("azp")
@@ -693,37 +741,128 @@ async fn redeem(
             "its ID token was refused: its authorized party (azp) is {azp}, not this gateway"
         ));
     }
-    let subject = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or("the ID token has no subject")?
-        .to_owned();
-    if p.spec.userinfo {
-        let url = m
-            .userinfo_endpoint()
-            .ok_or("`userinfo = true`, but the provider has no userinfo endpoint")?;
-        let info: Value = sso
-            .http
-            .get(url.url().as_str())
-            .bearer_auth(tokens.access_token().secret())
-            .header(header::ACCEPT, "application/json")
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot read userinfo: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("userinfo is not JSON: {e}"))?;
-        if info.get("sub").and_then(Value::as_str) != Some(subject.as_str()) {
-            return Err("userinfo describes another subject than the ID token".into());
-        }
-        if let (Value::Object(c), Value::Object(i)) = (&mut claims, info) {
-            for (k, v) in i {
-                c.entry(k).or_insert(v);
-            }
+    Ok((m, claims))
+}
+
+/// The provider's userinfo for `access_token`, added to `claims` (the ID token's claims win).
+async fn with_userinfo(
+    sso: &Sso,
+    m: &Metadata,
+    access_token: &str,
+    subject: &str,
+    claims: &mut Value,
+) -> Result<(), String> {
+    let url = m
+        .userinfo_endpoint()
+        .ok_or("`userinfo = true`, but the provider has no userinfo endpoint")?;
+    let info: Value = sso
+        .http
+        .get(url.url().as_str())
+        .bearer_auth(access_token)
+        .header(header::ACCEPT, "application/json")
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("cannot read userinfo: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("userinfo is not JSON: {e}"))?;
+    if info.get("sub").and_then(Value::as_str) != Some(subject) {
+        return Err("userinfo describes another subject than the ID token".into());
+    }
+    if let (Value::Object(c), Value::Object(i)) = (claims, info) {
+        for (k, v) in i {
+            c.entry(k).or_insert(v);
         }
     }
-    Ok(member_of(&p.spec, &claims, subject))
+    Ok(())
+}
+
+/// What asking the provider again, with the member's refresh token there, found.
+pub(crate) enum Asked {
+    /// It still vouches for the member: who they are now (`None` when its answer says nothing
+    /// of them: no ID token, and no userinfo configured), and the refresh token to use next.
+    Vouched(Option<Member>, String),
+    /// It no longer accepts this sign-in (the member was disabled or removed there, or the
+    /// grant revoked): why.
+    Refused(String),
+    /// It could not be asked (down, or an unexpected answer): why.
+    Unreachable(String),
+}
+
+impl Sso {
+    /// The provider whose members have this issuer, and its name.
+    pub(crate) fn of_issuer(&self, issuer: &str) -> Option<(&str, &Provider)> {
+        self.providers
+            .iter()
+            .find(|(_, p)| p.spec.issuer == issuer)
+            .map(|(n, p)| (n.as_str(), p))
+    }
+
+    /// Refresh the member `subject`'s sign-in at provider `p` with its `refresh_token`: is
+    /// the member still theirs, and with which claims?
+    pub(crate) async fn ask_again(
+        &self,
+        p: &Provider,
+        refresh_token: &str,
+        subject: &str,
+    ) -> Asked {
+        let m = match self.metadata(p, false).await {
+            Ok(m) => m,
+            Err(e) => return Asked::Unreachable(e),
+        };
+        let client = self.client(p, &m);
+        let rt = openidconnect::RefreshToken::new(refresh_token.to_owned());
+        let request = match client.exchange_refresh_token(&rt) {
+            Ok(r) => r,
+            Err(e) => return Asked::Unreachable(format!("no token endpoint: {e}")),
+        };
+        let tokens = match request.request_async(&self.http()).await {
+            Ok(t) => t,
+            Err(openidconnect::RequestTokenError::ServerResponse(r))
+                if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
+            {
+                return Asked::Refused(
+                    r.error_description()
+                        .cloned()
+                        .unwrap_or_else(|| "invalid_grant".into()),
+                );
+            }
+            Err(e) => return Asked::Unreachable(format!("its token endpoint: {e}")),
+        };
+        let next = tokens
+            .refresh_token()
+            .map_or_else(|| refresh_token.to_owned(), |t| t.secret().clone());
+        let claims = match tokens.id_token() {
+            // A refreshed ID token is of the same member (OpenID Connect Core 12.2); it
+            // carries no nonce.
+            Some(id) => match verified(self, p, m.clone(), id, |_: Option<&Nonce>| Ok(())).await {
+                Ok((_, c)) => Some(c),
+                Err(e) => return Asked::Refused(e),
+            },
+            None if p.spec.userinfo => Some(json!({"sub": subject})),
+            None => None,
+        };
+        let Some(mut claims) = claims else {
+            return Asked::Vouched(None, next);
+        };
+        if claims.get("sub").and_then(Value::as_str) != Some(subject) {
+            return Asked::Refused("its refreshed ID token is of another subject".into());
+        }
+        if p.spec.userinfo
+            && let Err(e) = with_userinfo(
+                self,
+                &m,
+                tokens.access_token().secret(),
+                subject,
+                &mut claims,
+            )
+            .await
+        {
+            return Asked::Unreachable(e);
+        }
+        Asked::Vouched(Some(member_of(&p.spec, &claims, subject.to_owned())), next)
+    }
 }
 
 /// Who the claims say the member is, by the provider's rules.

@@ -3,7 +3,8 @@
 //! statement is portable SQL with `$n` parameters). Migrations are embedded and applied at
 //! open, once, even when several gateways start on one PostgreSQL database at the same time.
 //!
-//! Invariants: nothing secret is stored in the clear (password hashes, key hashes only); times
+//! Invariants: nothing secret is stored in the clear (password hashes, key hashes only; a
+//! provider's refresh tokens sealed by secrets the store keeps only as hashes); times
 //! are Unix seconds; ids are 128 random bits in hex; every method that withdraws a credential
 //! (revokes a grant or an API key, disables a user) moves the change counter in the same
 //! transaction (`Store::withdraw`), so that caches of verified credentials can tell.

@@ -43,6 +43,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "when members last signed in through their provider",
         include_str!("../migrations/0007_signed_in_at.sql"),
     ),
+    (
+        8,
+        "members' refresh tokens at their provider, sealed",
+        include_str!("../migrations/0008_provider_tokens.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

@@ -46,18 +46,22 @@ pub enum Redeemed<T> {
     Unknown,
 }
 
-/// A browser's sign-in session: its user and the CSRF token of its forms.
+/// A browser's sign-in session: its user, the CSRF token of its forms and the member's
+/// refresh token at their provider, sealed (`None`: none; `Some("")`: an authorization took it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignIn {
     pub user: User,
     pub csrf: String,
+    pub provider_token: Option<String>,
 }
 
-/// The redirect URI and PKCE challenge a code was issued with.
+/// The redirect URI and PKCE challenge a code was issued with, and the member's refresh token
+/// at their provider, sealed, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Code {
     pub redirect_uri: String,
     pub challenge: String,
+    pub provider_token: Option<String>,
 }
 
 /// `USER_COLUMNS` of the table aliased `alias`, for a join.
@@ -241,21 +245,23 @@ impl Store {
         expires_at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO oauth_codes (hash, grant_id, redirect_uri, challenge, expires_at)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO oauth_codes (hash, grant_id, redirect_uri, challenge, expires_at, provider_token)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(hash)
         .bind(grant_id)
         .bind(&code.redirect_uri)
         .bind(&code.challenge)
         .bind(expires_at)
+        .bind(&code.provider_token)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// Spend an authorization code: the first presentation wins, atomically.
+    /// Spend an authorization code: the first presentation wins, atomically (and takes the
+    /// sealed provider token, which the code keeps no longer).
     pub async fn take_code(&self, hash: &str, now: i64) -> Result<Redeemed<Code>, StoreError> {
         let e = |e| self.err(e);
         let won = sqlx::query(
@@ -269,7 +275,7 @@ impl Store {
         .rows_affected()
             == 1;
         let sql = format!(
-            "SELECT c.redirect_uri, c.challenge, c.used_at AS c_used, c.expires_at AS c_expires, {GRANT_COLUMNS}
+            "SELECT c.redirect_uri, c.challenge, c.provider_token, c.used_at AS c_used, c.expires_at AS c_expires, {GRANT_COLUMNS}
              FROM oauth_codes c JOIN oauth_grants g ON g.id = c.grant_id WHERE c.hash = $1"
         );
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -296,22 +302,30 @@ impl Store {
         let code = Code {
             redirect_uri: row.try_get("redirect_uri").map_err(e)?,
             challenge: row.try_get("challenge").map_err(e)?,
+            provider_token: row.try_get("provider_token").map_err(e)?,
         };
+        if code.provider_token.is_some() {
+            self.forget_provider_token("oauth_codes", hash).await?;
+        }
         Ok(Redeemed::First(code, grant))
     }
 
+    /// A refresh token (by hash) of the grant, with the member's refresh token at their
+    /// provider sealed by it, if any.
     pub async fn add_refresh_token(
         &self,
         hash: &str,
         grant_id: &str,
         expires_at: i64,
+        provider_token: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO oauth_refresh_tokens (hash, grant_id, expires_at) VALUES ($1, $2, $3)",
+            "INSERT INTO oauth_refresh_tokens (hash, grant_id, expires_at, provider_token) VALUES ($1, $2, $3, $4)",
         )
         .bind(hash)
         .bind(grant_id)
         .bind(expires_at)
+        .bind(provider_token)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -319,12 +333,13 @@ impl Store {
     }
 
     /// Spend a refresh token (each is used once: the client gets the next one with its new
-    /// access token). A second use, or a use after the grant was revoked, is `Again`.
+    /// access token), and take the provider token it sealed, if any. A second use, or a use
+    /// after the grant was revoked, is `Again`.
     pub async fn take_refresh_token(
         &self,
         hash: &str,
         now: i64,
-    ) -> Result<Redeemed<()>, StoreError> {
+    ) -> Result<Redeemed<Option<String>>, StoreError> {
         let e = |e| self.err(e);
         let won = sqlx::query(
             "UPDATE oauth_refresh_tokens SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND expires_at > $1",
@@ -337,7 +352,7 @@ impl Store {
         .rows_affected()
             == 1;
         let sql = format!(
-            "SELECT r.used_at AS r_used, r.expires_at AS r_expires, {GRANT_COLUMNS}
+            "SELECT r.provider_token, r.used_at AS r_used, r.expires_at AS r_expires, {GRANT_COLUMNS}
              FROM oauth_refresh_tokens r JOIN oauth_grants g ON g.id = r.grant_id WHERE r.hash = $1"
         );
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -350,7 +365,12 @@ impl Store {
         };
         let grant = grant_of(&row).map_err(e)?;
         if won && grant.revoked_at.is_none() {
-            return Ok(Redeemed::First((), grant));
+            let provider_token: Option<String> = row.try_get("provider_token").map_err(e)?;
+            if provider_token.is_some() {
+                self.forget_provider_token("oauth_refresh_tokens", hash)
+                    .await?;
+            }
+            return Ok(Redeemed::First(provider_token, grant));
         }
         let expired = row.try_get::<i64, _>("r_expires").map_err(e)? <= now
             && row
@@ -425,22 +445,25 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// A browser's sign-in session (by the hash of its cookie), with the member's refresh
+    /// token at their provider sealed by the cookie, if any.
     pub async fn add_sign_in(
         &self,
         hash: &str,
         user_id: &str,
         csrf: &str,
-        now: i64,
-        expires_at: i64,
+        (now, expires_at): (i64, i64),
+        provider_token: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO login_sessions (hash, user_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO login_sessions (hash, user_id, csrf, created_at, expires_at, provider_token) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(hash)
         .bind(user_id)
         .bind(csrf)
         .bind(now)
         .bind(expires_at)
+        .bind(provider_token)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -451,7 +474,7 @@ impl Store {
     pub async fn sign_in(&self, hash: &str, now: i64) -> Result<Option<SignIn>, StoreError> {
         let cols = user_columns("u");
         let sql = format!(
-            "SELECT {cols}, s.csrf FROM login_sessions s JOIN users u ON u.id = s.user_id
+            "SELECT {cols}, s.csrf, s.provider_token FROM login_sessions s JOIN users u ON u.id = s.user_id
              WHERE s.hash = $1 AND s.expires_at > $2"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -464,7 +487,38 @@ impl Store {
         Ok(Some(SignIn {
             user: user_of(&row).map_err(|e| self.err(e))?,
             csrf: row.try_get("csrf").map_err(|e| self.err(e))?,
+            provider_token: row.try_get("provider_token").map_err(|e| self.err(e))?,
         }))
+    }
+
+    /// Take the session's sealed provider token `sealed` for an authorization, once (false:
+    /// another took it first): later authorizations from this session find `''` and ask the
+    /// provider for one of their own.
+    pub async fn take_sign_in_provider_token(
+        &self,
+        hash: &str,
+        sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE login_sessions SET provider_token = '' WHERE hash = $1 AND provider_token = $2",
+        )
+        .bind(hash)
+        .bind(sealed)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A spent code or refresh token keeps no sealed provider token.
+    async fn forget_provider_token(&self, table: &str, hash: &str) -> Result<(), StoreError> {
+        let sql = format!("UPDATE {table} SET provider_token = NULL WHERE hash = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     pub async fn end_sign_in(&self, hash: &str) -> Result<(), StoreError> {

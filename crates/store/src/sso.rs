@@ -183,6 +183,17 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("no user {} at {}", m.subject, m.issuer)))
     }
 
+    /// The member's provider vouched for them just now (a refresh there) without saying more.
+    pub async fn vouched(&self, user_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET signed_in_at = $1 WHERE id = $2")
+            .bind(now())
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// When the member last signed in through their provider (`None` for a local user).
     pub async fn signed_in_at(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar::<_, Option<i64>>("SELECT signed_in_at FROM users WHERE id = $1")

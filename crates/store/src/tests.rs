@@ -467,3 +467,94 @@ async fn a_sign_in_in_progress_is_spent_once() {
         assert!(s.take_sso_request("new").await.unwrap().is_some(), "{b:?}");
     }
 }
+
+#[tokio::test]
+async fn a_sealed_provider_token_moves_from_session_to_code_to_refresh_token_once() {
+    for s in
+        stores("a_sealed_provider_token_moves_from_session_to_code_to_refresh_token_once").await
+    {
+        let b = s.backend();
+        let u = s.add_user(&user("fay")).await.unwrap();
+        let t = crate::now();
+        s.add_sign_in("sh", &u.id, "csrf", (t, t + 600), Some("sealed-1"))
+            .await
+            .unwrap();
+        s.add_sign_in("plain", &u.id, "csrf", (t, t + 600), None)
+            .await
+            .unwrap();
+        let si = s.sign_in("sh", t).await.unwrap().unwrap();
+        assert_eq!(si.provider_token.as_deref(), Some("sealed-1"), "{b:?}");
+        let none = s.sign_in("plain", t).await.unwrap().unwrap();
+        assert_eq!(none.provider_token, None, "{b:?}");
+        // Twenty authorizations at once: exactly one takes it; then the session says so.
+        let got = futures::future::join_all(
+            (0..20).map(|_| s.take_sign_in_provider_token("sh", "sealed-1")),
+        )
+        .await;
+        assert_eq!(
+            got.into_iter().filter(|r| matches!(r, Ok(true))).count(),
+            1,
+            "{b:?}"
+        );
+        let si = s.sign_in("sh", t).await.unwrap().unwrap();
+        assert_eq!(si.provider_token.as_deref(), Some(""), "{b:?}: taken");
+        assert!(!s.take_sign_in_provider_token("plain", "").await.unwrap());
+
+        let g = crate::Grant {
+            id: crate::new_id(),
+            user_id: u.id.clone(),
+            client_id: "c".into(),
+            resource: "r".into(),
+            scope: "mcp".into(),
+            created_at: t,
+            revoked_at: None,
+        };
+        s.add_grant(&g).await.unwrap();
+        let code = crate::Code {
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            challenge: "ch".into(),
+            provider_token: Some("sealed-2".into()),
+        };
+        s.add_code("ch1", &g.id, &code, t + 60).await.unwrap();
+        match s.take_code("ch1", t).await.unwrap() {
+            crate::Redeemed::First(c, _) => assert_eq!(c, code, "{b:?}"),
+            other => panic!("{b:?}: {other:?}"),
+        }
+        // Spent: the code no longer keeps it.
+        let kept: Option<String> =
+            sqlx::query_scalar("SELECT provider_token FROM oauth_codes WHERE hash = 'ch1'")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(kept, None, "{b:?}");
+
+        s.add_refresh_token("rh1", &g.id, t + 60, Some("sealed-3"))
+            .await
+            .unwrap();
+        s.add_refresh_token("rh2", &g.id, t + 60, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.take_refresh_token("rh1", t).await.unwrap(),
+            crate::Redeemed::First(Some("sealed-3".into()), g.clone()),
+            "{b:?}"
+        );
+        assert_eq!(
+            s.take_refresh_token("rh2", t).await.unwrap(),
+            crate::Redeemed::First(None, g.clone()),
+            "{b:?}"
+        );
+        let kept: Option<String> = sqlx::query_scalar(
+            "SELECT provider_token FROM oauth_refresh_tokens WHERE hash = 'rh1'",
+        )
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+        assert_eq!(kept, None, "{b:?}");
+        assert_eq!(
+            s.take_refresh_token("rh1", t).await.unwrap(),
+            crate::Redeemed::Again(g.id.clone()),
+            "{b:?}"
+        );
+    }
+}

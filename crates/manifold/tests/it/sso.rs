@@ -29,11 +29,19 @@ struct Idp {
 impl Idp {
     /// With `accounts` (id → claims) and `scopes` (scope → the claims it releases).
     fn start(peers: &Peers, accounts: Value, scopes: Value) -> Idp {
-        let config = json!({
+        Idp::start_with(peers, accounts, scopes, json!({}))
+    }
+
+    /// The same, with more of its configuration (`tests/fixtures/idp.mjs`).
+    fn start_with(peers: &Peers, accounts: Value, scopes: Value, more: Value) -> Idp {
+        let mut config = json!({
             "clients": [{"client_id": "manifold", "redirect_uris": ["http://127.0.0.1:1/oauth/sso/callback"]}],
             "accounts": accounts,
             "scopes": scopes,
         });
+        if let (Value::Object(c), Value::Object(m)) = (&mut config, more) {
+            c.extend(m);
+        }
         let log = std::env::temp_dir().join(format!("manifold-idp-{}.log", rand::random::<u64>()));
         let mut child = Command::new(peers.node22())
             .arg(repo().join("tests/fixtures/idp.mjs"))
@@ -81,6 +89,26 @@ impl Idp {
             .await
             .unwrap();
         assert_eq!(r.status(), 204);
+    }
+
+    /// Remove `account`: its refresh tokens are refused from now on, as a disabled member's.
+    async fn disable(&self, account: &str) {
+        let r = http()
+            .post(format!("{}/_test/disable/{account}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
+    /// How many refresh-token grants it answered.
+    async fn refreshes(&self) -> u64 {
+        let r = http()
+            .get(format!("{}/_test/refreshes", self.issuer))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap().parse().unwrap()
     }
 
     /// Who signs in next.
@@ -211,14 +239,30 @@ fn link_of(base: &str, name: &str) -> impl Fn(&str) -> Option<String> {
 }
 
 async fn call_echo(gw: &Gw, token: &str) -> Value {
+    call_as(gw, token, "fa__echo", json!({"message": "via sso"})).await
+}
+
+/// `tools/call` of `name` in a new legacy session of the holder of `token`: the answer.
+async fn call_as(gw: &Gw, token: &str, name: &str, arguments: Value) -> Value {
     let sid = session_as(&gw.url("main"), &format!("Bearer {token}")).await;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": name, "arguments": arguments}});
     let r = post_in(&gw.url("main"), &sid)
         .header("authorization", format!("Bearer {token}"))
-        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fa__echo","arguments":{"message":"via sso"}}}"#)
+        .body(call.to_string())
         .send()
         .await
         .unwrap();
     message(&r.text().await.unwrap())
+}
+
+/// The gateway of `config` with `providers`, and two roles on `main`: `first` may use only
+/// `fa/echo`, `admin` all of `fa`.
+fn echo_or_all(first: &str, providers: &str) -> String {
+    format!(
+        "{}\n[roles.{first}]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n\n[roles.admin]\nservers = [\"main\"]\nallow = [\"fa/*\"]\n",
+        config("", providers)
+    )
 }
 
 #[tokio::test]
@@ -678,8 +722,9 @@ async fn with_passwords_off_the_only_provider_is_the_way_in() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("identity provider only"));
 
-    // Signed in, and consent remembered: the next authorization goes straight back with a
-    // code. After signing out, it goes to the provider again.
+    // Signed in: the next authorization (of another application) goes by the provider for a
+    // provider grant of its own, without a page there (its session stands), then asks for
+    // consent. After signing out, it goes to the provider again.
     let (_, reg) = register(&gw.base, &[REDIRECT]).await;
     let (_, challenge) = pkce();
     let again = authorize_url(
@@ -690,14 +735,13 @@ async fn with_passwords_off_the_only_provider_is_the_way_in() {
         &gw.url("main"),
     );
     let first = b.get(&again).await;
-    let page = if first.status() == 200 {
-        first.text().await.unwrap()
-    } else {
-        String::new()
-    };
+    assert_eq!(first.status(), 303);
+    assert_eq!(location(&first).0, "/oauth/sso/acme");
+    let (page, at) = walk(&mut b, &again, |_| false).await;
+    let page = page.text().await.unwrap();
     assert!(
         page.contains("action=\"/oauth/consent\""),
-        "signed in: consent for a new client: {page}"
+        "signed in: consent for a new client, at {at}: {page}"
     );
     let out = b.get(&format!("{}/oauth/logout", gw.base)).await;
     let page = out.text().await.unwrap();
@@ -1024,10 +1068,12 @@ async fn a_members_sign_ins_are_refreshed_only_while_their_provider_sign_in_is_r
     else {
         return;
     };
-    let acme = Idp::start(
+    // A provider that issues no refresh tokens: the gateway cannot ask it again at a refresh.
+    let acme = Idp::start_with(
         peers,
         json!({"fay": {"email": "fay@acme.example", "groups": ["admins"]}}),
         json!({"email": ["email"], "groups": ["groups"]}),
+        json!({"refreshTokens": false}),
     );
     let gw = Gw::start(&config(
         "",
@@ -1149,16 +1195,13 @@ async fn what_a_member_sees_and_calls_follows_their_providers_groups() {
         }),
         json!({"email": ["email"], "groups": ["groups"]}),
     );
-    let cfg = format!(
-        "{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n\n[roles.admin]\nservers = [\"main\"]\nallow = [\"fa/*\"]\n",
-        config(
-            "",
-            &provider(
-                "acme",
-                &acme.issuer,
-                "scopes = [\"openid\", \"email\", \"groups\"]\nroles = { eng = [\"dev\"], admins = [\"admin\"] }",
-            ),
-        )
+    let cfg = echo_or_all(
+        "dev",
+        &provider(
+            "acme",
+            &acme.issuer,
+            "scopes = [\"openid\", \"email\", \"groups\"]\nroles = { eng = [\"dev\"], admins = [\"admin\"] }",
+        ),
     );
     let gw = Gw::start(&cfg);
     gw.wait_up().await;
@@ -1225,4 +1268,143 @@ async fn what_a_member_sees_and_calls_follows_their_providers_groups() {
         },
     )
     .await;
+}
+
+/// With a provider that issues refresh tokens, each refresh of a member's sign-in asks it again:
+/// a group removed there changes the member's roles at that refresh (for the access token they
+/// already hold as well), a member disabled there loses the sign-in, and a provider that cannot
+/// be reached does not stop the refresh. Each application's sign-in has a provider grant of its
+/// own.
+#[tokio::test]
+async fn what_the_provider_changes_applies_at_the_next_refresh() {
+    let Some(peers) = Peers::get("what_the_provider_changes_applies_at_the_next_refresh") else {
+        return;
+    };
+    let acme = Idp::start(
+        peers,
+        json!({
+            "fay": {"email": "fay@acme.example", "groups": ["admins"]},
+            "gus": {"email": "gus@acme.example", "groups": ["admins"]},
+        }),
+        json!({"email": ["email"], "groups": ["groups"]}),
+    );
+    let cfg = echo_or_all(
+        "member",
+        &provider(
+            "acme",
+            &acme.issuer,
+            "scopes = [\"openid\", \"email\", \"groups\"]\nroles = { admins = [\"admin\"] }\ndefault_roles = [\"member\"]",
+        ),
+    );
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    let add = |token: String| {
+        let gw = &gw;
+        async move { call_as(gw, &token, "fa__add", json!({"a": 1, "b": 2})).await }
+    };
+    let fay_roles = || {
+        let users = gw.admin(&["users", "list"], "", &[]);
+        let line = users
+            .lines()
+            .find(|l| l.starts_with("fay@"))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!line.is_empty(), "{users}");
+        line
+    };
+
+    let mut b = Browser::new();
+    let (client, t) = tokens_through(&mut b, &gw, link_of(&gw.base, "acme")).await;
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    assert!(
+        add(token.clone()).await.get("result").is_some(),
+        "an admin adds"
+    );
+    // A second application in the same browser: the gateway's sign-in session handed its
+    // provider token to the first, so this one goes by the provider again (whose own session
+    // stands: no page) and gets a provider grant of its own.
+    let (_, reg) = register(&gw.base, &[REDIRECT]).await;
+    let second = reg["client_id"].as_str().unwrap().to_owned();
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&gw.base, &second, REDIRECT, &challenge, &gw.url("main"));
+    let r = b.get(&url).await;
+    assert_eq!(r.status(), 303, "{:?}", r.headers());
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(loc.starts_with("/oauth/sso/acme?"), "{loc}");
+    let code = sign_in_through(&mut b, &gw, &format!("{}{loc}", gw.base)).await;
+    let (status, t2) = redeem(&gw.base, &second, &code, &verifier).await;
+    assert_eq!(status, 200, "{t2}");
+    let refresh2 = t2["refresh_token"].as_str().unwrap().to_owned();
+
+    // The provider takes fay out of `admins`: her next refresh asks it, and her roles follow,
+    // for the access token she already holds as well.
+    acme.set_claims("fay", json!({"email": "fay@acme.example", "groups": []}))
+        .await;
+    assert!(
+        fay_roles().contains("roles: admin,member"),
+        "{}",
+        fay_roles()
+    );
+    let asked = acme.refreshes().await;
+    let (status, t, _) = refresh_with(&gw.base, &client, &refresh).await;
+    assert_eq!(status, 200, "{t}\n{}", gw.log());
+    assert_eq!(
+        acme.refreshes().await,
+        asked + 1,
+        "the refresh asked the provider"
+    );
+    assert!(fay_roles().contains("roles: member"), "{}", fay_roles());
+    assert!(!fay_roles().contains("admin"), "{}", fay_roles());
+    let v = add(token.clone()).await;
+    assert_eq!(v["error"]["message"], "unknown tool: fa__add", "{v}");
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    // The second application's provider grant is its own: the first's rotation at the
+    // provider did not spend it.
+    let (status, t2, _) = refresh_with(&gw.base, &second, &refresh2).await;
+    assert_eq!(status, 200, "{t2}");
+    assert_eq!(acme.refreshes().await, asked + 2);
+
+    // The provider disables fay: her next refresh is refused and that sign-in is revoked,
+    // with its access token.
+    acme.disable("fay").await;
+    let (status, t, _) = refresh_with(&gw.base, &client, &refresh).await;
+    assert_eq!(status, 400, "{t}");
+    assert_eq!(t["error"], "invalid_grant", "{t}");
+    assert!(
+        t["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("sign in again through acme"),
+        "{t}"
+    );
+    assert_eq!(init_with(&gw.url("main"), &token).await, 401);
+
+    // A provider that cannot be reached does not stop a refresh (it goes on within
+    // `reauthenticate_after` of the provider's last answer).
+    acme.sign_in_as("gus").await;
+    let mut b = Browser::new();
+    let (client, t) = tokens_through(&mut b, &gw, link_of(&gw.base, "acme")).await;
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    drop(acme);
+    let (status, t, _) = refresh_with(&gw.base, &client, &refresh).await;
+    assert_eq!(status, 200, "{t}");
+    assert!(
+        gw.log()
+            .contains("cannot ask an identity provider about a member at a refresh"),
+        "{}",
+        gw.log()
+    );
+    // …and the provider token goes on with it: the next refresh asks again (and is refused
+    // no more than this one, the provider being down still).
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    let (status, t, _) = refresh_with(&gw.base, &client, &refresh).await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(
+        gw.log()
+            .matches("cannot ask an identity provider about a member")
+            .count(),
+        2
+    );
 }
