@@ -6,7 +6,10 @@
 //! roles). The rules can be replaced while the gateway runs (`replace`): the next decision uses
 //! the new ones.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
 
@@ -28,28 +31,66 @@ pub struct RoleRules {
 #[derive(Debug, Default)]
 struct Role {
     servers: Vec<String>,
-    allow: Vec<(String, String)>,
-    deny: Vec<(String, String)>,
+    allow: Rules,
+    deny: Rules,
 }
 
-fn split(rules: &[String]) -> Vec<(String, String)> {
-    rules
-        .iter()
-        .filter_map(|r| r.split_once('/'))
-        .map(|(c, n)| (c.to_owned(), n.to_owned()))
-        .collect()
+/// One role's allow (or deny) globs, indexed by connector: an item is matched by a hash lookup
+/// and the name globs of its own connector, not by every rule (lists decide every item).
+#[derive(Debug, Default)]
+struct Rules {
+    /// Rules whose connector is a plain name: that name → its name globs.
+    by_connector: HashMap<String, Names>,
+    /// Rules whose connector is itself a glob: (connector glob, name glob).
+    wild: Vec<(String, String)>,
+}
+
+/// The name globs of one connector's rules: plain names in a set, patterns in a list.
+#[derive(Debug, Default)]
+struct Names {
+    exact: HashSet<String>,
+    globs: Vec<String>,
+}
+
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?'])
+}
+
+impl Rules {
+    /// `CONNECTOR/NAME` globs (the configuration checked that each has a `/`).
+    fn new(rules: &[String]) -> Self {
+        let mut me = Self::default();
+        for (c, n) in rules.iter().filter_map(|r| r.split_once('/')) {
+            if is_glob(c) {
+                me.wild.push((c.to_owned(), n.to_owned()));
+                continue;
+            }
+            let names = me.by_connector.entry(c.to_owned()).or_default();
+            if is_glob(n) {
+                names.globs.push(n.to_owned());
+            } else {
+                names.exact.insert(n.to_owned());
+            }
+        }
+        me
+    }
+
+    fn matches(&self, item: &Item<'_>) -> bool {
+        if let Some(names) = self.by_connector.get(item.connector)
+            && (names.exact.contains(item.name) || names.globs.iter().any(|g| glob(g, item.name)))
+        {
+            return true;
+        }
+        self.wild
+            .iter()
+            .any(|(c, n)| glob(c, item.connector) && glob(n, item.name))
+    }
 }
 
 impl Role {
     fn grants(&self, server: &str) -> bool {
         self.servers.iter().any(|s| s == "*" || s == server)
     }
-}
-
-fn matches(rules: &[(String, String)], item: &Item<'_>) -> bool {
-    rules
-        .iter()
-        .any(|(c, n)| glob(c, item.connector) && glob(n, item.name))
 }
 
 /// The policy of the configuration's roles.
@@ -73,8 +114,8 @@ impl RolePolicy {
             .map(|(name, r)| {
                 let role = Role {
                     servers: r.servers.clone(),
-                    allow: split(&r.allow),
-                    deny: split(&r.deny),
+                    allow: Rules::new(&r.allow),
+                    deny: Rules::new(&r.deny),
                 };
                 (name.clone(), role)
             })
@@ -120,8 +161,8 @@ impl Held {
 
     fn allows(&self, item: &Item<'_>) -> bool {
         self.each()
-            .any(|r| r.grants(&self.server) && matches(&r.allow, item))
-            && !self.each().any(|r| matches(&r.deny, item))
+            .any(|r| r.grants(&self.server) && r.allow.matches(item))
+            && !self.each().any(|r| r.deny.matches(item))
     }
 }
 
@@ -297,6 +338,58 @@ mod tests {
             }
         }
         assert!(seen > 10, "the world allows something: {seen}");
+    }
+
+    #[test]
+    fn the_index_matches_as_every_rule_would() {
+        let globs = [
+            "gh/create_issue",
+            "gh/*",
+            "gh/read_?",
+            "db/read_*",
+            "*/t1",
+            "c?/x*",
+            "*/*",
+            "db/",
+            "/x",
+            "gh/create_*_pr",
+            "é*/ü?",
+            "db/exact",
+        ];
+        let names = [
+            "create_issue",
+            "read_a",
+            "read_ab",
+            "read_rows",
+            "t1",
+            "x",
+            "xy",
+            "",
+            "create_a_pr",
+            "exact",
+            "üb",
+            "ü",
+        ];
+        let connectors = ["gh", "db", "c1", "cc", "", "é1", "other"];
+        // Every subset of up to three rules (by a stride through them), against every item.
+        for a in 0..globs.len() {
+            for b in a..globs.len() {
+                for c in b..globs.len() {
+                    let set: Vec<String> = [a, b, c].iter().map(|i| globs[*i].to_owned()).collect();
+                    let rules = Rules::new(&set);
+                    for conn in connectors {
+                        for name in names {
+                            let it = item(conn, name);
+                            let naive = set.iter().any(|r| {
+                                let (rc, rn) = r.split_once('/').unwrap();
+                                crate::glob(rc, conn) && crate::glob(rn, name)
+                            });
+                            assert_eq!(rules.matches(&it), naive, "{set:?} {conn}/{name}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
