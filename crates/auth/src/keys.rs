@@ -150,14 +150,8 @@ impl StoreAuth {
                 return refuse("the gateway cannot check credentials right now; try again");
             }
         };
-        if key.revoked_at.is_some() {
-            return refuse("the API key was revoked");
-        }
-        if !key.live(now) {
-            return refuse("the API key has expired: create a new one (`manifold keys create`)");
-        }
-        if user.disabled {
-            return refuse("the API key's user is disabled");
+        if let Some(why) = unusable(&key, &user, now) {
+            return refuse(why);
         }
         if !key.servers.iter().any(|s| s == server || s == "*") {
             return Err(AuthError::invalid(format!(
@@ -176,6 +170,65 @@ impl StoreAuth {
             now,
         );
         Ok(principal)
+    }
+
+    /// The administrator whose API key `headers` present: a live key for every server
+    /// (`--server '*'`) of an enabled user holding one of `admin_roles`. Refused: the HTTP
+    /// status (401 without a usable key, 403 for a user who is no administrator) and why.
+    pub async fn administrator(
+        &self,
+        headers: &http::HeaderMap,
+        admin_roles: &[String],
+    ) -> Result<manifold_store::User, (u16, String)> {
+        let unknown = |m: &str| Err((401, m.to_owned()));
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .filter(|t| t.starts_with(KEY_PREFIX));
+        let Some(token) = token else {
+            return unknown(
+                "send an administrator's API key as `Authorization: Bearer mfk_…` (`manifold keys create --user NAME --server '*'`)",
+            );
+        };
+        let (key, user) = match self.store.api_key_by_hash(&hash_key(token)).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return unknown("the API key is not known (it may have been deleted)"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check an API key: the store failed");
+                return Err((
+                    503,
+                    "the gateway cannot check credentials right now; try again".into(),
+                ));
+            }
+        };
+        let now = manifold_store::now();
+        if let Some(why) = unusable(&key, &user, now) {
+            return unknown(why);
+        }
+        if !key.servers.iter().any(|s| s == "*") {
+            return Err((
+                403,
+                format!(
+                    "the API key is for {} only: administration needs a key for every server (`manifold keys create --server '*'`)",
+                    key.servers.join(", ")
+                ),
+            ));
+        }
+        if !user.roles.iter().any(|r| admin_roles.contains(r)) {
+            return Err((
+                403,
+                format!(
+                    "{} holds none of the administrator roles (auth.admin_roles: {})",
+                    user.name,
+                    admin_roles.join(", ")
+                ),
+            ));
+        }
+        self.touch(&key.id, now);
+        Ok(user)
     }
 
     /// The user of a valid access token for this virtual server, if their grant stands and
@@ -240,6 +293,23 @@ impl StoreAuth {
                 tracing::warn!(error = %e, "cannot record an API key's use");
             }
         });
+    }
+}
+
+/// Why a found API key cannot be used now, if it cannot.
+fn unusable(
+    key: &manifold_store::ApiKey,
+    user: &manifold_store::User,
+    now: i64,
+) -> Option<&'static str> {
+    if key.revoked_at.is_some() {
+        Some("the API key was revoked")
+    } else if !key.live(now) {
+        Some("the API key has expired: create a new one (`manifold keys create`)")
+    } else if user.disabled {
+        Some("the API key's user is disabled")
+    } else {
+        None
     }
 }
 

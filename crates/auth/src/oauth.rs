@@ -1824,6 +1824,7 @@ mod tests {
             clients: BTreeMap::new(),
             password_login: true,
             providers: BTreeMap::new(),
+            admin_roles: vec!["admin".into()],
         }
     }
 

@@ -221,6 +221,8 @@ pub struct AuthSettings {
     pub password_login: bool,
     /// Identity providers members may sign in through, by name (`[auth.providers.NAME]`).
     pub providers: BTreeMap<String, ProviderSpec>,
+    /// The roles whose holders may use the administration endpoints (`/admin/…`).
+    pub admin_roles: Vec<String>,
 }
 
 /// An OpenID Connect identity provider (`[auth.providers.NAME]`).
@@ -951,6 +953,14 @@ impl Builder<'_> {
                 },
             );
         }
+        let admin_roles = a.admin_roles.unwrap_or_else(|| vec!["admin".to_owned()]);
+        if admin_roles.iter().any(|r| r.trim().is_empty()) {
+            self.errors.push(
+                self.src
+                    .table(&["auth"])
+                    .err("auth.admin_roles: a role name cannot be empty".to_owned()),
+            );
+        }
         let password_login = a.password_login.unwrap_or(true);
         if !password_login && providers.is_empty() {
             self.errors.push(self.src.table(&["auth"]).err(
@@ -989,6 +999,7 @@ impl Builder<'_> {
             clients,
             password_login,
             providers,
+            admin_roles,
         }
     }
 

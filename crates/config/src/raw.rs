@@ -63,6 +63,7 @@ pub struct RawAuth {
     pub clients: Option<BTreeMap<String, Spanned<RawClient>>>,
     pub password_login: Option<bool>,
     pub providers: Option<BTreeMap<String, Spanned<RawProvider>>>,
+    pub admin_roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,5 @@
 //! `manifold users …` and `manifold keys …`: local users and API keys, in the store the config
-//! names (`[store]`). A running gateway notices a withdrawal (a user disabled, a key revoked)
+//! names (`[store]`); `manifold policy explain`: what the config's roles decide for a user. A running gateway notices a withdrawal (a user disabled, a key revoked)
 //! within a second (it reads the store's change counter every second), and the command waits
 //! until every running gateway has before it says the change is made.
 
@@ -84,6 +84,36 @@ pub enum Keys {
     },
 }
 
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Say whether a user may use a tool (prompt, resource) of a virtual server, or connect to
+    /// it, and which roles and rules decide.
+    Explain(crate::explain::Ask),
+}
+
+/// `manifold policy …`. Exit status: 0 allowed, 1 a bad request (said why), 3 denied (2 is a
+/// usage error).
+pub async fn policy(config_path: &Path, cmd: PolicyCmd) -> anyhow::Result<bool> {
+    let PolicyCmd::Explain(ask) = cmd;
+    let config = crate::load(config_path)?;
+    let policy = manifold_policy::RolePolicy::new(
+        crate::role_rules(&config.roles).iter().map(|(n, r)| (n, r)),
+    );
+    // The store only for a user (an anonymous caller needs none).
+    let store = match ask.anonymous {
+        true => None,
+        false => Some(open(&config).await?),
+    };
+    let answer = crate::explain::explain(&config, store.as_ref(), &policy, &ask)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("{}", answer.headline());
+    for line in &answer.because {
+        println!("  - {line}");
+    }
+    Ok(answer.allowed)
+}
+
 /// The store the config names.
 pub async fn open(config: &Config) -> anyhow::Result<Store> {
     let location = match &config.store {
@@ -127,7 +157,11 @@ pub async fn first_admin(store: &Store) -> anyhow::Result<()> {
 
 /// The user of this name: local or of an identity provider (of `issuer`, when given or when
 /// several have it).
-async fn any_user(store: &Store, name: &str, issuer: Option<&str>) -> anyhow::Result<User> {
+pub(crate) async fn any_user(
+    store: &Store,
+    name: &str,
+    issuer: Option<&str>,
+) -> anyhow::Result<User> {
     let mut found: Vec<User> = store
         .users()
         .await?

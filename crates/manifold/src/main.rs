@@ -2,6 +2,7 @@
 //! graceful shutdown. The only crate that uses `anyhow`.
 
 mod admin;
+mod explain;
 mod reload;
 
 use std::{
@@ -68,6 +69,14 @@ enum Command {
         #[command(subcommand)]
         command: admin::Keys,
     },
+    /// Explain what the config's roles decide (exit status 0: allowed, 3: denied).
+    Policy {
+        /// The TOML config file whose roles (and store, for the user) decide.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: admin::PolicyCmd,
+    },
     /// Convert a Claude-Desktop-style {"mcpServers": {...}} JSON file to connector TOML.
     Import {
         /// The JSON file ("-" for standard input).
@@ -101,6 +110,13 @@ fn main() -> std::process::ExitCode {
         }
         Command::Keys { config, command } => {
             runtime().and_then(|rt| rt.block_on(admin::keys(&config, command)))
+        }
+        Command::Policy { config, command } => {
+            match runtime().and_then(|rt| rt.block_on(admin::policy(&config, command))) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::from(3),
+                Err(e) => Err(e),
+            }
         }
         Command::Import { file } => import(&file),
     };
@@ -192,20 +208,30 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let roles = Arc::new(manifold_policy::RolePolicy::new(
         role_rules(&config.roles).iter().map(|(n, r)| (n, r)),
     ));
+    let auth = Arc::new(manifold_auth::StoreAuth::with_oauth(
+        store.clone(),
+        oauth.clone(),
+    ));
     let seams = manifold_server::Seams {
-        authenticate: Arc::new(manifold_auth::StoreAuth::with_oauth(store, oauth.clone())),
+        authenticate: auth.clone(),
         policy: roles.clone(),
         ..manifold_server::Seams::default()
     };
     let gw = Gateway::start_with(config, env_lookup(), seams);
     oauth.attach(&gw);
+    let admin = explain::router(explain::Admin {
+        gw: gw.clone(),
+        roles: roles.clone(),
+        store,
+        auth,
+    });
     // One line that scripts (and the tests) read to find the port.
     println!("manifold listening on http://{local}");
     for s in &servers {
         tracing::info!(url = %format!("http://{local}/mcp/{s}"), "virtual server");
     }
     let _reloader = reload::spawn(path.to_path_buf(), gw.clone(), roles, watch)?;
-    manifold_server::serve_with(listener, gw, oauth.router(), shutdown_signal())
+    manifold_server::serve_with(listener, gw, oauth.router().merge(admin), shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     tracing::info!("stopped");

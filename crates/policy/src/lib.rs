@@ -11,7 +11,7 @@ mod roles;
 #[cfg(test)]
 mod tests;
 
-pub use roles::{ANONYMOUS_ROLE, RolePolicy, RoleRules};
+pub use roles::{ANONYMOUS_ROLE, Explanation, RolePolicy, RoleRules};
 
 use std::{fmt, sync::Arc};
 

@@ -33,6 +33,8 @@ struct Role {
     servers: Vec<String>,
     allow: Rules,
     deny: Rules,
+    /// The rules as written, for explanations.
+    written: RoleRules,
 }
 
 /// One role's allow (or deny) globs, indexed by connector: an item is matched by a hash lookup
@@ -116,11 +118,116 @@ impl RolePolicy {
                     servers: r.servers.clone(),
                     allow: Rules::new(&r.allow),
                     deny: Rules::new(&r.deny),
+                    written: r.clone(),
                 };
                 (name.clone(), role)
             })
             .collect();
         self.roles.store(Arc::new(compiled));
+    }
+}
+
+/// Why a decision is what it is, for administrators (`manifold policy explain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub allowed: bool,
+    /// What decided, a line each: the roles and the rules as the configuration writes them.
+    pub because: Vec<String>,
+}
+
+impl RolePolicy {
+    /// The decision on `who` connecting to `server` (`item` `None`) or using `item` there,
+    /// and the rules that produced it. It agrees with `decide` (a test says so).
+    pub fn explain(&self, who: &Principal, server: &str, item: Option<&Item<'_>>) -> Explanation {
+        let roles = self.roles.load_full();
+        let mut because = Vec::new();
+        if roles.is_empty() {
+            because.push("the configuration has no [roles]: everything is allowed".to_owned());
+            return Explanation {
+                allowed: true,
+                because,
+            };
+        }
+        let mine: Vec<&str> = if who.is_anonymous() {
+            because.push(format!(
+                "an anonymous caller holds the role {ANONYMOUS_ROLE:?}"
+            ));
+            vec![ANONYMOUS_ROLE]
+        } else {
+            who.roles.iter().map(String::as_str).collect()
+        };
+        if mine.is_empty() {
+            because.push("holds no role".to_owned());
+        }
+        let mut held = Vec::new();
+        for name in mine {
+            match roles.get(name) {
+                Some(r) => held.push((name, r)),
+                None => because.push(format!(
+                    "role {name:?} is not in [roles]: it grants nothing"
+                )),
+            }
+        }
+        let granting: Vec<&str> = held
+            .iter()
+            .filter(|(_, r)| r.grants(server))
+            .map(|(n, _)| *n)
+            .collect();
+        if granting.is_empty() {
+            because.push(format!("no role held grants the virtual server {server:?}"));
+            return Explanation {
+                allowed: false,
+                because,
+            };
+        }
+        for n in &granting {
+            because.push(format!("role {n:?} grants the virtual server {server:?}"));
+        }
+        let Some(item) = item else {
+            return Explanation {
+                allowed: true,
+                because,
+            };
+        };
+        let written = |rules: &[String]| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| {
+                    r.split_once('/')
+                        .is_some_and(|(c, n)| glob(c, item.connector) && glob(n, item.name))
+                })
+                .cloned()
+                .collect()
+        };
+        let mut allowed = false;
+        for (n, r) in &held {
+            let hits = written(&r.written.allow);
+            if hits.is_empty() {
+                continue;
+            }
+            if granting.contains(n) {
+                allowed = true;
+                because.push(format!("role {n:?} allows it: {hits:?}"));
+            } else {
+                because.push(format!(
+                    "role {n:?} would allow it ({hits:?}) but does not grant {server:?}"
+                ));
+            }
+        }
+        if !allowed {
+            because.push(format!(
+                "no role held allows {}/{} on {server:?}",
+                item.connector, item.name
+            ));
+        }
+        for (n, r) in &held {
+            let hits = written(&r.written.deny);
+            if !hits.is_empty() {
+                allowed = false;
+                because.push(format!("role {n:?} denies it: {hits:?} (a deny wins)"));
+            }
+        }
+        Explanation { allowed, because }
     }
 }
 
@@ -300,6 +407,36 @@ mod tests {
             )
         };
         assert!(connect(&dev, "main") && !connect(&dev, "public"));
+        for (who, server) in [(&dev, "main"), (&dev, "public"), (&anon, "public")] {
+            assert_eq!(p.explain(who, server, None).allowed, connect(who, server));
+        }
+        // The explanation names the rules that decided, as written.
+        let why = p.explain(&both, "main", Some(&item("gh", "delete_repo")));
+        assert_eq!(
+            why.because,
+            [
+                "role \"dev\" grants the virtual server \"main\"",
+                "role \"ops\" grants the virtual server \"main\"",
+                "role \"dev\" allows it: [\"gh/*\"]",
+                "role \"ops\" allows it: [\"*/*\"]",
+                "role \"ops\" denies it: [\"gh/delete_*\"] (a deny wins)",
+            ]
+        );
+        assert!(!why.allowed);
+        let why = p.explain(&user(&["dev", "ghost"]), "public", Some(&item("gh", "x")));
+        assert_eq!(
+            why.because,
+            [
+                "role \"ghost\" is not in [roles]: it grants nothing",
+                "no role held grants the virtual server \"public\"",
+            ]
+        );
+        let why = p.explain(&anon, "public", Some(&item("gh", "x")));
+        assert!(!why.allowed);
+        assert_eq!(
+            why.because.last().unwrap(),
+            "no role held allows gh/x on \"public\""
+        );
     }
 
     #[test]
@@ -331,6 +468,12 @@ mod tests {
                             lists(&p, who, server, item(c, n)),
                             uses(&p, who, server, item(c, n)),
                             "{who:?} {server} {c}/{n}"
+                        );
+                        let why = p.explain(who, server, Some(&item(c, n)));
+                        assert_eq!(
+                            why.allowed,
+                            uses(&p, who, server, item(c, n)),
+                            "explained as {why:?}: {who:?} {server} {c}/{n}"
                         );
                         seen += usize::from(uses(&p, who, server, item(c, n)));
                     }

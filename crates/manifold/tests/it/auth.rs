@@ -385,3 +385,105 @@ async fn a_clients_token_cookies_and_session_never_reach_an_upstream() {
         );
     }
 }
+
+/// `GET /admin/policy/explain`: an administrator's key (a key for every server of a user
+/// holding an `auth.admin_roles` role) gets the decision and the rules that made it, under the
+/// roles the gateway runs now (a reload included); anyone else is refused, and a bad question
+/// gets a JSON error saying what is wrong.
+#[tokio::test]
+async fn an_administrator_asks_the_gateway_to_explain_a_decision() {
+    let roles = "\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\n\n[roles.ops]\nservers = [\"*\"]\nallow = []\n";
+    let cfg = format!(
+        "[auth]\nrequired = true\nadmin_roles = [\"ops\"]\n{}{roles}",
+        two_servers("")
+    );
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    gw.admin(&["users", "add", "dana", "--role", "dev"], "", &[]);
+    gw.admin(&["users", "add", "olga", "--role", "ops"], "", &[]);
+    let key = |user: &str, server: &str| {
+        key_of(&gw.admin(
+            &["keys", "create", "--user", user, "--server", server],
+            "",
+            &[],
+        ))
+    };
+    let (olga, olga_main, dana) = (key("olga", "*"), key("olga", "main"), key("dana", "*"));
+    let ask = |key: Option<String>, query: &'static str| {
+        let url = format!("{}/admin/policy/explain?{query}", gw.base);
+        async move {
+            let mut r = http().get(url);
+            if let Some(k) = key {
+                r = r.header("authorization", format!("Bearer {k}"));
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let q = "server=main&user=dana&tool=fa/add";
+    let (status, v) = ask(Some(olga.clone()), q).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(v["what"], "call the tool fa/add of \"main\"", "{v}");
+    assert!(
+        v["who"]
+            .as_str()
+            .unwrap()
+            .starts_with("dana (a local user; roles: dev)"),
+        "{v}"
+    );
+    let because = v["because"].to_string();
+    assert!(because.contains("role \\\"dev\\\" denies it"), "{v}");
+
+    // Refused: no key, a key for one server only, a key of a member who is no administrator.
+    for (k, status, says) in [
+        (None, 401, "send an administrator's API key"),
+        (Some(olga_main), 403, "needs a key for every server"),
+        (
+            Some(dana),
+            403,
+            "holds none of the administrator roles (auth.admin_roles: ops)",
+        ),
+        (Some("mfk_not-a-key".to_owned()), 401, "not known"),
+    ] {
+        let (got, v) = ask(k, q).await;
+        assert_eq!(got, status, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{v}");
+    }
+    // Bad questions.
+    for (query, says) in [
+        ("user=dana&tool=fa/add", "server"),
+        ("server=main&user=nobody", "no user \"nobody\""),
+        (
+            "server=main&user=dana&tool=fa/add&prompt=fa/p",
+            "name one tool, prompt or resource",
+        ),
+        ("server=main&user=dana&anonymous=true", "not both"),
+        ("server=main&user=dana&tool=add", "CONNECTOR/NAME"),
+        ("server=main&anonymous=maybe", "anonymous"),
+    ] {
+        let (status, v) = ask(Some(olga.clone()), query).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{query}: {v}");
+    }
+    // The roles the gateway runs now: a reload that lifts the deny is explained so at once.
+    std::fs::write(
+        gw.config_path(),
+        cfg.replace("deny = [\"fa/add\"]", "deny = []"),
+    )
+    .unwrap();
+    eventually(
+        "the reloaded roles explained",
+        Duration::from_secs(15),
+        || async {
+            let (_, v) = ask(Some(olga.clone()), q).await;
+            if v["allowed"] == true {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+}

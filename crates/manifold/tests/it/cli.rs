@@ -263,3 +263,110 @@ fn serve_explains_a_busy_port() {
         out(&o)
     );
 }
+
+/// `policy explain`: the decision and the roles and rules that made it, as the gateway would
+/// decide (exit 0 allowed, 3 denied), and a clear error for every bad request (exit 1).
+#[test]
+fn policy_explain_says_what_decides_and_refuses_bad_requests() {
+    let dir = TempDir::new("explain");
+    let path = dir.path("m.toml");
+    let config = format!(
+        "[store]\ndata_dir = \"data\"\n{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\n\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n",
+        one_faulty("")
+    );
+    std::fs::write(&path, config).unwrap();
+    let cfg = path.to_str().unwrap();
+    let o = manifold(&[
+        "users", "--config", cfg, "add", "dana", "--role", "dev", "--role", "ghost",
+    ]);
+    assert!(o.status.success(), "{}", out(&o));
+    let explain = |rest: &[&str]| {
+        let mut args = vec!["policy", "--config", cfg, "explain"];
+        args.extend_from_slice(rest);
+        manifold(&args)
+    };
+
+    let o = explain(&["--user", "dana", "--server", "main", "--tool", "fa/echo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let text = out(&o);
+    assert!(
+        text.starts_with(
+            "allowed: dana (a local user; roles: dev, ghost) may call the tool fa/echo of \"main\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("role \"dev\" allows it: [\"fa/*\"]"),
+        "{text}"
+    );
+    assert!(text.contains("role \"ghost\" is not in [roles]"), "{text}");
+
+    let o = explain(&[
+        "--user",
+        "dana",
+        "--server",
+        "main",
+        "--tool",
+        "fa/add",
+        "--args",
+        r#"{"a": 1}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    let text = out(&o);
+    assert!(text.starts_with("denied: dana"), "{text}");
+    assert!(
+        text.contains("role \"dev\" denies it: [\"fa/add\"] (a deny wins)"),
+        "{text}"
+    );
+    assert!(text.contains("the arguments are not looked at"), "{text}");
+
+    let o = explain(&["--anonymous", "--server", "main", "--tool", "fa/add"]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        out(&o).contains("no role held allows fa/add"),
+        "{}",
+        out(&o)
+    );
+    let o = explain(&["--anonymous", "--server", "main"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(out(&o).contains("may connect to \"main\""), "{}", out(&o));
+
+    // Bad requests: each says what is wrong, with exit status 1.
+    for (rest, says) in [
+        (
+            &["--user", "nobody", "--server", "main"][..],
+            "no user \"nobody\"",
+        ),
+        (
+            &["--user", "dana", "--server", "nope"][..],
+            "no virtual server \"nope\"",
+        ),
+        (
+            &["--user", "dana", "--server", "main", "--tool", "echo"][..],
+            "as CONNECTOR/NAME",
+        ),
+        (
+            &["--user", "dana", "--server", "main", "--tool", "gh/x"][..],
+            "has no connector \"gh\": it has fa",
+        ),
+        (
+            &[
+                "--user", "dana", "--server", "main", "--tool", "fa/x", "--args", "[1]",
+            ][..],
+            "(--args) must be a JSON object",
+        ),
+        (
+            &[
+                "--user", "dana", "--server", "main", "--tool", "fa/x", "--args", "{",
+            ][..],
+            "(--args) are not JSON",
+        ),
+    ] {
+        let o = explain(rest);
+        assert_eq!(o.status.code(), Some(1), "{rest:?}: {}", out(&o));
+        assert!(out(&o).contains(says), "{rest:?}: {}", out(&o));
+    }
+    let o = explain(&["--server", "main"]);
+    assert_eq!(o.status.code(), Some(2), "clap's usage error: {}", out(&o));
+    assert!(out(&o).contains("--user"), "{}", out(&o));
+}
