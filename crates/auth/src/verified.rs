@@ -194,7 +194,9 @@ async fn poll(cache: Weak<Verified>) {
                 continue;
             }
         };
-        if last.is_some_and(|l| l != n) {
+        // The first read voids what was remembered before it too: a withdrawal may have
+        // come between a check made at start and this read.
+        if last.is_none_or(|l| l != n) {
             cache.shared.fetch_add(1, Ordering::Release);
         }
         last = Some(n);
@@ -217,6 +219,19 @@ async fn poll(cache: Weak<Verified>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cache whose task has read the store's counter once (that first read voids what came
+    /// before it).
+    async fn started(store: Store) -> Arc<Verified> {
+        let v = Verified::start(store);
+        for _ in 0..500 {
+            if v.shared.load(Ordering::Acquire) > 0 {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the cache never read the store's counter");
+    }
     use manifold_store::{Location, NewUser};
 
     async fn store() -> (Store, std::path::PathBuf) {
@@ -259,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn an_entry_is_kept_per_server_and_token_until_it_expires() {
         let (store, dir) = store().await;
-        let v = Verified::start(store);
+        let v = started(store).await;
         let now = 1_000_000;
         let k = Verified::key("main", "tok");
         assert_ne!(
@@ -290,7 +305,7 @@ mod tests {
     #[tokio::test]
     async fn a_withdrawal_here_voids_every_entry_at_once_even_one_checked_before_it() {
         let (store, dir) = store().await;
-        let v = Verified::start(store.clone());
+        let v = started(store.clone()).await;
         let now = manifold_store::now();
         let user = add_alice(&store).await;
         let k = Verified::key("main", "tok");
@@ -310,7 +325,7 @@ mod tests {
     #[tokio::test]
     async fn a_withdrawal_by_another_process_voids_entries_within_a_poll() {
         let (store, dir) = store().await;
-        let v = Verified::start(store.clone());
+        let v = started(store.clone()).await;
         // Another process: its own pool and its own count of withdrawals.
         let other = Store::open(&Location::Sqlite(dir.clone())).await.unwrap();
         let user = add_alice(&other).await;
@@ -327,9 +342,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_was_remembered_before_the_first_read_of_the_counter_is_checked_again() {
+        let (store, dir) = store().await;
+        let now = manifold_store::now();
+        let k = Verified::key("main", "tok");
+        // The test's runtime has one thread: the polling task has not run before the await.
+        let v = Verified::start(store.clone());
+        v.put(k, &alice(), None, None, v.stamp(), now);
+        assert!(v.get(&k, now).is_some());
+        for _ in 0..500 {
+            if v.shared.load(Ordering::Acquire) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            v.get(&k, now).is_none(),
+            "a withdrawal may have come between that check and the first read"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
     async fn once_a_gateway_says_it_noticed_a_withdrawal_its_entries_are_void() {
         let (store, dir) = store().await;
-        let v = Verified::start(store.clone());
+        let v = started(store.clone()).await;
         let other = Store::open(&Location::Sqlite(dir.clone())).await.unwrap();
         let user = add_alice(&other).await;
         let now = manifold_store::now();
@@ -359,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_that_cannot_be_read_voids_entries() {
         let (store, dir) = store().await;
-        let v = Verified::start(store.clone());
+        let v = started(store.clone()).await;
         tokio::time::sleep(POLL * 2).await;
         let now = manifold_store::now();
         let k = Verified::key("main", "tok");
@@ -372,7 +409,7 @@ mod tests {
     #[tokio::test]
     async fn it_is_bounded_and_goes_with_its_owner() {
         let (store, dir) = store().await;
-        let v = Verified::start(store);
+        let v = started(store).await;
         let now = 1_000_000;
         for i in 0..MOST {
             v.put(
