@@ -64,6 +64,9 @@ pub fn import_claude_desktop(json: &str) -> Result<Imported, String> {
     let mut notes = Vec::new();
     let mut skipped = Vec::new();
     let mut parsed: Vec<Server> = Vec::new();
+    // By name, whatever order the JSON map keeps (serde_json's `preserve_order` may be on).
+    let mut servers: Vec<(&String, &Value)> = servers.iter().collect();
+    servers.sort_by(|a, b| a.0.cmp(b.0));
     for (name, entry) in servers {
         match Server::parse(name, entry)? {
             Entry::Import(server) => {
@@ -743,8 +746,11 @@ fn string_map<'a>(
             kind(value)
         ));
     };
-    object
-        .iter()
+    // By name, whatever order the JSON map keeps (serde_json's `preserve_order` may be on).
+    let mut pairs: Vec<(&'a String, &'a Value)> = object.iter().collect();
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    pairs
+        .into_iter()
         .map(|(k, v)| match scalar(v) {
             Some(s) => Ok((k.as_str(), s)),
             None => Err(format!(

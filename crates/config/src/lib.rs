@@ -178,6 +178,19 @@ pub struct Config {
     /// `[roles.NAME]`: what each role may reach. Empty: no role rules, everyone may use
     /// everything (the gateway's behaviour before roles).
     pub roles: BTreeMap<String, RoleSpec>,
+    /// `[policy]`: the texts of Cedar conditions (inline, then each file), checked by the
+    /// policy crate (`manifold check` reports their errors).
+    pub policy: Vec<PolicyText>,
+}
+
+/// One text of Cedar policies: where it is (for messages), and what it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyText {
+    /// The file it is in: a `cedar_files` entry as resolved, or the config file.
+    pub name: String,
+    pub text: String,
+    /// How many lines of the file come before the text's first line (inline text).
+    pub line_offset: usize,
 }
 
 /// What one role grants (`[roles.NAME]`): the virtual servers it may connect to, and there
@@ -708,6 +721,7 @@ impl Builder<'_> {
             }
         }
         let roles = self.roles(raw.roles, &servers);
+        let policy = self.policy(raw.policy, &base);
         Config {
             path: self.src.path.to_path_buf(),
             gateway,
@@ -716,7 +730,41 @@ impl Builder<'_> {
             connectors,
             servers,
             roles,
+            policy,
         }
+    }
+
+    /// `[policy]`: the inline text, then each file (relative to the config's directory).
+    fn policy(&mut self, raw: raw::RawPolicy, base: &Path) -> Vec<PolicyText> {
+        let mut out = Vec::new();
+        if let Some(text) = raw.cedar {
+            let span = text.span();
+            let before = &self.src.text[..span.start.min(self.src.text.len())];
+            let written = self.src.text.get(span).unwrap_or_default();
+            // A multi-line string's first newline is not part of its value.
+            let trimmed = TRIMMED_STARTS.iter().any(|s| written.starts_with(s));
+            out.push(PolicyText {
+                name: self.src.path.display().to_string(),
+                text: text.into_inner(),
+                line_offset: before.matches('\n').count() + usize::from(trimmed),
+            });
+        }
+        for f in raw.cedar_files.unwrap_or_default() {
+            let p = PathBuf::from(f.get_ref());
+            let p = if p.is_relative() { base.join(p) } else { p };
+            match std::fs::read_to_string(&p) {
+                Ok(text) => out.push(PolicyText {
+                    name: p.display().to_string(),
+                    text,
+                    line_offset: 0,
+                }),
+                Err(e) => self.errors.push(self.src.at(&f).err(format!(
+                    "policy.cedar_files: cannot read {}: {e}",
+                    p.display()
+                ))),
+            }
+        }
+        out
     }
 
     /// `[roles.NAME]`: servers that exist, rules of the form `CONNECTOR/NAME`.
@@ -1575,3 +1623,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => None,
     }
 }
+
+/// How a TOML multi-line string begins when its first newline is not part of its value.
+const TRIMMED_STARTS: [&str; 4] = ["\"\"\"\n", "'''\n", "\"\"\"\r\n", "'''\r\n"];

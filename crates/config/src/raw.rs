@@ -25,6 +25,15 @@ pub struct RawConfig {
     pub connectors: BTreeMap<String, Option<RawConnector>>,
     pub servers: BTreeMap<String, RawServer>,
     pub roles: BTreeMap<String, RawRole>,
+    pub policy: RawPolicy,
+}
+
+/// `[policy]`: Cedar conditions, inline and in files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub cedar: Option<Spanned<String>>,
+    pub cedar_files: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +222,7 @@ impl RawConfig {
                         }
                     }
                 }
+                "policy" => raw.policy = reader.one(value).unwrap_or_default(),
                 "roles" => {
                     for (name, table) in reader.tables("roles", value) {
                         if let Some(role) = reader.one(table) {

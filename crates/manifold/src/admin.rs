@@ -96,9 +96,7 @@ pub enum PolicyCmd {
 pub async fn policy(config_path: &Path, cmd: PolicyCmd) -> anyhow::Result<bool> {
     let PolicyCmd::Explain(ask) = cmd;
     let config = crate::load(config_path)?;
-    let policy = manifold_policy::RolePolicy::new(
-        crate::role_rules(&config.roles).iter().map(|(n, r)| (n, r)),
-    );
+    let policy = crate::role_policy(&config)?;
     // The store only for a user (an anonymous caller needs none).
     let store = match ask.anonymous {
         true => None,

@@ -79,9 +79,10 @@ pub async fn explain(
                 .join(", ")
         ));
     };
+    let mut arguments = None;
     if let Some(a) = &ask.args {
         match serde_json::from_str::<serde_json::Value>(a) {
-            Ok(serde_json::Value::Object(_)) => {}
+            Ok(serde_json::Value::Object(o)) => arguments = Some(o),
             Ok(_) => {
                 return Err(
                     "the arguments (--args) must be a JSON object, such as '{\"query\": \"SELECT 1\"}'".into(),
@@ -176,14 +177,11 @@ pub async fn explain(
             connector,
             name,
             exposed: name,
-            arguments: None,
+            arguments: arguments.as_ref(),
         })
         .as_ref(),
     );
     let mut because = why.because;
-    if ask.args.is_some() {
-        because.push("the arguments are not looked at: role rules decide by name".into());
-    }
     let mut allowed = why.allowed;
     if disabled {
         allowed = false;

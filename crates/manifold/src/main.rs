@@ -205,9 +205,7 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the authorization server: {e}"))?;
     tracing::info!(issuer = %oauth.issuer, required = config.auth.required, "authorization server");
-    let roles = Arc::new(manifold_policy::RolePolicy::new(
-        role_rules(&config.roles).iter().map(|(n, r)| (n, r)),
-    ));
+    let roles = Arc::new(role_policy(&config)?);
     let auth = Arc::new(manifold_auth::StoreAuth::with_oauth(
         store.clone(),
         oauth.clone(),
@@ -248,6 +246,42 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining requests and stopping connectors");
 }
 
+/// The configuration's Cedar conditions, compiled (`None`: there are none); every problem with
+/// its file, line and column.
+pub(crate) fn conditions(
+    config: &Config,
+) -> Result<Option<manifold_policy::Conditions>, Vec<String>> {
+    let sources: Vec<manifold_policy::Source> = config
+        .policy
+        .iter()
+        .map(|t| manifold_policy::Source {
+            name: t.name.clone(),
+            text: t.text.clone(),
+            line_offset: t.line_offset,
+        })
+        .collect();
+    manifold_policy::Conditions::compile(&sources)
+}
+
+/// The roles and conditions of `config`, as one policy; Cedar errors are printed, one a line.
+pub(crate) fn role_policy(config: &Config) -> anyhow::Result<manifold_policy::RolePolicy> {
+    let conditions = conditions(config).map_err(|errors| {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        anyhow::anyhow!(
+            "{} error(s) in the Cedar policies of [policy] (see docs/config.md)",
+            errors.len()
+        )
+    })?;
+    let policy = manifold_policy::RolePolicy::new(std::iter::empty());
+    policy.replace_all(
+        role_rules(&config.roles).iter().map(|(n, r)| (n, r)),
+        conditions,
+    );
+    Ok(policy)
+}
+
 /// The configuration's roles, as the policy takes them.
 pub(crate) fn role_rules(
     roles: &std::collections::BTreeMap<String, manifold_config::RoleSpec>,
@@ -269,6 +303,16 @@ async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<
     let config = load(path)?;
     let wait = manifold_config::parse_duration(probe_timeout)
         .with_context(|| format!("--probe-timeout {probe_timeout:?} is not a duration like 30s"))?;
+    let conditions = conditions(&config).map_err(|errors| {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        anyhow::anyhow!(
+            "{} error(s) in the Cedar policies of {} (see [policy] in docs/config.md)",
+            errors.len(),
+            path.display()
+        )
+    })?;
     println!("{}: OK", path.display());
     for w in config.warnings() {
         eprintln!("warning: {w}");
@@ -286,6 +330,13 @@ async fn check(path: &Path, probe: bool, probe_timeout: &str) -> anyhow::Result<
     for (name, s) in &config.servers {
         let names: Vec<&str> = s.connectors.iter().map(|u| u.connector.as_str()).collect();
         println!("  /mcp/{name:<15} {}", names.join(", "));
+    }
+    if !config.roles.is_empty() || conditions.is_some() {
+        println!(
+            "policy: {} role(s), {} Cedar condition(s)",
+            config.roles.len(),
+            conditions.as_ref().map_or(0, |c| c.len())
+        );
     }
     if !config.auth.providers.is_empty() {
         println!("identity providers:");

@@ -79,10 +79,33 @@ pub fn spawn(
                             "[auth] changed: the authorization server keeps the settings it started with; restart the gateway to apply them"
                         );
                     }
-                    // Role rules apply at the next request, before the rest of the reload.
-                    if cfg.roles != gw.config().roles {
-                        roles.replace(crate::role_rules(&cfg.roles).iter().map(|(n, r)| (n, r)));
-                        tracing::info!(roles = cfg.roles.len(), "role rules replaced");
+                    // Role rules and conditions apply at the next request, before the rest of
+                    // the reload; conditions that do not compile reject the whole reload.
+                    if cfg.roles != gw.config().roles || cfg.policy != gw.config().policy {
+                        match crate::conditions(&cfg) {
+                            Ok(conditions) => {
+                                roles.replace_all(
+                                    crate::role_rules(&cfg.roles).iter().map(|(n, r)| (n, r)),
+                                    conditions,
+                                );
+                                tracing::info!(
+                                    roles = cfg.roles.len(),
+                                    policy_texts = cfg.policy.len(),
+                                    "role rules and conditions replaced"
+                                );
+                            }
+                            Err(errors) => {
+                                tracing::error!(
+                                    reason = why,
+                                    "config reload rejected, still serving the previous config: {} error(s) in the Cedar policies",
+                                    errors.len()
+                                );
+                                for e in &errors {
+                                    tracing::error!("{e}");
+                                }
+                                continue;
+                            }
+                        }
                     }
                     gw.apply(cfg);
                 }

@@ -1,5 +1,6 @@
 //! What a role decision costs: 1,000 rules (20 roles of 45 allow and 5 deny globs), a member
-//! holding two roles; one use decision, and a filtered list of 5,000 tools. Prints µs / ms.
+//! holding two roles; one use decision, and a filtered list of 5,000 tools; and a call decided
+//! by roles and three Cedar conditions. Prints µs / ms.
 //!
 //!     cargo bench -p manifold-policy
 
@@ -76,5 +77,62 @@ fn main() {
         "| filtered list of 5,000 tools, 1,000 rules | {:.2} ms | ({} shown) |",
         t.elapsed().as_secs_f64() * 1e3 / f64::from(reps),
         shown / reps as usize
+    );
+    conditions();
+}
+
+/// A call decided by the roles and three Cedar conditions (two on the arguments): µs per call.
+fn conditions() {
+    let text = r#"
+@id("read-only-sql")
+forbid (principal, action == Action::"call", resource)
+  when { resource.connector == "conn1" }
+  unless { context.arguments.hasTag("query") && context.arguments.getTag("query") like "SELECT *" };
+@id("acme-repos-only")
+forbid (principal, action == Action::"call", resource)
+  when { resource.connector == "conn2" && principal.roles.contains("contractor") }
+  unless { context.arguments.hasTag("repo") && context.arguments.getTag("repo") like "acme/*" };
+@id("no-deletes")
+forbid (principal, action, resource) when { resource.name like "delete_*" };
+"#;
+    let source = manifold_policy::Source {
+        name: "bench.cedar".into(),
+        text: text.into(),
+        line_offset: 0,
+    };
+    let c = manifold_policy::Conditions::compile(&[source]).expect("the bench's policies compile");
+    let rules = RoleRules {
+        servers: vec!["main".into()],
+        allow: vec!["*/*".into()],
+        deny: vec![],
+    };
+    let roles = [("dev".to_owned(), rules)];
+    let p = RolePolicy::new(std::iter::empty());
+    p.replace_all(roles.iter().map(|(n, r)| (n, r)), c);
+    let who = Principal::user("issuer", "subject", vec!["dev".into()], vec![]);
+    let args = serde_json::json!({"query": "SELECT * FROM t", "limit": 10});
+    let args = args.as_object().unwrap();
+    let n = 20_000;
+    let t = Instant::now();
+    let mut allowed = 0;
+    for _ in 0..n {
+        let a = Action {
+            server: "main",
+            kind: ActionKind::Use {
+                verb: Verb::Call,
+                item: Item {
+                    kind: ItemKind::Tool,
+                    connector: "conn1",
+                    name: "query",
+                    exposed: "query",
+                    arguments: Some(args),
+                },
+            },
+        };
+        allowed += usize::from(matches!(p.decide(&who, &a), Decision::Allow));
+    }
+    println!(
+        "| use decision, roles and 3 Cedar conditions | {:.2} µs | ({allowed} of {n} allowed) |",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
 }

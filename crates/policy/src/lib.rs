@@ -7,10 +7,12 @@
 //! the per-item view (`Decision::Only`) that the page is built with, and that view must agree
 //! with the decisions for using each item, so that what a caller can list is what they can use.
 
+mod cedar;
 mod roles;
 #[cfg(test)]
 mod tests;
 
+pub use cedar::{Conditions, SCHEMA, Source};
 pub use roles::{ANONYMOUS_ROLE, Explanation, RolePolicy, RoleRules};
 
 use std::{fmt, sync::Arc};

@@ -11,9 +11,9 @@ use std::{
     sync::Arc,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::{Action, ActionKind, Decision, Item, Policy, Principal, glob};
+use crate::{Action, ActionKind, Conditions, Decision, Item, Policy, Principal, glob};
 
 /// The role an anonymous caller holds.
 pub const ANONYMOUS_ROLE: &str = "anonymous";
@@ -98,12 +98,15 @@ impl Role {
 /// The policy of the configuration's roles.
 pub struct RolePolicy {
     roles: ArcSwap<HashMap<String, Role>>,
+    /// Cedar conditions that narrow what the roles allow, if any.
+    conditions: ArcSwapOption<Conditions>,
 }
 
 impl RolePolicy {
     pub fn new<'a>(roles: impl IntoIterator<Item = (&'a String, &'a RoleRules)>) -> Self {
         let me = Self {
             roles: ArcSwap::from_pointee(HashMap::new()),
+            conditions: ArcSwapOption::empty(),
         };
         me.replace(roles);
         me
@@ -125,6 +128,16 @@ impl RolePolicy {
             .collect();
         self.roles.store(Arc::new(compiled));
     }
+
+    /// New roles and conditions together, for every decision from now on.
+    pub fn replace_all<'a>(
+        &self,
+        roles: impl IntoIterator<Item = (&'a String, &'a RoleRules)>,
+        conditions: Option<Conditions>,
+    ) {
+        self.conditions.store(conditions.map(Arc::new));
+        self.replace(roles);
+    }
 }
 
 /// Why a decision is what it is, for administrators (`manifold policy explain`).
@@ -138,11 +151,35 @@ pub struct Explanation {
 impl RolePolicy {
     /// The decision on `who` connecting to `server` (`item` `None`) or using `item` there,
     /// and the rules that produced it. It agrees with `decide` (a test says so).
+    ///
+    /// With Cedar conditions, an item with `arguments` is explained as a call with them, and
+    /// one without as an entry of a list (only the conditions that do not look at arguments).
     pub fn explain(&self, who: &Principal, server: &str, item: Option<&Item<'_>>) -> Explanation {
+        let mut why = self.explain_roles(who, server, item);
+        let conditions = self.conditions.load_full();
+        if let (Some(c), Some(item), true) = (conditions.as_ref(), item, why.allowed) {
+            let listing = item.arguments.is_none();
+            match c.forbids(who, server, item, listing) {
+                Some(forbidden) => {
+                    why.allowed = false;
+                    why.because.push(format!("a Cedar condition takes it away: {forbidden}"));
+                }
+                None if listing => why.because.push(
+                    "no Cedar condition hides it from lists; those on the arguments decide each call (give the arguments to see one)".to_owned(),
+                ),
+                None => why
+                    .because
+                    .push("no Cedar condition forbids this call".to_owned()),
+            }
+        }
+        why
+    }
+
+    fn explain_roles(&self, who: &Principal, server: &str, item: Option<&Item<'_>>) -> Explanation {
         let roles = self.roles.load_full();
         let mut because = Vec::new();
         if roles.is_empty() {
-            because.push("the configuration has no [roles]: everything is allowed".to_owned());
+            because.push("the configuration has no [roles]: roles allow everything".to_owned());
             return Explanation {
                 allowed: true,
                 because,
@@ -262,21 +299,25 @@ impl Held {
         self.names.iter().filter_map(|n| self.roles.get(n))
     }
 
+    /// Without roles (only conditions) every server and item is granted.
     fn connects(&self) -> bool {
-        self.each().any(|r| r.grants(&self.server))
+        self.roles.is_empty() || self.each().any(|r| r.grants(&self.server))
     }
 
     fn allows(&self, item: &Item<'_>) -> bool {
-        self.each()
-            .any(|r| r.grants(&self.server) && r.allow.matches(item))
-            && !self.each().any(|r| r.deny.matches(item))
+        self.roles.is_empty()
+            || self
+                .each()
+                .any(|r| r.grants(&self.server) && r.allow.matches(item))
+                && !self.each().any(|r| r.deny.matches(item))
     }
 }
 
 impl Policy for RolePolicy {
     fn decide(&self, who: &Principal, action: &Action<'_>) -> Decision {
         let roles = self.roles.load_full();
-        if roles.is_empty() {
+        let conditions = self.conditions.load_full();
+        if roles.is_empty() && conditions.is_none() {
             return Decision::Allow;
         }
         let held = Held::of(roles, who, action.server);
@@ -291,15 +332,35 @@ impl Policy for RolePolicy {
             ActionKind::Connect => Decision::Allow,
             ActionKind::List(_) => {
                 let held = Arc::new(held);
-                Decision::Only(Arc::new(move |item| held.allows(item)))
+                let who = who.clone();
+                let server = action.server.to_owned();
+                Decision::Only(Arc::new(move |item| {
+                    held.allows(item)
+                        && conditions
+                            .as_ref()
+                            .is_none_or(|c| c.forbids(&who, &server, item, true).is_none())
+                }))
             }
-            ActionKind::Use { item, .. } if held.allows(&item) => Decision::Allow,
-            ActionKind::Use { item, .. } => Decision::Deny(format!(
+            ActionKind::Use { item, .. } if !held.allows(&item) => Decision::Deny(format!(
                 "no role of {} allows {}/{} (or one denies it)",
                 who.id(),
                 item.connector,
                 item.name
             )),
+            ActionKind::Use { item, .. } => {
+                match conditions
+                    .as_ref()
+                    .and_then(|c| c.forbids(who, action.server, &item, false))
+                {
+                    Some(why) => Decision::Deny(format!(
+                        "{}/{} for {}: {why}",
+                        item.connector,
+                        item.name,
+                        who.id()
+                    )),
+                    None => Decision::Allow,
+                }
+            }
         }
     }
 }
@@ -351,14 +412,7 @@ mod tests {
         }
     }
 
-    fn user(roles: &[&str]) -> Principal {
-        Principal::user(
-            "local",
-            "u",
-            roles.iter().map(|r| (*r).to_owned()).collect(),
-            vec![],
-        )
-    }
+    use crate::tests::member as user;
 
     #[test]
     fn roles_grant_servers_and_items_and_deny_wins() {

@@ -8,6 +8,16 @@ use std::sync::{
 
 use crate::*;
 
+/// A local user holding `roles` (for the tests of every module).
+pub(crate) fn member(roles: &[&str]) -> Principal {
+    Principal::user(
+        "local",
+        "u",
+        roles.iter().map(|r| (*r).to_owned()).collect(),
+        vec![],
+    )
+}
+
 #[derive(Debug)]
 struct Call<'a>(Item<'a>);
 

@@ -45,11 +45,12 @@ pub enum RouteError {
     /// A reload replaced the server while the request waited for its connectors; route it
     /// again on the replacement (the params are handed back).
     #[error("the virtual server was reloaded")]
-    Superseded(JsonObject),
+    Superseded(Box<JsonObject>),
     #[error("connector {connector:?}: {error}")]
     Upstream {
         connector: ConnectorId,
-        error: UpstreamError,
+        /// Boxed: a JSON-RPC error is large, and errors are rare.
+        error: Box<UpstreamError>,
     },
 }
 
@@ -328,11 +329,11 @@ impl VirtualServer {
             None => format!("is {}", h.state),
         };
         RouteError::Upstream {
-            error: UpstreamError::Unavailable(format!(
+            error: Box::new(UpstreamError::Unavailable(format!(
                 "{} {exposed:?} is served by connector {:?}, which {state}; retry when it is up",
                 if tool { "tool" } else { "prompt" },
                 id.as_str()
-            )),
+            ))),
             connector: id,
         }
     }
@@ -564,7 +565,7 @@ impl VirtualServer {
                 .get(shared.spec(), caller.client)
                 .map_err(|error| RouteError::Upstream {
                     connector: id.clone(),
-                    error,
+                    error: Box::new(error),
                 }),
         }
     }
@@ -593,7 +594,7 @@ impl VirtualServer {
                     self.settle(SETTLE_WAIT).await;
                     if self.is_superseded() {
                         // A reload replaced this server meanwhile: its replacement decides.
-                        return Err(RouteError::Superseded(params));
+                        return Err(RouteError::Superseded(Box::new(params)));
                     }
                     cat = self.catalog_for(client);
                 }
@@ -707,7 +708,7 @@ impl VirtualServer {
         let id = &routed.connector;
         let upstream_error = |error| RouteError::Upstream {
             connector: id.clone(),
-            error,
+            error: Box::new(error),
         };
         let conn = self.target(id, credential, caller)?;
         let raw = match routed.method {
@@ -813,7 +814,7 @@ impl VirtualServer {
             .await
             .map_err(|error| RouteError::Upstream {
                 connector: routed.connector.clone(),
-                error,
+                error: Box::new(error),
             })
     }
 

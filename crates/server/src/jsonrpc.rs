@@ -218,7 +218,7 @@ pub fn to_error(e: RouteError) -> ErrorData {
             "the gateway's configuration was reloaded during the request; send it again",
             None,
         ),
-        RouteError::Upstream { connector, error } => match error {
+        RouteError::Upstream { connector, error } => match *error {
             UpstreamError::Protocol(data) => data,
             UpstreamError::Unavailable(m) => ErrorData::internal_error(
                 format!("{m}; the other connectors keep working"),
@@ -353,7 +353,9 @@ mod tests {
         let c = manifold_config::ConnectorId::parse("fa").unwrap();
         let e = to_error(RouteError::Upstream {
             connector: c.clone(),
-            error: UpstreamError::Unavailable("connector \"fa\" is down".into()),
+            error: Box::new(UpstreamError::Unavailable(
+                "connector \"fa\" is down".into(),
+            )),
         });
         assert_eq!(e.code.0, -32603);
         assert!(
@@ -365,7 +367,7 @@ mod tests {
         let passed = ErrorData::new(rmcp::model::ErrorCode(-32001), "upstream's own", None);
         let e = to_error(RouteError::Upstream {
             connector: c,
-            error: UpstreamError::Protocol(passed.clone()),
+            error: Box::new(UpstreamError::Protocol(passed.clone())),
         });
         assert_eq!(e, passed, "upstream errors pass through unchanged");
         assert_eq!(

@@ -576,7 +576,7 @@ async fn forward(
             Err(RouteError::Superseded(back)) => match gw.virtual_server(vs.name()) {
                 Some(newer) if !Arc::ptr_eq(&newer, &vs) => {
                     vs = newer;
-                    params = back;
+                    params = *back;
                 }
                 _ => return Err(not_found_name(method, &back).into()),
             },

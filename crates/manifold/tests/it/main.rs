@@ -10,6 +10,7 @@ mod http;
 mod modern;
 mod oauth;
 mod peers;
+mod policy;
 mod reload;
 mod sso;
 mod support;
