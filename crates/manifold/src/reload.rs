@@ -1,6 +1,6 @@
-//! Hot reload: on a change to the config file (watched through its directory, so editors that
-//! replace the file are seen) or on SIGHUP, validate the new file and apply it; an invalid file
-//! is logged and the running config keeps serving.
+//! Hot reload: on a change to the config file or to a `.cedar` file beside it (watched through
+//! their directory, so editors that replace the file are seen) or on SIGHUP, validate the new
+//! file and apply it; an invalid file is logged and the running config keeps serving.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -31,7 +31,9 @@ pub fn spawn(
         let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
                 && !ev.kind.is_access()
-                && ev.paths.iter().any(|p| p.file_name() == file.as_deref())
+                && ev.paths.iter().any(|p| {
+                    p.file_name() == file.as_deref() || p.extension().is_some_and(|e| e == "cedar")
+                })
             {
                 let _ = ftx.try_send("file change");
             }

@@ -136,3 +136,70 @@ async fn conditions_on_arguments_decide_each_call_in_both_eras() {
         "still hidden: {out:?}"
     );
 }
+
+/// A `.cedar` file beside the config is watched like the config: a change to it alone applies
+/// at the next request.
+#[tokio::test]
+async fn a_changed_cedar_file_applies_at_the_next_request() {
+    let cfg = one_faulty("");
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let file = gw.config_path().with_file_name("p.cedar");
+    let forbid = |name: &str| {
+        format!("forbid (principal, action, resource) when {{ resource.name == \"{name}\" }};\n")
+    };
+    std::fs::write(&file, forbid("add")).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!("{cfg}\n[policy]\ncedar_files = [\"p.cedar\"]\n"),
+    )
+    .unwrap();
+    let call = |tool: &'static str| {
+        let url = url.clone();
+        async move {
+            let sid = session(&url).await;
+            let args = if tool == "fa__add" {
+                r#"{"a":1,"b":2}"#
+            } else {
+                r#"{"message":"m"}"#
+            };
+            let r = post_in(&url, &sid)
+                .body(format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#))
+                .send()
+                .await
+                .unwrap();
+            message(&r.text().await.unwrap())
+        }
+    };
+    eventually(
+        "the file's condition applied",
+        Duration::from_secs(15),
+        || async {
+            let v = call("fa__add").await;
+            if v["error"]["message"] == "unknown tool: fa__add" {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(call("fa__echo").await.get("result").is_some());
+    // Only the file changes: echo is forbidden now, and add allowed again.
+    std::fs::write(&file, forbid("echo")).unwrap();
+    eventually(
+        "the changed file applied",
+        Duration::from_secs(15),
+        || async {
+            let v = call("fa__echo").await;
+            if v["error"]["message"] == "unknown tool: fa__echo" {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(call("fa__add").await.get("result").is_some());
+}
