@@ -1510,17 +1510,15 @@ async fn ask_provider(s: &AuthServer, g: &Grant, pt: String) -> Result<String, S
             return Ok(pt);
         }
     };
-    let Some((name, p)) = s.sso.as_ref().and_then(|x| x.of_issuer(&user.issuer)) else {
+    let Some((sso, (name, p))) = s
+        .sso
+        .as_ref()
+        .and_then(|x| Some((x, x.of_issuer(&user.issuer)?)))
+    else {
         // `recent_enough` says why.
         return Ok(pt);
     };
-    match s
-        .sso
-        .as_ref()
-        .expect("found above")
-        .ask_again(p, &pt, &user.subject)
-        .await
-    {
+    match sso.ask_again(p, &pt, &user.subject).await {
         crate::sso::Asked::Vouched(member, next) => {
             let done = match member {
                 Some(m) => s

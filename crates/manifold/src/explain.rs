@@ -205,6 +205,8 @@ pub struct Admin {
     pub roles: std::sync::Arc<RolePolicy>,
     pub store: Store,
     pub auth: std::sync::Arc<manifold_auth::StoreAuth>,
+    /// `auth.admin_roles` as the gateway started (a change to `[auth]` needs a restart).
+    pub admin_roles: Vec<String>,
 }
 
 /// The administration endpoints: `GET /admin/policy/explain?server=S&user=U&tool=C/N…` (the
@@ -234,11 +236,7 @@ async fn endpoint(
         r
     };
     let config = a.gw.config();
-    let admin = match a
-        .auth
-        .administrator(&headers, &config.auth.admin_roles)
-        .await
-    {
+    let admin = match a.auth.administrator(&headers, &a.admin_roles).await {
         Ok(u) => u,
         Err((status, why)) => {
             tracing::warn!(why, "an administration request was refused");

@@ -215,6 +215,7 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
         policy: roles.clone(),
         ..manifold_server::Seams::default()
     };
+    let admin_roles = config.auth.admin_roles.clone();
     let gw = Gateway::start_with(config, env_lookup(), seams);
     oauth.attach(&gw);
     let admin = explain::router(explain::Admin {
@@ -222,6 +223,7 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
         roles: roles.clone(),
         store,
         auth,
+        admin_roles,
     });
     // One line that scripts (and the tests) read to find the port.
     println!("manifold listening on http://{local}");
