@@ -590,6 +590,83 @@ mod tests {
     }
 
     #[test]
+    fn random_policies_list_exactly_what_they_allow() {
+        use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
+        let servers = ["s1", "s2", "s3"];
+        let connectors = ["gh", "db", "fs", "c1"];
+        let names = ["read", "read_all", "write", "delete_x", "t1", "t2", "x"];
+        let globs = [
+            "*", "read*", "*_x", "t?", "write", "x", "delete_*", "r*d", "?", "*a*",
+        ];
+        let conn_globs = ["gh", "db", "fs", "*", "c?", "g*"];
+        let (mut allowed, mut decided) = (0usize, 0usize);
+        for seed in 0..200u64 {
+            let mut r = StdRng::seed_from_u64(seed);
+            let pick = |n: usize, from: &[&str], r: &mut StdRng| -> Vec<String> {
+                (0..r.random_range(0..=n))
+                    .map(|_| (*from.choose(r).unwrap()).to_owned())
+                    .collect()
+            };
+            let rule = |r: &mut StdRng| {
+                format!(
+                    "{}/{}",
+                    conn_globs.choose(r).unwrap(),
+                    globs.choose(r).unwrap()
+                )
+            };
+            let role_names = ["a", "b", "c", "anonymous"];
+            let mut roles: Vec<(String, RoleRules)> = Vec::new();
+            for n in role_names {
+                if !r.random_bool(0.8) {
+                    continue;
+                }
+                let allow = (0..r.random_range(0..4)).map(|_| rule(&mut r)).collect();
+                let deny = (0..r.random_range(0..2)).map(|_| rule(&mut r)).collect();
+                let servers = pick(2, &["s1", "s2", "*"], &mut r);
+                let rules = RoleRules {
+                    servers,
+                    allow,
+                    deny,
+                };
+                roles.push((n.to_owned(), rules));
+            }
+            let p = RolePolicy::new(roles.iter().map(|(n, r)| (n, r)));
+            let mut members: Vec<Principal> = Vec::new();
+            for _ in 0..4 {
+                let held = pick(3, &["a", "b", "c", "ghost"], &mut r);
+                members.push(user(&held.iter().map(String::as_str).collect::<Vec<_>>()));
+            }
+            members.push(Principal::anonymous());
+            for who in &members {
+                for server in servers {
+                    for c in connectors {
+                        for n in names {
+                            let used = uses(&p, who, server, item(c, n));
+                            assert_eq!(
+                                lists(&p, who, server, item(c, n)),
+                                used,
+                                "seed {seed}: {roles:?} {who:?} {server} {c}/{n}"
+                            );
+                            assert_eq!(
+                                p.explain(who, server, Some(&item(c, n))).allowed,
+                                used,
+                                "seed {seed}: explained otherwise"
+                            );
+                            allowed += usize::from(used);
+                            decided += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // The worlds allow some and refuse some: the property is not vacuous.
+        assert!(
+            allowed * 50 > decided && allowed < decided,
+            "{allowed} of {decided}"
+        );
+    }
+
+    #[test]
     fn without_roles_everything_is_allowed() {
         let p = RolePolicy::new(std::iter::empty());
         assert!(uses(&p, &Principal::anonymous(), "main", item("gh", "x")));
