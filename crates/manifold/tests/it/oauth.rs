@@ -1049,6 +1049,9 @@ async fn mcp_remote_signs_in_with_a_browser_and_calls_a_tool() {
             "-e",
             &format!("MCP_REMOTE_CONFIG_DIR={}", tmp.path("mcp-auth").display()),
         ])
+        // The sign-in runs in a real (headless) browser during the connection: on a loaded
+        // machine that takes longer than the Inspector's own 15 s.
+        .args(["--connect-timeout", "60000"])
         .arg(peers.node22())
         .arg(peers.npm_bin("mcp-remote"))
         .arg(gw.url("main"))
