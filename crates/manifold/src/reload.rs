@@ -97,14 +97,9 @@ pub fn spawn(
                                 );
                             }
                             Err(errors) => {
-                                tracing::error!(
-                                    reason = why,
-                                    "config reload rejected, still serving the previous config: {} error(s) in the Cedar policies",
-                                    errors.len()
-                                );
-                                for e in &errors {
-                                    tracing::error!("{e}");
-                                }
+                                let summary =
+                                    format!("{} error(s) in the Cedar policies", errors.len());
+                                rejected(why, &summary, &errors);
                                 continue;
                             }
                         }
@@ -112,18 +107,20 @@ pub fn spawn(
                     gw.apply(cfg);
                 }
                 // One line per problem, so each can be found by its file:line:col.
-                Err(errors) => {
-                    tracing::error!(
-                        reason = why,
-                        "config reload rejected, still serving the previous config: {}",
-                        errors.summary()
-                    );
-                    for e in &errors {
-                        tracing::error!("{e}");
-                    }
-                }
+                Err(errors) => rejected(why, &errors.summary(), &errors),
             }
         }
     });
     Ok(Reloader { _watcher: watcher })
+}
+
+/// A reload refused: the summary, then one line per problem (each found by its file:line:col).
+fn rejected<E: std::fmt::Display>(why: &str, summary: &str, errors: impl IntoIterator<Item = E>) {
+    tracing::error!(
+        reason = why,
+        "config reload rejected, still serving the previous config: {summary}"
+    );
+    for e in errors {
+        tracing::error!("{e}");
+    }
 }
