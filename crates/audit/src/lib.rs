@@ -28,6 +28,53 @@ pub enum Fault {
     Gateway,
 }
 
+/// What became of the member's confirmation of a call that needs one (a role's `ask`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirmation {
+    /// Asked (a 2026-07-28 round: the answer comes with the client's retry).
+    Asked,
+    /// The member accepted: the call went upstream.
+    Confirmed,
+    /// The member declined.
+    Declined,
+    /// The member cancelled the question.
+    Cancelled,
+    /// No answer within `gateway.input_wait`.
+    TimedOut,
+    /// The client cannot be asked (it does not support elicitation).
+    Unsupported,
+    /// The client's answer was not an answer (an error, or not an elicitation result).
+    Failed,
+}
+
+impl Confirmation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confirmation::Asked => "asked",
+            Confirmation::Confirmed => "confirmed",
+            Confirmation::Declined => "declined",
+            Confirmation::Cancelled => "cancelled",
+            Confirmation::TimedOut => "timed_out",
+            Confirmation::Unsupported => "unsupported",
+            Confirmation::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "asked" => Confirmation::Asked,
+            "confirmed" => Confirmation::Confirmed,
+            "declined" => Confirmation::Declined,
+            "cancelled" => Confirmation::Cancelled,
+            "timed_out" => Confirmation::TimedOut,
+            "unsupported" => Confirmation::Unsupported,
+            "failed" => Confirmation::Failed,
+            _ => return None,
+        })
+    }
+}
+
 /// The item a request was about.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Subject {
@@ -50,6 +97,9 @@ pub struct AuditEvent {
     pub subject: Option<Subject>,
     /// `None` when allowed; the policy's reason when refused.
     pub denied: Option<String>,
+    /// For a call that needs the member's confirmation: what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<Confirmation>,
     pub outcome: Outcome,
     #[serde(with = "micros")]
     pub duration: Duration,
@@ -71,6 +121,7 @@ impl AuditEvent {
             method: method.to_owned(),
             subject: subject(&action.kind),
             denied: None,
+            confirmation: None,
             outcome,
             duration: started.elapsed().unwrap_or_default(),
         }
@@ -92,6 +143,7 @@ impl AuditEvent {
             method: method.to_owned(),
             subject: subject(&action.kind),
             denied: Some(denied.reason.clone()),
+            confirmation: None,
             outcome: Outcome::Error {
                 code,
                 fault: Fault::Client,
@@ -115,6 +167,7 @@ impl AuditEvent {
             method: method.to_owned(),
             subject: None,
             denied: None,
+            confirmation: None,
             outcome,
             duration: started.elapsed().unwrap_or_default(),
         }
@@ -160,6 +213,7 @@ impl AuditSink for LogSink {
             connector = e.subject.as_ref().map(|s| s.connector.as_str()),
             name = e.subject.as_ref().map(|s| s.exposed.as_str()),
             denied = e.denied.as_deref(),
+            confirmation = e.confirmation.map(Confirmation::as_str),
             outcome = ?e.outcome,
             micros = e.duration.as_micros() as u64,
             "request"

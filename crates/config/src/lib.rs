@@ -203,6 +203,9 @@ pub struct RoleSpec {
     /// upstream's own name of a tool or prompt, or a resource's URI.
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+    /// `CONNECTOR/NAME` globs of tools the member confirms each call of (through elicitation)
+    /// before it goes upstream; they do not allow anything by themselves.
+    pub ask: Vec<String>,
 }
 
 /// Who may call: `[auth]`, the gateway's own OAuth authorization server and the resource
@@ -792,6 +795,7 @@ impl Builder<'_> {
             for (list, rules, into) in [
                 ("allow", &r.allow, &mut spec.allow),
                 ("deny", &r.deny, &mut spec.deny),
+                ("ask", &r.ask, &mut spec.ask),
             ] {
                 for g in rules {
                     let v = g.get_ref();

@@ -45,6 +45,8 @@ pub struct RawRole {
     pub allow: Vec<Spanned<String>>,
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ask: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,6 +40,8 @@ pub struct Ask {
 #[derive(Debug, serde::Serialize)]
 pub struct Answer {
     pub allowed: bool,
+    /// Allowed once the member confirms the call (a role's `ask`).
+    pub confirm: bool,
     /// Who, as administrators see them.
     pub who: String,
     /// What they would do.
@@ -51,7 +53,12 @@ pub struct Answer {
 impl Answer {
     /// "allowed: WHO may WHAT" (or "denied: WHO may not WHAT").
     pub fn headline(&self) -> String {
-        if self.allowed {
+        if self.allowed && self.confirm {
+            format!(
+                "allowed once confirmed: {} may {}, after confirming the call when asked",
+                self.who, self.what
+            )
+        } else if self.allowed {
             format!("allowed: {} may {}", self.who, self.what)
         } else {
             format!("denied: {} may not {}", self.who, self.what)
@@ -192,6 +199,7 @@ pub async fn explain(
     }
     Ok(Answer {
         allowed,
+        confirm: allowed && why.confirm,
         who: shown,
         what,
         because,

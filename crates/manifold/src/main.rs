@@ -295,6 +295,7 @@ pub(crate) fn role_rules(
                 servers: r.servers.clone(),
                 allow: r.allow.clone(),
                 deny: r.deny.clone(),
+                ask: r.ask.clone(),
             };
             (name.clone(), rules)
         })

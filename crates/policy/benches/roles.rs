@@ -31,6 +31,7 @@ fn main() {
                 servers: vec!["main".into()],
                 allow,
                 deny,
+                ask: vec![],
             };
             (format!("r{r}"), rules)
         })
@@ -105,6 +106,7 @@ forbid (principal, action, resource) when { resource.name like "delete_*" };
         servers: vec!["main".into()],
         allow: vec!["*/*".into()],
         deny: vec![],
+        ask: vec![],
     };
     let roles = [("dev".to_owned(), rules)];
     let p = RolePolicy::new(std::iter::empty());

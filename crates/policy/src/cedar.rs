@@ -405,6 +405,7 @@ forbid (principal, action, resource)
                     servers: vec!["main".into()],
                     allow: vec!["db/*".into(), "gh/*".into()],
                     deny: vec![],
+                    ask: vec![],
                 },
             ),
             (
@@ -413,6 +414,7 @@ forbid (principal, action, resource)
                     servers: vec!["main".into()],
                     allow: vec!["gh/*".into()],
                     deny: vec![],
+                    ask: vec![],
                 },
             ),
         ];
@@ -458,7 +460,7 @@ forbid (principal, action, resource)
         match p.decide(who, &a) {
             Decision::Allow => true,
             Decision::Only(view) => view(&item),
-            Decision::Deny(_) => false,
+            Decision::Ask(_) | Decision::Deny(_) => false,
         }
     }
 

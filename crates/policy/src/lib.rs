@@ -159,6 +159,9 @@ pub enum Decision {
     Allow,
     /// Allowed with a view: only the items the view shows (for `ActionKind::List`).
     Only(View),
+    /// Allowed once the member confirms this very call (a rule's `ask`); the reason names the
+    /// rule, for the audit trail and logs.
+    Ask(String),
     /// Refused; the reason is for the audit trail and logs, never for the caller.
     Deny(String),
 }
@@ -168,6 +171,7 @@ impl fmt::Debug for Decision {
         match self {
             Decision::Allow => f.write_str("Allow"),
             Decision::Only(_) => f.write_str("Only(..)"),
+            Decision::Ask(r) => f.debug_tuple("Ask").field(r).finish(),
             Decision::Deny(r) => f.debug_tuple("Deny").field(r).finish(),
         }
     }
@@ -203,6 +207,8 @@ pub struct Permit<T> {
     who: Arc<Principal>,
     target: T,
     view: Option<View>,
+    /// Why the member must confirm the request before it goes upstream, if they must.
+    confirm: Option<String>,
 }
 
 /// A refused request, with the request back (to answer and audit it).
@@ -232,11 +238,19 @@ pub fn authorize<T: Target>(
             who: who.clone(),
             target,
             view: None,
+            confirm: None,
         }),
         Decision::Only(view) => Ok(Permit {
             who: who.clone(),
             target,
             view: Some(view),
+            confirm: None,
+        }),
+        Decision::Ask(why) => Ok(Permit {
+            who: who.clone(),
+            target,
+            view: None,
+            confirm: Some(why),
         }),
         Decision::Deny(reason) => Err(Denied { target, reason }),
     }
@@ -256,6 +270,12 @@ impl<T> Permit<T> {
         self.view.as_ref().is_none_or(|v| v(item))
     }
 
+    /// Why the member must confirm this request before it goes upstream (`None`: they need
+    /// not). The pipeline asks them; a permit that asks is not usable without the answer.
+    pub fn confirmation(&self) -> Option<&str> {
+        self.confirm.as_deref()
+    }
+
     /// Whether this permit filters items at all (a list under `Allow` shows everything, and
     /// the page can be cut from the catalog without looking at each item).
     pub fn filters(&self) -> bool {
@@ -269,6 +289,7 @@ impl<T: fmt::Debug> fmt::Debug for Permit<T> {
             .field("who", &self.who.id)
             .field("target", &self.target)
             .field("filtered", &self.view.is_some())
+            .field("confirm", &self.confirm)
             .finish()
     }
 }

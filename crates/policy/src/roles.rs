@@ -26,6 +26,9 @@ pub struct RoleRules {
     /// `CONNECTOR/NAME` globs.
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+    /// `CONNECTOR/NAME` globs of tools whose calls the member must confirm first (if another
+    /// rule allows them at all).
+    pub ask: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +36,7 @@ struct Role {
     servers: Vec<String>,
     allow: Rules,
     deny: Rules,
+    ask: Rules,
     /// The rules as written, for explanations.
     written: RoleRules,
 }
@@ -121,6 +125,7 @@ impl RolePolicy {
                     servers: r.servers.clone(),
                     allow: Rules::new(&r.allow),
                     deny: Rules::new(&r.deny),
+                    ask: Rules::new(&r.ask),
                     written: r.clone(),
                 };
                 (name.clone(), role)
@@ -144,6 +149,8 @@ impl RolePolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Explanation {
     pub allowed: bool,
+    /// Allowed once the member confirms the call (a role's `ask` matches it).
+    pub confirm: bool,
     /// What decided, a line each: the roles and the rules as the configuration writes them.
     pub because: Vec<String>,
 }
@@ -162,6 +169,7 @@ impl RolePolicy {
             match c.forbids(who, server, item, listing) {
                 Some(forbidden) => {
                     why.allowed = false;
+                    why.confirm = false;
                     why.because.push(format!("a Cedar condition takes it away: {forbidden}"));
                 }
                 None if listing => why.because.push(
@@ -182,6 +190,7 @@ impl RolePolicy {
             because.push("the configuration has no [roles]: roles allow everything".to_owned());
             return Explanation {
                 allowed: true,
+                confirm: false,
                 because,
             };
         }
@@ -214,6 +223,7 @@ impl RolePolicy {
             because.push(format!("no role held grants the virtual server {server:?}"));
             return Explanation {
                 allowed: false,
+                confirm: false,
                 because,
             };
         }
@@ -223,6 +233,7 @@ impl RolePolicy {
         let Some(item) = item else {
             return Explanation {
                 allowed: true,
+                confirm: false,
                 because,
             };
         };
@@ -264,7 +275,23 @@ impl RolePolicy {
                 because.push(format!("role {n:?} denies it: {hits:?} (a deny wins)"));
             }
         }
-        Explanation { allowed, because }
+        let mut confirm = false;
+        if allowed && item.kind == crate::ItemKind::Tool {
+            for (n, r) in &held {
+                let hits = written(&r.written.ask);
+                if !hits.is_empty() {
+                    confirm = true;
+                    because.push(format!(
+                        "role {n:?} asks the member to confirm each call: {hits:?}"
+                    ));
+                }
+            }
+        }
+        Explanation {
+            allowed,
+            confirm,
+            because,
+        }
     }
 }
 
@@ -311,6 +338,14 @@ impl Held {
                 .any(|r| r.grants(&self.server) && r.allow.matches(item))
                 && !self.each().any(|r| r.deny.matches(item))
     }
+
+    /// The first of the caller's roles whose `ask` matches `item`, if any.
+    fn asks(&self, item: &Item<'_>) -> Option<&str> {
+        self.names
+            .iter()
+            .find(|n| self.roles.get(*n).is_some_and(|r| r.ask.matches(item)))
+            .map(String::as_str)
+    }
 }
 
 impl Policy for RolePolicy {
@@ -347,7 +382,7 @@ impl Policy for RolePolicy {
                 item.connector,
                 item.name
             )),
-            ActionKind::Use { item, .. } => {
+            ActionKind::Use { item, verb } => {
                 match conditions
                     .as_ref()
                     .and_then(|c| c.forbids(who, action.server, &item, false))
@@ -358,7 +393,15 @@ impl Policy for RolePolicy {
                         item.name,
                         who.id()
                     )),
-                    None => Decision::Allow,
+                    None => match held.asks(&item) {
+                        Some(role) if verb == crate::Verb::Call => Decision::Ask(format!(
+                            "role {role:?} asks {} to confirm calls of {}/{}",
+                            who.id(),
+                            item.connector,
+                            item.name
+                        )),
+                        _ => Decision::Allow,
+                    },
                 }
             }
         }
@@ -376,6 +419,7 @@ mod tests {
             servers: v(servers),
             allow: v(allow),
             deny: v(deny),
+            ask: Vec::new(),
         }
     }
 
@@ -397,7 +441,7 @@ mod tests {
                 item: it,
             },
         };
-        matches!(p.decide(who, &a), Decision::Allow)
+        matches!(p.decide(who, &a), Decision::Allow | Decision::Ask(_))
     }
 
     fn lists(p: &RolePolicy, who: &Principal, server: &str, it: Item<'_>) -> bool {
@@ -406,13 +450,78 @@ mod tests {
             kind: ActionKind::List(ItemKind::Tool),
         };
         match p.decide(who, &a) {
-            Decision::Allow => true,
+            Decision::Allow | Decision::Ask(_) => true,
             Decision::Only(view) => view(&it),
             Decision::Deny(_) => false,
         }
     }
 
     use crate::tests::member as user;
+
+    #[test]
+    fn an_ask_rule_makes_a_call_wait_for_the_member_and_never_allows_by_itself() {
+        let mut dev = rules(&["main"], &["db/*"], &["db/drop_*"]);
+        dev.ask = vec!["db/write_*".into(), "db/drop_*".into(), "gh/*".into()];
+        let roles = [("dev".to_owned(), dev)];
+        let p = RolePolicy::new(roles.iter().map(|(n, r)| (n, r)));
+        let who = user(&["dev"]);
+        let call = |it: Item<'_>| {
+            p.decide(
+                &who,
+                &Action {
+                    server: "main",
+                    kind: ActionKind::Use {
+                        verb: Verb::Call,
+                        item: it,
+                    },
+                },
+            )
+        };
+        match call(item("db", "write_rows")) {
+            Decision::Ask(why) => assert!(why.contains("\"dev\""), "{why}"),
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(call(item("db", "read_rows")), Decision::Allow));
+        assert!(
+            matches!(call(item("db", "drop_table")), Decision::Deny(_)),
+            "a deny wins over an ask"
+        );
+        assert!(
+            matches!(call(item("gh", "create_issue")), Decision::Deny(_)),
+            "an ask allows nothing that no rule allows"
+        );
+        assert!(
+            lists(&p, &who, "main", item("db", "write_rows")),
+            "a tool that asks is listed"
+        );
+        let prompt = Item {
+            kind: ItemKind::Prompt,
+            ..item("db", "write_rows")
+        };
+        let get = p.decide(
+            &who,
+            &Action {
+                server: "main",
+                kind: ActionKind::Use {
+                    verb: Verb::Get,
+                    item: prompt,
+                },
+            },
+        );
+        assert!(matches!(get, Decision::Allow), "only tool calls are asked");
+        let why = p.explain(&who, "main", Some(&item("db", "write_rows")));
+        assert!(why.allowed && why.confirm, "{why:?}");
+        assert!(
+            why.because
+                .iter()
+                .any(|b| b.contains("confirm") && b.contains("db/write_*")),
+            "{why:?}"
+        );
+        let why = p.explain(&who, "main", Some(&item("db", "read_rows")));
+        assert!(why.allowed && !why.confirm, "{why:?}");
+        let why = p.explain(&who, "main", Some(&item("db", "drop_table")));
+        assert!(!why.allowed && !why.confirm, "{why:?}");
+    }
 
     #[test]
     fn roles_grant_servers_and_items_and_deny_wins() {
@@ -599,7 +708,7 @@ mod tests {
             "*", "read*", "*_x", "t?", "write", "x", "delete_*", "r*d", "?", "*a*",
         ];
         let conn_globs = ["gh", "db", "fs", "*", "c?", "g*"];
-        let (mut allowed, mut decided) = (0usize, 0usize);
+        let (mut allowed, mut decided, mut asked) = (0usize, 0usize, 0usize);
         for seed in 0..200u64 {
             let mut r = StdRng::seed_from_u64(seed);
             let pick = |n: usize, from: &[&str], r: &mut StdRng| -> Vec<String> {
@@ -623,10 +732,12 @@ mod tests {
                 let allow = (0..r.random_range(0..4)).map(|_| rule(&mut r)).collect();
                 let deny = (0..r.random_range(0..2)).map(|_| rule(&mut r)).collect();
                 let servers = pick(2, &["s1", "s2", "*"], &mut r);
+                let ask = (0..r.random_range(0..2)).map(|_| rule(&mut r)).collect();
                 let rules = RoleRules {
                     servers,
                     allow,
                     deny,
+                    ask,
                 };
                 roles.push((n.to_owned(), rules));
             }
@@ -647,11 +758,21 @@ mod tests {
                                 used,
                                 "seed {seed}: {roles:?} {who:?} {server} {c}/{n}"
                             );
+                            let why = p.explain(who, server, Some(&item(c, n)));
+                            assert_eq!(why.allowed, used, "seed {seed}: explained otherwise");
+                            let call = Action {
+                                server,
+                                kind: ActionKind::Use {
+                                    verb: Verb::Call,
+                                    item: item(c, n),
+                                },
+                            };
+                            let asks = matches!(p.decide(who, &call), Decision::Ask(_));
                             assert_eq!(
-                                p.explain(who, server, Some(&item(c, n))).allowed,
-                                used,
-                                "seed {seed}: explained otherwise"
+                                why.confirm, asks,
+                                "seed {seed}: confirmation explained otherwise"
                             );
+                            asked += usize::from(asks);
                             allowed += usize::from(used);
                             decided += 1;
                         }
@@ -659,10 +780,10 @@ mod tests {
                 }
             }
         }
-        // The worlds allow some and refuse some: the property is not vacuous.
+        // The worlds allow some and refuse some, and ask for some: the property is not vacuous.
         assert!(
-            allowed * 50 > decided && allowed < decided,
-            "{allowed} of {decided}"
+            allowed * 50 > decided && allowed < decided && asked > 0 && asked < allowed,
+            "{allowed} allowed ({asked} asked) of {decided}"
         );
     }
 

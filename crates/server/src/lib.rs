@@ -8,7 +8,8 @@
 //! - `legacy`, `modern`: the two codecs (sessions opened with `initialize`; stateless
 //!   2026-07-28 requests), which build each request's `context` and hand it to
 //! - `pipeline`: the one call core (route → authorize → credentials → upstream → audit), with
-//!   `mrtr` bridging a legacy upstream's questions into 2026-07-28 rounds;
+//!   `mrtr` bridging a legacy upstream's questions into 2026-07-28 rounds and `confirm`
+//!   asking the member to confirm a call a role's `ask` rule names;
 //! - `stream`: JSON or event-stream answers, long-lived streams, the `Relay` of a call;
 //! - `session`: the gateway's own session table; `notify`: fan-out of upstream events;
 //! - `seams`: the pluggable authentication, policy, credentials and audit;
@@ -17,6 +18,7 @@
 #![allow(deprecated)] // legacy-era logging notifications are relayed
 
 mod admission;
+mod confirm;
 mod conn;
 mod context;
 mod drain;

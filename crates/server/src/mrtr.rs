@@ -110,6 +110,21 @@ pub(crate) struct Bridge {
     codec: RequestStateCodec,
     next: AtomicU64,
     parked: Mutex<HashMap<u64, Parked>>,
+    /// The confirmation states already answered (each confirms one call), until they expire.
+    answered: Mutex<HashMap<u64, Instant>>,
+}
+
+/// The payload of a confirmation state begins with this (a parked call's is 8 bytes).
+const CONFIRMATION: &[u8] = b"confirm:";
+
+/// What a retry's `requestState` is, as far as a confirmation is concerned.
+pub(crate) enum StateOf {
+    /// The gateway's own confirmation round for this very request, not answered before.
+    Confirmation,
+    /// A state this request cannot use any more: expired, or a confirmation already answered.
+    Spent,
+    /// Anything else (a parked call's state, or a bad one: `resume` says what is wrong).
+    Other,
 }
 
 impl Default for Bridge {
@@ -119,6 +134,7 @@ impl Default for Bridge {
             codec: RequestStateCodec::try_new(key.to_vec()).expect("a 32-byte key"),
             next: AtomicU64::new(1),
             parked: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -203,6 +219,44 @@ impl Bridge {
             ttl,
         };
         self.round_from(binding, run, first).await
+    }
+
+    /// The `requestState` of a round that asks the member to confirm the request `binding`
+    /// names; it expires after `ttl` and confirms one call.
+    pub(crate) fn confirmation_state(&self, binding: &str, ttl: Duration) -> String {
+        let mut payload = CONFIRMATION.to_vec();
+        payload.extend_from_slice(&rand::random::<u64>().to_be_bytes());
+        self.codec.seal_with(
+            &payload,
+            &SealOptions::new()
+                .associated_data(binding.as_bytes())
+                .ttl(ttl),
+        )
+    }
+
+    /// Open `state` as a confirmation of the request `binding` names; a confirmation is
+    /// spent by being opened.
+    pub(crate) fn open_confirmation(&self, binding: &str, state: &str, ttl: Duration) -> StateOf {
+        let payload = match self.codec.open_with(state, binding.as_bytes()) {
+            Ok(p) => p,
+            Err(rmcp::model::RequestStateError::Expired) => return StateOf::Spent,
+            Err(_) => return StateOf::Other,
+        };
+        let Some(nonce) = payload
+            .strip_prefix(CONFIRMATION)
+            .and_then(|n| <[u8; 8]>::try_from(n).ok())
+            .map(u64::from_be_bytes)
+        else {
+            return StateOf::Other;
+        };
+        let mut answered = self.answered.lock().expect("answered lock");
+        let now = Instant::now();
+        answered.retain(|_, expires| *expires > now);
+        if answered.len() >= MAX_PARKED || answered.contains_key(&nonce) {
+            return StateOf::Spent;
+        }
+        answered.insert(nonce, now + ttl);
+        StateOf::Confirmation
     }
 
     /// Resume the call `state` names with the client's `responses`.

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use manifold_audit::{AuditEvent, Fault, Outcome};
+use manifold_audit::{AuditEvent, Confirmation, Fault, Outcome};
 use manifold_policy::{ItemKind, Permit, Target};
 use manifold_router::{Method, RouteError, Routed, VirtualServer};
 use manifold_upstream::Caller;
@@ -26,7 +26,7 @@ use rmcp::model::{ErrorCode, ErrorData, Implementation, InitializeResult, Subscr
 use axum::http::StatusCode;
 
 use crate::{
-    Gateway,
+    Gateway, confirm,
     context::RequestContext,
     jsonrpc::{self, fault_of, modern_status, to_error},
     mrtr,
@@ -130,6 +130,8 @@ struct Record<'a> {
     cx: &'a RequestContext,
     method: &'static str,
     event: Option<AuditEvent>,
+    /// What became of the member's confirmation, for a call that needs one.
+    confirmation: Option<Confirmation>,
     done: bool,
 }
 
@@ -140,6 +142,7 @@ impl<'a> Record<'a> {
             cx,
             method,
             event: None,
+            confirmation: None,
             done: false,
         }
     }
@@ -156,10 +159,15 @@ impl<'a> Record<'a> {
     fn finish(mut self, reply: &Reply, upstream_failed: bool) {
         let outcome = match reply {
             Reply::Result(_) | Reply::Listen(_) => Outcome::Ok,
-            Reply::Error(e) => Outcome::Error {
-                code: e.code.0,
-                fault: fault_of(e, upstream_failed),
-            },
+            Reply::Error(e) => {
+                if let Some(c) = confirm::of_error(e) {
+                    self.confirmation = Some(c);
+                }
+                Outcome::Error {
+                    code: e.code.0,
+                    fault: fault_of(e, upstream_failed),
+                }
+            }
         };
         self.record(outcome);
     }
@@ -181,6 +189,7 @@ impl<'a> Record<'a> {
         if e.denied.is_none() {
             e.outcome = outcome;
         }
+        e.confirmation = self.confirmation;
         e.duration = self.cx.started.elapsed().unwrap_or_default();
         self.gw.seams.audit.record(e);
     }
@@ -587,6 +596,63 @@ async fn forward(
         Ok(p) => p,
         Err(d) => return Err(not_found(&d.target).into()),
     };
+    let asks = permit.confirmation().is_some() && method == Method::CallTool;
+    let wait = gw.config().gateway.input_wait;
+    // A retry that answers the gateway's own confirmation round starts the call afresh.
+    let retry = match (&binding, retry) {
+        (Some(binding), Some((state, responses))) if asks => {
+            match gw.bridge.open_confirmation(binding, &state, wait) {
+                mrtr::StateOf::Confirmation => {
+                    let how = match &responses {
+                        Some(serde_json::Value::Object(r)) => {
+                            r.get(confirm::INPUT_KEY).map(confirm::answer_of)
+                        }
+                        _ => None,
+                    }
+                    .unwrap_or(Confirmation::Failed);
+                    record.confirmation = Some(how);
+                    if how != Confirmation::Confirmed {
+                        return Err(confirm::refused(
+                            permit.target(),
+                            how,
+                            Some("the retry did not answer the confirmation"),
+                        )
+                        .into());
+                    }
+                    None
+                }
+                mrtr::StateOf::Spent => {
+                    return Err(
+                        confirm::refused(permit.target(), Confirmation::TimedOut, None).into(),
+                    );
+                }
+                mrtr::StateOf::Other => Some((state, responses)),
+            }
+        }
+        (Some(binding), None) if asks => {
+            if !confirm::askable(&cx.capabilities) {
+                return Err(confirm::unsupported(permit.target()).into());
+            }
+            let request = serde_json::json!({
+                "method": "elicitation/create",
+                "params": confirm::question(permit.target()),
+            });
+            let request = serde_json::from_value(request).map_err(|e| {
+                ErrorData::internal_error(
+                    format!("manifold cannot ask for a confirmation: {e}"),
+                    None,
+                )
+            })?;
+            let mut round = rmcp::model::InputRequiredResult::from_request_state(
+                gw.bridge.confirmation_state(binding, wait),
+            );
+            round.result_type = rmcp::model::ResultType::INPUT_REQUIRED;
+            round.input_requests = Some([(confirm::INPUT_KEY.to_owned(), request)].into());
+            record.confirmation = Some(Confirmation::Asked);
+            return Ok(serde_json::to_string(&round).expect("a result serialises"));
+        }
+        (_, retry) => retry,
+    };
     if let (Some(binding), Some((state, responses))) = (&binding, retry) {
         let responses = match responses {
             Some(serde_json::Value::Object(r)) => Some(r),
@@ -619,6 +685,13 @@ async fn forward(
     let credential = credential(gw, cx, &vs, &permit)?;
     let Some(binding) = binding else {
         let caller = caller(gw, cx);
+        if asks {
+            let how = confirm_legacy(cx, &caller, permit.target(), wait).await;
+            record.confirmation = Some(how.0);
+            if how.0 != Confirmation::Confirmed {
+                return Err(confirm::refused(permit.target(), how.0, how.1.as_deref()).into());
+            }
+        }
         if let Some(s) = &cx.session {
             s.call_started(&cx.id, cx.ct.clone());
         }
@@ -661,6 +734,37 @@ async fn forward(
         _ = cx.ct.cancelled() => return Err(ErrorData::internal_error("request cancelled", None).into()),
     };
     finish_round(round, method)
+}
+
+/// Ask a legacy client's member to confirm `routed`, with a server→client elicitation.
+async fn confirm_legacy(
+    cx: &RequestContext,
+    caller: &Caller,
+    routed: &Routed,
+    wait: std::time::Duration,
+) -> (Confirmation, Option<String>) {
+    let Some(downstream) = caller
+        .downstream
+        .as_ref()
+        .filter(|_| confirm::askable(&cx.capabilities))
+    else {
+        return (Confirmation::Unsupported, None);
+    };
+    let ask = manifold_upstream::Ask {
+        kind: manifold_upstream::AskKind::Elicitation,
+        params: confirm::question(routed),
+        key: None,
+    };
+    let asked = std::time::Instant::now();
+    tokio::select! {
+        r = tokio::time::timeout(wait, downstream.ask(ask)) => match r {
+            Ok(Ok(answer)) => (confirm::answer_of(&answer), None),
+            Ok(Err(_)) | Err(_) if asked.elapsed() >= wait => (Confirmation::TimedOut, None),
+            Ok(Err(e)) => (Confirmation::Failed, Some(e.message.to_string())),
+            Err(_) => (Confirmation::TimedOut, None),
+        },
+        _ = cx.ct.cancelled() => (Confirmation::Cancelled, Some("the request was cancelled".to_owned())),
+    }
 }
 
 fn round_requester(cx: &RequestContext) -> mrtr::Requester {

@@ -271,7 +271,7 @@ fn policy_explain_says_what_decides_and_refuses_bad_requests() {
     let dir = TempDir::new("explain");
     let path = dir.path("m.toml");
     let config = format!(
-        "[store]\ndata_dir = \"data\"\n{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\n\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n",
+        "[store]\ndata_dir = \"data\"\n{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\nask = [\"fa/slow\"]\n\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n",
         one_faulty("")
     );
     std::fs::write(&path, config).unwrap();
@@ -300,6 +300,15 @@ fn policy_explain_says_what_decides_and_refuses_bad_requests() {
         "{text}"
     );
     assert!(text.contains("role \"ghost\" is not in [roles]"), "{text}");
+
+    let o = explain(&["--user", "dana", "--server", "main", "--tool", "fa/slow"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let text = out(&o);
+    assert!(
+        text.starts_with("allowed once confirmed: dana")
+            && text.contains("role \"dev\" asks the member to confirm each call: [\"fa/slow\"]"),
+        "{text}"
+    );
 
     let o = explain(&[
         "--user",

@@ -24,24 +24,30 @@ forbid (principal, action, resource)
 """
 "#;
 
-/// `tests/clients/calls.py` (the official Python SDK) in `era`: its output lines.
-async fn calls(peers: &Peers, url: &str, era: &str, tool: &str, args: &[&str]) -> Vec<String> {
+/// A Python SDK client script of `tests/clients` run with `args`: its output lines.
+async fn client_lines(peers: &Peers, script: &str, args: &[&str]) -> Vec<String> {
     let out = tokio::process::Command::new(peers.python())
-        .arg(repo().join("tests/clients/calls.py"))
-        .args([url, tool])
+        .arg(repo().join("tests/clients").join(script))
         .args(args)
-        .args(["--era", era])
         .kill_on_drop(true)
         .output()
         .await
-        .expect("run calls.py");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{era}: {text}\n{}",
+        "{script} {args:?}: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     text.lines().map(str::to_owned).collect()
+}
+
+/// `tests/clients/calls.py` (the official Python SDK) in `era`: its output lines.
+async fn calls(peers: &Peers, url: &str, era: &str, tool: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec![url, tool];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--era", era]);
+    client_lines(peers, "calls.py", &all).await
 }
 
 #[tokio::test]
@@ -202,4 +208,127 @@ async fn a_changed_cedar_file_applies_at_the_next_request() {
     )
     .await;
     assert!(call("fa__add").await.get("result").is_some());
+}
+
+const ASK: &str = r#"
+[roles.anonymous]
+servers = ["main"]
+allow = ["fa/*"]
+ask = ["fa/add"]
+"#;
+
+/// `tests/clients/confirm.py` (the official Python SDK) calling `fa__add` in `era`, answering
+/// the confirmation with `answer`: its output lines.
+async fn confirm(peers: &Peers, url: &str, era: &str, answer: &str) -> Vec<String> {
+    let args = [
+        url,
+        "fa__add",
+        r#"{"a": 2, "b": 40}"#,
+        "--era",
+        era,
+        "--answer",
+        answer,
+    ];
+    client_lines(peers, "confirm.py", &args).await
+}
+
+/// How many audit events of `fa__add` calls record the confirmation `how`.
+fn audited(gw: &Gw, how: &str) -> usize {
+    gw.log()
+        .lines()
+        .filter(|l| {
+            l.contains("manifold::audit")
+                && l.contains("fa__add")
+                && l.contains(&format!("confirmation=\"{how}\""))
+        })
+        .count()
+}
+
+/// An `ask` rule: the member confirms each call of the tool, shown its connector and
+/// arguments, before it goes upstream; a decline, a cancel, an unticked box, no answer in time
+/// and a client that cannot be asked are refused, and each is recorded; in both eras, with the
+/// official Python SDK.
+#[tokio::test]
+async fn an_ask_rule_waits_for_the_member_to_confirm_the_call_in_both_eras() {
+    let Some(peers) =
+        Peers::get("an_ask_rule_waits_for_the_member_to_confirm_the_call_in_both_eras")
+    else {
+        return;
+    };
+    let cfg = format!("{}{ASK}", one_faulty("input_wait = \"2s\""));
+    let gw = Gw::start_with_env(
+        &cfg,
+        &[("MANIFOLD_LOG", "info,rmcp=warn,manifold::audit=debug")],
+    );
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let mut expected = std::collections::HashMap::<&str, usize>::new();
+    for era in ["legacy", "modern"] {
+        let out = confirm(peers, &url, era, "accept").await;
+        assert_eq!(
+            out.len(),
+            2,
+            "{era}: one question, then the result: {out:?}"
+        );
+        let asked = &out[0];
+        assert!(
+            asked.starts_with("asked ")
+                && asked.contains("Tool: fa__add")
+                && asked.contains("Connector: fa")
+                && asked.contains("\"a\": 2")
+                && asked.contains("\"b\": 40"),
+            "{era}: the question shows the tool, its connector and the arguments: {out:?}"
+        );
+        assert_eq!(out[1], "ok 42", "{era}: confirmed, the call ran: {out:?}");
+        *expected.entry("confirmed").or_default() += 1;
+        for (answer, why) in [
+            ("decline", "you declined it"),
+            ("untick", "you declined it"),
+            ("cancel", "you cancelled"),
+            ("late:3", "no confirmation arrived in time"),
+        ] {
+            let out = confirm(peers, &url, era, answer).await;
+            assert!(out[0].starts_with("asked "), "{era} {answer}: {out:?}");
+            let last = out.last().unwrap();
+            assert!(
+                last.starts_with("error -32600")
+                    && last.contains("was not run")
+                    && last.contains(why),
+                "{era} {answer}: refused, saying why: {out:?}"
+            );
+            let how = match answer {
+                "decline" | "untick" => "declined",
+                "cancel" => "cancelled",
+                _ => "timed_out",
+            };
+            *expected.entry(how).or_default() += 1;
+        }
+        let out = confirm(peers, &url, era, "none").await;
+        assert_eq!(out.len(), 1, "{era}: nobody is asked: {out:?}");
+        assert!(
+            out[0].starts_with("error -32600") && out[0].contains("does not support elicitation"),
+            "{era}: a client without elicitation is refused with a clear message: {out:?}"
+        );
+        *expected.entry("unsupported").or_default() += 1;
+    }
+    // Each outcome is in the audit trail; the upstream ran only the confirmed calls.
+    eventually(
+        "every confirmation audited",
+        Duration::from_secs(10),
+        || async {
+            let seen: Vec<(&str, usize, usize)> = expected
+                .iter()
+                .map(|(how, n)| (*how, *n, audited(&gw, how)))
+                .collect();
+            if seen.iter().all(|(_, want, got)| got == want) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}\n{}", gw.log()))
+            }
+        },
+    )
+    .await;
+    // A tool the rule does not name is not asked about.
+    let out = calls(peers, &url, "modern", "fa__echo", &[r#"{"message": "m"}"#]).await;
+    assert_eq!(out[1], "ok Echo: m", "{out:?}");
 }
