@@ -587,6 +587,20 @@ pub struct VirtualServerSpec {
     /// configuration: enterprise-managed authorization when an identity provider's
     /// assertions are accepted (`id_jag`).
     pub extensions: Vec<String>,
+    /// Whether the connectors' new and changed tools appear at once or wait for an
+    /// administrator's approval (`tool_updates`).
+    pub tool_updates: ToolUpdates,
+}
+
+/// `tool_updates` of a virtual server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ToolUpdates {
+    /// New upstream tools, and changes to tools, appear at once.
+    #[default]
+    Auto,
+    /// A tool appears only with a definition an administrator approved (`manifold tools`); a
+    /// new tool, or an approved one whose definition changed, is held out of lists and calls.
+    Review,
 }
 
 /// The extension a virtual server declares when identity assertions are accepted.
@@ -1466,6 +1480,11 @@ impl Builder<'_> {
                 "curation for {extra:?}, which is not in `connectors`{hint}"
             ))));
         }
+        let tool_updates = self.choice(
+            rs.tool_updates.as_ref(),
+            &key("tool_updates"),
+            &[("auto", ToolUpdates::Auto), ("review", ToolUpdates::Review)],
+        );
         VirtualServerSpec {
             name: name.to_owned(),
             title: rs.title,
@@ -1473,6 +1492,7 @@ impl Builder<'_> {
             separator,
             connectors: uses,
             extensions: Vec::new(),
+            tool_updates,
         }
     }
 

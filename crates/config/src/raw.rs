@@ -171,6 +171,7 @@ pub struct RawServer {
     pub separator: Option<Spanned<String>>,
     pub instructions: Option<String>,
     pub title: Option<String>,
+    pub tool_updates: Option<Spanned<String>>,
     #[serde(default)]
     pub curation: BTreeMap<String, RawCuration>,
 }

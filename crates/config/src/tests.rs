@@ -207,7 +207,7 @@ conectors = ["ok"]
 /etc/m/manifold.toml:21:33: virtual server "main": unknown connector "tme" (did you mean "time"?)
 /etc/m/manifold.toml:22:13: virtual server "main": separator "::" must be 1-4 characters from letters, digits, '_', '-', '.'
 /etc/m/manifold.toml:23:1: virtual server "main": curation for "rmote", which is not in `connectors` (did you mean "remote"?)
-/etc/m/manifold.toml:26:1: unknown field `conectors` in `servers.other`, expected one of `connectors`, `separator`, `instructions`, `title`, `curation` (did you mean "connectors"?)"#,
+/etc/m/manifold.toml:26:1: unknown field `conectors` in `servers.other`, expected one of `connectors`, `separator`, `instructions`, `title`, `tool_updates`, `curation` (did you mean "connectors"?)"#,
     );
 }
 
@@ -723,6 +723,27 @@ fn roles_are_checked() {
     assert_eq!(c.roles["dev"].deny, ["gh/delete_*"]);
     assert_eq!(c.roles["ops"].servers, ["*"]);
     assert!(c.roles["ops"].allow.is_empty());
+    assert_eq!(
+        c.servers["main"].tool_updates,
+        crate::ToolUpdates::Auto,
+        "tools appear at once unless the server reviews them"
+    );
+    let c = parse(&format!(
+        "{base}tool_updates = \"review\"\n[roles.dev]\nservers = [\"main\"]\nask = [\"gh/merge_*\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.servers["main"].tool_updates, crate::ToolUpdates::Review);
+    assert_eq!(c.roles["dev"].ask, ["gh/merge_*"]);
+    let e = parse(&format!(
+        "{base}tool_updates = \"manual\"\n[roles.dev]\nservers = [\"main\"]\nask = [\"merge\"]\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "virtual server \"main\": tool_updates = \"manual\" is not one of \"auto\", \"review\""
+        ) && e.contains("roles.dev.ask: \"merge\" is not CONNECTOR/NAME"),
+        "{e}"
+    );
     let e = parse(&format!(
         "{base}[roles.dev]\nservers = [\"nope\"]\nallow = [\"gh\", \"/x\"]\ndeny = [\"gh/\"]\nextra = 1\n"
     ))

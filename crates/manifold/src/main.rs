@@ -4,6 +4,7 @@
 mod admin;
 mod explain;
 mod reload;
+mod tools;
 
 use std::{
     path::{Path, PathBuf},
@@ -77,6 +78,15 @@ enum Command {
         #[command(subcommand)]
         command: admin::PolicyCmd,
     },
+    /// Review the tools of virtual servers with `tool_updates = "review"`: what awaits
+    /// review, and approve or reject it (in the config's store, for every gateway on it).
+    Tools {
+        /// The TOML config file whose store holds the reviews.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: tools::ToolsCmd,
+    },
     /// Convert a Claude-Desktop-style {"mcpServers": {...}} JSON file to connector TOML.
     Import {
         /// The JSON file ("-" for standard input).
@@ -117,6 +127,9 @@ fn main() -> std::process::ExitCode {
                 Ok(false) => return std::process::ExitCode::from(3),
                 Err(e) => Err(e),
             }
+        }
+        Command::Tools { config, command } => {
+            runtime().and_then(|rt| rt.block_on(tools::run(&config, command)))
         }
         Command::Import { file } => import(&file),
     };
@@ -210,14 +223,19 @@ async fn serve(path: &Path, listen: Option<String>) -> anyhow::Result<()> {
         store.clone(),
         oauth.clone(),
     ));
+    let reviews = Arc::new(manifold_router::Reviews::new(
+        tools::approved(&store).await?,
+    ));
     let seams = manifold_server::Seams {
         authenticate: auth.clone(),
         policy: roles.clone(),
+        reviews: reviews.clone(),
         ..manifold_server::Seams::default()
     };
     let admin_roles = config.auth.admin_roles.clone();
     let gw = Gateway::start_with(config, env_lookup(), seams);
     oauth.attach(&gw);
+    let _reviewer = tools::spawn(gw.clone(), store.clone(), reviews);
     let admin = explain::router(explain::Admin {
         gw: gw.clone(),
         roles: roles.clone(),

@@ -3,11 +3,13 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use manifold_config::{ConnectorId, ConnectorUse, MAX_NAME_LEN, VirtualServerSpec};
+use manifold_config::{ConnectorId, ConnectorUse, MAX_NAME_LEN, ToolUpdates, VirtualServerSpec};
 use manifold_policy::glob;
 use manifold_upstream::UpstreamCatalog;
 use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool};
 use serde_json::value::RawValue;
+
+use crate::review::{self, HeldTool, Reviews};
 
 /// Where an exposed tool goes, and what the gateway changes on the way.
 #[derive(Debug, Clone)]
@@ -72,6 +74,9 @@ pub struct Catalog {
     pub conflicts: Vec<String>,
     /// Fingerprints of each list, to tell clients only about real changes.
     pub fingerprints: [u64; 3],
+    /// Tools left out because their definition is not the approved one (under
+    /// `tool_updates = "review"`).
+    pub held: Vec<HeldTool>,
 }
 
 /// What changed between two catalogs, to send the right `list_changed` notifications.
@@ -97,11 +102,14 @@ impl Catalog {
         }
     }
 
-    /// Merge `inputs` (one per connector, in configuration order) under `spec`'s rules.
+    /// Merge `inputs` (one per connector, in configuration order) under `spec`'s rules (and,
+    /// under review, only the tools whose definitions `reviews` approves).
     pub fn build(
         spec: &VirtualServerSpec,
         inputs: &[(&ConnectorUse, Arc<UpstreamCatalog>)],
+        reviews: &Reviews,
     ) -> Catalog {
+        let review = spec.tool_updates == ToolUpdates::Review;
         let mut cat = Catalog::default();
         let mut tools: Vec<(Tool, Box<RawValue>, Origin)> = Vec::new();
         let mut prompts: Vec<(Prompt, Box<RawValue>, Origin)> = Vec::new();
@@ -137,6 +145,23 @@ impl Catalog {
                 {
                     continue;
                 }
+                let mut json = as_sent(&upstream.tools_json, upstream.tools.len(), i, tool);
+                if review {
+                    let (definition, fingerprint) = review::definition(&json);
+                    if reviews.approved(&spec.name, cid.as_str(), name).as_deref()
+                        != Some(fingerprint.as_str())
+                    {
+                        cat.held.push(HeldTool {
+                            server: spec.name.clone(),
+                            connector: cid.to_string(),
+                            tool: name.to_owned(),
+                            flags: review::flags(&json, &definition),
+                            fingerprint,
+                            definition,
+                        });
+                        continue;
+                    }
+                }
                 let o = usage.tools.get(name);
                 let local = o.and_then(|o| o.rename.as_deref()).unwrap_or(name);
                 let exposed = exposed_name(usage, &spec.separator, local);
@@ -163,7 +188,6 @@ impl Catalog {
                         t.input_schema = Arc::new(without_args(&t.input_schema, &strip));
                     }
                 }
-                let mut json = as_sent(&upstream.tools_json, upstream.tools.len(), i, tool);
                 json.insert("name".into(), exposed.clone().into());
                 if let Some(d) = o.and_then(|o| o.description.as_ref()) {
                     json.insert("description".into(), d.clone().into());

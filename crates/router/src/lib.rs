@@ -9,6 +9,7 @@
 #![allow(deprecated)]
 
 mod catalog;
+pub mod review;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ use rmcp::model::JsonObject;
 use serde_json::value::RawValue;
 
 pub use catalog::{Catalog, Changes, Origin, PromptRoute, ToolRoute, exposed_name, shorten};
+pub use review::{Approved, HeldTool, Reviews};
 
 /// Why a client request could not be served. Mapped to JSON-RPC at the edge (server crate).
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,8 @@ pub struct VirtualServer {
     /// Cancelled when a reload replaces this server: requests waiting here for connectors to
     /// start go to the replacement instead.
     superseded: tokio_util::sync::CancellationToken,
+    /// The approved tool definitions (the gateway's), for `tool_updates = "review"`.
+    reviews: Arc<Reviews>,
 }
 
 struct ClientCatalog {
@@ -208,6 +212,7 @@ impl VirtualServer {
         all: &[Arc<Connector>],
         pool: Arc<Pool>,
         page_size: usize,
+        reviews: Arc<Reviews>,
     ) -> Self {
         let connectors = spec
             .connectors
@@ -224,6 +229,7 @@ impl VirtualServer {
             page_size,
             last_known: ArcSwapOption::empty(),
             superseded: tokio_util::sync::CancellationToken::new(),
+            reviews,
         };
         vs.rebuild();
         vs
@@ -257,6 +263,16 @@ impl VirtualServer {
         self.catalog.load().changes_from(&old)
     }
 
+    /// The approved tool definitions changed: rebuild every catalog; report what changed in
+    /// the shared one (clients with catalogs of their own rebuild theirs at their next list).
+    pub fn review_changed(&self) -> Changes {
+        self.client_catalogs
+            .lock()
+            .expect("client catalogs lock")
+            .clear();
+        self.rebuild()
+    }
+
     /// The merged catalog from each connector's instance for `client` (its own upstream
     /// session where it has one), or the shared instances'.
     fn build(&self, client: Option<u64>) -> Catalog {
@@ -269,7 +285,11 @@ impl VirtualServer {
                 Some((u, self.instance_catalog(shared, client)))
             })
             .collect();
-        Catalog::build(&self.spec, &inputs)
+        let cat = Catalog::build(&self.spec, &inputs, &self.reviews);
+        if !cat.held.is_empty() {
+            self.reviews.report(&cat.held);
+        }
+        cat
     }
 
     /// The catalog with each down connector's last-known lists, if any connector is down with
@@ -294,7 +314,7 @@ impl VirtualServer {
                 ))
             })
             .collect();
-        any.then(|| Catalog::build(&self.spec, &inputs))
+        any.then(|| Catalog::build(&self.spec, &inputs, &self.reviews))
     }
 
     /// A reload replaced this server.

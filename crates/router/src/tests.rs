@@ -49,7 +49,7 @@ fn check(config: &str, catalogs: &[Arc<UpstreamCatalog>]) -> Catalog {
         .iter()
         .zip(catalogs.iter().cloned())
         .collect();
-    Catalog::build(spec, &inputs)
+    Catalog::build(spec, &inputs, &crate::Reviews::default())
 }
 
 const TWO: &str = r#"

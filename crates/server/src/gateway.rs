@@ -157,6 +157,7 @@ impl Gateway {
                 &all,
                 self.pool.clone(),
                 config.gateway.page_size,
+                self.seams.reviews.clone(),
             ));
             if let Some(prev) = old.servers.get(name) {
                 let changes = vs.catalog().changes_from(&prev.catalog());
@@ -189,6 +190,19 @@ impl Gateway {
         }
         for (name, changes) in notify {
             self.notify_changes(&name, changes);
+        }
+    }
+
+    /// The approved tool definitions changed (`Reviews::replace`): the servers under review
+    /// rebuild their catalogs, and their clients are told what changed.
+    pub fn review_changed(&self) {
+        for vs in self.servers() {
+            if vs.spec.tool_updates == manifold_config::ToolUpdates::Review {
+                let changes = vs.review_changed();
+                if changes.any() {
+                    self.notify_changes(vs.name(), changes);
+                }
+            }
         }
     }
 

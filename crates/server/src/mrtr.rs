@@ -153,8 +153,12 @@ pub(crate) fn binding(
         .iter()
         .filter_map(|k| params.get(*k).map(|v| ((*k).to_owned(), v.clone())))
         .collect();
-    // serde_json's map is ordered by key, so this text is canonical.
-    format!("{caller}\n{server}\n{method}\n{}", Value::Object(about))
+    // Canonical (keys sorted at every depth): a retry that sends the same arguments in another
+    // order is the same request (serde_json's maps keep insertion order in this build).
+    format!(
+        "{caller}\n{server}\n{method}\n{}",
+        manifold_router::review::canonical(&Value::Object(about))
+    )
 }
 
 impl Bridge {
@@ -671,5 +675,51 @@ mod tests {
             })
             .await;
         assert!(matches!(r, Round::Done(Ok(_))));
+    }
+
+    #[test]
+    fn a_binding_does_not_depend_on_the_order_of_the_arguments() {
+        let a: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"name": "t", "arguments": {"a": 1, "b": {"y": 2, "x": 3}}}"#)
+                .unwrap();
+        let b: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"arguments": {"b": {"x": 3, "y": 2}, "a": 1}, "name": "t"}"#)
+                .unwrap();
+        assert_eq!(
+            binding("u", "main", "tools/call", &a),
+            binding("u", "main", "tools/call", &b)
+        );
+        let c: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"name": "t", "arguments": {"a": 2, "b": {"x": 3, "y": 2}}}"#)
+                .unwrap();
+        assert_ne!(
+            binding("u", "main", "tools/call", &a),
+            binding("u", "main", "tools/call", &c)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_state_confirms_one_call_of_its_own_request_until_it_expires() {
+        let bridge = Bridge::default();
+        let ttl = Duration::from_millis(200);
+        let mine = "alice\nmain\ntools/call\n{}";
+        let name = |s: StateOf| match s {
+            StateOf::Confirmation => "confirmation",
+            StateOf::Spent => "spent",
+            StateOf::Other => "other",
+        };
+        let open = |binding: &str, state: &str| name(bridge.open_confirmation(binding, state, ttl));
+        let state = bridge.confirmation_state(mine, ttl);
+        assert_eq!(
+            open("bob\nmain\ntools/call\n{}", &state),
+            "other",
+            "another request's"
+        );
+        assert_eq!(open(mine, &state), "confirmation");
+        assert_eq!(open(mine, &state), "spent", "used once only");
+        let late = bridge.confirmation_state(mine, ttl);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(open(mine, &late), "spent", "expired");
+        assert_eq!(open(mine, "garbage"), "other");
     }
 }

@@ -104,6 +104,9 @@ pub struct Seams {
     pub policy: Arc<dyn Policy>,
     pub credentials: Arc<dyn Credentials>,
     pub audit: Arc<dyn AuditSink>,
+    /// The approved tool definitions that catalogs under `tool_updates = "review"` are built
+    /// with (not a per-request seam: consulted when a catalog is built).
+    pub reviews: Arc<manifold_router::Reviews>,
 }
 
 impl Default for Seams {
@@ -113,6 +116,7 @@ impl Default for Seams {
             policy: Arc::new(manifold_policy::AllowAll),
             credentials: Arc::new(Configured),
             audit: Arc::new(manifold_audit::LogSink),
+            reviews: Arc::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 mod keys;
 mod migrate;
 mod oauth;
+mod reviews;
 mod sso;
 mod users;
 
@@ -31,6 +32,7 @@ use sqlx::{
 
 pub use keys::StoredSigningKey;
 pub use oauth::{Client, Code, Grant, Redeemed, SignIn};
+pub use reviews::{ToolReview, ToolStatus};
 pub use sso::{SsoMember, SsoRequest};
 pub use users::{ApiKey, LOCAL_ISSUER, NewApiKey, NewUser, User};
 

@@ -48,6 +48,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "members' refresh tokens at their provider, sealed",
         include_str!("../migrations/0008_provider_tokens.sql"),
     ),
+    (
+        9,
+        "tool definitions held for review, and the decisions",
+        include_str!("../migrations/0009_tool_reviews.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

@@ -558,3 +558,72 @@ async fn a_sealed_provider_token_moves_from_session_to_code_to_refresh_token_onc
         );
     }
 }
+
+#[tokio::test]
+async fn tool_definitions_are_held_once_and_one_approval_supersedes_the_last() {
+    use crate::{ToolReview, ToolStatus};
+    for s in stores("tool_definitions_are_held_once_and_one_approval_supersedes_the_last").await {
+        let b = s.backend();
+        let held = |tool: &str, fp: &str| ToolReview {
+            server: "main".into(),
+            connector: "fa".into(),
+            tool: tool.into(),
+            fingerprint: fp.into(),
+            status: ToolStatus::Pending,
+            definition: format!("{{\"name\":\"{tool}\"}}"),
+            flags: vec!["zero-width characters in description".into(), "x".into()],
+            first_seen: 100,
+            decided_at: None,
+            decided_by: None,
+        };
+        assert!(s.hold_tool(&held("echo", "f1")).await.unwrap(), "{b:?}");
+        assert!(
+            !s.hold_tool(&held("echo", "f1")).await.unwrap(),
+            "{b:?}: a second gateway holding the same definition adds nothing"
+        );
+        assert!(s.hold_tool(&held("add", "a1")).await.unwrap());
+        let c0 = s.tool_review_changes().await.unwrap();
+        s.approve_tool(&held("echo", "f1"), "alice", 200)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.approved_tools().await.unwrap(),
+            [("main".into(), "fa".into(), "echo".into(), "f1".into())],
+            "{b:?}"
+        );
+        // The upstream changes echo: the new definition is held; approving it supersedes f1.
+        s.hold_tool(&held("echo", "f2")).await.unwrap();
+        s.approve_tool(&held("echo", "f2"), "alice", 300)
+            .await
+            .unwrap();
+        s.reject_tool(&held("add", "a1"), "bob", 301).await.unwrap();
+        assert_eq!(s.tool_review_changes().await.unwrap(), c0 + 3, "{b:?}");
+        let all = s.tool_reviews(Some("main")).await.unwrap();
+        let status: Vec<(&str, &str, ToolStatus)> = all
+            .iter()
+            .map(|r| (r.tool.as_str(), r.fingerprint.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            status,
+            [
+                ("add", "a1", ToolStatus::Rejected),
+                ("echo", "f1", ToolStatus::Superseded),
+                ("echo", "f2", ToolStatus::Approved),
+            ],
+            "{b:?}"
+        );
+        assert_eq!(all[0].decided_by.as_deref(), Some("bob"));
+        assert_eq!(all[0].flags, ["zero-width characters in description", "x"]);
+        assert!(s.tool_reviews(Some("other")).await.unwrap().is_empty());
+        assert_eq!(s.tool_reviews(None).await.unwrap().len(), 3);
+        match s.approve_tool(&held("echo", "nope"), "alice", 400).await {
+            Err(StoreError::NotFound(m)) => assert!(m.contains("nope"), "{m}"),
+            other => panic!("{b:?}: {other:?}"),
+        }
+        assert_eq!(
+            s.tool_review_changes().await.unwrap(),
+            c0 + 3,
+            "{b:?}: a failed decision moves nothing"
+        );
+    }
+}

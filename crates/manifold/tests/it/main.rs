@@ -12,5 +12,6 @@ mod oauth;
 mod peers;
 mod policy;
 mod reload;
+mod review;
 mod sso;
 mod support;

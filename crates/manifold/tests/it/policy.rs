@@ -24,30 +24,12 @@ forbid (principal, action, resource)
 """
 "#;
 
-/// A Python SDK client script of `tests/clients` run with `args`: its output lines.
-async fn client_lines(peers: &Peers, script: &str, args: &[&str]) -> Vec<String> {
-    let out = tokio::process::Command::new(peers.python())
-        .arg(repo().join("tests/clients").join(script))
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script} {args:?}: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines().map(str::to_owned).collect()
-}
-
 /// `tests/clients/calls.py` (the official Python SDK) in `era`: its output lines.
 async fn calls(peers: &Peers, url: &str, era: &str, tool: &str, args: &[&str]) -> Vec<String> {
     let mut all = vec![url, tool];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--era", era]);
-    client_lines(peers, "calls.py", &all).await
+    python_client(peers, "calls.py", &all).await
 }
 
 #[tokio::test]
@@ -229,7 +211,7 @@ async fn confirm(peers: &Peers, url: &str, era: &str, answer: &str) -> Vec<Strin
         "--answer",
         answer,
     ];
-    client_lines(peers, "confirm.py", &args).await
+    python_client(peers, "confirm.py", &args).await
 }
 
 /// How many audit events of `fa__add` calls record the confirmation `how`.

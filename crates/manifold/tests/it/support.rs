@@ -278,6 +278,13 @@ impl Gw {
     /// Run `manifold ARGS` (`users`, `keys`, …) on this gateway's config and store, with
     /// `stdin` as standard input; its output, or a panic with it on failure.
     pub fn admin(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> String {
+        let (ok, text) = self.admin_status(args, stdin, env);
+        assert!(ok, "manifold {args:?} failed: {text}");
+        text
+    }
+
+    /// `admin`, for a command that may fail: whether it succeeded, and its output.
+    pub fn admin_status(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> (bool, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_manifold"))
             .args(&args[..1.min(args.len())])
             .arg("--config")
@@ -303,8 +310,7 @@ impl Gw {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(o.status.success(), "manifold {args:?} failed: {text}");
-        text
+        (o.status.success(), text)
     }
 
     pub fn url(&self, server: &str) -> String {
@@ -749,4 +755,22 @@ pub fn modern(
         r = r.header("mcp-name", n);
     }
     r.body(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string())
+}
+
+/// A Python SDK client script of `tests/clients` run with `args`: its output lines.
+pub async fn python_client(peers: &Peers, script: &str, args: &[&str]) -> Vec<String> {
+    let out = tokio::process::Command::new(peers.python())
+        .arg(repo().join("tests/clients").join(script))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().map(str::to_owned).collect()
 }

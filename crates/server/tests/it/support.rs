@@ -141,6 +141,7 @@ impl Gw {
             policy: policy.clone(),
             credentials: Arc::new(CountedCredentials(counts.clone())),
             audit: Arc::new(CountedAudit(counts.clone())),
+            reviews: Arc::default(),
         };
         let env: manifold_upstream::EnvLookup = Arc::new(|k: &str| std::env::var(k).ok());
         let gw = Gateway::start_with(config, env, seams);
