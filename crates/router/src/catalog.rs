@@ -77,6 +77,9 @@ pub struct Catalog {
     /// Tools left out because their definition is not the approved one (under
     /// `tool_updates = "review"`).
     pub held: Vec<HeldTool>,
+    /// The connectors' catalogs it was built from, in configuration order (to tell, by
+    /// identity, whether a connector's lists changed since).
+    pub from: Vec<Arc<UpstreamCatalog>>,
 }
 
 /// What changed between two catalogs, to send the right `list_changed` notifications.
@@ -111,6 +114,7 @@ impl Catalog {
     ) -> Catalog {
         let review = spec.tool_updates == ToolUpdates::Review;
         let mut cat = Catalog::default();
+        cat.from = inputs.iter().map(|(_, u)| u.clone()).collect();
         let mut tools: Vec<(Tool, Box<RawValue>, Origin)> = Vec::new();
         let mut prompts: Vec<(Prompt, Box<RawValue>, Origin)> = Vec::new();
         let mut resources: Vec<(Resource, Box<RawValue>, Origin)> = Vec::new();

@@ -317,6 +317,16 @@ impl VirtualServer {
         any.then(|| Catalog::build(&self.spec, &inputs, &self.reviews))
     }
 
+    /// Whether a connector's lists (for `client`) changed since `cat` was built from them.
+    fn stale(&self, cat: &Catalog, client: u64) -> bool {
+        let now = self.spec.connectors.iter().filter_map(|u| {
+            let shared = self.connectors.iter().find(|c| c.id() == &u.connector)?;
+            Some(self.instance_catalog(shared, Some(client)))
+        });
+        cat.from.len() != self.spec.connectors.len()
+            || now.zip(&cat.from).any(|(a, b)| !Arc::ptr_eq(&a, b))
+    }
+
     /// A reload replaced this server.
     pub fn supersede(&self) {
         self.superseded.cancel();
@@ -617,6 +627,11 @@ impl VirtualServer {
                         return Err(RouteError::Superseded(Box::new(params)));
                     }
                     cat = self.catalog_for(client);
+                    // A connector that has just come up may have lists the catalog is not
+                    // rebuilt from yet (its change event is on its way): route by them.
+                    if !cat.tool_routes.contains_key(&exposed) && self.stale(&cat, client) {
+                        cat = Arc::new(self.build(Some(client)));
+                    }
                 }
                 let Some(route) = cat.tool_routes.get(&exposed) else {
                     return Err(self.missing(exposed, true));
