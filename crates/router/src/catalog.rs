@@ -113,8 +113,10 @@ impl Catalog {
         reviews: &Reviews,
     ) -> Catalog {
         let review = spec.tool_updates == ToolUpdates::Review;
-        let mut cat = Catalog::default();
-        cat.from = inputs.iter().map(|(_, u)| u.clone()).collect();
+        let mut cat = Catalog {
+            from: inputs.iter().map(|(_, u)| u.clone()).collect(),
+            ..Catalog::default()
+        };
         let mut tools: Vec<(Tool, Box<RawValue>, Origin)> = Vec::new();
         let mut prompts: Vec<(Prompt, Box<RawValue>, Origin)> = Vec::new();
         let mut resources: Vec<(Resource, Box<RawValue>, Origin)> = Vec::new();
