@@ -95,6 +95,8 @@ pub fn spawn(
                                     policy_texts = cfg.policy.len(),
                                     "role rules and conditions replaced"
                                 );
+                                // Clients whose own lists the change changed are told.
+                                gw.policy_changed();
                             }
                             Err(errors) => {
                                 let summary =

@@ -77,6 +77,12 @@ pub struct Catalog {
     /// Tools left out because their definition is not the approved one (under
     /// `tool_updates = "review"`).
     pub held: Vec<HeldTool>,
+    /// A fingerprint of each item of `tools_json`, `prompts_json`, `resources_json` and
+    /// `resource_templates_json` (in that order and theirs), to tell whether a caller's view
+    /// of a list changed.
+    pub item_prints: [Vec<u64>; 4],
+    /// `view_print` of each whole list.
+    pub list_prints: [u64; 4],
     /// The connectors' catalogs it was built from, in configuration order (to tell, by
     /// identity, whether a connector's lists changed since).
     pub from: Vec<Arc<UpstreamCatalog>>,
@@ -298,6 +304,14 @@ impl Catalog {
             cat.resource_templates_from,
         ) = unzip3(templates);
         cat.instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
+        cat.item_prints = [
+            &cat.tools_json,
+            &cat.prompts_json,
+            &cat.resources_json,
+            &cat.resource_templates_json,
+        ]
+        .map(|items| items.iter().map(|j| fnv1a(j.get().as_bytes())).collect());
+        cat.list_prints = [0, 1, 2, 3].map(|k| view_print(cat.item_prints[k].iter().copied()));
         cat.fingerprints = [
             fingerprint(&texts(&cat.tools_json)),
             fingerprint(&texts(&cat.prompts_json)),
@@ -441,6 +455,13 @@ pub fn shorten(full: &str) -> String {
 }
 
 /// FNV-1a, 64-bit: stable across Rust versions, unlike `DefaultHasher`.
+/// The fingerprint of a view of a list: of the fingerprints of the items it shows, in order.
+pub fn view_print(items: impl Iterator<Item = u64>) -> u64 {
+    items.fold(0xcbf2_9ce4_8422_2325, |h, p| {
+        (h ^ p).wrapping_mul(0x0100_0000_01b3).rotate_left(17)
+    })
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)

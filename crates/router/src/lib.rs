@@ -25,7 +25,9 @@ use manifold_upstream::{Caller, Connector, Credential, Pool, UpstreamCatalog, Up
 use rmcp::model::JsonObject;
 use serde_json::value::RawValue;
 
-pub use catalog::{Catalog, Changes, Origin, PromptRoute, ToolRoute, exposed_name, shorten};
+pub use catalog::{
+    Catalog, Changes, Origin, PromptRoute, ToolRoute, exposed_name, shorten, view_print,
+};
 pub use review::{Approved, HeldTool, Reviews};
 
 /// Why a client request could not be served. Mapped to JSON-RPC at the edge (server crate).
@@ -501,43 +503,32 @@ impl VirtualServer {
     /// One page of a permitted list as JSON text (`{<head>"<key>": [...], "nextCursor": ...}`),
     /// from the catalog `client` sees; `head` is empty or members ending with a comma. A
     /// filtered list is paged over the items the permit shows, so cursors stay consistent per
-    /// caller. Cursors are opaque offsets.
+    /// caller. Cursors are opaque offsets. Also the fingerprint of the caller's whole view of
+    /// the list (`view`).
     pub fn page(
         &self,
         permit: &Permit<ListRequest>,
         client: u64,
         head: &str,
-    ) -> Result<String, RouteError> {
+    ) -> Result<(String, u64), RouteError> {
         let cat = self.catalog_for(client);
         let req = permit.target();
-        let (items, from, key) = match req.kind {
-            ItemKind::Tool => (&cat.tools_json, &cat.tools_from, "tools"),
-            ItemKind::Prompt => (&cat.prompts_json, &cat.prompts_from, "prompts"),
-            ItemKind::Resource => (&cat.resources_json, &cat.resources_from, "resources"),
-            ItemKind::ResourceTemplate => (
-                &cat.resource_templates_json,
-                &cat.resource_templates_from,
-                "resourceTemplates",
-            ),
+        let k = kind_index(req.kind);
+        let (items, key) = match req.kind {
+            ItemKind::Tool => (&cat.tools_json, "tools"),
+            ItemKind::Prompt => (&cat.prompts_json, "prompts"),
+            ItemKind::Resource => (&cat.resources_json, "resources"),
+            ItemKind::ResourceTemplate => (&cat.resource_templates_json, "resourceTemplates"),
         };
-        let visible: Vec<&RawValue> = if permit.filters() {
-            items
-                .iter()
-                .zip(from.iter())
-                .enumerate()
-                .filter(|(i, (_, o))| {
-                    permit.shows(&Item {
-                        kind: req.kind,
-                        connector: o.connector.as_str(),
-                        name: &o.name,
-                        exposed: exposed_of(&cat, req.kind, *i),
-                        arguments: None,
-                    })
-                })
-                .map(|(_, (j, _))| &**j)
-                .collect()
-        } else {
-            items.iter().map(|j| &**j).collect()
+        let (visible, print) = match shown(&cat, permit) {
+            Some(shown) => {
+                let print = view_print(shown.iter().map(|i| cat.item_prints[k][*i]));
+                (shown.iter().map(|i| &*items[*i]).collect(), print)
+            }
+            None => (
+                items.iter().map(|j| &**j).collect::<Vec<&RawValue>>(),
+                cat.list_prints[k],
+            ),
         };
         let start = match req.cursor.as_deref() {
             None | Some("") => 0,
@@ -569,7 +560,18 @@ impl VirtualServer {
             out.push('"');
         }
         out.push('}');
-        Ok(out)
+        Ok((out, print))
+    }
+
+    /// The fingerprint of what `permit` shows of its list to `client` (equal for equal views):
+    /// to tell whether a change of the catalog or the policy changed what a caller sees.
+    pub fn view(&self, permit: &Permit<ListRequest>, client: u64) -> u64 {
+        let cat = self.catalog_for(client);
+        let k = kind_index(permit.target().kind);
+        match shown(&cat, permit) {
+            Some(shown) => view_print(shown.iter().map(|i| cat.item_prints[k][*i])),
+            None => cat.list_prints[k],
+        }
     }
 
     fn connector(&self, id: &ConnectorId) -> &Arc<Connector> {
@@ -864,6 +866,45 @@ impl VirtualServer {
             c.set_log_level(level, caller).await;
         }
     }
+}
+
+/// The index of a kind of item in `Catalog::item_prints`.
+pub fn kind_index(kind: ItemKind) -> usize {
+    match kind {
+        ItemKind::Tool => 0,
+        ItemKind::Prompt => 1,
+        ItemKind::Resource => 2,
+        ItemKind::ResourceTemplate => 3,
+    }
+}
+
+/// The indices of the items of its list a filtering permit shows (`None`: it shows all).
+fn shown(cat: &Catalog, permit: &Permit<ListRequest>) -> Option<Vec<usize>> {
+    if !permit.filters() {
+        return None;
+    }
+    let kind = permit.target().kind;
+    let from = match kind {
+        ItemKind::Tool => &cat.tools_from,
+        ItemKind::Prompt => &cat.prompts_from,
+        ItemKind::Resource => &cat.resources_from,
+        ItemKind::ResourceTemplate => &cat.resource_templates_from,
+    };
+    Some(
+        from.iter()
+            .enumerate()
+            .filter(|(i, o)| {
+                permit.shows(&Item {
+                    kind,
+                    connector: o.connector.as_str(),
+                    name: &o.name,
+                    exposed: exposed_of(cat, kind, *i),
+                    arguments: None,
+                })
+            })
+            .map(|(i, _)| i)
+            .collect(),
+    )
 }
 
 fn exposed_of(cat: &Catalog, kind: ItemKind, i: usize) -> &str {

@@ -8,6 +8,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use manifold_config::{Config, ConnectorId};
+use manifold_policy::{ItemKind, Principal};
 use manifold_router::{Changes, VirtualServer};
 use manifold_upstream::{Connector, EnvLookup, HealthState, UpstreamEvent};
 use tokio::sync::broadcast;
@@ -218,22 +219,101 @@ impl Gateway {
     /// streams, 2026-07-28 clients on their `subscriptions/listen` streams (each sends only
     /// what its client accepted).
     pub fn notify_changes(&self, server: &str, changes: Changes) {
-        for l in self.sessions.listeners_of(server) {
-            l.list_changed(changes.tools, changes.prompts, changes.resources);
+        let kinds = [
+            changes.tools,
+            changes.prompts,
+            changes.resources,
+            changes.resources,
+        ];
+        self.notify_views(server, kinds, true);
+    }
+
+    /// The policy changed (roles, conditions): tell each client whose own view of a list it
+    /// changed (among those that were shown it).
+    pub fn policy_changed(&self) {
+        for vs in self.servers() {
+            self.notify_views(vs.name(), [true; 4], false);
         }
-        let sessions = self.sessions.of_server(server);
-        if sessions.is_empty() {
+    }
+
+    /// What `who` is shown of each list of `vs` (`VirtualServer::view`; 0 where refused).
+    pub(crate) fn views_of(
+        &self,
+        vs: &VirtualServer,
+        who: &Arc<Principal>,
+        client: u64,
+    ) -> [u64; 4] {
+        [
+            ItemKind::Tool,
+            ItemKind::Prompt,
+            ItemKind::Resource,
+            ItemKind::ResourceTemplate,
+        ]
+        .map(|kind| {
+            match manifold_policy::authorize(
+                self.seams.policy.as_ref(),
+                who,
+                vs.list_request(kind, None),
+            ) {
+                Ok(permit) => vs.view(&permit, client),
+                Err(_) => 0,
+            }
+        })
+    }
+
+    /// Tell the sessions and listen streams of `server` about the lists of `kinds` (by
+    /// `kind_index`) whose view changed for them; `unknown`: whether a view never recorded
+    /// counts as changed. Views are computed once per principal and catalog.
+    fn notify_views(&self, server: &str, kinds: [bool; 4], unknown: bool) {
+        let Some(vs) = self.virtual_server(server) else {
             return;
+        };
+        let listeners = self.sessions.listeners_of(server);
+        let sessions = self.sessions.of_server(server);
+        if listeners.is_empty() && sessions.is_empty() {
+            return;
+        }
+        type Key = (
+            manifold_policy::PrincipalId,
+            Vec<String>,
+            Vec<String>,
+            usize,
+        );
+        let mut seen: std::collections::HashMap<Key, [u64; 4]> = Default::default();
+        let mut changed = |who: &Arc<Principal>, client: u64, views: &crate::session::Views| {
+            let cat = Arc::as_ptr(&vs.catalog_for(client)) as usize;
+            let key = (who.id().clone(), who.roles.clone(), who.scopes.clone(), cat);
+            let prints = *seen
+                .entry(key)
+                .or_insert_with(|| self.views_of(&vs, who, client));
+            let mut c = [false; 4];
+            for k in 0..4 {
+                c[k] = kinds[k] && views.update(k, prints[k], unknown);
+            }
+            Changes {
+                tools: c[0],
+                prompts: c[1],
+                resources: c[2] || c[3],
+            }
+        };
+        for l in listeners {
+            let c = changed(&l.principal, l.client, &l.views);
+            l.list_changed(c.tools, c.prompts, c.resources);
+        }
+        let mut told = 0;
+        for s in &sessions {
+            let c = changed(&s.principal, s.client, &s.views);
+            if c.any() {
+                told += 1;
+                notify_session(s, c);
+            }
         }
         tracing::debug!(
             server,
-            ?changes,
+            told,
             sessions = sessions.len(),
-            "notifying list changes"
+            "list changes told to the clients whose view changed"
         );
-        for s in sessions {
-            notify_session(&s, changes);
-        }
     }
 
     /// End a legacy session (DELETE, idle expiry, shutdown): its streams and relayed requests

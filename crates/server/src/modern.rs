@@ -289,6 +289,7 @@ async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Params>) -
     let id = cx.id.clone();
     let vs = cx.vs.clone();
     let client = cx.client;
+    let principal = cx.principal.clone();
     let reply = Box::pin(pipeline::handle(gw.clone(), cx, Mcp::Listen, params)).await;
     let listening = match reply {
         Reply::Listen(l) => l,
@@ -301,7 +302,18 @@ async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Params>) -
         id: id.clone(),
         accepted: listening.accepted.clone(),
         tx,
+        views: Default::default(),
+        principal,
+        client,
     });
+    // What it sees now: list changes are told when that changes.
+    for (k, print) in gw
+        .views_of(&vs, &listener.principal, client)
+        .into_iter()
+        .enumerate()
+    {
+        listener.views.saw(k, print);
+    }
     let ack = {
         let mut meta = serde_json::Map::new();
         meta.insert(

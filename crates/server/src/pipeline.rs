@@ -489,7 +489,11 @@ async fn list(
     } else {
         String::new()
     };
-    vs.page(&permit, cx.client, &head).map_err(to_error)
+    let (page, view) = vs.page(&permit, cx.client, &head).map_err(to_error)?;
+    if let Some(s) = &cx.session {
+        s.views.saw(manifold_router::kind_index(kind), view);
+    }
+    Ok(page)
 }
 
 /// The upstream call of a request: where its messages go, its cancellation and log level.

@@ -55,6 +55,28 @@ pub(crate) struct Session {
     calls: Mutex<HashMap<Box<str>, CancellationToken>>,
     /// Cancelled when the session ends (DELETE, idle expiry, shutdown).
     pub closed: CancellationToken,
+    /// What it was last shown of each list.
+    pub views: Views,
+}
+
+/// What a client was last shown of each list (`VirtualServer::view`, by
+/// `manifold_router::kind_index`), so that it is told of a change only when its own view changed.
+#[derive(Default)]
+pub(crate) struct Views(Mutex<[Option<u64>; 4]>);
+
+impl Views {
+    pub fn saw(&self, kind: usize, print: u64) {
+        self.0.lock().expect("views lock")[kind] = Some(print);
+    }
+
+    /// Record `print` as what the client would now be shown of list `kind`; whether that is a
+    /// change (`unknown`: what to say when nothing was recorded before).
+    pub fn update(&self, kind: usize, print: u64, unknown: bool) -> bool {
+        let mut v = self.0.lock().expect("views lock");
+        let changed = v[kind].map_or(unknown, |old| old != print);
+        v[kind] = Some(print);
+        changed
+    }
 }
 
 struct State {
@@ -223,6 +245,10 @@ pub(crate) struct Listener {
     pub id: Box<RawValue>,
     pub accepted: SubscriptionFilter,
     pub tx: mpsc::Sender<String>,
+    /// Who listens, and the client key of its lists: list changes are for their view.
+    pub principal: Arc<Principal>,
+    pub client: u64,
+    pub views: Views,
 }
 
 impl Listener {
@@ -337,6 +363,7 @@ impl Sessions {
             next_relay: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
             closed,
+            views: Views::default(),
         });
         let mut t = self.map.lock().expect("sessions lock");
         if t.by_key.len() >= caps.total {

@@ -4,3 +4,4 @@
 mod parity;
 mod seams;
 mod support;
+mod views;

@@ -1,0 +1,122 @@
+//! `list_changed` follows each client's own view: a change of the catalog that a caller cannot
+//! see is not announced to a caller who was shown the list, and a policy change is announced
+//! to exactly the callers whose view it changed.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn config() -> String {
+    format!("{}\n[servers.main]\nconnectors = [\"fa\"]\n", faulty("fa"))
+}
+
+/// A session's standalone stream, kept open for the whole test.
+struct Stream(reqwest::Response);
+
+impl Stream {
+    async fn open(url: &str, sid: &str, user: &str) -> Self {
+        let r = http()
+            .get(url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", sid)
+            .header("mcp-protocol-version", LEGACY)
+            .header("x-test-user", user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        Self(r)
+    }
+
+    /// What arrives within `wait`.
+    async fn read(&mut self, wait: Duration) -> String {
+        let mut out = String::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, self.0.chunk()).await {
+            out.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        out
+    }
+}
+
+async fn rpc(url: &str, sid: &str, user: &str, method: &str, params: serde_json::Value) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let r = post_in(url, sid)
+        .header("x-test-user", user)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    r.text().await.unwrap()
+}
+
+const CHANGED: &str = "notifications/tools/list_changed";
+
+#[tokio::test]
+async fn list_changes_reach_the_clients_whose_own_view_changed() {
+    let gw = Gw::start(&config(), &["fa__added_tool"]).await;
+    let url = gw.url("main");
+    let (a, b) = (
+        session(&url, Some("a")).await,
+        session(&url, Some("b")).await,
+    );
+    // a is shown the tools; b never lists them.
+    let listed = rpc(&url, &a, "a", "tools/list", json!({})).await;
+    assert!(
+        listed.contains("fa__echo") && !listed.contains("fa__added_tool"),
+        "{listed}"
+    );
+    let wait = Duration::from_millis(800);
+    let (mut ga, mut gb) = (
+        Stream::open(&url, &a, "a").await,
+        Stream::open(&url, &b, "b").await,
+    );
+
+    // The upstream adds a tool the policy hides: a's view is unchanged, so a is not told; b,
+    // whose view the gateway does not know, is told (as before views were followed).
+    let r = rpc(
+        &url,
+        &a,
+        "a",
+        "tools/call",
+        json!({"name": "fa__change_tools", "arguments": {}}),
+    )
+    .await;
+    assert!(r.contains("changed"), "{r}");
+    eventually("the catalog to change", || async {
+        gw.gw
+            .virtual_server("main")
+            .unwrap()
+            .catalog()
+            .tool_index
+            .contains_key("fa__added_tool")
+            .then_some(())
+    })
+    .await;
+    let (sa, sb) = tokio::join!(ga.read(wait), gb.read(wait));
+    assert!(!sa.contains(CHANGED), "a's view did not change: {sa}");
+    assert!(sb.contains(CHANGED), "b is told: {sb}");
+
+    // The policy now hides echo too: both views change, and both are told.
+    gw.deny(&["fa__added_tool", "fa__echo"]);
+    gw.gw.policy_changed();
+    let (sa, sb) = tokio::join!(ga.read(wait), gb.read(wait));
+    assert!(
+        sa.contains(CHANGED) && sb.contains(CHANGED),
+        "a: {sa}\nb: {sb}"
+    );
+    assert!(
+        !sa.contains("notifications/prompts/list_changed"),
+        "only the list that changed: {sa}"
+    );
+
+    // A policy change that changes no one's view is not announced.
+    gw.deny(&["fa__echo", "fa__added_tool"]);
+    gw.gw.policy_changed();
+    let sa = ga.read(wait).await;
+    assert!(!sa.contains(CHANGED), "{sa}");
+    let listed = rpc(&url, &a, "a", "tools/list", json!({})).await;
+    assert!(!listed.contains("fa__echo"), "{listed}");
+}
