@@ -334,7 +334,7 @@ impl Bench {
 
     /// An API key for `server` of the gateway started as `tag`, of a user made for it, through
     /// the CLI as an administrator would.
-    fn api_key(&self, tag: &str, server: &str) -> anyhow::Result<String> {
+    fn api_key(&self, tag: &str, server: &str, roles: &[String]) -> anyhow::Result<String> {
         let path = self
             .tmp
             .path(&format!("{tag}-config"))
@@ -356,7 +356,11 @@ impl Bench {
             }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
-        run(&["users", "add", "bench"])?;
+        let mut add = vec!["users", "add", "bench"];
+        for r in roles {
+            add.extend(["--role", r.as_str()]);
+        }
+        run(&add)?;
         let out = run(&["keys", "create", "--user", "bench", "--server", server])?;
         out.split_whitespace()
             .find(|w| w.starts_with("mfk_"))
@@ -457,7 +461,7 @@ impl Bench {
                 upstreams,
             },
         };
-        let bearer = self.api_key("proxy", "http")?;
+        let bearer = self.api_key("proxy", "http", &[])?;
         let scenarios = [
             (
                 "tools/call echo, HTTP upstream",
@@ -566,6 +570,59 @@ impl Bench {
             .map(|s| s.requests)
             .sum();
         self.after_load = procs::rss_kib(gw.pid()).map(|k| (k, served));
+        drop(gw);
+        // The same call by the same kind of member, on a gateway whose policy has 1,000 role
+        // rules (20 roles of 50; the member holds all 20, one of which allows the tool).
+        let roles: Vec<String> = (0..20).map(|r| format!("r{r}")).collect();
+        let mut rules = String::new();
+        for (i, r) in roles.iter().enumerate() {
+            let mut allow: Vec<String> = (0..49)
+                .map(|j| format!("\"conn{}/tool{}_*\"", (i * 49 + j) % 50, i * 49 + j))
+                .collect();
+            allow.push(if i == 0 {
+                "\"up_http/echo\"".to_owned()
+            } else {
+                format!("\"up_http/danger{i}\"")
+            });
+            rules.push_str(&format!(
+                "[roles.{r}]\nservers = [\"http\"]\nallow = [{}]\n\n",
+                allow.join(", ")
+            ));
+        }
+        let gw = self.start_gateway("policy", &format!("{config}\n{rules}"))?;
+        gw.wait_ready(&self.client, &[("http", 1)], Duration::from_secs(30))
+            .await?;
+        let bearer = self.api_key("policy", "http", &roles)?;
+        let through = Target::HttpAs {
+            url: gw.url("http"),
+            watch: Watch {
+                gateway: Some(gw.pid()),
+                upstreams: vec![up.pid()],
+            },
+            bearer,
+        };
+        let direct = Target::Http {
+            url: up_url.clone(),
+            watch: Watch {
+                gateway: None,
+                upstreams: vec![up.pid()],
+            },
+        };
+        let (dop, gop) = (
+            Arc::new(Op::Call {
+                tool: "echo".into(),
+            }),
+            Arc::new(Op::Call {
+                tool: "up_http__echo".into(),
+            }),
+        );
+        let name = "tools/call echo, HTTP upstream, API key, 1,000 role rules";
+        for conc in self.concurrency.clone() {
+            self.row(name, Kind::Call, Path::Direct, conc, &direct, &dop)
+                .await;
+            self.row(name, Kind::Call, Path::Gateway, conc, &through, &gop)
+                .await;
+        }
         drop(gw);
         drop(up);
         Ok(())

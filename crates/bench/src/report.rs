@@ -250,6 +250,32 @@ impl Report {
                 Kind::Catalog | Kind::List => {}
             }
         }
+        // A 1,000-rule policy against none: the same call, the same concurrency.
+        for row in self.rows.iter().filter(|r| r.path == Path::Gateway) {
+            let Some(base) = row.scenario.strip_suffix(", 1,000 role rules") else {
+                continue;
+            };
+            let without = self.rows.iter().find(|r| {
+                r.path == Path::Gateway && r.scenario == base && r.concurrency == row.concurrency
+            });
+            let ratio = row
+                .outcome
+                .as_ref()
+                .ok()
+                .zip(without.and_then(|w| w.outcome.as_ref().ok()))
+                .map(|(s, w)| s.rate() / w.rate());
+            t.push((
+                format!(
+                    "throughput with 1,000 role rules ≥ {:.0}% of without ({base}, c={})",
+                    THROUGHPUT_TARGET * 100.0,
+                    row.concurrency
+                ),
+                ratio
+                    .map(|r| format!("{:.0}%", r * 100.0))
+                    .unwrap_or_else(|| "n/a".into()),
+                ratio.map(|r| r >= THROUGHPUT_TARGET),
+            ));
+        }
         if let Some(m) = &self.memory {
             let idle = m.idle_kib;
             t.push((
