@@ -314,3 +314,38 @@ async fn an_ask_rule_waits_for_the_member_to_confirm_the_call_in_both_eras() {
     let out = calls(peers, &url, "modern", "fa__echo", &[r#"{"message": "m"}"#]).await;
     assert_eq!(out[1], "ok Echo: m", "{out:?}");
 }
+
+/// A role narrowed in the config while a member's session is open: the session is told its
+/// tool list changed (rmcp's client sees `tools/list_changed`), lists without the tool, and a
+/// call of it is refused at once, as an unknown tool.
+#[tokio::test]
+async fn a_policy_changed_mid_session_is_announced_and_applies_at_the_next_request() {
+    let roles = "[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/*\"]\n";
+    let cfg = format!("{}{roles}", one_faulty(""));
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    let client = TestClient::new("member");
+    let c = connect(&gw.url("main"), client.clone()).await;
+    let tools = tool_names(&c).await;
+    assert!(tools.contains(&"fa__echo".to_owned()), "{tools:?}");
+    std::fs::write(gw.config_path(), format!("{cfg}deny = [\"fa/echo\"]\n")).unwrap();
+    client
+        .wait_event("tools/list_changed", |e| e == "tools_changed")
+        .await;
+    let tools = tool_names(&c).await;
+    assert!(
+        !tools.contains(&"fa__echo".to_owned()) && tools.contains(&"fa__add".to_owned()),
+        "{tools:?}"
+    );
+    let e = c
+        .peer()
+        .call_tool(call("fa__echo", serde_json::json!({"message": "m"})))
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("unknown tool: fa__echo"), "{e}");
+    assert!(
+        !client.events().iter().any(|e| e == "prompts_changed"),
+        "only the list that changed is announced: {:?}",
+        client.events()
+    );
+}
