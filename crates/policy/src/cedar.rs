@@ -460,7 +460,7 @@ forbid (principal, action, resource)
         match p.decide(who, &a) {
             Decision::Allow => true,
             Decision::Only(view) => view(&item),
-            Decision::Ask(_) | Decision::Deny(_) => false,
+            Decision::Ask(_) | Decision::Deny(_) | Decision::Refuse(_) => false,
         }
     }
 
@@ -496,6 +496,29 @@ forbid (principal, action, resource)
         assert!(
             listed(&p, &dev, "db", "query"),
             "some call of it may be allowed"
+        );
+        // Refused for its arguments while listed: a refusal the caller may be told of.
+        let args = json!({"query": "DROP TABLE t"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let drop = Action {
+            server: "main",
+            kind: ActionKind::Use {
+                verb: Verb::Call,
+                item: Item {
+                    kind: ItemKind::Tool,
+                    connector: "db",
+                    name: "query",
+                    exposed: "query",
+                    arguments: Some(&args),
+                },
+            },
+        };
+        assert!(
+            matches!(p.decide(&dev, &drop), Decision::Refuse(_)),
+            "{:?}",
+            p.decide(&dev, &drop)
         );
         // A repository tool only for acme/*, for contractors; anyone else anywhere.
         assert!(call(

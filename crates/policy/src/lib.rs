@@ -164,6 +164,9 @@ pub enum Decision {
     Ask(String),
     /// Refused; the reason is for the audit trail and logs, never for the caller.
     Deny(String),
+    /// Refused for this very use (its arguments), of an item the caller is shown in lists: the
+    /// caller may be told the call was refused (it is no secret that the item exists).
+    Refuse(String),
 }
 
 impl fmt::Debug for Decision {
@@ -173,6 +176,7 @@ impl fmt::Debug for Decision {
             Decision::Only(_) => f.write_str("Only(..)"),
             Decision::Ask(r) => f.debug_tuple("Ask").field(r).finish(),
             Decision::Deny(r) => f.debug_tuple("Deny").field(r).finish(),
+            Decision::Refuse(r) => f.debug_tuple("Refuse").field(r).finish(),
         }
     }
 }
@@ -215,6 +219,9 @@ pub struct Permit<T> {
 pub struct Denied<T> {
     pub target: T,
     pub reason: String,
+    /// The caller is shown the item in lists (refused for this use only): the refusal may say
+    /// so, instead of answering as if the item did not exist.
+    pub visible: bool,
 }
 
 impl<T: fmt::Debug> fmt::Debug for Denied<T> {
@@ -252,7 +259,16 @@ pub fn authorize<T: Target>(
             view: None,
             confirm: Some(why),
         }),
-        Decision::Deny(reason) => Err(Denied { target, reason }),
+        Decision::Deny(reason) => Err(Denied {
+            target,
+            reason,
+            visible: false,
+        }),
+        Decision::Refuse(reason) => Err(Denied {
+            target,
+            reason,
+            visible: true,
+        }),
     }
 }
 

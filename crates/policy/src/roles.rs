@@ -387,12 +387,20 @@ impl Policy for RolePolicy {
                     .as_ref()
                     .and_then(|c| c.forbids(who, action.server, &item, false))
                 {
-                    Some(why) => Decision::Deny(format!(
-                        "{}/{} for {}: {why}",
-                        item.connector,
-                        item.name,
-                        who.id()
-                    )),
+                    Some(why) => {
+                        let why =
+                            format!("{}/{} for {}: {why}", item.connector, item.name, who.id());
+                        // Refused for its arguments, though listed: the caller may know.
+                        let listed = item.arguments.is_some()
+                            && conditions.as_ref().is_some_and(|c| {
+                                c.forbids(who, action.server, &item, true).is_none()
+                            });
+                        if listed {
+                            Decision::Refuse(why)
+                        } else {
+                            Decision::Deny(why)
+                        }
+                    }
                     None => match held.asks(&item) {
                         Some(role) if verb == crate::Verb::Call => Decision::Ask(format!(
                             "role {role:?} asks {} to confirm calls of {}/{}",
@@ -452,7 +460,7 @@ mod tests {
         match p.decide(who, &a) {
             Decision::Allow | Decision::Ask(_) => true,
             Decision::Only(view) => view(&it),
-            Decision::Deny(_) => false,
+            Decision::Deny(_) | Decision::Refuse(_) => false,
         }
     }
 

@@ -598,6 +598,17 @@ async fn forward(
     };
     let permit = match decide(gw, cx, record, routed) {
         Ok(p) => p,
+        // A listed item refused for this call's arguments: the caller may know.
+        Err(d) if d.visible => {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "the call of {:?} was refused by policy for its arguments; if it should be allowed, ask an administrator (manifold policy explain … --args)",
+                    d.target.exposed
+                ),
+                None,
+            )
+            .into());
+        }
         Err(d) => return Err(not_found(&d.target).into()),
     };
     let asks = permit.confirmation().is_some() && method == Method::CallTool;
