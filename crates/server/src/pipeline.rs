@@ -612,11 +612,12 @@ async fn forward(
         Err(d) => return Err(not_found(&d.target).into()),
     };
     let asks = permit.confirmation().is_some() && method == Method::CallTool;
-    let wait = gw.config().gateway.input_wait;
+    // Read only where a confirmation is asked (a config load is not free on every call).
+    let wait = || gw.config().gateway.input_wait;
     // A retry that answers the gateway's own confirmation round starts the call afresh.
     let retry = match (&binding, retry) {
         (Some(binding), Some((state, responses))) if asks => {
-            match gw.bridge.open_confirmation(binding, &state, wait) {
+            match gw.bridge.open_confirmation(binding, &state, wait()) {
                 mrtr::StateOf::Confirmation => {
                     let how = match &responses {
                         Some(serde_json::Value::Object(r)) => {
@@ -659,7 +660,7 @@ async fn forward(
                 )
             })?;
             let mut round = rmcp::model::InputRequiredResult::from_request_state(
-                gw.bridge.confirmation_state(binding, wait),
+                gw.bridge.confirmation_state(binding, wait()),
             );
             round.result_type = rmcp::model::ResultType::INPUT_REQUIRED;
             round.input_requests = Some([(confirm::INPUT_KEY.to_owned(), request)].into());
@@ -701,7 +702,7 @@ async fn forward(
     let Some(binding) = binding else {
         let caller = caller(gw, cx);
         if asks {
-            let how = confirm_legacy(cx, &caller, permit.target(), wait).await;
+            let how = confirm_legacy(cx, &caller, permit.target(), wait()).await;
             record.confirmation = Some(how.0);
             if how.0 != Confirmation::Confirmed {
                 return Err(confirm::refused(permit.target(), how.0, how.1.as_deref()).into());
