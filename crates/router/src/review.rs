@@ -99,11 +99,6 @@ impl Reviews {
             self.held.send_modify(|n| *n += 1);
         }
     }
-
-    /// Forget what was reported (the store lost it, say): the next holds are news again.
-    pub fn forget_reported(&self) {
-        self.reported.lock().expect("reported lock").clear();
-    }
 }
 
 /// The reviewed fields of `tool` (as the upstream sent it), as canonical JSON, and its
