@@ -243,7 +243,9 @@ mod micros {
 mod tests {
     use std::sync::Arc;
 
-    use manifold_policy::{Action, AllowAll, DenyExposed, ItemKind, Principal, Verb, authorize};
+    use manifold_policy::{
+        Action, AllowAll, DenyExposed, ItemKind, Principal, Verb, Via, authorize,
+    };
 
     use super::*;
 
@@ -253,6 +255,7 @@ mod tests {
     impl Target for Call {
         fn action(&self) -> Action<'_> {
             Action {
+                via: Default::default(),
                 server: "main",
                 kind: ActionKind::Use {
                     verb: Verb::Call,
@@ -271,7 +274,7 @@ mod tests {
     #[test]
     fn events_name_who_what_and_how_it_ended() {
         let who = Arc::new(Principal::user("https://idp", "7", vec![], vec![]));
-        let permit = authorize(&AllowAll, &who, Call("fa__echo")).unwrap();
+        let permit = authorize(&AllowAll, &who, Via::default(), Call("fa__echo")).unwrap();
         let e = AuditEvent::allowed(&permit, "tools/call", Outcome::Ok, SystemTime::now());
         assert_eq!(e.principal, "7@https://idp");
         assert_eq!(e.server, "main");
@@ -281,7 +284,13 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["outcome"], serde_json::json!({"result": "ok"}));
 
-        let d = authorize(&DenyExposed(vec!["fa__*".into()]), &who, Call("fa__echo")).unwrap_err();
+        let d = authorize(
+            &DenyExposed(vec!["fa__*".into()]),
+            &who,
+            Via::default(),
+            Call("fa__echo"),
+        )
+        .unwrap_err();
         let e = AuditEvent::denied(&d, who.id(), "tools/call", -32602, SystemTime::now());
         assert!(e.denied.as_deref().unwrap().contains("fa__echo"));
         assert_eq!(

@@ -268,7 +268,8 @@ impl StoreAuth {
             });
         }
         Ok((
-            Principal::user(user.issuer, user.subject, user.roles, scopes),
+            Principal::user(user.issuer, user.subject, user.roles, scopes)
+                .with_client(claims.client_id),
             claims.exp,
         ))
     }

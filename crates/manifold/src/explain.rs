@@ -2,7 +2,7 @@
 //! `manifold policy explain` and of `GET /admin/policy/explain`.
 
 use manifold_config::Config;
-use manifold_policy::{Item, ItemKind, Principal, RolePolicy};
+use manifold_policy::{Item, ItemKind, Principal, RolePolicy, Via};
 use manifold_store::Store;
 use serde::Deserialize;
 
@@ -34,6 +34,13 @@ pub struct Ask {
     /// The call's arguments, a JSON object.
     #[arg(long)]
     pub args: Option<String>,
+    /// The OAuth client the member calls through (its client_id), for conditions on
+    /// `context.client`.
+    #[arg(long)]
+    pub client: Option<String>,
+    /// The address the request comes from, for conditions on `context.source`.
+    #[arg(long)]
+    pub source: Option<String>,
 }
 
 /// The answer.
@@ -98,6 +105,14 @@ pub async fn explain(
             Err(e) => return Err(format!("the arguments (--args) are not JSON: {e}")),
         }
     }
+    let via = Via {
+        source: match ask.source.as_deref() {
+            None => None,
+            Some(a) => Some(a.parse::<std::net::IpAddr>().map_err(|_| {
+                format!("the source (--source) {a:?} is not an IP address, such as 10.1.2.3 or ::1")
+            })?),
+        },
+    };
     let written = [
         (ItemKind::Tool, &ask.tool, "call the tool"),
         (ItemKind::Prompt, &ask.prompt, "get the prompt"),
@@ -176,9 +191,14 @@ pub async fn explain(
         None => format!("connect to {server:?}"),
         Some((_, c, n, verb)) => format!("{verb} {c}/{n} of {server:?}"),
     };
+    let who = match ask.client.as_deref() {
+        Some(c) if !c.is_empty() => who.with_client(c),
+        _ => who,
+    };
     let why = policy.explain(
         &who,
         server,
+        via,
         item.map(|(kind, connector, name, _)| Item {
             kind,
             connector,

@@ -48,6 +48,7 @@ fn main() {
     for i in 0..n {
         let (c, name) = &names[i % names.len()];
         let a = Action {
+            via: Default::default(),
             server: "main",
             kind: ActionKind::Use {
                 verb: Verb::Call,
@@ -62,6 +63,7 @@ fn main() {
     );
 
     let list = Action {
+        via: Default::default(),
         server: "main",
         kind: ActionKind::List(ItemKind::Tool),
     };
@@ -119,6 +121,7 @@ forbid (principal, action, resource) when { resource.name like "delete_*" };
     let mut allowed = 0;
     for _ in 0..n {
         let a = Action {
+            via: Default::default(),
             server: "main",
             kind: ActionKind::Use {
                 verb: Verb::Call,

@@ -14,9 +14,12 @@
 //! The schema (`SCHEMA`): the principal is a `User` (`roles`, `scopes`, `issuer`, `subject`,
 //! `anonymous`); the resource a `Tool`, `Prompt` or `Resource` (`connector`, `name`: the
 //! upstream's own name, or a resource's URI); the actions `call`, `get` and `read`; the context
-//! holds `server`, `hour` (0–23, UTC), `weekday` (1 Monday … 7 Sunday) and `arguments`, an
-//! entity whose tags are the call's arguments as text (a string as itself, anything else as its
-//! JSON): `context.arguments.hasTag("query") && context.arguments.getTag("query") like "DROP*"`.
+//! holds `server`, `hour` (0–23, UTC), `weekday` (1 Monday … 7 Sunday), `client` (the OAuth
+//! `client_id` the access token was issued to; `""` for an API key or an anonymous caller),
+//! `source` (the request's source address, an `ipaddr`; absent where no request is in hand, so
+//! a policy tests `context has source` first) and `arguments`, an entity whose tags are the
+//! call's arguments as text (a string as itself, anything else as its JSON):
+//! `context.arguments.hasTag("query") && context.arguments.getTag("query") like "DROP*"`.
 
 use std::str::FromStr;
 
@@ -27,7 +30,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use crate::{Item, ItemKind, Principal};
+use crate::{Item, ItemKind, Principal, Via};
 
 /// What policies are checked against.
 pub const SCHEMA: &str = r#"
@@ -40,7 +43,14 @@ entity User = {
 };
 entity Tool, Prompt, Resource = { connector: String, name: String };
 entity Args tags String;
-type Ctx = { server: String, hour: Long, weekday: Long, arguments: Args };
+type Ctx = {
+  server: String,
+  hour: Long,
+  weekday: Long,
+  client: String,
+  source?: ipaddr,
+  arguments: Args,
+};
 action call appliesTo { principal: [User], resource: [Tool], context: Ctx };
 action get appliesTo { principal: [User], resource: [Prompt], context: Ctx };
 action read appliesTo { principal: [User], resource: [Resource], context: Ctx };
@@ -206,12 +216,13 @@ impl Conditions {
         self.all.is_empty()
     }
 
-    /// Why `who` may not use `item` on `server` (`listing`: may not see it in a list), if a
-    /// forbid applies or a policy cannot be evaluated.
+    /// Why `who`, whose request arrived `via`, may not use `item` on `server` (`listing`: may
+    /// not see it in a list), if a forbid applies or a policy cannot be evaluated.
     pub fn forbids(
         &self,
         who: &Principal,
         server: &str,
+        via: Via,
         item: &Item<'_>,
         listing: bool,
     ) -> Option<String> {
@@ -219,7 +230,7 @@ impl Conditions {
         if policies.is_empty() {
             return None;
         }
-        match self.evaluate(who, server, item, policies) {
+        match self.evaluate(who, server, via, item, policies) {
             Ok(None) => None,
             Ok(Some(ids)) => Some(format!("forbidden by {ids}")),
             Err(e) => Some(format!("a condition could not be evaluated ({e}): denied")),
@@ -231,6 +242,7 @@ impl Conditions {
         &self,
         who: &Principal,
         server: &str,
+        via: Via,
         item: &Item<'_>,
         policies: &PolicySet,
     ) -> Result<Option<String>, String> {
@@ -295,19 +307,34 @@ impl Conditions {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let (hour, weekday) = ((now / 3600) % 24, ((now / 86_400 + 3) % 7) + 1);
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             ("server".to_owned(), s(server)),
             ("hour".to_owned(), RestrictedExpression::new_long(hour)),
             (
                 "weekday".to_owned(),
                 RestrictedExpression::new_long(weekday),
             ),
+            ("client".to_owned(), s(who.client.as_deref().unwrap_or(""))),
             (
                 "arguments".to_owned(),
                 RestrictedExpression::new_entity_uid(args_uid),
             ),
-        ])
-        .map_err(|e| e.to_string())?;
+        ];
+        if let Some(ip) = via.source {
+            // An IPv4 peer seen on an IPv6 socket is written as itself: `ip("10.0.0.0/8")`
+            // ranges apply to it.
+            let ip = match ip {
+                std::net::IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+                v4 => v4,
+            };
+            pairs.push((
+                "source".to_owned(),
+                RestrictedExpression::new_ip(ip.to_string()),
+            ));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         let request = Request::new(user_uid, verb.clone(), item_uid, context, None)
             .map_err(|e| e.to_string())?;
         // Everything is permitted but what a forbid takes away: the base permit is implicit.
@@ -327,7 +354,7 @@ impl Conditions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Action, ActionKind, Decision, Policy, RolePolicy, RoleRules, Verb};
+    use crate::{Action, ActionKind, Decision, Policy, RolePolicy, RoleRules, Verb, Via};
 
     fn source(text: &str) -> Vec<Source> {
         vec![Source {
@@ -436,6 +463,7 @@ forbid (principal, action, resource)
             arguments: Some(&args),
         };
         let a = Action {
+            via: Default::default(),
             server: "main",
             kind: ActionKind::Use {
                 verb: Verb::Call,
@@ -447,6 +475,7 @@ forbid (principal, action, resource)
 
     fn listed(p: &RolePolicy, who: &Principal, c: &str, n: &str) -> bool {
         let a = Action {
+            via: Default::default(),
             server: "main",
             kind: ActionKind::List(ItemKind::Tool),
         };
@@ -503,6 +532,7 @@ forbid (principal, action, resource)
             .cloned()
             .unwrap();
         let drop = Action {
+            via: Default::default(),
             server: "main",
             kind: ActionKind::Use {
                 verb: Verb::Call,
@@ -566,6 +596,7 @@ forbid (principal, action, resource)
         let why = p.explain(
             &contractor,
             "main",
+            Via::default(),
             Some(&Item {
                 kind: ItemKind::Tool,
                 connector: "gh",
@@ -585,6 +616,94 @@ forbid (principal, action, resource)
     }
 
     #[test]
+    fn conditions_on_the_client_application_and_the_source_address() {
+        let p = policy(
+            r#"
+@id("office-only")
+forbid (principal, action, resource)
+  when { resource.connector == "db" }
+  unless { context has source && context.source.isInRange(ip("10.0.0.0/8")) };
+
+@id("claude-may-not-push")
+forbid (principal, action == Action::"call", resource)
+  when { resource.name == "push" && context.client == "https://claude.example/client" };
+"#,
+        );
+        let dev = user(&["dev"]);
+        let decide = |who: &Principal, c: &str, n: &str, source: Option<&str>| {
+            let via = Via {
+                source: source.map(|s| s.parse().unwrap()),
+            };
+            let a = Action {
+                via,
+                server: "main",
+                kind: ActionKind::Use {
+                    verb: Verb::Call,
+                    item: Item {
+                        kind: ItemKind::Tool,
+                        connector: c,
+                        name: n,
+                        exposed: n,
+                        arguments: None,
+                    },
+                },
+            };
+            matches!(p.decide(who, &a), Decision::Allow)
+        };
+        assert!(decide(&dev, "db", "query", Some("10.1.2.3")));
+        assert!(!decide(&dev, "db", "query", Some("192.168.1.9")));
+        assert!(
+            decide(&dev, "db", "query", Some("::ffff:10.1.2.3")),
+            "an IPv4 peer on an IPv6 socket is itself"
+        );
+        assert!(
+            !decide(&dev, "db", "query", None),
+            "an unknown source is not in the office"
+        );
+        assert!(decide(&dev, "gh", "query", Some("192.168.1.9")), "not db");
+        let claude = user(&["dev"]).with_client("https://claude.example/client");
+        assert!(!decide(&claude, "gh", "push", Some("10.0.0.1")));
+        assert!(decide(&claude, "gh", "pull", Some("10.0.0.1")));
+        assert!(
+            decide(&dev, "gh", "push", Some("10.0.0.1")),
+            "an API key has no client"
+        );
+        let cursor = user(&["dev"]).with_client("cursor");
+        assert!(decide(&cursor, "gh", "push", None));
+        // A list made where the source is known hides what the source may not use.
+        let list = Action {
+            via: Via {
+                source: Some("192.168.1.9".parse().unwrap()),
+            },
+            server: "main",
+            kind: ActionKind::List(ItemKind::Tool),
+        };
+        let Decision::Only(view) = p.decide(&dev, &list) else {
+            panic!("a filtered list")
+        };
+        let item = |c| Item {
+            kind: ItemKind::Tool,
+            connector: c,
+            name: "query",
+            exposed: "query",
+            arguments: None,
+        };
+        assert!(!view(&item("db")) && view(&item("gh")));
+        // Explain takes the same facts.
+        let why = p.explain(
+            &dev,
+            "main",
+            Via {
+                source: Some("10.9.9.9".parse().unwrap()),
+            },
+            Some(&item("db")),
+        );
+        assert!(why.allowed, "{why:?}");
+        let why = p.explain(&dev, "main", Via::default(), Some(&item("db")));
+        assert!(!why.allowed && why.because.last().unwrap().contains("office-only"));
+    }
+
+    #[test]
     fn a_condition_that_cannot_be_evaluated_denies() {
         // Valid (a Long), but it overflows whenever it is evaluated.
         let p = policy(
@@ -594,6 +713,7 @@ forbid (principal, action, resource)
         assert!(!call(&p, &dev, "gh", "x", serde_json::json!({})));
         assert!(!listed(&p, &dev, "gh", "x"), "nor listed");
         let a = Action {
+            via: Default::default(),
             server: "main",
             kind: ActionKind::Use {
                 verb: Verb::Call,

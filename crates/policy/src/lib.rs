@@ -29,6 +29,9 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// The scopes of the credential the request presented; they only ever narrow the roles.
     pub scopes: Vec<String>,
+    /// The OAuth client (its `client_id`) the presented access token was issued to: the
+    /// application the member uses. `None` for an API key and for anonymous callers.
+    pub client: Option<String>,
 }
 
 /// Who a principal is: nobody in particular, or a user identified by (issuer, subject) —
@@ -46,6 +49,7 @@ impl Principal {
             id: PrincipalId::Anonymous,
             roles: Vec::new(),
             scopes: Vec::new(),
+            client: None,
         }
     }
 
@@ -62,7 +66,14 @@ impl Principal {
             },
             roles,
             scopes,
+            client: None,
         }
+    }
+
+    /// The same principal, calling through the OAuth client `client_id`.
+    pub fn with_client(mut self, client_id: impl Into<String>) -> Self {
+        self.client = Some(client_id.into());
+        self
     }
 
     pub fn id(&self) -> &PrincipalId {
@@ -137,6 +148,16 @@ pub struct Item<'a> {
 pub struct Action<'a> {
     pub server: &'a str,
     pub kind: ActionKind<'a>,
+    /// How the request arrived (set by `authorize` from what the edge saw).
+    pub via: Via,
+}
+
+/// Facts about how a request arrived that are not the caller's identity, for conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Via {
+    /// The address of the TCP peer that sent the request (behind a reverse proxy: the
+    /// proxy's); `None` where no request is in hand (a list change computed for a session).
+    pub source: Option<std::net::IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -233,13 +254,17 @@ impl<T: fmt::Debug> fmt::Debug for Denied<T> {
     }
 }
 
-/// Decide `target` for `who`: the one consultation of `policy` for a request.
+/// Decide `target` for `who`, whose request arrived `via`: the one consultation of `policy`
+/// for a request.
 pub fn authorize<T: Target>(
     policy: &dyn Policy,
     who: &Arc<Principal>,
+    via: Via,
     target: T,
 ) -> Result<Permit<T>, Denied<T>> {
-    let decision = policy.decide(who, &target.action());
+    let mut action = target.action();
+    action.via = via;
+    let decision = policy.decide(who, &action);
     match decision {
         Decision::Allow => Ok(Permit {
             who: who.clone(),

@@ -13,7 +13,7 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::{Action, ActionKind, Conditions, Decision, Item, Policy, Principal, glob};
+use crate::{Action, ActionKind, Conditions, Decision, Item, Policy, Principal, Via, glob};
 
 /// The role an anonymous caller holds.
 pub const ANONYMOUS_ROLE: &str = "anonymous";
@@ -161,12 +161,18 @@ impl RolePolicy {
     ///
     /// With Cedar conditions, an item with `arguments` is explained as a call with them, and
     /// one without as an entry of a list (only the conditions that do not look at arguments).
-    pub fn explain(&self, who: &Principal, server: &str, item: Option<&Item<'_>>) -> Explanation {
+    pub fn explain(
+        &self,
+        who: &Principal,
+        server: &str,
+        via: Via,
+        item: Option<&Item<'_>>,
+    ) -> Explanation {
         let mut why = self.explain_roles(who, server, item);
         let conditions = self.conditions.load_full();
         if let (Some(c), Some(item), true) = (conditions.as_ref(), item, why.allowed) {
             let listing = item.arguments.is_none();
-            match c.forbids(who, server, item, listing) {
+            match c.forbids(who, server, via, item, listing) {
                 Some(forbidden) => {
                     why.allowed = false;
                     why.confirm = false;
@@ -369,11 +375,12 @@ impl Policy for RolePolicy {
                 let held = Arc::new(held);
                 let who = who.clone();
                 let server = action.server.to_owned();
+                let via = action.via;
                 Decision::Only(Arc::new(move |item| {
                     held.allows(item)
                         && conditions
                             .as_ref()
-                            .is_none_or(|c| c.forbids(&who, &server, item, true).is_none())
+                            .is_none_or(|c| c.forbids(&who, &server, via, item, true).is_none())
                 }))
             }
             ActionKind::Use { item, .. } if !held.allows(&item) => Decision::Deny(format!(
@@ -385,7 +392,7 @@ impl Policy for RolePolicy {
             ActionKind::Use { item, verb } => {
                 match conditions
                     .as_ref()
-                    .and_then(|c| c.forbids(who, action.server, &item, false))
+                    .and_then(|c| c.forbids(who, action.server, action.via, &item, false))
                 {
                     Some(why) => {
                         let why =
@@ -393,7 +400,8 @@ impl Policy for RolePolicy {
                         // Refused for its arguments, though listed: the caller may know.
                         let listed = item.arguments.is_some()
                             && conditions.as_ref().is_some_and(|c| {
-                                c.forbids(who, action.server, &item, true).is_none()
+                                c.forbids(who, action.server, action.via, &item, true)
+                                    .is_none()
                             });
                         if listed {
                             Decision::Refuse(why)
@@ -443,6 +451,7 @@ mod tests {
 
     fn uses(p: &RolePolicy, who: &Principal, server: &str, it: Item<'_>) -> bool {
         let a = Action {
+            via: Default::default(),
             server,
             kind: ActionKind::Use {
                 verb: Verb::Call,
@@ -454,6 +463,7 @@ mod tests {
 
     fn lists(p: &RolePolicy, who: &Principal, server: &str, it: Item<'_>) -> bool {
         let a = Action {
+            via: Default::default(),
             server,
             kind: ActionKind::List(ItemKind::Tool),
         };
@@ -477,6 +487,7 @@ mod tests {
             p.decide(
                 &who,
                 &Action {
+                    via: Default::default(),
                     server: "main",
                     kind: ActionKind::Use {
                         verb: Verb::Call,
@@ -509,6 +520,7 @@ mod tests {
         let get = p.decide(
             &who,
             &Action {
+                via: Default::default(),
                 server: "main",
                 kind: ActionKind::Use {
                     verb: Verb::Get,
@@ -517,7 +529,12 @@ mod tests {
             },
         );
         assert!(matches!(get, Decision::Allow), "only tool calls are asked");
-        let why = p.explain(&who, "main", Some(&item("db", "write_rows")));
+        let why = p.explain(
+            &who,
+            "main",
+            Via::default(),
+            Some(&item("db", "write_rows")),
+        );
         assert!(why.allowed && why.confirm, "{why:?}");
         assert!(
             why.because
@@ -525,9 +542,14 @@ mod tests {
                 .any(|b| b.contains("confirm") && b.contains("db/write_*")),
             "{why:?}"
         );
-        let why = p.explain(&who, "main", Some(&item("db", "read_rows")));
+        let why = p.explain(&who, "main", Via::default(), Some(&item("db", "read_rows")));
         assert!(why.allowed && !why.confirm, "{why:?}");
-        let why = p.explain(&who, "main", Some(&item("db", "drop_table")));
+        let why = p.explain(
+            &who,
+            "main",
+            Via::default(),
+            Some(&item("db", "drop_table")),
+        );
         assert!(!why.allowed && !why.confirm, "{why:?}");
     }
 
@@ -570,6 +592,7 @@ mod tests {
                 p.decide(
                     who,
                     &Action {
+                        via: Default::default(),
                         server,
                         kind: ActionKind::Connect
                     }
@@ -579,10 +602,18 @@ mod tests {
         };
         assert!(connect(&dev, "main") && !connect(&dev, "public"));
         for (who, server) in [(&dev, "main"), (&dev, "public"), (&anon, "public")] {
-            assert_eq!(p.explain(who, server, None).allowed, connect(who, server));
+            assert_eq!(
+                p.explain(who, server, Via::default(), None).allowed,
+                connect(who, server)
+            );
         }
         // The explanation names the rules that decided, as written.
-        let why = p.explain(&both, "main", Some(&item("gh", "delete_repo")));
+        let why = p.explain(
+            &both,
+            "main",
+            Via::default(),
+            Some(&item("gh", "delete_repo")),
+        );
         assert_eq!(
             why.because,
             [
@@ -594,7 +625,12 @@ mod tests {
             ]
         );
         assert!(!why.allowed);
-        let why = p.explain(&user(&["dev", "ghost"]), "public", Some(&item("gh", "x")));
+        let why = p.explain(
+            &user(&["dev", "ghost"]),
+            "public",
+            Via::default(),
+            Some(&item("gh", "x")),
+        );
         assert_eq!(
             why.because,
             [
@@ -602,7 +638,7 @@ mod tests {
                 "no role held grants the virtual server \"public\"",
             ]
         );
-        let why = p.explain(&anon, "public", Some(&item("gh", "x")));
+        let why = p.explain(&anon, "public", Via::default(), Some(&item("gh", "x")));
         assert!(!why.allowed);
         assert_eq!(
             why.because.last().unwrap(),
@@ -640,7 +676,7 @@ mod tests {
                             uses(&p, who, server, item(c, n)),
                             "{who:?} {server} {c}/{n}"
                         );
-                        let why = p.explain(who, server, Some(&item(c, n)));
+                        let why = p.explain(who, server, Via::default(), Some(&item(c, n)));
                         assert_eq!(
                             why.allowed,
                             uses(&p, who, server, item(c, n)),
@@ -766,9 +802,10 @@ mod tests {
                                 used,
                                 "seed {seed}: {roles:?} {who:?} {server} {c}/{n}"
                             );
-                            let why = p.explain(who, server, Some(&item(c, n)));
+                            let why = p.explain(who, server, Via::default(), Some(&item(c, n)));
                             assert_eq!(why.allowed, used, "seed {seed}: explained otherwise");
                             let call = Action {
+                                via: Default::default(),
                                 server,
                                 kind: ActionKind::Use {
                                     verb: Verb::Call,
@@ -800,6 +837,7 @@ mod tests {
         let p = RolePolicy::new(std::iter::empty());
         assert!(uses(&p, &Principal::anonymous(), "main", item("gh", "x")));
         let a = Action {
+            via: Default::default(),
             server: "main",
             kind: ActionKind::List(ItemKind::Tool),
         };

@@ -24,6 +24,7 @@ struct Call<'a>(Item<'a>);
 impl Target for Call<'_> {
     fn action(&self) -> Action<'_> {
         Action {
+            via: Default::default(),
             server: "s",
             kind: ActionKind::Use {
                 verb: Verb::Call,
@@ -39,6 +40,7 @@ struct ListTools;
 impl Target for ListTools {
     fn action(&self) -> Action<'_> {
         Action {
+            via: Default::default(),
             server: "s",
             kind: ActionKind::List(ItemKind::Tool),
         }
@@ -68,10 +70,10 @@ impl Policy for Counting {
 #[test]
 fn allow_all_permits_and_shows_everything() {
     let who = Arc::new(Principal::anonymous());
-    let p = authorize(&AllowAll, &who, Call(tool("a__x"))).unwrap();
+    let p = authorize(&AllowAll, &who, Via::default(), Call(tool("a__x"))).unwrap();
     assert_eq!(p.target().0.exposed, "a__x");
     assert!(p.principal().is_anonymous());
-    let l = authorize(&AllowAll, &who, ListTools).unwrap();
+    let l = authorize(&AllowAll, &who, Via::default(), ListTools).unwrap();
     assert!(!l.filters());
     assert!(l.shows(&tool("anything")));
 }
@@ -80,17 +82,17 @@ fn allow_all_permits_and_shows_everything() {
 fn a_denied_use_gives_the_request_back_with_the_reason() {
     let who = Arc::new(Principal::anonymous());
     let policy = DenyExposed(vec!["a__secret*".into()]);
-    let d = authorize(&policy, &who, Call(tool("a__secret_tool"))).unwrap_err();
+    let d = authorize(&policy, &who, Via::default(), Call(tool("a__secret_tool"))).unwrap_err();
     assert_eq!(d.target.0.exposed, "a__secret_tool");
     assert!(d.reason.contains("a__secret_tool"), "{}", d.reason);
-    assert!(authorize(&policy, &who, Call(tool("a__open"))).is_ok());
+    assert!(authorize(&policy, &who, Via::default(), Call(tool("a__open"))).is_ok());
 }
 
 #[test]
 fn a_list_is_one_decision_whose_view_agrees_with_use() {
     let who = Arc::new(Principal::anonymous());
     let policy = Counting(DenyExposed(vec!["*__hidden".into()]), AtomicUsize::new(0));
-    let list = authorize(&policy, &who, ListTools).unwrap();
+    let list = authorize(&policy, &who, Via::default(), ListTools).unwrap();
     assert_eq!(
         policy.1.load(Ordering::SeqCst),
         1,
@@ -98,7 +100,7 @@ fn a_list_is_one_decision_whose_view_agrees_with_use() {
     );
     for name in ["a__hidden", "a__shown", "b__hidden", "hidden"] {
         let shown = list.shows(&tool(name));
-        let usable = authorize(&policy, &who, Call(tool(name))).is_ok();
+        let usable = authorize(&policy, &who, Via::default(), Call(tool(name))).is_ok();
         assert_eq!(shown, usable, "{name}: listed = callable");
     }
     assert!(list.filters());

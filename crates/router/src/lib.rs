@@ -131,6 +131,7 @@ impl Target for Routed {
             _ => None,
         };
         Action {
+            via: Default::default(),
             server: &self.server,
             kind: ActionKind::Use {
                 verb: self.method.verb(),
@@ -157,6 +158,7 @@ pub struct ListRequest {
 impl Target for ListRequest {
     fn action(&self) -> Action<'_> {
         Action {
+            via: Default::default(),
             server: &self.server,
             kind: ActionKind::List(self.kind),
         }
@@ -172,6 +174,7 @@ pub struct ServerRequest {
 impl Target for ServerRequest {
     fn action(&self) -> Action<'_> {
         Action {
+            via: Default::default(),
             server: &self.server,
             kind: ActionKind::Connect,
         }

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use manifold_policy::Principal;
+use manifold_policy::{Principal, Via};
 use manifold_router::VirtualServer;
 use rmcp::model::{ClientCapabilities, LoggingLevel, ProgressToken};
 use serde_json::value::RawValue;
@@ -25,6 +25,8 @@ pub(crate) enum Era {
 pub(crate) struct RequestContext {
     /// Who is calling (from the authentication seam at the edge).
     pub principal: Arc<Principal>,
+    /// How the request arrived (its source address), for the policy's conditions.
+    pub via: Via,
     /// The virtual server, as configured when the request arrived.
     pub vs: Arc<VirtualServer>,
     pub era: Era,

@@ -253,6 +253,7 @@ impl Gateway {
             match manifold_policy::authorize(
                 self.seams.policy.as_ref(),
                 who,
+                manifold_policy::Via::default(),
                 vs.list_request(kind, None),
             ) {
                 Ok(permit) => vs.view(&permit, client),

@@ -311,20 +311,22 @@ async fn post(
             return crate::stream::json_response(StatusCode::BAD_REQUEST, refusal.message());
         }
     };
+    let peer = parts.extensions.get::<conn::Peer>().map(|p| p.0.ip());
     let resp = match &msg {
         Incoming::Request {
             id, method, params, ..
         } if method == "initialize" && !modern::applies(h, &msg) => {
-            let peer = parts.extensions.get::<conn::Peer>().map(|p| p.0.ip());
             legacy::initialize(gw, vs, principal, peer, h, id, *params).await
         }
-        _ if h.contains_key("mcp-session-id") => legacy::post(gw, vs, principal, h, msg).await,
+        _ if h.contains_key("mcp-session-id") => {
+            legacy::post(gw, vs, principal, peer, h, msg).await
+        }
         _ if modern::applies(h, &msg) => {
             if matches!(&msg, Incoming::Request { method, .. } if method == "subscriptions/listen")
             {
                 guard = None;
             }
-            modern::post(gw, vs, principal, h, msg).await
+            modern::post(gw, vs, principal, peer, h, msg).await
         }
         Incoming::Request { id, .. } => legacy::session_required(Some(id)),
         _ => legacy::session_required(None),

@@ -15,7 +15,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use manifold_policy::Principal;
+use manifold_policy::{Principal, Via};
 use manifold_router::VirtualServer;
 use rmcp::model::{ClientCapabilities, ErrorData, ProgressToken};
 use serde_json::value::RawValue;
@@ -154,6 +154,7 @@ pub(crate) async fn initialize(
     let (outbox, _rx) = mpsc::channel(1);
     let cx = RequestContext {
         principal,
+        via: Via { source: peer },
         client: session.client,
         vs,
         era: Era::Legacy,
@@ -241,6 +242,7 @@ pub(crate) async fn post(
     gw: &Arc<Gateway>,
     vs: Arc<VirtualServer>,
     principal: Arc<Principal>,
+    peer: Option<std::net::IpAddr>,
     h: &HeaderMap,
     msg: Incoming<'_>,
 ) -> Response {
@@ -297,6 +299,7 @@ pub(crate) async fn post(
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let cx = RequestContext {
         principal,
+        via: Via { source: peer },
         client: session.client,
         vs,
         era: Era::Legacy,

@@ -155,6 +155,7 @@ pub(crate) async fn post(
     gw: &Arc<Gateway>,
     vs: Arc<VirtualServer>,
     principal: Arc<Principal>,
+    peer: Option<std::net::IpAddr>,
     h: &HeaderMap,
     msg: Incoming<'_>,
 ) -> Response {
@@ -262,6 +263,7 @@ pub(crate) async fn post(
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let cx = RequestContext {
         principal,
+        via: manifold_policy::Via { source: peer },
         vs,
         era: Era::Modern,
         session: None,

@@ -350,7 +350,7 @@ fn decide<T: Target>(
     record: &mut Record<'_>,
     target: T,
 ) -> Result<Permit<T>, manifold_policy::Denied<T>> {
-    match manifold_policy::authorize(gw.seams.policy.as_ref(), &cx.principal, target) {
+    match manifold_policy::authorize(gw.seams.policy.as_ref(), &cx.principal, cx.via, target) {
         Ok(p) => {
             record.permitted(&p);
             Ok(p)
@@ -865,7 +865,7 @@ async fn listen(
             continue;
         };
         let Ok(permit) =
-            manifold_policy::authorize(gw.seams.policy.as_ref(), &cx.principal, routed)
+            manifold_policy::authorize(gw.seams.policy.as_ref(), &cx.principal, cx.via, routed)
         else {
             continue;
         };

@@ -271,7 +271,7 @@ fn policy_explain_says_what_decides_and_refuses_bad_requests() {
     let dir = TempDir::new("explain");
     let path = dir.path("m.toml");
     let config = format!(
-        "[store]\ndata_dir = \"data\"\n{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\nask = [\"fa/slow\"]\n\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n",
+        "[store]\ndata_dir = \"data\"\n{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\nask = [\"fa/slow\"]\n\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n\n[policy]\ncedar = \"\"\"\n@id(\"fetch-from-the-office\")\nforbid (principal, action, resource) when {{ resource.name == \"fetch\" }} unless {{ context has source && context.source.isInRange(ip(\"10.0.0.0/8\")) && context.client != \"bad-app\" }};\n\"\"\"\n",
         one_faulty("")
     );
     std::fs::write(&path, config).unwrap();
@@ -328,6 +328,35 @@ fn policy_explain_says_what_decides_and_refuses_bad_requests() {
         "{text}"
     );
 
+    // Conditions on the source address and the OAuth client.
+    let fetch = |more: &[&str]| {
+        let mut a = vec!["--user", "dana", "--server", "main", "--tool", "fa/fetch"];
+        a.extend_from_slice(more);
+        explain(&a)
+    };
+    let o = fetch(&["--source", "10.2.3.4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(
+        out(&o).contains("no Cedar condition hides it from lists"),
+        "{}",
+        out(&o)
+    );
+    for more in [
+        &["--source", "192.168.0.4"][..],
+        &[][..],
+        &["--source", "10.2.3.4", "--client", "bad-app"][..],
+    ] {
+        let o = fetch(more);
+        assert_eq!(o.status.code(), Some(3), "{more:?}: {}", out(&o));
+        assert!(
+            out(&o).contains("forbidden by fetch-from-the-office"),
+            "{more:?}: {}",
+            out(&o)
+        );
+    }
+    let o = fetch(&["--source", "10.2.3.4", "--client", "good-app"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+
     let o = explain(&["--anonymous", "--server", "main", "--tool", "fa/add"]);
     assert_eq!(o.status.code(), Some(3), "{}", out(&o));
     assert!(
@@ -368,6 +397,10 @@ fn policy_explain_says_what_decides_and_refuses_bad_requests() {
                 "--user", "dana", "--server", "main", "--tool", "fa/x", "--args", "{",
             ][..],
             "(--args) are not JSON",
+        ),
+        (
+            &["--user", "dana", "--server", "main", "--source", "10.1.1"][..],
+            "(--source) \"10.1.1\" is not an IP address",
         ),
     ] {
         let o = explain(rest);

@@ -1123,12 +1123,30 @@ async fn the_python_sdk_signs_in_and_calls_a_tool_in_both_eras() {
     let Some(peers) = Peers::get("the_python_sdk_signs_in_and_calls_a_tool_in_both_eras") else {
         return;
     };
-    let gw = Gw::start(&signed_in_config("", ""));
+    // Conditions on the OAuth client the member uses (`context.client`): an API key has none.
+    let policy = r#"
+[policy]
+cedar = """
+@id("no-add-through-apps")
+forbid (principal, action, resource) when { resource.name == "add" && context.client != "" };
+@id("slow-only-through-apps")
+forbid (principal, action, resource) when { resource.name == "slow" && context.client == "" };
+"""
+"#;
+    let gw = Gw::start(&format!("{}{policy}", signed_in_config("", "")));
     gw.wait_up().await;
     let password = admin_password(&gw);
     for era in ["legacy", "modern"] {
         let stdout = python_client(peers, &gw, &password, &["--era", era]).await;
-        assert!(stdout.contains("fa__echo"), "{stdout}");
+        let tools = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("tools: "))
+            .unwrap_or_else(|| panic!("{era}: no tools line: {stdout}"));
+        assert!(tools.contains("fa__echo"), "{stdout}");
+        assert!(
+            tools.contains("fa__slow") && !tools.contains("fa__add"),
+            "{era}: the conditions see the client: {stdout}"
+        );
     }
 }
 

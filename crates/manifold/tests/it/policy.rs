@@ -1,6 +1,7 @@
-//! Conditions on arguments (Cedar `[policy]`) with a real client in both eras: what a caller is
-//! shown and may call, a call refused for its arguments, a tool hidden by a condition called by
-//! its exact name, and a condition changed while the gateway runs.
+//! Conditions on arguments and context (Cedar `[policy]`) with a real client in both eras: what
+//! a caller is shown and may call, a call refused for its arguments, conditions on the source
+//! address, a tool hidden by a condition called by its exact name, and a condition changed while
+//! the gateway runs.
 
 use std::time::Duration;
 
@@ -21,6 +22,16 @@ forbid (principal, action == Action::"call", resource)
 @id("no-add-for-strangers")
 forbid (principal, action, resource)
   when { resource.name == "add" && principal.anonymous };
+
+@id("huge-from-the-office")
+forbid (principal, action, resource)
+  when { resource.name == "huge" }
+  unless { context has source && context.source.isInRange(ip("10.0.0.0/8")) };
+
+@id("crash-from-this-machine")
+forbid (principal, action, resource)
+  when { resource.name == "crash" }
+  unless { context has source && context.source.isLoopback() && context.client == "" };
 """
 "#;
 
@@ -60,6 +71,12 @@ async fn conditions_on_arguments_decide_each_call_in_both_eras() {
             !tools.contains("fa__add"),
             "{era}: hidden by a condition: {out:?}"
         );
+        // Conditions on the source address: the client calls from 127.0.0.1.
+        let shown: Vec<&str> = tools.trim_start_matches("tools: ").split(',').collect();
+        assert!(
+            shown.contains(&"fa__crash") && !shown.contains(&"fa__huge"),
+            "{era}: shown from loopback, hidden outside the office: {out:?}"
+        );
         assert_eq!(out[1], "ok Echo: hello there", "{era}: {out:?}");
         assert!(
             out[2].starts_with("error -32602")
@@ -75,6 +92,11 @@ async fn conditions_on_arguments_decide_each_call_in_both_eras() {
         assert!(
             out[1].starts_with("error -32602") && out[1].contains("unknown tool: fa__add"),
             "{era}: {out:?}"
+        );
+        let out = calls(peers, &url, era, "fa__huge", &[r#"{"bytes": 10}"#]).await;
+        assert!(
+            out[1].contains("unknown tool: fa__huge"),
+            "{era}: not from the office: {out:?}"
         );
     }
     // The administrator drops the echo condition: the next call is allowed.
