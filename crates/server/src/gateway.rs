@@ -225,15 +225,29 @@ impl Gateway {
             changes.resources,
             changes.resources,
         ];
-        self.notify_views(server, kinds, true);
+        self.notify_views(server, kinds, true, None);
     }
 
     /// The policy changed (roles, conditions): tell each client whose own view of a list it
     /// changed (among those that were shown it).
     pub fn policy_changed(&self) {
         for vs in self.servers() {
-            self.notify_views(vs.name(), [true; 4], false);
+            self.notify_views(vs.name(), [true; 4], false, None);
         }
+    }
+
+    /// `who` made a request on `server` under other roles or scopes than their sessions and
+    /// listen streams there hold: those now hold `who`, and each is told of the lists whose view
+    /// changed for it.
+    pub(crate) fn caller_changed(&self, server: &str, who: &Arc<Principal>) {
+        if self.sessions.caller_seen(server, who, true) {
+            self.notify_caller(server, who);
+        }
+    }
+
+    /// Tell the clients of `who` on `server` of the lists whose view changed for them.
+    pub(crate) fn notify_caller(&self, server: &str, who: &Arc<Principal>) {
+        self.notify_views(server, [true; 4], false, Some(who));
     }
 
     /// What `who` is shown of each list of `vs` (`VirtualServer::view`; 0 where refused).
@@ -265,7 +279,13 @@ impl Gateway {
     /// Tell the sessions and listen streams of `server` about the lists of `kinds` (by
     /// `kind_index`) whose view changed for them; `unknown`: whether a view never recorded
     /// counts as changed. Views are computed once per principal and catalog.
-    fn notify_views(&self, server: &str, kinds: [bool; 4], unknown: bool) {
+    fn notify_views(
+        &self,
+        server: &str,
+        kinds: [bool; 4],
+        unknown: bool,
+        only: Option<&Arc<Principal>>,
+    ) {
         let Some(vs) = self.virtual_server(server) else {
             return;
         };
@@ -297,13 +317,22 @@ impl Gateway {
                 resources: c[2] || c[3],
             }
         };
+        let theirs = |p: &Principal| only.is_none_or(|o| crate::session::same_caller(o, p));
         for l in listeners {
-            let c = changed(&l.principal, l.client, &l.views);
+            let who = l.principal.load_full();
+            if !theirs(&who) {
+                continue;
+            }
+            let c = changed(&who, l.client, &l.views);
             l.list_changed(c.tools, c.prompts, c.resources);
         }
         let mut told = 0;
         for s in &sessions {
-            let c = changed(&s.principal, s.client, &s.views);
+            let who = s.principal();
+            if !theirs(&who) {
+                continue;
+            }
+            let c = changed(&who, s.client, &s.views);
             if c.any() {
                 told += 1;
                 notify_session(s, c);

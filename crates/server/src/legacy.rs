@@ -216,7 +216,7 @@ impl IntoResponse for NoSession {
 fn find(
     gw: &Gateway,
     vs: &VirtualServer,
-    principal: &Principal,
+    principal: &Arc<Principal>,
     h: &HeaderMap,
 ) -> Result<Arc<Session>, NoSession> {
     let key = h
@@ -226,8 +226,14 @@ fn find(
     let session = gw
         .sessions
         .get(key)
-        .filter(|s| &*s.server == vs.name() && *s.principal == *principal)
+        .filter(|s| &*s.server == vs.name() && session::same_caller(&s.principal(), principal))
         .ok_or(NoSession::NotFound)?;
+    if *session.principal() != **principal {
+        // Their roles or scopes changed (in the store, at their provider): the session goes on
+        // under the new ones, and each of their clients is told of the lists it now sees
+        // otherwise.
+        gw.caller_changed(vs.name(), principal);
+    }
     if let Some(v) = crate::modern::version_header(h)
         && v != session.version
     {
@@ -323,7 +329,7 @@ pub(crate) async fn post(
 pub(crate) fn get(
     gw: &Gateway,
     vs: &VirtualServer,
-    principal: &Principal,
+    principal: &Arc<Principal>,
     h: &HeaderMap,
 ) -> Response {
     let accepts = h
@@ -357,7 +363,7 @@ pub(crate) fn get(
 pub(crate) fn delete(
     gw: &Gateway,
     vs: &VirtualServer,
-    principal: &Principal,
+    principal: &Arc<Principal>,
     h: &HeaderMap,
 ) -> Response {
     let session = match find(gw, vs, principal, h) {

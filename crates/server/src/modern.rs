@@ -260,6 +260,11 @@ pub(crate) async fn post(
         let e = pipeline::method_not_found(&method);
         return refuse(&id, e, StatusCode::NOT_FOUND);
     };
+    if gw.sessions.caller_seen(vs.name(), &principal, false) {
+        // Their roles or scopes changed: their listen streams hear of the lists they now see
+        // otherwise.
+        gw.notify_caller(vs.name(), &principal);
+    }
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let cx = RequestContext {
         principal,
@@ -305,15 +310,11 @@ async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Params>) -
         accepted: listening.accepted.clone(),
         tx,
         views: Default::default(),
-        principal,
+        principal: arc_swap::ArcSwap::new(principal.clone()),
         client,
     });
     // What it sees now: list changes are told when that changes.
-    for (k, print) in gw
-        .views_of(&vs, &listener.principal, client)
-        .into_iter()
-        .enumerate()
-    {
+    for (k, print) in gw.views_of(&vs, &principal, client).into_iter().enumerate() {
         listener.views.saw(k, print);
     }
     let ack = {

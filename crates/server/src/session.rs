@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use manifold_policy::Principal;
 use rmcp::model::{ClientCapabilities, ErrorData, LoggingLevel, SubscriptionFilter};
 use serde_json::value::RawValue;
@@ -39,8 +40,9 @@ pub(crate) struct Session {
     /// The `Mcp-Session-Id`.
     pub key: Arc<str>,
     pub server: Arc<str>,
-    /// Who opened it; a request with another principal does not find it.
-    pub principal: Arc<Principal>,
+    /// Who uses it, as of their latest request (`same_caller`): a request of anyone else does
+    /// not find it.
+    principal: ArcSwap<Principal>,
     /// Whose sessions it counts among (`gateway.max_sessions_per_client`).
     owner: Owner,
     /// The protocol version negotiated at `initialize`.
@@ -57,6 +59,29 @@ pub(crate) struct Session {
     pub closed: CancellationToken,
     /// What it was last shown of each list.
     pub views: Views,
+}
+
+impl Session {
+    /// Who uses the session, as of their latest request.
+    pub fn principal(&self) -> Arc<Principal> {
+        self.principal.load_full()
+    }
+}
+
+/// Whether `a` and `b` are one caller (the same user, through the same OAuth client), whose
+/// roles or scopes may differ: a session or stream stays theirs when their roles change.
+pub(crate) fn same_caller(a: &Principal, b: &Principal) -> bool {
+    a.id() == b.id() && a.client == b.client
+}
+
+/// Bring `slot` up to `who` if it holds the same caller as they were: whether it changed.
+fn refresh(slot: &ArcSwap<Principal>, who: &Arc<Principal>) -> bool {
+    let now = slot.load();
+    if same_caller(&now, who) && **now != **who {
+        slot.store(who.clone());
+        return true;
+    }
+    false
 }
 
 /// What a client was last shown of each list (`VirtualServer::view`, by
@@ -245,8 +270,9 @@ pub(crate) struct Listener {
     pub id: Box<RawValue>,
     pub accepted: SubscriptionFilter,
     pub tx: mpsc::Sender<String>,
-    /// Who listens, and the client key of its lists: list changes are for their view.
-    pub principal: Arc<Principal>,
+    /// Who listens (as of their latest request), and the client key of its lists: list
+    /// changes are for their view.
+    pub principal: ArcSwap<Principal>,
     pub client: u64,
     pub views: Views,
 }
@@ -348,7 +374,7 @@ impl Sessions {
             client: self.next_client(),
             key: key.clone(),
             server,
-            principal,
+            principal: ArcSwap::new(principal),
             owner: owner.clone(),
             version,
             capabilities,
@@ -474,6 +500,25 @@ impl Sessions {
 
     pub(crate) fn unlisten(&self, n: u64) {
         self.listeners.lock().expect("sessions lock").remove(&n);
+    }
+
+    /// `who` made a request on `server`: every session and listen stream of theirs there that
+    /// still holds them with other roles or scopes now holds `who`. Whether any changed.
+    pub(crate) fn caller_seen(&self, server: &str, who: &Arc<Principal>, sessions: bool) -> bool {
+        let mut changed = false;
+        for l in self.listeners.lock().expect("sessions lock").values() {
+            if &*l.server == server {
+                changed |= refresh(&l.principal, who);
+            }
+        }
+        if sessions {
+            for s in self.map.lock().expect("sessions lock").by_key.values() {
+                if &*s.server == server {
+                    changed |= refresh(&s.principal, who);
+                }
+            }
+        }
+        changed
     }
 
     pub(crate) fn listeners_of(&self, server: &str) -> Vec<Arc<Listener>> {

@@ -58,7 +58,8 @@ impl Counts {
     }
 }
 
-/// Callers are whoever the `x-test-user` header names (anonymous without it).
+/// Callers are whoever the `x-test-user` header names (anonymous without it), holding the
+/// roles `x-test-roles` lists (comma-separated).
 struct HeaderUser(Arc<Counts>);
 
 impl Authenticate for HeaderUser {
@@ -72,16 +73,23 @@ impl Authenticate for HeaderUser {
             .get("x-test-user")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let roles: Vec<String> = parts
+            .headers
+            .get("x-test-roles")
+            .and_then(|v| v.to_str().ok())
+            .map(|r| r.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
         Box::pin(async move {
             Ok(match user {
-                Some(u) => Principal::user("test", u, vec![], vec![]),
+                Some(u) => Principal::user("test", u, roles, vec![]),
                 None => Principal::anonymous(),
             })
         })
     }
 }
 
-/// `DenyExposed` over names that tests change while the gateway runs.
+/// `DenyExposed` over names that tests change while the gateway runs; a caller holding the
+/// role `no-echo` is refused `fa__echo` as well.
 pub struct Switchable {
     pub deny: Mutex<Vec<String>>,
     counts: Arc<Counts>,
@@ -90,7 +98,11 @@ pub struct Switchable {
 impl Policy for Switchable {
     fn decide(&self, who: &Principal, action: &Action<'_>) -> Decision {
         self.counts.policy.fetch_add(1, Ordering::SeqCst);
-        let deny = manifold_policy::DenyExposed(self.deny.lock().unwrap().clone());
+        let mut names = self.deny.lock().unwrap().clone();
+        if who.roles.iter().any(|r| r == "no-echo") {
+            names.push("fa__echo".into());
+        }
+        let deny = manifold_policy::DenyExposed(names);
         deny.decide(who, action)
     }
 }

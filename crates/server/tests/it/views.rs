@@ -1,6 +1,6 @@
 //! `list_changed` follows each client's own view: a change of the catalog that a caller cannot
-//! see is not announced to a caller who was shown the list, and a policy change is announced
-//! to exactly the callers whose view it changed.
+//! see is not announced to a caller who was shown the list, a policy change is announced to
+//! exactly the callers whose view it changed, and so is a change of a caller's own roles.
 
 use std::time::Duration;
 
@@ -119,4 +119,57 @@ async fn list_changes_reach_the_clients_whose_own_view_changed() {
     assert!(!sa.contains(CHANGED), "{sa}");
     let listed = rpc(&url, &a, "a", "tools/list", json!({})).await;
     assert!(!listed.contains("fa__echo"), "{listed}");
+}
+
+/// A member whose roles change (in the store, at their provider) keeps their session: their
+/// next request carries the new roles, the session goes on under them, and its stream is told
+/// of the list that changed for them — not other members'. Someone else still cannot use it.
+#[tokio::test]
+async fn a_members_changed_roles_keep_their_session_and_tell_it_what_changed() {
+    let gw = Gw::start(&config(), &[]).await;
+    let url = gw.url("main");
+    let (c, d) = (
+        session(&url, Some("c")).await,
+        session(&url, Some("d")).await,
+    );
+    for (sid, user) in [(&c, "c"), (&d, "d")] {
+        let listed = rpc(&url, sid, user, "tools/list", json!({})).await;
+        assert!(listed.contains("fa__echo"), "{listed}");
+    }
+    let wait = Duration::from_millis(800);
+    let (mut gc, mut gd) = (
+        Stream::open(&url, &c, "c").await,
+        Stream::open(&url, &d, "d").await,
+    );
+    // c's next request holds the role that hides echo.
+    let ping = json!({"jsonrpc": "2.0", "id": 8, "method": "ping"});
+    let r = post_in(&url, &c)
+        .header("x-test-user", "c")
+        .header("x-test-roles", "no-echo")
+        .body(ping.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the session is still c's");
+    assert!(r.text().await.unwrap().contains("\"result\""));
+    let (sc, sd) = tokio::join!(gc.read(wait), gd.read(wait));
+    assert!(sc.contains(CHANGED), "c is told: {sc}");
+    assert!(
+        !sc.contains("notifications/prompts/list_changed"),
+        "only tools changed for c: {sc}"
+    );
+    assert!(!sd.contains(CHANGED), "d's view did not change: {sd}");
+    // A list change computed later (a policy change that changes nothing) uses c's new roles:
+    // c is not told again.
+    gw.gw.policy_changed();
+    let sc = gc.read(wait).await;
+    assert!(!sc.contains(CHANGED), "{sc}");
+    // Someone else with c's session id finds no session.
+    let r = post_in(&url, &c)
+        .header("x-test-user", "d")
+        .body(ping.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
