@@ -8,6 +8,8 @@
 //! with the decisions for using each item, so that what a caller can list is what they can use.
 
 mod cedar;
+#[cfg(test)]
+mod reference;
 mod roles;
 #[cfg(test)]
 mod tests;
