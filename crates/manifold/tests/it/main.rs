@@ -7,6 +7,7 @@ mod faults;
 mod first_hour;
 mod hardening;
 mod http;
+mod matrix;
 mod modern;
 mod oauth;
 mod peers;
