@@ -173,3 +173,64 @@ async fn a_members_changed_roles_keep_their_session_and_tell_it_what_changed() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// The same for a 2026-07-28 client: its listen stream is told when a request of the member
+/// arrives under roles that change their view, and only then.
+#[tokio::test]
+async fn a_listen_stream_follows_its_members_changed_roles() {
+    let gw = Gw::start(&config(), &[]).await;
+    let url = gw.url("main");
+    let r = modern_request(
+        &url,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true}}),
+        json!({}),
+    )
+    .header("x-test-user", "e")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = Stream(r);
+    let wait = Duration::from_millis(800);
+    let opened = stream.read(wait).await;
+    assert!(
+        opened.contains("toolsListChanged"),
+        "acknowledged: {opened}"
+    );
+    let list = |roles: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut r =
+                modern_request(&url, "tools/list", json!({}), json!({})).header("x-test-user", "e");
+            if !roles.is_empty() {
+                r = r.header("x-test-roles", roles);
+            }
+            r.send().await.unwrap().text().await.unwrap()
+        }
+    };
+    // The same roles: nothing to tell.
+    assert!(list("").await.contains("fa__echo"));
+    assert!(!stream.read(wait).await.contains(CHANGED));
+    // Another member's changed roles are not e's.
+    let other = modern_request(&url, "tools/list", json!({}), json!({}))
+        .header("x-test-user", "f")
+        .header("x-test-roles", "no-echo")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!other.contains("fa__echo"), "{other}");
+    assert!(!stream.read(wait).await.contains(CHANGED));
+    // e's next request under the role that hides echo: e's stream is told, tools only.
+    let listed = list("no-echo").await;
+    assert!(!listed.contains("fa__echo"), "{listed}");
+    let told = stream.read(wait).await;
+    assert!(told.contains(CHANGED), "{told}");
+    assert!(
+        !told.contains("notifications/prompts/list_changed"),
+        "{told}"
+    );
+}
