@@ -250,6 +250,51 @@ impl Gateway {
         self.notify_views(server, [true; 4], false, Some(who));
     }
 
+    /// Whether `who` may still hear of updates to the resource `uri` of `connector` (exposed
+    /// as `exposed`) on `server`: decided when each update is delivered, so a policy change
+    /// stops the updates of a subscription made before it.
+    pub(crate) fn may_watch(
+        &self,
+        server: &str,
+        who: &Principal,
+        connector: &ConnectorId,
+        uri: &str,
+        exposed: &str,
+    ) -> bool {
+        let action = manifold_policy::Action {
+            server,
+            via: manifold_policy::Via::default(),
+            kind: manifold_policy::ActionKind::Use {
+                verb: manifold_policy::Verb::Subscribe,
+                item: manifold_policy::Item {
+                    kind: ItemKind::Resource,
+                    connector: connector.as_str(),
+                    name: uri,
+                    exposed,
+                    arguments: None,
+                },
+            },
+        };
+        use manifold_policy::Decision;
+        matches!(
+            self.seams.policy.decide(who, &action),
+            Decision::Allow | Decision::Only(_) | Decision::Ask(_)
+        )
+    }
+
+    /// Whether `who` may still connect to `server` (and so hear its connectors' logs).
+    pub(crate) fn may_connect(&self, server: &str, who: &Principal) -> bool {
+        let action = manifold_policy::Action {
+            server,
+            via: manifold_policy::Via::default(),
+            kind: manifold_policy::ActionKind::Connect,
+        };
+        !matches!(
+            self.seams.policy.decide(who, &action),
+            manifold_policy::Decision::Deny(_) | manifold_policy::Decision::Refuse(_)
+        )
+    }
+
     /// What `who` is shown of each list of `vs` (`VirtualServer::view`; 0 where refused).
     pub(crate) fn views_of(
         &self,

@@ -1,7 +1,8 @@
 //! Upstream events to the clients they concern: catalog changes rebuild the affected virtual
 //! servers' catalogs and become `list_changed`; resource updates go to the sessions and listen
-//! streams that watch the resource; log messages no call claimed go to the sessions whose log
-//! level admits them. A per-client upstream session's events concern its own client alone.
+//! streams that watch the resource and whose member the policy still lets watch it; log
+//! messages no call claimed go to the sessions whose log level admits them and whose member
+//! may still connect. A per-client upstream session's events concern its own client alone.
 //! Also here: closing idle sessions.
 
 #![allow(deprecated)] // legacy-era logging notifications are relayed
@@ -71,8 +72,12 @@ fn deliver(gw: &Gateway, ev: UpstreamEvent) {
         UpstreamEvent::ResourceUpdated(id, uri) => {
             for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
                 let exposed = vs.catalog().expose_uri(&id, &uri);
+                // The policy decides each delivery (as the member's roles are now).
+                let may = |who: &manifold_policy::Principal| {
+                    gw.may_watch(vs.name(), who, &id, &uri, &exposed)
+                };
                 for l in gw.sessions.listeners_of(vs.name()) {
-                    if only.is_none() {
+                    if only.is_none() && l.watches(&exposed) && may(&l.principal.load()) {
                         l.updated(&exposed);
                     }
                 }
@@ -81,7 +86,7 @@ fn deliver(gw: &Gateway, ev: UpstreamEvent) {
                     serde_json::json!({ "uri": exposed }),
                 );
                 for s in gw.sessions.of_server(vs.name()) {
-                    if concerns(s.client) && s.subscribed(&exposed) {
+                    if concerns(s.client) && s.subscribed(&exposed) && may(&s.principal()) {
                         s.notify(msg.clone());
                     }
                 }
@@ -91,7 +96,10 @@ fn deliver(gw: &Gateway, ev: UpstreamEvent) {
             let msg = jsonrpc::notification("notifications/message", &params);
             for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
                 for s in gw.sessions.of_server(vs.name()) {
-                    if concerns(s.client) && s.wants(params.level) {
+                    if concerns(s.client)
+                        && s.wants(params.level)
+                        && gw.may_connect(vs.name(), &s.principal())
+                    {
                         s.notify(msg.clone());
                     }
                 }

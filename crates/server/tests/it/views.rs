@@ -234,3 +234,48 @@ async fn a_listen_stream_follows_its_members_changed_roles() {
         "{told}"
     );
 }
+
+/// A resource subscription made while the member could read the resource stops delivering
+/// updates once the policy refuses it to them: each update is decided when it is delivered.
+#[tokio::test]
+async fn updates_of_a_subscription_stop_when_the_policy_refuses_the_resource() {
+    let gw = Gw::start(&config(), &[]).await;
+    let url = gw.url("main");
+    let s = session(&url, Some("g")).await;
+    let sub = rpc(
+        &url,
+        &s,
+        "g",
+        "resources/subscribe",
+        json!({"uri": "fa+fixture://static"}),
+    )
+    .await;
+    assert!(sub.contains("\"result\""), "{sub}");
+    let mut stream = Stream::open(&url, &s, "g").await;
+    let wait = Duration::from_millis(800);
+    let touch = || {
+        rpc(
+            &url,
+            &s,
+            "g",
+            "tools/call",
+            json!({"name": "fa__touch_resource", "arguments": {"uri": "fixture://static"}}),
+        )
+    };
+    const UPDATED: &str = "notifications/resources/updated";
+    assert!(touch().await.contains("touched fixture://static"));
+    let got = stream.read(wait).await;
+    assert!(
+        got.contains(UPDATED) && got.contains("fa+fixture://static"),
+        "{got}"
+    );
+    gw.deny(&["fa+fixture://static"]);
+    let r = touch().await;
+    assert!(r.contains("touched fixture://static"), "{r}");
+    let got = stream.read(wait).await;
+    assert!(!got.contains(UPDATED), "refused now: {got}");
+    // Allowed again: delivered again (the subscription itself was kept).
+    gw.deny(&[]);
+    touch().await;
+    assert!(stream.read(wait).await.contains(UPDATED));
+}
