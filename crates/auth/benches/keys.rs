@@ -30,6 +30,7 @@ async fn measure(what: &str, store: Store) {
             email: None,
             password_hash: None,
             roles: &[],
+            groups: &[],
         })
         .await
         .expect("user");

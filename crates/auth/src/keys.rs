@@ -160,7 +160,8 @@ impl StoreAuth {
             )));
         }
         self.touch(&key.id, now);
-        let principal = Principal::user(user.issuer, user.subject, user.roles, Vec::new());
+        let principal = Principal::user(user.issuer, user.subject, user.roles, Vec::new())
+            .with_groups(user.groups);
         self.verified.put(
             cached,
             &principal,

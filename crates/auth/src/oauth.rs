@@ -1847,6 +1847,7 @@ mod tests {
                 email: None,
                 password_hash: None,
                 roles: &[],
+                groups: &[],
             })
             .await
             .unwrap();

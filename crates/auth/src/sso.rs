@@ -628,6 +628,8 @@ pub(crate) struct Member {
     pub name: String,
     pub email: Option<String>,
     pub roles: Vec<String>,
+    /// The groups claim's values.
+    pub groups: Vec<String>,
 }
 
 impl Member {
@@ -639,6 +641,7 @@ impl Member {
             name: &self.name,
             email: self.email.as_deref(),
             roles: &self.roles,
+            groups: &self.groups,
         }
     }
 }
@@ -889,6 +892,7 @@ pub(crate) fn member_of(spec: &ProviderSpec, claims: &Value, subject: String) ->
     };
     Member {
         roles: roles_of(spec, &groups),
+        groups,
         subject,
         name,
         email,

@@ -250,6 +250,7 @@ mod tests {
             email: None,
             password_hash: None,
             roles: &[],
+            groups: &[],
         };
         store.add_user(&user).await.unwrap().id
     }

@@ -178,6 +178,9 @@ pub struct Config {
     /// `[roles.NAME]`: what each role may reach. Empty: no role rules, everyone may use
     /// everything (the gateway's behaviour before roles).
     pub roles: BTreeMap<String, RoleSpec>,
+    /// `[groups.NAME]`: the roles each group (a local user's, or a member's at their identity
+    /// provider) gives its members, on top of their own.
+    pub groups: BTreeMap<String, Vec<String>>,
     /// `[policy]`: the texts of Cedar conditions (inline, then each file), checked by the
     /// policy crate (`manifold check` reports their errors).
     pub policy: Vec<PolicyText>,
@@ -738,6 +741,7 @@ impl Builder<'_> {
             }
         }
         let roles = self.roles(raw.roles, &servers);
+        let groups = self.groups(raw.groups, &roles);
         let policy = self.policy(raw.policy, &base);
         Config {
             path: self.src.path.to_path_buf(),
@@ -747,8 +751,39 @@ impl Builder<'_> {
             connectors,
             servers,
             roles,
+            groups,
             policy,
         }
+    }
+
+    /// `[groups.NAME]`: roles that `[roles]` defines.
+    fn groups(
+        &mut self,
+        raw: BTreeMap<String, raw::RawGroup>,
+        roles: &BTreeMap<String, RoleSpec>,
+    ) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        for (name, g) in raw {
+            let mut given = Vec::new();
+            for r in &g.roles {
+                let v = r.get_ref();
+                if roles.contains_key(v) {
+                    given.push(v.clone());
+                } else {
+                    let known: Vec<&str> = roles.keys().map(String::as_str).collect();
+                    self.errors.push(self.src.at(r).err(format!(
+                        "groups.{name}.roles: no role {v:?} in [roles] (there are: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+            }
+            out.insert(name, given);
+        }
+        out
     }
 
     /// `[policy]`: the inline text, then each file (relative to the config's directory).

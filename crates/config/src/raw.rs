@@ -25,7 +25,16 @@ pub struct RawConfig {
     pub connectors: BTreeMap<String, Option<RawConnector>>,
     pub servers: BTreeMap<String, RawServer>,
     pub roles: BTreeMap<String, RawRole>,
+    pub groups: BTreeMap<String, RawGroup>,
     pub policy: RawPolicy,
+}
+
+/// `[groups.NAME]`: the roles a group gives its members.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    #[serde(default)]
+    pub roles: Vec<Spanned<String>>,
 }
 
 /// `[policy]`: Cedar conditions, inline and in files.
@@ -230,6 +239,13 @@ impl RawConfig {
                     for (name, table) in reader.tables("roles", value) {
                         if let Some(role) = reader.one(table) {
                             raw.roles.insert(name, role);
+                        }
+                    }
+                }
+                "groups" => {
+                    for (name, table) in reader.tables("groups", value) {
+                        if let Some(group) = reader.one(table) {
+                            raw.groups.insert(name, group);
                         }
                     }
                 }

@@ -265,7 +265,7 @@ fn type_errors_name_the_key() {
         ),
         (
             "[conectors.time]\nkind = \"stdio\"\n",
-            "/etc/m/manifold.toml:1:2: unknown field `conectors`, expected one of `gateway`, `store`, `auth`, `connectors`, `servers`, `roles` (did you mean \"connectors\"?)",
+            "/etc/m/manifold.toml:1:2: unknown field `conectors`, expected one of `gateway`, `store`, `auth`, `connectors`, `servers`, `roles`, `groups`, `policy` (did you mean \"connectors\"?)",
         ),
     ];
     for (text, expect) in cases {

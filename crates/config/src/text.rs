@@ -124,7 +124,7 @@ impl<'a> Source<'a> {
     /// A top-level key that is not `gateway`, `store`, `connectors` or `servers`, worded like serde's.
     pub fn unknown_top_level_key(&self, key: &Spanned<impl AsRef<str>>) -> ConfigError {
         let msg = format!(
-            "unknown field `{}`, expected one of `gateway`, `store`, `auth`, `connectors`, `servers`, `roles`",
+            "unknown field `{}`, expected one of `gateway`, `store`, `auth`, `connectors`, `servers`, `roles`, `groups`, `policy`",
             key.get_ref().as_ref()
         );
         let hint = unknown_key_hint(&msg);

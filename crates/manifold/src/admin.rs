@@ -19,6 +19,9 @@ pub enum Users {
         /// A Manifold role (repeat for several).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// A group (repeat for several): `[groups.NAME]` in the config gives its members roles.
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// The user's e-mail address (shown to administrators only).
         #[arg(long)]
         email: Option<String>,
@@ -26,8 +29,28 @@ pub enum Users {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// List users: name, state, roles, e-mail.
+    /// List users: name, state, roles, groups, e-mail.
     List,
+    /// Change a user's roles or groups (those given replace the user's own); every running
+    /// gateway applies them at the user's next request once this returns.
+    Set {
+        /// The name, as for `disable`.
+        name: String,
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The user's roles from now on (repeat for several).
+        #[arg(long = "role", conflicts_with = "no_roles")]
+        roles: Vec<String>,
+        /// No roles of their own (only their groups').
+        #[arg(long)]
+        no_roles: bool,
+        /// The user's groups from now on (repeat for several).
+        #[arg(long = "group", conflicts_with = "no_groups")]
+        groups: Vec<String>,
+        /// No groups.
+        #[arg(long)]
+        no_groups: bool,
+    },
     /// Disable a user: every running gateway refuses their API keys and tokens once this returns.
     Disable {
         /// The login name, or the name of a member who signs in through an identity provider
@@ -138,6 +161,7 @@ pub async fn first_admin(store: &Store) -> anyhow::Result<()> {
             email: None,
             password_hash: Some(&hash),
             roles: &["admin".to_owned()],
+            groups: &[],
         })
         .await;
     match added {
@@ -187,6 +211,16 @@ async fn local_user(store: &Store, name: &str) -> anyhow::Result<User> {
         .with_context(|| format!("no local user {name:?}: `manifold users list` shows them"))
 }
 
+/// Role and group names are single words (the store keeps them space-separated).
+fn words_only(what: &str, names: &[String]) -> anyhow::Result<()> {
+    for n in names {
+        if n.is_empty() || n.chars().any(char::is_whitespace) {
+            bail!("a {what} name is one word without spaces: {n:?}");
+        }
+    }
+    Ok(())
+}
+
 /// The password: the first line of standard input, or a new random one (printed).
 fn password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     if !from_stdin {
@@ -211,12 +245,15 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
         Users::Add {
             name,
             roles,
+            groups,
             email,
             password_stdin,
         } => {
             if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_whitespace()) {
                 bail!("a user name is 1 to 64 characters without spaces");
             }
+            words_only("role", &roles)?;
+            words_only("group", &groups)?;
             let (pw, made) = password(password_stdin)?;
             let hash = manifold_auth::hash_password(&pw).map_err(anyhow::Error::msg)?;
             match store
@@ -225,6 +262,7 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
                     email: email.as_deref(),
                     password_hash: Some(&hash),
                     roles: &roles,
+                    groups: &groups,
                 })
                 .await
             {
@@ -251,18 +289,80 @@ pub async fn users(config_path: &Path, cmd: Users) -> anyhow::Result<()> {
                 } else {
                     format!(" (signs in through {})", u.issuer)
                 };
-                println!(
-                    "{:<24} {:<9} roles: {:<20} {}{via}",
-                    u.name,
-                    state,
-                    if u.roles.is_empty() {
+                let list = |v: &[String]| {
+                    if v.is_empty() {
                         "-".to_owned()
                     } else {
-                        u.roles.join(",")
-                    },
+                        v.join(",")
+                    }
+                };
+                let groups = if u.groups.is_empty() {
+                    String::new()
+                } else {
+                    format!("groups: {} ", list(&u.groups))
+                };
+                println!(
+                    "{:<24} {:<9} roles: {:<20} {groups}{}{via}",
+                    u.name,
+                    state,
+                    list(&u.roles),
                     u.email.unwrap_or_default()
                 );
             }
+        }
+        Users::Set {
+            name,
+            issuer,
+            roles,
+            no_roles,
+            groups,
+            no_groups,
+        } => {
+            let u = any_user(&store, &name, issuer.as_deref()).await?;
+            words_only("role", &roles)?;
+            words_only("group", &groups)?;
+            let roles = (no_roles || !roles.is_empty()).then_some(roles);
+            let groups = (no_groups || !groups.is_empty()).then_some(groups);
+            if roles.is_none() && groups.is_none() {
+                bail!(
+                    "say what to set: --role R (or --no-roles) and/or --group G (or --no-groups)"
+                );
+            }
+            if u.issuer != manifold_store::LOCAL_ISSUER {
+                eprintln!(
+                    "note: {name} signs in through {}: their next sign-in or refresh sets their roles and groups from the provider again",
+                    u.issuer
+                );
+            }
+            store
+                .set_roles_and_groups(&u.id, roles.as_deref(), groups.as_deref())
+                .await?;
+            let behind = manifold_auth::until_gateways_notice(&store).await?;
+            let now = store
+                .user(&u.id)
+                .await?
+                .context("the user vanished meanwhile")?;
+            println!(
+                "{name} now holds roles: {}; groups: {} ({})",
+                if now.roles.is_empty() {
+                    "-".to_owned()
+                } else {
+                    now.roles.join(",")
+                },
+                if now.groups.is_empty() {
+                    "-".to_owned()
+                } else {
+                    now.groups.join(",")
+                },
+                if behind.is_empty() {
+                    "every running gateway applies them from their next request".to_owned()
+                } else {
+                    format!(
+                        "applied from their next request by every running gateway but {}, which has not noticed yet (each checks the store every second)",
+                        behind.join(", ")
+                    )
+                }
+            );
         }
         Users::Disable { name, issuer } => {
             let u = any_user(&store, &name, issuer.as_deref()).await?;

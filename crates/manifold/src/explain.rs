@@ -166,8 +166,13 @@ pub async fn explain(
         let u = crate::admin::any_user(store, name, ask.issuer.as_deref())
             .await
             .map_err(|e| e.to_string())?;
+        let groups = if u.groups.is_empty() {
+            String::new()
+        } else {
+            format!("; groups: {}", u.groups.join(", "))
+        };
         let shown = format!(
-            "{} ({}; roles: {})",
+            "{} ({}; roles: {}{groups})",
             u.name,
             if u.issuer == manifold_store::LOCAL_ISSUER {
                 "a local user".to_owned()
@@ -182,7 +187,7 @@ pub async fn explain(
         );
         let disabled = u.disabled;
         (
-            Principal::user(u.issuer, u.subject, u.roles, Vec::new()),
+            Principal::user(u.issuer, u.subject, u.roles, Vec::new()).with_groups(u.groups),
             shown,
             disabled,
         )

@@ -299,6 +299,7 @@ pub(crate) fn role_policy(config: &Config) -> anyhow::Result<manifold_policy::Ro
         role_rules(&config.roles).iter().map(|(n, r)| (n, r)),
         conditions,
     );
+    policy.replace_groups(config.groups.iter());
     Ok(policy)
 }
 

@@ -81,15 +81,19 @@ pub fn spawn(
                             "[auth] changed: the authorization server keeps the settings it started with; restart the gateway to apply them"
                         );
                     }
-                    // Role rules and conditions apply at the next request, before the rest of
+                    // Role rules, groups and conditions apply at the next request, before the rest of
                     // the reload; conditions that do not compile reject the whole reload.
-                    if cfg.roles != gw.config().roles || cfg.policy != gw.config().policy {
+                    if cfg.roles != gw.config().roles
+                        || cfg.groups != gw.config().groups
+                        || cfg.policy != gw.config().policy
+                    {
                         match crate::conditions(&cfg) {
                             Ok(conditions) => {
                                 roles.replace_all(
                                     crate::role_rules(&cfg.roles).iter().map(|(n, r)| (n, r)),
                                     conditions,
                                 );
+                                roles.replace_groups(cfg.groups.iter());
                                 tracing::info!(
                                     roles = cfg.roles.len(),
                                     policy_texts = cfg.policy.len(),

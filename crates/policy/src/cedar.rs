@@ -11,8 +11,8 @@
 //! applies to it: a forbid on arguments decides calls, so a tool is listed when some call of it
 //! may be allowed, and a call with arguments a forbid refuses is refused as a hidden tool is.
 //!
-//! The schema (`SCHEMA`): the principal is a `User` (`roles`, `scopes`, `issuer`, `subject`,
-//! `anonymous`); the resource a `Tool`, `Prompt` or `Resource` (`connector`, `name`: the
+//! The schema (`SCHEMA`): the principal is a `User` (`roles`: their own and their groups',
+//! `groups`, `scopes`, `issuer`, `subject`, `anonymous`); the resource a `Tool`, `Prompt` or `Resource` (`connector`, `name`: the
 //! upstream's own name, or a resource's URI); the actions `call`, `get` and `read`; the context
 //! holds `server`, `hour` (0–23, UTC), `weekday` (1 Monday … 7 Sunday), `client` (the OAuth
 //! `client_id` the access token was issued to; `""` for an API key or an anonymous caller),
@@ -36,6 +36,7 @@ use crate::{Item, ItemKind, Principal, Via};
 pub const SCHEMA: &str = r#"
 entity User = {
   roles: Set<String>,
+  groups: Set<String>,
   scopes: Set<String>,
   issuer: String,
   subject: String,
@@ -264,6 +265,7 @@ impl Conditions {
             user_uid.clone(),
             [
                 ("roles".to_owned(), set(&who.roles)),
+                ("groups".to_owned(), set(&who.groups)),
                 ("scopes".to_owned(), set(&who.scopes)),
                 ("issuer".to_owned(), s(issuer)),
                 ("subject".to_owned(), s(subject)),

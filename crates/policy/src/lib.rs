@@ -31,6 +31,9 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// The scopes of the credential the request presented; they only ever narrow the roles.
     pub scopes: Vec<String>,
+    /// The groups they belong to (local, or their identity provider's): `[groups.NAME]` gives
+    /// each group's members roles.
+    pub groups: Vec<String>,
     /// The OAuth client (its `client_id`) the presented access token was issued to: the
     /// application the member uses. `None` for an API key and for anonymous callers.
     pub client: Option<String>,
@@ -51,6 +54,7 @@ impl Principal {
             id: PrincipalId::Anonymous,
             roles: Vec::new(),
             scopes: Vec::new(),
+            groups: Vec::new(),
             client: None,
         }
     }
@@ -68,8 +72,15 @@ impl Principal {
             },
             roles,
             scopes,
+            groups: Vec::new(),
             client: None,
         }
+    }
+
+    /// The same principal, a member of `groups`.
+    pub fn with_groups(mut self, groups: Vec<String>) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// The same principal, calling through the OAuth client `client_id`.

@@ -1,4 +1,4 @@
-//! The role rules written as Cedar, and a property test that the gateway's one decision (the
+//! The role rules written as Cedar (a group's members holding its roles), and a property test that the gateway's one decision (the
 //! indexed role rules, then the Cedar conditions) is exactly what Cedar itself decides for the
 //! whole policy: each role a `permit` per allow rule (for the servers it grants) and a `forbid`
 //! per deny rule, next to the administrator's conditions, over random worlds of roles,
@@ -67,13 +67,19 @@ fn roles_as_cedar(roles: &[(String, RoleRules)]) -> String {
 
 struct Reference {
     roles: Vec<(String, RoleRules)>,
+    /// The roles each group gives.
+    groups: HashMap<String, Vec<String>>,
     /// Role policies and every condition; role policies and the conditions on no argument.
     for_calls: PolicySet,
     for_lists: PolicySet,
 }
 
 impl Reference {
-    fn new(roles: Vec<(String, RoleRules)>, conditions: &[String]) -> Self {
+    fn new(
+        roles: Vec<(String, RoleRules)>,
+        groups: HashMap<String, Vec<String>>,
+        conditions: &[String],
+    ) -> Self {
         let text = roles_as_cedar(&roles);
         let all = format!("{text}{}", conditions.join("\n"));
         let lists: Vec<&String> = conditions
@@ -90,6 +96,7 @@ impl Reference {
         );
         Self {
             roles,
+            groups,
             for_calls: PolicySet::from_str(&all).unwrap_or_else(|e| panic!("{e}: {all}")),
             for_lists: PolicySet::from_str(&lists).unwrap(),
         }
@@ -99,10 +106,21 @@ impl Reference {
     fn allows(&self, who: &Principal, server: &str, via: Via, item: &Item<'_>, list: bool) -> bool {
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let set = |vs: &[String]| RestrictedExpression::new_set(vs.iter().map(|v| s(v)));
+        // A member's roles: their own and their groups'.
+        let mut roles = who.roles.clone();
+        if !who.is_anonymous() {
+            for g in &who.groups {
+                for r in self.groups.get(g).into_iter().flatten() {
+                    if !roles.contains(r) {
+                        roles.push(r.clone());
+                    }
+                }
+            }
+        }
         let held: Vec<String> = if who.is_anonymous() {
             vec!["anonymous".into()]
         } else {
-            who.roles.clone()
+            roles.clone()
         };
         let user = uid("User::\"u\"");
         let (issuer, subject) = match who.id() {
@@ -110,7 +128,8 @@ impl Reference {
             crate::PrincipalId::Anonymous => (String::new(), String::new()),
         };
         let attrs = HashMap::from([
-            ("roles".to_owned(), set(&who.roles)),
+            ("roles".to_owned(), set(&roles)),
+            ("groups".to_owned(), set(&who.groups)),
             ("scopes".to_owned(), set(&who.scopes)),
             ("issuer".to_owned(), s(&issuer)),
             ("subject".to_owned(), s(&subject)),
@@ -240,7 +259,7 @@ fn condition(n: usize, r: &mut StdRng) -> String {
             pick(&["gh", "db"], r)
         ),
         6 => format!(
-            "forbid (principal, action, resource) when {{ principal.anonymous && resource.name == \"{}\" }};",
+            "forbid (principal, action, resource) when {{ (principal.anonymous || principal.groups.contains(\"g2\")) && resource.name == \"{}\" }};",
             pick(&names, r)
         ),
         7 => format!(
@@ -316,15 +335,26 @@ fn the_gateways_decision_is_cedars_for_roles_and_random_conditions() {
             line_offset: 0,
         }])
         .unwrap_or_else(|e| panic!("seed {seed}: {e:?}"));
+        let mut groups = HashMap::new();
+        for g in ["g1", "g2"] {
+            let given: Vec<String> = (0..r.random_range(0..3))
+                .map(|_| (*["a", "b", "c", "ghost"].choose(&mut r).unwrap()).to_owned())
+                .collect();
+            groups.insert(g.to_owned(), given);
+        }
         let gateway = RolePolicy::new(std::iter::empty());
         gateway.replace_all(roles.iter().map(|(n, r)| (n, r)), compiled);
-        let reference = Reference::new(roles.clone(), &conditions);
+        gateway.replace_groups(groups.iter());
+        let reference = Reference::new(roles.clone(), groups, &conditions);
         let mut members = vec![Principal::anonymous()];
         for _ in 0..3 {
             let held: Vec<&str> = (0..r.random_range(0..3))
                 .map(|_| *["a", "b", "c", "ghost"].choose(&mut r).unwrap())
                 .collect();
-            let m = member(&held);
+            let in_groups: Vec<String> = (0..r.random_range(0..3))
+                .map(|_| (*["g1", "g2", "g3"].choose(&mut r).unwrap()).to_owned())
+                .collect();
+            let m = member(&held).with_groups(in_groups);
             members.push(if r.random_bool(0.5) {
                 m.with_client("app")
             } else {

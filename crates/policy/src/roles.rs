@@ -7,6 +7,7 @@
 //! the new ones.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     sync::Arc,
 };
@@ -104,6 +105,8 @@ pub struct RolePolicy {
     roles: ArcSwap<HashMap<String, Role>>,
     /// Cedar conditions that narrow what the roles allow, if any.
     conditions: ArcSwapOption<Conditions>,
+    /// The roles each group gives its members (`[groups.NAME]`).
+    groups: ArcSwap<HashMap<String, Vec<String>>>,
 }
 
 impl RolePolicy {
@@ -111,9 +114,49 @@ impl RolePolicy {
         let me = Self {
             roles: ArcSwap::from_pointee(HashMap::new()),
             conditions: ArcSwapOption::empty(),
+            groups: ArcSwap::from_pointee(HashMap::new()),
         };
         me.replace(roles);
         me
+    }
+
+    /// New roles for each group's members, for every decision from now on.
+    pub fn replace_groups<'a>(
+        &self,
+        groups: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>,
+    ) {
+        let map = groups
+            .into_iter()
+            .map(|(g, r)| (g.clone(), r.clone()))
+            .collect();
+        self.groups.store(Arc::new(map));
+    }
+
+    /// `who` with the roles their groups give them too (themselves when those add none): what
+    /// the rules and the conditions see as their roles.
+    fn effective<'a>(&self, who: &'a Principal) -> Cow<'a, Principal> {
+        if who.groups.is_empty() || who.is_anonymous() {
+            return Cow::Borrowed(who);
+        }
+        let groups = self.groups.load();
+        let given = who
+            .groups
+            .iter()
+            .filter_map(|g| groups.get(g))
+            .flatten()
+            .filter(|r| !who.roles.contains(r));
+        let mut roles: Vec<String> = Vec::new();
+        for r in given {
+            if !roles.contains(r) {
+                roles.push(r.clone());
+            }
+        }
+        if roles.is_empty() {
+            return Cow::Borrowed(who);
+        }
+        let mut all = who.clone();
+        all.roles.extend(roles);
+        Cow::Owned(all)
     }
 
     /// New rules, for every decision from now on.
@@ -168,7 +211,26 @@ impl RolePolicy {
         via: Via,
         item: Option<&Item<'_>>,
     ) -> Explanation {
+        let mut given = Vec::new();
+        if !who.is_anonymous() {
+            let groups = self.groups.load();
+            for g in &who.groups {
+                match groups.get(g) {
+                    Some(r) => given.push(format!("group {g:?} gives the roles {r:?}")),
+                    None => given.push(format!("group {g:?} is not in [groups]: it gives no role")),
+                }
+            }
+        }
+        let who = &*self.effective(who);
         let mut why = self.explain_roles(who, server, item);
+        if !given.is_empty() {
+            let at = usize::from(
+                why.because
+                    .first()
+                    .is_some_and(|b| b.starts_with("an anonymous")),
+            );
+            why.because.splice(at..at, given);
+        }
         let conditions = self.conditions.load_full();
         if let (Some(c), Some(item), true) = (conditions.as_ref(), item, why.allowed) {
             let listing = item.arguments.is_none();
@@ -361,6 +423,7 @@ impl Policy for RolePolicy {
         if roles.is_empty() && conditions.is_none() {
             return Decision::Allow;
         }
+        let who = &*self.effective(who);
         let held = Held::of(roles, who, action.server);
         if !held.connects() {
             return Decision::Deny(format!(

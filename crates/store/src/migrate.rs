@@ -53,6 +53,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tool definitions held for review, and the decisions",
         include_str!("../migrations/0009_tool_reviews.sql"),
     ),
+    (
+        10,
+        "the groups users belong to",
+        include_str!("../migrations/0010_groups.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock the gateways' migrations share.

@@ -26,6 +26,8 @@ pub struct SsoMember<'a> {
     pub name: &'a str,
     pub email: Option<&'a str>,
     pub roles: &'a [String],
+    /// Their groups, as the provider's groups claim gives them.
+    pub groups: &'a [String],
 }
 
 impl Store {
@@ -124,10 +126,11 @@ impl Store {
     }
 
     /// The member's user, created at their first sign-in and brought up to date at every
-    /// later one (name, e-mail, roles; never whether an administrator disabled them). A change
-    /// of roles is a withdrawal: credentials verified with the old roles are checked again.
+    /// later one (name, e-mail, roles, groups; never whether an administrator disabled them). A
+    /// change of roles or groups is a withdrawal: credentials verified with the old roles are checked again.
     pub async fn sso_user(&self, m: &SsoMember<'_>) -> Result<User, StoreError> {
         let roles = m.roles.join(" ");
+        let groups = m.groups.join(" ");
         let existing = self.user_by_subject(m.issuer, m.subject).await?;
         let t = now();
         match existing {
@@ -135,8 +138,8 @@ impl Store {
                 let id = new_id();
                 let insert = |name: String| {
                     sqlx::query(
-                        "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, created_at, updated_at, signed_in_at)
-                         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $7, $7)",
+                        "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, groups, created_at, updated_at, signed_in_at)
+                         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $8)",
                     )
                     .bind(id.clone())
                     .bind(m.issuer.to_owned())
@@ -144,6 +147,7 @@ impl Store {
                     .bind(name)
                     .bind(m.email.map(str::to_owned))
                     .bind(roles.clone())
+                    .bind(groups.clone())
                     .bind(t)
                 };
                 if let Err(e) = insert(m.name.to_owned()).execute(&self.pool).await {
@@ -164,14 +168,15 @@ impl Store {
                     u.name != m.name && self.user_named(m.issuer, m.name).await?.is_some();
                 let name = if name_taken { m.subject } else { m.name };
                 let update = sqlx::query(
-                    "UPDATE users SET name = $1, email = $2, roles = $3, updated_at = $4, signed_in_at = $4 WHERE id = $5",
+                    "UPDATE users SET name = $1, email = $2, roles = $3, groups = $4, updated_at = $5, signed_in_at = $5 WHERE id = $6",
                 )
                 .bind(name)
                 .bind(m.email)
                 .bind(&roles)
+                .bind(&groups)
                 .bind(t)
                 .bind(&u.id);
-                if u.roles != m.roles {
+                if u.roles != m.roles || u.groups != m.groups {
                     self.withdraw(update).await?;
                 } else {
                     update.execute(&self.pool).await.map_err(|e| self.err(e))?;

@@ -23,6 +23,7 @@ fn user(name: &str) -> NewUser<'_> {
         email: None,
         password_hash: Some("$argon2id$x"),
         roles: &[],
+        groups: &[],
     }
 }
 
@@ -37,10 +38,12 @@ async fn users_are_added_found_listed_and_disabled() {
                 email: Some("a@example.com"),
                 password_hash: Some("$argon2id$h"),
                 roles: &roles,
+                groups: &["eng".to_owned()],
             })
             .await
             .unwrap();
         assert_eq!(alice.roles, roles, "{b:?}");
+        assert_eq!(alice.groups, ["eng"], "{b:?}");
         assert_eq!(alice.subject, alice.id, "{b:?}");
         assert!(!alice.disabled);
         match s.add_user(&user("alice")).await {
@@ -73,6 +76,33 @@ async fn users_are_added_found_listed_and_disabled() {
                 .as_deref(),
             Some("$argon2id$new")
         );
+        // Roles and groups replaced, each on its own or both; a withdrawal each time.
+        let before = s.withdrawals_here();
+        let ops = ["ops".to_owned()];
+        s.set_roles_and_groups(&alice.id, Some(&ops), None)
+            .await
+            .unwrap();
+        let a = s.user(&alice.id).await.unwrap().unwrap();
+        assert_eq!(
+            (a.roles, a.groups),
+            (vec!["ops".to_owned()], vec!["eng".to_owned()]),
+            "{b:?}"
+        );
+        s.set_roles_and_groups(&alice.id, None, Some(&["qa".to_owned(), "sre".to_owned()]))
+            .await
+            .unwrap();
+        let a = s.local_user("alice").await.unwrap().unwrap();
+        assert_eq!(a.groups, ["qa", "sre"], "{b:?}");
+        s.set_roles_and_groups(&alice.id, Some(&[]), Some(&[]))
+            .await
+            .unwrap();
+        let a = s.user(&alice.id).await.unwrap().unwrap();
+        assert!(a.roles.is_empty() && a.groups.is_empty(), "{b:?}");
+        assert_eq!(s.withdrawals_here(), before + 3, "{b:?}");
+        assert!(matches!(
+            s.set_roles_and_groups("nobody", Some(&ops), None).await,
+            Err(StoreError::NotFound(_))
+        ));
         assert!(matches!(
             s.set_disabled("nobody", true).await,
             Err(StoreError::NotFound(_))
@@ -106,6 +136,12 @@ async fn api_keys_are_found_by_hash_listed_and_revoked() {
             (k.id.as_str(), "alice")
         );
         assert!(s.api_key_by_hash("h2").await.unwrap().is_none(), "{b:?}");
+        // The key's user comes with their groups.
+        s.set_roles_and_groups(&alice.id, None, Some(&["eng".to_owned()]))
+            .await
+            .unwrap();
+        let (_, owner) = s.api_key_by_hash("h1").await.unwrap().unwrap();
+        assert_eq!(owner.groups, ["eng"], "{b:?}");
         s.touch_api_key(&k.id, 1000).await.unwrap();
         s.touch_api_key(&k.id, 1010).await.unwrap();
         let listed = s.api_keys(Some(&alice.id)).await.unwrap();
@@ -331,6 +367,7 @@ fn member<'a>(subject: &'a str, name: &'a str, roles: &'a [String]) -> crate::Ss
         name,
         email: Some("ada@acme.example"),
         roles,
+        groups: &[],
     }
 }
 

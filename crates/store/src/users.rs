@@ -19,6 +19,8 @@ pub struct User {
     pub email: Option<String>,
     pub password_hash: Option<String>,
     pub roles: Vec<String>,
+    /// The groups they belong to (`[groups.NAME]` gives each group's members roles).
+    pub groups: Vec<String>,
     pub disabled: bool,
     pub created_at: i64,
 }
@@ -28,6 +30,7 @@ pub struct NewUser<'a> {
     pub email: Option<&'a str>,
     pub password_hash: Option<&'a str>,
     pub roles: &'a [String],
+    pub groups: &'a [String],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +63,7 @@ pub struct NewApiKey<'a> {
 }
 
 pub(crate) const USER_COLUMNS: &str =
-    "id, issuer, subject, name, email, password_hash, roles, disabled, created_at";
+    "id, issuer, subject, name, email, password_hash, roles, groups, disabled, created_at";
 const KEY_COLUMNS: &str =
     "id, user_id, name, servers, expires_at, created_at, last_used_at, revoked_at";
 
@@ -87,6 +90,7 @@ pub(crate) fn user_in(
         email: r.try_get("email")?,
         password_hash: r.try_get("password_hash")?,
         roles: words(r.try_get("roles")?),
+        groups: words(r.try_get("groups")?),
         disabled: r.try_get::<i64, _>("disabled")? != 0,
         created_at: r.try_get(created_at)?,
     })
@@ -115,8 +119,8 @@ impl Store {
         let id = new_id();
         let t = now();
         sqlx::query(
-            "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, disabled, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+            "INSERT INTO users (id, issuer, subject, name, email, password_hash, roles, groups, disabled, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9)",
         )
         .bind(&id)
         .bind(LOCAL_ISSUER)
@@ -125,6 +129,7 @@ impl Store {
         .bind(u.email)
         .bind(u.password_hash)
         .bind(u.roles.join(" "))
+        .bind(u.groups.join(" "))
         .bind(t)
         .execute(&self.pool)
         .await
@@ -222,6 +227,33 @@ impl Store {
         found(changed, id)
     }
 
+    /// Replace a user's roles and (or) groups; `NotFound` if there is none with this id. A
+    /// withdrawal: credentials verified under the old ones are checked again.
+    pub async fn set_roles_and_groups(
+        &self,
+        id: &str,
+        roles: Option<&[String]>,
+        groups: Option<&[String]>,
+    ) -> Result<(), StoreError> {
+        let Some(u) = self.user(id).await? else {
+            return found(0, id);
+        };
+        let roles = roles.map_or(u.roles, <[String]>::to_vec);
+        let groups = groups.map_or(u.groups, <[String]>::to_vec);
+        let changed = self
+            .withdraw(
+                sqlx::query(
+                    "UPDATE users SET roles = $1, groups = $2, updated_at = $3 WHERE id = $4",
+                )
+                .bind(roles.join(" "))
+                .bind(groups.join(" "))
+                .bind(now())
+                .bind(id),
+            )
+            .await?;
+        found(changed, id)
+    }
+
     pub async fn set_password_hash(&self, id: &str, hash: &str) -> Result<(), StoreError> {
         let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(hash)
@@ -264,7 +296,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT k.id, k.user_id, k.name, k.servers, k.expires_at, k.created_at, k.last_used_at,
                     k.revoked_at, u.issuer, u.subject, u.name AS user_name, u.email, u.password_hash,
-                    u.roles, u.disabled, u.created_at AS user_created_at
+                    u.roles, u.groups, u.disabled, u.created_at AS user_created_at
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.hash = $1",
         )
         .bind(hash)

@@ -487,3 +487,69 @@ async fn an_administrator_asks_the_gateway_to_explain_a_decision() {
     )
     .await;
 }
+
+/// Groups give their members roles: a member's group changed by `users set`, and a group's
+/// roles changed in the config, apply at the member's next request — in the session they have
+/// open, which stays theirs.
+#[tokio::test]
+async fn groups_give_roles_and_changes_apply_in_the_open_session() {
+    let roles = "\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n\n[roles.ops]\nservers = [\"main\"]\nallow = [\"fa/*\"]\n\n[groups.eng]\nroles = [\"ops\"]\n";
+    let cfg = format!("[auth]\nrequired = true\n{}{roles}", two_servers(""));
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    gw.admin(&["users", "add", "gina", "--role", "dev"], "", &[]);
+    let out = gw.admin(
+        &["keys", "create", "--user", "gina", "--server", "main"],
+        "",
+        &[],
+    );
+    let bearer = format!("Bearer {}", key_of(&out));
+    let main = gw.url("main");
+    let sid = session_as(&main, &bearer).await;
+    let tools = || async {
+        let r = post_in(&main, &sid)
+            .header("authorization", bearer.clone())
+            .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the session is still gina's");
+        let v = message(&r.text().await.unwrap());
+        let names: Vec<String> = v["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names
+    };
+    let first = tools().await;
+    assert!(
+        first.contains(&"fa__echo".to_owned()) && !first.contains(&"fa__add".to_owned()),
+        "{first:?}"
+    );
+    // Into eng, which gives ops: the command returns once every gateway has noticed.
+    let said = gw.admin(&["users", "set", "gina", "--group", "eng"], "", &[]);
+    assert!(said.contains("groups: eng"), "{said}");
+    let now = tools().await;
+    assert!(now.contains(&"fa__add".to_owned()), "{now:?}");
+    // The config takes ops away from eng: the next request after the reload.
+    std::fs::write(
+        gw.config_path(),
+        cfg.replace(
+            "[groups.eng]\nroles = [\"ops\"]",
+            "[groups.eng]\nroles = []",
+        ),
+    )
+    .unwrap();
+    eventually(
+        "the group's roles reloaded",
+        Duration::from_secs(15),
+        || async {
+            let names = tools().await;
+            (!names.contains(&"fa__add".to_owned())).then_some(())
+        },
+    )
+    .await;
+    assert!(tools().await.contains(&"fa__echo".to_owned()));
+}

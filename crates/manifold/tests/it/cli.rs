@@ -271,7 +271,7 @@ fn policy_explain_says_what_decides_and_refuses_bad_requests() {
     let dir = TempDir::new("explain");
     let path = dir.path("m.toml");
     let config = format!(
-        "[store]\ndata_dir = \"data\"\n{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\nask = [\"fa/slow\"]\n\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n\n[policy]\ncedar = \"\"\"\n@id(\"fetch-from-the-office\")\nforbid (principal, action, resource) when {{ resource.name == \"fetch\" }} unless {{ context has source && context.source.isInRange(ip(\"10.0.0.0/8\")) && context.client != \"bad-app\" }};\n\"\"\"\n",
+        "[store]\ndata_dir = \"data\"\n{}\n[roles.dev]\nservers = [\"main\"]\nallow = [\"fa/*\"]\ndeny = [\"fa/add\"]\nask = [\"fa/slow\"]\n\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/echo\"]\n\n[groups.eng]\nroles = [\"dev\"]\n\n[policy]\ncedar = \"\"\"\n@id(\"fetch-from-the-office\")\nforbid (principal, action, resource) when {{ resource.name == \"fetch\" }} unless {{ context has source && context.source.isInRange(ip(\"10.0.0.0/8\")) && context.client != \"bad-app\" }};\n\"\"\"\n",
         one_faulty("")
     );
     std::fs::write(&path, config).unwrap();
@@ -410,6 +410,78 @@ fn policy_explain_says_what_decides_and_refuses_bad_requests() {
     let o = explain(&["--server", "main"]);
     assert_eq!(o.status.code(), Some(2), "clap's usage error: {}", out(&o));
     assert!(out(&o).contains("--user"), "{}", out(&o));
+
+    // Groups: a member of eng holds dev through it; `users set` changes what they belong to.
+    let users = |rest: &[&str]| {
+        let mut args = vec!["users", "--config", cfg];
+        args.extend_from_slice(rest);
+        manifold(&args)
+    };
+    let o = users(&["add", "gina", "--group", "eng", "--group", "qa"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = explain(&["--user", "gina", "--server", "main", "--tool", "fa/echo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let text = out(&o);
+    assert!(
+        text.starts_with("allowed: gina (a local user; roles: -; groups: eng, qa)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("group \"eng\" gives the roles [\"dev\"]")
+            && text.contains("group \"qa\" is not in [groups]: it gives no role")
+            && text.contains("role \"dev\" allows it"),
+        "{text}"
+    );
+    let listed = out(&users(&["list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("gina") && l.contains("groups: eng,qa")),
+        "{listed}"
+    );
+    let o = users(&["set", "gina", "--no-groups", "--role", "ghost"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains("gina now holds roles: ghost; groups: -"),
+        "{}",
+        out(&o)
+    );
+    let o = explain(&["--user", "gina", "--server", "main", "--tool", "fa/echo"]);
+    assert_eq!(o.status.code(), Some(3), "no group any more: {}", out(&o));
+    let o = users(&["set", "gina", "--group", "eng"]);
+    assert!(out(&o).contains("roles: ghost; groups: eng"), "{}", out(&o));
+    for (rest, says) in [
+        (&["set", "gina"][..], "say what to set"),
+        (
+            &["set", "nobody", "--role", "dev"][..],
+            "no user \"nobody\"",
+        ),
+        (
+            &["set", "gina", "--group", "two words"][..],
+            "one word without spaces",
+        ),
+        (&["add", "hal", "--role", ""][..], "one word without spaces"),
+    ] {
+        let o = users(rest);
+        assert_eq!(o.status.code(), Some(1), "{rest:?}: {}", out(&o));
+        assert!(out(&o).contains(says), "{rest:?}: {}", out(&o));
+    }
+    let o = users(&["set", "gina", "--role", "dev", "--no-roles"]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses both: {}", out(&o));
+    // A group that gives a role [roles] does not define is a config error, at its place.
+    let bad = std::fs::read_to_string(&path).unwrap().replace(
+        "roles = [\"dev\"]\n\n[policy]",
+        "roles = [\"dve\"]\n\n[policy]",
+    );
+    std::fs::write(&path, bad).unwrap();
+    let o = manifold(&["check", "--config", cfg]);
+    assert!(!o.status.success());
+    assert!(
+        out(&o)
+            .contains("groups.eng.roles: no role \"dve\" in [roles] (there are: anonymous, dev)"),
+        "{}",
+        out(&o)
+    );
 }
 
 /// Cedar conditions are checked with the config: every problem with its file, line and column

@@ -333,6 +333,10 @@ async fn members_sign_in_through_two_providers_and_their_groups_become_roles() {
         line("alice@acme.example").contains("roles: dev,member"),
         "{users}"
     );
+    assert!(
+        line("alice@acme.example").contains("groups: eng,sales"),
+        "the provider's groups are kept (for [groups] and Cedar's principal.groups): {users}"
+    );
     assert!(line("bob@corp.example").contains("roles: admin"), "{users}");
     eventually(
         "the sign-ins logged",
