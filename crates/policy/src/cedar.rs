@@ -16,8 +16,8 @@
 //! upstream's own name, or a resource's URI); the actions `call`, `get` and `read`; the context
 //! holds `server`, `hour` (0–23, UTC), `weekday` (1 Monday … 7 Sunday), `client` (the OAuth
 //! `client_id` the access token was issued to; `""` for an API key or an anonymous caller),
-//! `source` (the request's source address, an `ipaddr`; absent where no request is in hand, so
-//! a policy tests `context has source` first) and `arguments`, an entity whose tags are the
+//! `source` (the request's source address, an `ipaddr`; absent where none is known, so a policy
+//! tests `context has source` first) and `arguments`, an entity whose tags are the
 //! call's arguments as text (a string as itself, anything else as its JSON):
 //! `context.arguments.hasTag("query") && context.arguments.getTag("query") like "DROP*"`.
 

@@ -166,10 +166,11 @@ pub struct Action<'a> {
 }
 
 /// Facts about how a request arrived that are not the caller's identity, for conditions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Via {
     /// The address of the TCP peer that sent the request (behind a reverse proxy: the
-    /// proxy's); `None` where no request is in hand (a list change computed for a session).
+    /// proxy's); for a notification, that of the latest request of the session or stream it
+    /// goes to; `None` where none is known.
     pub source: Option<std::net::IpAddr>,
 }
 

@@ -257,13 +257,14 @@ impl Gateway {
         &self,
         server: &str,
         who: &Principal,
+        via: manifold_policy::Via,
         connector: &ConnectorId,
         uri: &str,
         exposed: &str,
     ) -> bool {
         let action = manifold_policy::Action {
             server,
-            via: manifold_policy::Via::default(),
+            via,
             kind: manifold_policy::ActionKind::Use {
                 verb: manifold_policy::Verb::Subscribe,
                 item: manifold_policy::Item {
@@ -283,10 +284,15 @@ impl Gateway {
     }
 
     /// Whether `who` may still connect to `server` (and so hear its connectors' logs).
-    pub(crate) fn may_connect(&self, server: &str, who: &Principal) -> bool {
+    pub(crate) fn may_connect(
+        &self,
+        server: &str,
+        who: &Principal,
+        via: manifold_policy::Via,
+    ) -> bool {
         let action = manifold_policy::Action {
             server,
-            via: manifold_policy::Via::default(),
+            via,
             kind: manifold_policy::ActionKind::Connect,
         };
         !matches!(
@@ -295,11 +301,13 @@ impl Gateway {
         )
     }
 
-    /// What `who` is shown of each list of `vs` (`VirtualServer::view`; 0 where refused).
+    /// What `who`, whose requests arrive `via`, is shown of each list of `vs`
+    /// (`VirtualServer::view`; 0 where refused).
     pub(crate) fn views_of(
         &self,
         vs: &VirtualServer,
         who: &Arc<Principal>,
+        via: manifold_policy::Via,
         client: u64,
     ) -> [u64; 4] {
         [
@@ -312,7 +320,7 @@ impl Gateway {
             match manifold_policy::authorize(
                 self.seams.policy.as_ref(),
                 who,
-                manifold_policy::Via::default(),
+                via,
                 vs.list_request(kind, None),
             ) {
                 Ok(permit) => vs.view(&permit, client),
@@ -343,15 +351,25 @@ impl Gateway {
             manifold_policy::PrincipalId,
             Vec<String>,
             Vec<String>,
+            manifold_policy::Via,
             usize,
         );
         let mut seen: std::collections::HashMap<Key, [u64; 4]> = Default::default();
-        let mut changed = |who: &Arc<Principal>, client: u64, views: &crate::session::Views| {
+        let mut changed = |who: &Arc<Principal>,
+                           via: manifold_policy::Via,
+                           client: u64,
+                           views: &crate::session::Views| {
             let cat = Arc::as_ptr(&vs.catalog_for(client)) as usize;
-            let key = (who.id().clone(), who.roles.clone(), who.scopes.clone(), cat);
+            let key = (
+                who.id().clone(),
+                who.roles.clone(),
+                who.scopes.clone(),
+                via,
+                cat,
+            );
             let prints = *seen
                 .entry(key)
-                .or_insert_with(|| self.views_of(&vs, who, client));
+                .or_insert_with(|| self.views_of(&vs, who, via, client));
             let mut c = [false; 4];
             for k in 0..4 {
                 c[k] = kinds[k] && views.update(k, prints[k], unknown);
@@ -368,7 +386,7 @@ impl Gateway {
             if !theirs(&who) {
                 continue;
             }
-            let c = changed(&who, l.client, &l.views);
+            let c = changed(&who, l.via, l.client, &l.views);
             l.list_changed(c.tools, c.prompts, c.resources);
         }
         let mut told = 0;
@@ -377,7 +395,7 @@ impl Gateway {
             if !theirs(&who) {
                 continue;
             }
-            let c = changed(&who, s.client, &s.views);
+            let c = changed(&who, s.via(), s.client, &s.views);
             if c.any() {
                 told += 1;
                 notify_session(s, c);

@@ -140,6 +140,7 @@ pub(crate) async fn initialize(
             gw.sessions.create(
                 vs.name().into(),
                 principal.clone(),
+                Via { source: peer },
                 owner.clone(),
                 caps,
                 version,
@@ -256,6 +257,7 @@ pub(crate) async fn post(
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
+    session.arrived(Via { source: peer });
     let (id, method, params) = match msg {
         Incoming::Request { id, method, params } => (id, method, params),
         Incoming::Notification { method, params } => {

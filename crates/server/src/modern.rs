@@ -297,6 +297,7 @@ async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Params>) -
     let vs = cx.vs.clone();
     let client = cx.client;
     let principal = cx.principal.clone();
+    let via = cx.via;
     let reply = Box::pin(pipeline::handle(gw.clone(), cx, Mcp::Listen, params)).await;
     let listening = match reply {
         Reply::Listen(l) => l,
@@ -311,10 +312,15 @@ async fn listen(gw: &Arc<Gateway>, cx: RequestContext, params: Option<Params>) -
         tx,
         views: Default::default(),
         principal: arc_swap::ArcSwap::new(principal.clone()),
+        via,
         client,
     });
     // What it sees now: list changes are told when that changes.
-    for (k, print) in gw.views_of(&vs, &principal, client).into_iter().enumerate() {
+    for (k, print) in gw
+        .views_of(&vs, &principal, via, client)
+        .into_iter()
+        .enumerate()
+    {
         listener.views.saw(k, print);
     }
     let ack = {

@@ -73,11 +73,11 @@ fn deliver(gw: &Gateway, ev: UpstreamEvent) {
             for vs in gw.servers().into_iter().filter(|vs| vs.uses(&id)) {
                 let exposed = vs.catalog().expose_uri(&id, &uri);
                 // The policy decides each delivery (as the member's roles are now).
-                let may = |who: &manifold_policy::Principal| {
-                    gw.may_watch(vs.name(), who, &id, &uri, &exposed)
+                let may = |who: &manifold_policy::Principal, via| {
+                    gw.may_watch(vs.name(), who, via, &id, &uri, &exposed)
                 };
                 for l in gw.sessions.listeners_of(vs.name()) {
-                    if only.is_none() && l.watches(&exposed) && may(&l.principal.load()) {
+                    if only.is_none() && l.watches(&exposed) && may(&l.principal.load(), l.via) {
                         l.updated(&exposed);
                     }
                 }
@@ -86,7 +86,8 @@ fn deliver(gw: &Gateway, ev: UpstreamEvent) {
                     serde_json::json!({ "uri": exposed }),
                 );
                 for s in gw.sessions.of_server(vs.name()) {
-                    if concerns(s.client) && s.subscribed(&exposed) && may(&s.principal()) {
+                    if concerns(s.client) && s.subscribed(&exposed) && may(&s.principal(), s.via())
+                    {
                         s.notify(msg.clone());
                     }
                 }
@@ -98,7 +99,7 @@ fn deliver(gw: &Gateway, ev: UpstreamEvent) {
                 for s in gw.sessions.of_server(vs.name()) {
                     if concerns(s.client)
                         && s.wants(params.level)
-                        && gw.may_connect(vs.name(), &s.principal())
+                        && gw.may_connect(vs.name(), &s.principal(), s.via())
                     {
                         s.notify(msg.clone());
                     }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use manifold_policy::Principal;
+use manifold_policy::{Principal, Via};
 use rmcp::model::{ClientCapabilities, ErrorData, LoggingLevel, SubscriptionFilter};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +43,9 @@ pub(crate) struct Session {
     /// Who uses it, as of their latest request (`same_caller`): a request of anyone else does
     /// not find it.
     principal: ArcSwap<Principal>,
+    /// How its latest request arrived (its source address): what notifications are decided
+    /// with.
+    via: Mutex<Via>,
     /// Whose sessions it counts among (`gateway.max_sessions_per_client`).
     owner: Owner,
     /// The protocol version negotiated at `initialize`.
@@ -65,6 +68,16 @@ impl Session {
     /// Who uses the session, as of their latest request.
     pub fn principal(&self) -> Arc<Principal> {
         self.principal.load_full()
+    }
+
+    /// How the session's latest request arrived.
+    pub fn via(&self) -> Via {
+        *self.via.lock().expect("via lock")
+    }
+
+    /// A request of the session arrived `via`.
+    pub fn arrived(&self, via: Via) {
+        *self.via.lock().expect("via lock") = via;
     }
 }
 
@@ -270,9 +283,10 @@ pub(crate) struct Listener {
     pub id: Box<RawValue>,
     pub accepted: SubscriptionFilter,
     pub tx: mpsc::Sender<String>,
-    /// Who listens (as of their latest request), and the client key of its lists: list
-    /// changes are for their view.
+    /// Who listens (as of their latest request), how the listen request arrived, and the
+    /// client key of its lists: list changes are for their view.
     pub principal: ArcSwap<Principal>,
+    pub via: Via,
     pub client: u64,
     pub views: Views,
 }
@@ -363,6 +377,7 @@ impl Sessions {
         &self,
         server: Arc<str>,
         principal: Arc<Principal>,
+        via: Via,
         owner: Owner,
         caps: Caps,
         version: String,
@@ -375,6 +390,7 @@ impl Sessions {
             key: key.clone(),
             server,
             principal: ArcSwap::new(principal),
+            via: Mutex::new(via),
             owner: owner.clone(),
             version,
             capabilities,
@@ -558,6 +574,7 @@ mod tests {
         sessions.create(
             "main".into(),
             Arc::new(Principal::anonymous()),
+            Via::default(),
             Owner::Address(owner.parse().unwrap()),
             caps,
             "2025-11-25".into(),

@@ -372,3 +372,98 @@ async fn a_policy_changed_mid_session_is_announced_and_applies_at_the_next_reque
         client.events()
     );
 }
+
+/// A notification is decided with the address the member's session calls from: a resource a
+/// condition allows only from this machine still sends its updates to a session on loopback
+/// (and would not if the address were unknown), and stops when the condition changes.
+#[tokio::test]
+async fn a_subscriptions_updates_are_decided_with_the_sessions_own_address() {
+    let policy = r#"
+[roles.anonymous]
+servers = ["main"]
+allow = ["fa/*"]
+
+[policy]
+cedar = """
+@id("static-from-this-machine")
+forbid (principal, action, resource)
+  when { resource.name == "fixture://static" }
+  unless { context has source && context.source.isLoopback() };
+"""
+"#;
+    let cfg = format!("{}{policy}", one_faulty(""));
+    let gw = Gw::start(&cfg);
+    gw.wait_up().await;
+    let url = gw.url("main");
+    let sid = session(&url).await;
+    let sub = rpc(
+        &url,
+        &sid,
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
+            "params": {"uri": "fa+fixture://static"}}),
+    )
+    .await;
+    assert!(
+        sub.get("result").is_some(),
+        "subscribed from loopback: {sub}"
+    );
+    let mut stream = http()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let touch = || {
+        rpc(
+            &url,
+            &sid,
+            serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "fa__touch_resource", "arguments": {"uri": "fixture://static"}}}),
+        )
+    };
+    async fn read(r: &mut reqwest::Response) -> String {
+        let mut out = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while let Ok(Ok(Some(c))) = tokio::time::timeout_at(deadline, r.chunk()).await {
+            out.push_str(&String::from_utf8_lossy(&c));
+            if out.contains("notifications/resources/updated") {
+                break;
+            }
+        }
+        out
+    }
+    let t = touch().await;
+    assert!(t.to_string().contains("touched fixture://static"), "{t}");
+    let got = read(&mut stream).await;
+    assert!(
+        got.contains("notifications/resources/updated"),
+        "delivered to the loopback session: {got}"
+    );
+    // Only from 10.0.0.0/8 now: the next update is not delivered.
+    std::fs::write(
+        gw.config_path(),
+        cfg.replace(
+            "context.source.isLoopback()",
+            "context.source.isInRange(ip(\"10.0.0.0/8\"))",
+        ),
+    )
+    .unwrap();
+    eventually(
+        "the condition reloaded",
+        Duration::from_secs(15),
+        || async {
+            gw.log()
+                .contains("role rules and conditions replaced")
+                .then_some(())
+        },
+    )
+    .await;
+    touch().await;
+    let got = read(&mut stream).await;
+    assert!(
+        !got.contains("notifications/resources/updated"),
+        "no longer: {got}"
+    );
+}
