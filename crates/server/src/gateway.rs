@@ -276,9 +276,14 @@ impl Gateway {
                 },
             },
         };
+        self.permits(who, &action)
+    }
+
+    /// Whether the policy lets `who` do `action` (outside a request: no permit is made).
+    fn permits(&self, who: &Principal, action: &manifold_policy::Action<'_>) -> bool {
         use manifold_policy::Decision;
         matches!(
-            self.seams.policy.decide(who, &action),
+            self.seams.policy.decide(who, action),
             Decision::Allow | Decision::Only(_) | Decision::Ask(_)
         )
     }
@@ -295,10 +300,7 @@ impl Gateway {
             via,
             kind: manifold_policy::ActionKind::Connect,
         };
-        !matches!(
-            self.seams.policy.decide(who, &action),
-            manifold_policy::Decision::Deny(_) | manifold_policy::Decision::Refuse(_)
-        )
+        self.permits(who, &action)
     }
 
     /// What `who`, whose requests arrive `via`, is shown of each list of `vs`

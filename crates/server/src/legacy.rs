@@ -227,9 +227,13 @@ fn find(
     let session = gw
         .sessions
         .get(key)
-        .filter(|s| &*s.server == vs.name() && session::same_caller(&s.principal(), principal))
+        .filter(|s| &*s.server == vs.name())
         .ok_or(NoSession::NotFound)?;
-    if *session.principal() != **principal {
+    let holds = session.principal();
+    if !session::same_caller(&holds, principal) {
+        return Err(NoSession::NotFound);
+    }
+    if *holds != **principal {
         // Their roles or scopes changed (in the store, at their provider): the session goes on
         // under the new ones, and each of their clients is told of the lists it now sees
         // otherwise.
