@@ -186,6 +186,14 @@ pub struct Config {
     pub policy: Vec<PolicyText>,
 }
 
+impl GatewaySettings {
+    /// Whether `ip` is one of `trusted_proxies`.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// One text of Cedar policies: where it is (for messages), and what it says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyText {
@@ -401,6 +409,9 @@ pub struct GatewaySettings {
     /// Serve `/healthz/detail` and the list of virtual servers to callers that are not on
     /// loopback (until callers authenticate, they are for the machine's own operators).
     pub public_detail: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client: a request from one of them
+    /// comes from the rightmost address in it that is not itself a trusted proxy.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The most open client connections; `None`: derived from the open-file limit.
     pub max_connections: Option<usize>,
     /// A request's headers must have arrived this long after its first byte.
@@ -1213,6 +1224,7 @@ impl Builder<'_> {
             ),
             cache_ttl: self.duration_or(g.cache_ttl, "gateway.cache_ttl", Duration::from_secs(60)),
             public_detail: g.public_detail.unwrap_or(false),
+            trusted_proxies: self.trusted_proxies(g.trusted_proxies.unwrap_or_default()),
             max_connections: g.max_connections.map(|n| n.max(1) as usize),
             header_read_timeout: self.positive(
                 g.header_read_timeout,
@@ -1621,6 +1633,24 @@ impl Builder<'_> {
             )));
             default
         })
+    }
+
+    /// `gateway.trusted_proxies`: addresses (`10.0.0.5`) and networks (`10.0.0.0/8`).
+    fn trusted_proxies(&mut self, raw: Vec<Spanned<String>>) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for v in raw {
+            let text = v.get_ref().trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net),
+                Err(_) => self.errors.push(self.src.at(&v).err(format!(
+                    "gateway.trusted_proxies: {text:?} is neither an address (10.0.0.5, ::1) nor a network (10.0.0.0/8)"
+                ))),
+            }
+        }
+        out
     }
 
     /// Like `duration_or`, refusing zero (a zero timeout would close every connection).

@@ -128,6 +128,7 @@ pub struct RawGateway {
     pub input_wait: Option<Spanned<String>>,
     pub cache_ttl: Option<Spanned<String>>,
     pub public_detail: Option<bool>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub max_connections: Option<u32>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub body_read_timeout: Option<Spanned<String>>,

@@ -763,3 +763,31 @@ fn roles_are_checked() {
         assert!(e.contains(part), "{part:?} in:\n{e}");
     }
 }
+
+#[test]
+fn trusted_proxies_are_addresses_or_networks() {
+    let dir = std::path::Path::new("/etc/m");
+    let c = Config::parse(
+        "[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.0.2.7\"]\n",
+        &dir.join("m.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    let g = &c.gateway;
+    assert!(g.trusts("10.1.2.3".parse().unwrap()));
+    assert!(g.trusts("::1".parse().unwrap()));
+    assert!(g.trusts("::ffff:192.0.2.7".parse().unwrap()));
+    assert!(!g.trusts("192.0.2.8".parse().unwrap()));
+    let e = Config::parse(
+        "[gateway]\ntrusted_proxies = [\"10.0.0.0/33\", \"proxy.local\"]\n",
+        &dir.join("m.toml"),
+        &env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("m.toml:2:20: gateway.trusted_proxies: \"10.0.0.0/33\" is neither an address")
+            && e.contains("\"proxy.local\""),
+        "{e}"
+    );
+}

@@ -29,6 +29,39 @@ use tower::ServiceExt;
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
+/// Where a request from `peer` comes from: `peer` itself, unless it is a trusted proxy
+/// (`gateway.trusted_proxies`); then the rightmost address of `X-Forwarded-For` that is not a
+/// trusted proxy (each proxy appends the address it saw, so what is left of it came from the
+/// client and proves nothing). An entry that is not an address ends the walk at the hop to its
+/// right; no usable entry leaves the proxy's own address.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    settings: &manifold_config::GatewaySettings,
+) -> std::net::IpAddr {
+    let mut at = peer.to_canonical();
+    if !settings.trusts(at) {
+        return at;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            break;
+        };
+        at = ip.to_canonical();
+        if !settings.trusts(at) {
+            break;
+        }
+    }
+    at
+}
+
 /// The connection settings (`gateway.max_connections` and the timeouts).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -453,6 +486,69 @@ impl AsyncWrite for Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(trusted: &str) -> manifold_config::GatewaySettings {
+        let text = format!("[gateway]\ntrusted_proxies = {trusted}\n");
+        manifold_config::Config::parse(&text, std::path::Path::new("/m.toml"), &|_: &str| None)
+            .expect("a valid config")
+            .gateway
+    }
+
+    #[test]
+    fn the_client_address_is_the_first_hop_no_trusted_proxy_vouches_for() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let xff = |v: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for x in v {
+                h.append("x-forwarded-for", x.parse().unwrap());
+            }
+            h
+        };
+        let none = settings("[]");
+        let proxies = settings(r#"["127.0.0.1", "10.0.0.0/8"]"#);
+        // Without trusted proxies the header is ignored: anyone can write it.
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &xff(&["1.2.3.4"]), &none),
+            ip("127.0.0.1")
+        );
+        // From a trusted proxy: the address it saw.
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &xff(&["1.2.3.4"]), &proxies),
+            ip("1.2.3.4")
+        );
+        // A client's own X-Forwarded-For is left of what the proxies appended: not believed.
+        let forged = xff(&["10.9.9.9, 203.0.113.7, 10.0.0.2"]);
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &forged, &proxies),
+            ip("203.0.113.7")
+        );
+        // Several headers are one list, in order.
+        let split = xff(&["198.51.100.1", "10.0.0.3"]);
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &split, &proxies),
+            ip("198.51.100.1")
+        );
+        // Not from a trusted proxy: the peer, whatever it claims.
+        assert_eq!(
+            client_address(ip("192.0.2.1"), &xff(&["10.0.0.1"]), &proxies),
+            ip("192.0.2.1")
+        );
+        // Garbage stops the walk at the last good hop; no header leaves the proxy.
+        let bad = xff(&["unknown, 10.0.0.7"]);
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &bad, &proxies),
+            ip("10.0.0.7")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &http::HeaderMap::new(), &proxies),
+            ip("10.0.0.1")
+        );
+        // An IPv4 peer on an IPv6 socket is itself.
+        assert_eq!(
+            client_address(ip("::ffff:127.0.0.1"), &xff(&["::ffff:1.2.3.4"]), &proxies),
+            ip("1.2.3.4")
+        );
+    }
 
     fn limits() -> Limits {
         Limits {

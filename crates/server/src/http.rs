@@ -311,7 +311,10 @@ async fn post(
             return crate::stream::json_response(StatusCode::BAD_REQUEST, refusal.message());
         }
     };
-    let peer = parts.extensions.get::<conn::Peer>().map(|p| p.0.ip());
+    let peer = parts
+        .extensions
+        .get::<conn::Peer>()
+        .map(|p| conn::client_address(p.0.ip(), h, &gw.config().gateway));
     let resp = match &msg {
         Incoming::Request {
             id, method, params, ..

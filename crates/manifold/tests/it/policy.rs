@@ -467,3 +467,58 @@ forbid (principal, action, resource)
         "no longer: {got}"
     );
 }
+
+/// Behind a trusted reverse proxy, `context.source` is the client the proxy saw
+/// (`X-Forwarded-For`), not the proxy; without `trusted_proxies` the header is ignored, as
+/// anyone can send it.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_source_is_the_client_it_forwards() {
+    let policy = r#"
+[roles.anonymous]
+servers = ["main"]
+allow = ["fa/*"]
+
+[policy]
+cedar = """
+@id("echo-from-the-office")
+forbid (principal, action, resource)
+  when { resource.name == "echo" }
+  unless { context has source && context.source.isInRange(ip("10.0.0.0/8")) };
+"""
+"#;
+    let echo = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "fa__echo", "arguments": {"message": "hi"}}});
+    let call = |url: String, sid: String, from: Option<&'static str>| {
+        let echo = echo.clone();
+        async move {
+            let mut r = post_in(&url, &sid).body(echo.to_string());
+            if let Some(f) = from {
+                r = r.header("x-forwarded-for", f);
+            }
+            message(&r.send().await.unwrap().text().await.unwrap())
+        }
+    };
+    for (trusted, office_allowed) in [("trusted_proxies = [\"127.0.0.1\"]", true), ("", false)] {
+        let cfg = format!("{}{policy}", one_faulty(trusted));
+        let gw = Gw::start(&cfg);
+        gw.wait_up().await;
+        let url = gw.url("main");
+        let sid = session(&url).await;
+        let from_office = call(url.clone(), sid.clone(), Some("10.1.2.3")).await;
+        let forged = call(url.clone(), sid.clone(), Some("10.1.2.3, 192.0.2.9")).await;
+        let direct = call(url.clone(), sid.clone(), None).await;
+        assert_eq!(
+            from_office["result"]["content"][0]["text"] == "Echo: hi",
+            office_allowed,
+            "{trusted:?}: {from_office}"
+        );
+        for (what, v) in [("a forged hop", &forged), ("no header", &direct)] {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("unknown tool")),
+                "{trusted:?}, {what}: {v}"
+            );
+        }
+    }
+}
