@@ -35,6 +35,14 @@ forbid (principal, action, resource)
 """
 "#;
 
+/// Roles and `[policy]` for a gateway whose anonymous callers may use all of `fa`, but for
+/// what the Cedar text `cedar` forbids.
+fn anonymous_may_use_fa(cedar: &str) -> String {
+    format!(
+        "\n[roles.anonymous]\nservers = [\"main\"]\nallow = [\"fa/*\"]\n\n[policy]\ncedar = \"\"\"\n{cedar}\n\"\"\"\n"
+    )
+}
+
 /// `tests/clients/calls.py` (the official Python SDK) in `era`: its output lines.
 async fn calls(peers: &Peers, url: &str, era: &str, tool: &str, args: &[&str]) -> Vec<String> {
     let mut all = vec![url, tool];
@@ -378,19 +386,12 @@ async fn a_policy_changed_mid_session_is_announced_and_applies_at_the_next_reque
 /// (and would not if the address were unknown), and stops when the condition changes.
 #[tokio::test]
 async fn a_subscriptions_updates_are_decided_with_the_sessions_own_address() {
-    let policy = r#"
-[roles.anonymous]
-servers = ["main"]
-allow = ["fa/*"]
-
-[policy]
-cedar = """
-@id("static-from-this-machine")
+    let policy = anonymous_may_use_fa(
+        r#"@id("static-from-this-machine")
 forbid (principal, action, resource)
   when { resource.name == "fixture://static" }
-  unless { context has source && context.source.isLoopback() };
-"""
-"#;
+  unless { context has source && context.source.isLoopback() };"#,
+    );
     let cfg = format!("{}{policy}", one_faulty(""));
     let gw = Gw::start(&cfg);
     gw.wait_up().await;
@@ -473,19 +474,12 @@ forbid (principal, action, resource)
 /// anyone can send it.
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_source_is_the_client_it_forwards() {
-    let policy = r#"
-[roles.anonymous]
-servers = ["main"]
-allow = ["fa/*"]
-
-[policy]
-cedar = """
-@id("echo-from-the-office")
+    let policy = anonymous_may_use_fa(
+        r#"@id("echo-from-the-office")
 forbid (principal, action, resource)
   when { resource.name == "echo" }
-  unless { context has source && context.source.isInRange(ip("10.0.0.0/8")) };
-"""
-"#;
+  unless { context has source && context.source.isInRange(ip("10.0.0.0/8")) };"#,
+    );
     let echo = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "fa__echo", "arguments": {"message": "hi"}}});
     let call = |url: String, sid: String, from: Option<&'static str>| {
