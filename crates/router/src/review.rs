@@ -108,7 +108,7 @@ pub fn definition(tool: &JsonObject) -> (String, String) {
         .iter()
         .filter_map(|k| tool.get(*k).map(|v| ((*k).to_owned(), v.clone())))
         .collect();
-    let text = canonical(&Value::Object(reviewed));
+    let text = canonical_object(&reviewed);
     let digest = Sha256::digest(text.as_bytes());
     let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
     (text, hex)
@@ -117,38 +117,47 @@ pub fn definition(tool: &JsonObject) -> (String, String) {
 /// JSON text with every object's keys sorted (and no insignificant space): the same value
 /// gives the same text, whatever order its maps were built or received in.
 pub fn canonical(v: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(v, &mut out);
-    out
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&m[k], out);
-            }
-            out.push('}');
+/// [`canonical`] of an object.
+pub fn canonical_object(m: &serde_json::Map<String, Value>) -> String {
+    let mut out = Vec::new();
+    write_object(m, &mut out);
+    String::from_utf8(out).expect("JSON text is UTF-8")
+}
+
+fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
+        serde_json::to_writer(&mut *out, k).expect("a string serialises");
+        out.push(b':');
+        write_canonical(v, out);
+    }
+    out.push(b'}');
+}
+
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(m) => write_object(m, out),
         Value::Array(a) => {
-            out.push('[');
+            out.push(b'[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(x, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("a scalar serialises"),
     }
 }
 
@@ -319,6 +328,13 @@ mod tests {
     fn canonical_text_sorts_keys_at_every_depth() {
         let v: Value = serde_json::from_str(r#"{"b": [{"z": 1, "a": "é\n"}], "a": null}"#).unwrap();
         assert_eq!(canonical(&v), r#"{"a":null,"b":[{"a":"é\n","z":1}]}"#);
+        // Scalars and keys are written as serde_json writes them (fingerprints depend on it).
+        let v: Value =
+            serde_json::from_str(r#"{"t": true, "q\"k": 1.5, "n": -3, "c": "\u0001"}"#).unwrap();
+        assert_eq!(
+            canonical(&v),
+            r#"{"c":"\u0001","n":-3,"q\"k":1.5,"t":true}"#
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub(crate) struct Requester {
 /// A new bridged call: what it is (`binding`), the client's capabilities, its own client key,
 /// the request that started it, its cancellation and how long it may wait parked.
 pub(crate) struct Call {
-    pub binding: String,
+    pub binding: Box<Binding>,
     pub caps: ClientCapabilities,
     pub client_key: u64,
     pub requester: Requester,
@@ -142,23 +142,50 @@ impl Default for Bridge {
 /// What identifies a request across rounds: who sends it (the principal), the virtual server,
 /// the method and what the request is about (tool or prompt name and arguments, or resource
 /// URI). Other params (the MRTR fields, `_meta`, anything unrecognised) may differ between
-/// rounds.
-pub(crate) fn binding(
-    caller: &str,
-    server: &str,
-    method: &str,
-    params: &serde_json::Map<String, Value>,
-) -> String {
-    let about: serde_json::Map<String, Value> = ["name", "arguments", "uri"]
-        .iter()
-        .filter_map(|k| params.get(*k).map(|v| ((*k).to_owned(), v.clone())))
-        .collect();
-    // Canonical (keys sorted at every depth): a retry that sends the same arguments in another
-    // order is the same request (serde_json's maps keep insertion order in this build).
-    format!(
-        "{caller}\n{server}\n{method}\n{}",
-        manifold_router::review::canonical(&Value::Object(about))
-    )
+/// rounds. Kept as its parts until a round needs it written out ([`Binding::key`]): most calls
+/// never ask anything.
+pub(crate) struct Binding {
+    caller: String,
+    server: String,
+    method: &'static str,
+    about: serde_json::Map<String, Value>,
+}
+
+impl Binding {
+    pub(crate) fn boxed(
+        caller: String,
+        server: &str,
+        method: &'static str,
+        params: &serde_json::Map<String, Value>,
+    ) -> Box<Self> {
+        Box::new(Self::of(caller, server, method, params))
+    }
+
+    pub(crate) fn of(
+        caller: String,
+        server: &str,
+        method: &'static str,
+        params: &serde_json::Map<String, Value>,
+    ) -> Self {
+        let about = ["name", "arguments", "uri"]
+            .iter()
+            .filter_map(|k| params.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect();
+        Binding {
+            caller,
+            server: server.to_owned(),
+            method,
+            about,
+        }
+    }
+
+    /// The binding as text, bound into a round's `requestState`. Canonical (keys sorted at
+    /// every depth): a retry that sends the same arguments in another order is the same
+    /// request (serde_json's maps keep insertion order in this build).
+    pub(crate) fn key(&self) -> String {
+        let about = manifold_router::review::canonical_object(&self.about);
+        format!("{}\n{}\n{}\n{about}", self.caller, self.server, self.method)
+    }
 }
 
 impl Bridge {
@@ -222,7 +249,7 @@ impl Bridge {
             _cancel: ct.drop_guard(),
             ttl,
         };
-        self.round_from(binding, run, first).await
+        self.round_from(binding.key(), run, first).await
     }
 
     /// The `requestState` of a round that asks the member to confirm the request `binding`
@@ -509,6 +536,15 @@ mod tests {
 
     use super::*;
 
+    fn binding(
+        caller: &str,
+        server: &str,
+        method: &'static str,
+        params: &serde_json::Map<String, Value>,
+    ) -> Box<Binding> {
+        Binding::boxed(caller.to_owned(), server, method, params)
+    }
+
     fn requester() -> Requester {
         let (outbox, _) = mpsc::channel(8);
         Requester {
@@ -571,7 +607,7 @@ mod tests {
     async fn a_question_becomes_a_round_and_the_retry_resumes_the_call_once() {
         let bridge = Bridge::default();
         let c = call(json!({"elicitation": {}}), Duration::from_secs(60));
-        let b = c.binding.clone();
+        let b = c.binding.key();
         let first = bridge.start(c, asking(None)).await;
         let (state, keys) = state_of(&first);
         assert_eq!(
@@ -599,7 +635,7 @@ mod tests {
     async fn tampered_foreign_and_expired_states_are_refused() {
         let bridge = Bridge::default();
         let c = call(json!({"elicitation": {}}), Duration::from_millis(100));
-        let b = c.binding.clone();
+        let b = c.binding.key();
         let (state, _) = state_of(&bridge.start(c, asking(None)).await);
         let mut tampered = state.clone().into_bytes();
         let i = tampered.len() - 3;
@@ -621,7 +657,7 @@ mod tests {
                 .clone(),
         );
         let e = bridge
-            .resume(other, &state, None, requester())
+            .resume(other.key(), &state, None, requester())
             .await
             .err()
             .unwrap();
@@ -686,15 +722,15 @@ mod tests {
             serde_json::from_str(r#"{"arguments": {"b": {"x": 3, "y": 2}, "a": 1}, "name": "t"}"#)
                 .unwrap();
         assert_eq!(
-            binding("u", "main", "tools/call", &a),
-            binding("u", "main", "tools/call", &b)
+            binding("u", "main", "tools/call", &a).key(),
+            binding("u", "main", "tools/call", &b).key()
         );
         let c: serde_json::Map<String, Value> =
             serde_json::from_str(r#"{"name": "t", "arguments": {"a": 2, "b": {"x": 3, "y": 2}}}"#)
                 .unwrap();
         assert_ne!(
-            binding("u", "main", "tools/call", &a),
-            binding("u", "main", "tools/call", &c)
+            binding("u", "main", "tools/call", &a).key(),
+            binding("u", "main", "tools/call", &c).key()
         );
     }
 

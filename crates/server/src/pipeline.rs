@@ -573,9 +573,10 @@ async fn forward(
     } else {
         None
     };
+    // Boxed: this future is moved whole into its box, and stays small for every other call.
     let binding = bridged.then(|| {
-        mrtr::binding(
-            &cx.principal.id().to_string(),
+        mrtr::Binding::boxed(
+            cx.principal.id().to_string(),
             cx.vs.name(),
             method.as_str(),
             &params,
@@ -617,7 +618,7 @@ async fn forward(
     // A retry that answers the gateway's own confirmation round starts the call afresh.
     let retry = match (&binding, retry) {
         (Some(binding), Some((state, responses))) if asks => {
-            match gw.bridge.open_confirmation(binding, &state, wait()) {
+            match gw.bridge.open_confirmation(&binding.key(), &state, wait()) {
                 mrtr::StateOf::Confirmation => {
                     let how = match &responses {
                         Some(serde_json::Value::Object(r)) => {
@@ -660,7 +661,7 @@ async fn forward(
                 )
             })?;
             let mut round = rmcp::model::InputRequiredResult::from_request_state(
-                gw.bridge.confirmation_state(binding, wait()),
+                gw.bridge.confirmation_state(&binding.key(), wait()),
             );
             round.result_type = rmcp::model::ResultType::INPUT_REQUIRED;
             round.input_requests = Some([(confirm::INPUT_KEY.to_owned(), request)].into());
@@ -676,7 +677,7 @@ async fn forward(
         };
         let client = round_requester(cx);
         let round = tokio::select! {
-            r = gw.bridge.resume(binding.clone(), &state, responses.as_ref(), client) => r?,
+            r = gw.bridge.resume(binding.key(), &state, responses.as_ref(), client) => r?,
             // The client closing its request abandons the round (and the upstream call).
             _ = cx.ct.cancelled() => return Err(ErrorData::internal_error("request cancelled", None).into()),
         };
