@@ -235,31 +235,37 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
     }
 }
 
+/// Whether `Accept` takes both JSON and event streams (`*/*` takes both; `q=0` refuses a type).
+/// Read as bytes, in place: this runs on every POST.
 fn accepts_both(h: &HeaderMap) -> bool {
-    let mut json = false;
-    let mut sse = false;
-    for part in h
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        let mut bits = part.split(';');
-        let essence = bits.next().unwrap_or("").trim();
-        // An explicit q=0 excludes the type.
-        let refused = bits.any(|b| {
-            b.trim()
-                .strip_prefix("q=")
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
-        if refused {
-            continue;
+    let (mut json, mut sse) = (false, false);
+    for value in h.get_all(header::ACCEPT) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let (essence, params) = match part.iter().position(|&b| b == b';') {
+                Some(i) => (&part[..i], Some(&part[i + 1..])),
+                None => (part, None),
+            };
+            if params.is_some_and(refuses) {
+                continue;
+            }
+            let essence = essence.trim_ascii();
+            let any = essence == b"*/*";
+            json |= any || essence.eq_ignore_ascii_case(b"application/json");
+            sse |= any || essence.eq_ignore_ascii_case(b"text/event-stream");
         }
-        json |= essence.eq_ignore_ascii_case("application/json") || essence == "*/*";
-        sse |= essence.eq_ignore_ascii_case("text/event-stream") || essence == "*/*";
     }
     json && sse
+}
+
+/// Whether a media range's parameters give it an explicit `q=0` (which excludes the type).
+fn refuses(params: &[u8]) -> bool {
+    params.split(|&b| b == b';').any(|p| {
+        p.trim_ascii()
+            .strip_prefix(b"q=")
+            .and_then(|q| std::str::from_utf8(q).ok())
+            .and_then(|q| q.trim().parse::<f32>().ok())
+            .is_some_and(|q| q <= 0.0)
+    })
 }
 
 fn is_json(h: &HeaderMap) -> bool {
@@ -524,6 +530,33 @@ pub async fn serve_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_must_take_json_and_event_streams() {
+        let accepts = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::ACCEPT, v.parse().unwrap());
+            }
+            accepts_both(&h)
+        };
+        assert!(accepts(&["application/json, text/event-stream"]));
+        assert!(accepts(&["Text/Event-Stream;q=0.5 ,APPLICATION/JSON"]));
+        assert!(accepts(&["application/json", "text/event-stream"]));
+        assert!(accepts(&["*/*"]));
+        assert!(accepts(&[
+            "application/json;q=1;charset=utf-8, text/event-stream; q=0.001"
+        ]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["application/json"]));
+        assert!(!accepts(&["text/event-stream"]));
+        assert!(!accepts(&["application/json, text/event-stream;q=0"]));
+        // RFC 9110 allows no space around `=` in a weight: this is not one, so it refuses nothing.
+        assert!(accepts(&["application/json, text/event-stream; q = 0"]));
+        assert!(!accepts(&["*/*;q=0"]));
+        assert!(!accepts(&["application/jsonx, text/event-streams"]));
+        assert!(!accepts(&["application/json text/event-stream"]));
+    }
 
     #[test]
     fn refusals_carry_the_challenge_rfc_6750_and_9728_describe() {

@@ -77,19 +77,12 @@ impl Allowed {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .ok_or(Refused::BadHost)?;
-        let authority = http::uri::Authority::try_from(host).map_err(|_| Refused::BadHost)?;
-        if !self.hosts.is_empty() {
-            let (name, port) = (
-                authority.host().trim_matches(['[', ']']),
-                authority.port_u16(),
-            );
-            if !self
-                .hosts
-                .iter()
-                .any(|(n, p)| n.eq_ignore_ascii_case(name) && p.is_none_or(|p| Some(p) == port))
-            {
-                return Err(Refused::Host(host.to_owned()));
-            }
+        let (name, port) = host_and_port(host).ok_or(Refused::BadHost)?;
+        let listed = |(n, p): &(String, Option<u16>)| {
+            n.eq_ignore_ascii_case(name) && p.is_none_or(|p| Some(p) == port)
+        };
+        if !self.hosts.is_empty() && !self.hosts.iter().any(listed) {
+            return Err(Refused::Host(host.to_owned()));
         }
         Ok(())
     }
@@ -107,6 +100,48 @@ impl Allowed {
             .iter()
             .any(|(s, h, p)| *s == scheme && *h == host && p.is_none_or(|p| p == port))
     }
+}
+
+/// The name (IPv6 literals without their brackets) and port of a `Host` header, `uri-host
+/// [ ":" port ]`; `None` if it is not one. Read in place: this runs on every request.
+fn host_and_port(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (name, after) = rest.split_once(']')?;
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !valid {
+                return None;
+            }
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':')?),
+            };
+            (name, port)
+        }
+        None => {
+            let (name, port) = match host.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (host, None),
+            };
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+            if !valid {
+                return None;
+            }
+            (name, port)
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((name, port))
 }
 
 fn norm(s: &str) -> String {
@@ -174,6 +209,25 @@ mod tests {
             Err(Refused::Host("localhost.evil.example".into()))
         );
         assert_eq!(ok("a b"), Err(Refused::BadHost));
+        for bad in [
+            "",
+            ":8730",
+            "user@localhost",
+            "localhost:87a0",
+            "localhost:99999",
+            "localhost:1:2",
+            "::1",
+            "[::1",
+            "[]:1",
+            "[::1]8730",
+            "[localhost]",
+            "local/host",
+        ] {
+            assert_eq!(ok(bad), Err(Refused::BadHost), "{bad:?}");
+        }
+        assert_eq!(ok("localhost:"), Ok(()), "an empty port is no port");
+        assert_eq!(ok("[::1]"), Ok(()));
+        assert_eq!(ok("[::2]:8730"), Err(Refused::Host("[::2]:8730".into())));
         assert_eq!(
             check(&headers(None, None), &hosts, &[]),
             Err(Refused::BadHost)
