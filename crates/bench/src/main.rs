@@ -388,9 +388,11 @@ impl Bench {
     /// Idle RSS of a fresh gateway with one connector, then RSS with `n` idle sessions.
     async fn memory(&self, n: usize) -> anyhow::Result<Memory> {
         eprintln!("memory: idle gateway, then {n} idle sessions");
+        // All the sessions come from one address: lift the per-client caps above `n`.
         let config = format!(
-            "{}[servers.demo]\nconnectors = [\"demo\"]\n",
-            self.stdio_connector("demo", "")
+            "[gateway]\nmax_sessions_per_client = {cap}\ninitialize_per_minute = {cap}\n\n{}[servers.demo]\nconnectors = [\"demo\"]\n",
+            self.stdio_connector("demo", ""),
+            cap = n + 16,
         );
         let gw = self.start_gateway("memory", &config)?;
         gw.wait_ready(&self.client, &[("demo", 1)], Duration::from_secs(30))
