@@ -1,6 +1,12 @@
 //! The `manifold` binary: CLI, logging, wiring, hot reload (file watch and SIGHUP), signals and
 //! graceful shutdown. The only crate that uses `anyhow`.
 
+/// jemalloc rather than the system allocator: see the workspace manifest and the README's
+/// performance section.
+#[cfg(unix)]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod admin;
 mod explain;
 mod reload;
