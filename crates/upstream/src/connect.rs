@@ -138,8 +138,8 @@ impl Shared {
                     let link = Link::new(
                         link::Out::Http(Box::new(link::HttpOut {
                             sender: link::Sender::for_uri(&uri, client.clone(), h.connect_timeout),
+                            headers: link::HttpOut::fixed_headers(&uri, &headers),
                             uri,
-                            headers: link::HttpOut::fixed_headers(&headers),
                             negotiated,
                             inject,
                         })),

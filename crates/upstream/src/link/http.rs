@@ -51,8 +51,10 @@ impl Sender {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.enforce_http(true);
+        // `Host` is one of the fixed headers (`HttpOut::fixed_headers`), not rebuilt per call.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .set_host(false)
             .build(connector);
         Sender::Plain(client)
     }
@@ -78,17 +80,38 @@ pub(crate) struct Negotiated {
     version: Option<http::HeaderValue>,
 }
 
+/// `Host` for `uri`: its host, and its port unless that is the scheme's default.
+fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
+    let host = uri.host()?;
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if port != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    http::HeaderValue::from_str(&value).ok()
+}
+
 const SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
 const PROTOCOL_VERSION: http::HeaderName = http::HeaderName::from_static("mcp-protocol-version");
 const MCP_METHOD: http::HeaderName = http::HeaderName::from_static("mcp-method");
 const MCP_NAME: http::HeaderName = http::HeaderName::from_static("mcp-name");
 
 impl HttpOut {
-    /// The fixed headers of every POST: the connector's own, then the transport's.
-    pub fn fixed_headers(own: &HashMap<http::HeaderName, http::HeaderValue>) -> http::HeaderMap {
-        let mut h = http::HeaderMap::with_capacity(own.len() + 2);
+    /// The fixed headers of every POST to `uri`: the connector's own, then the transport's
+    /// (for `http://`, `Host` unless the connector sets its own; reqwest sets it for `https://`).
+    pub fn fixed_headers(
+        uri: &http::Uri,
+        own: &HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> http::HeaderMap {
+        let mut h = http::HeaderMap::with_capacity(own.len() + 3);
         for (k, v) in own {
             h.insert(k.clone(), v.clone());
+        }
+        if let Some(host) = host_header(uri).filter(|_| uri.scheme_str() != Some("https")) {
+            h.entry(http::header::HOST).or_insert(host);
         }
         h.insert(
             http::header::ACCEPT,
@@ -460,6 +483,40 @@ mod tests {
 
     use super::*;
     use crate::link::Out;
+
+    #[test]
+    fn the_host_header_is_built_once_as_hyper_would_and_a_connectors_own_wins() {
+        let host = |url: &str, own: &[(&str, &str)]| {
+            let own = own
+                .iter()
+                .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+                .collect();
+            HttpOut::fixed_headers(&url.parse().unwrap(), &own)
+                .get(http::header::HOST)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:9100/mcp", &[]).as_deref(),
+            Some("127.0.0.1:9100")
+        );
+        assert_eq!(
+            host("http://up.example/mcp", &[]).as_deref(),
+            Some("up.example")
+        );
+        assert_eq!(
+            host("http://up.example:80/mcp", &[]).as_deref(),
+            Some("up.example")
+        );
+        assert_eq!(
+            host("http://[::1]:8080/mcp", &[]).as_deref(),
+            Some("[::1]:8080")
+        );
+        assert_eq!(
+            host("http://127.0.0.1:9100/mcp", &[("host", "virtual.example")]).as_deref(),
+            Some("virtual.example")
+        );
+        assert_eq!(host("https://up.example/mcp", &[]), None, "reqwest sets it");
+    }
 
     /// Whatever an upstream's event stream holds, split wherever, reading it never panics or
     /// hangs, and everything handed to rmcp is a JSON-RPC message.
