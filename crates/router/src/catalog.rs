@@ -57,6 +57,9 @@ pub struct Catalog {
     pub tool_routes: HashMap<String, ToolRoute>,
     /// Exposed tool name → index in `tools`.
     pub tool_index: HashMap<String, usize>,
+    /// Whether each tool's input schema (same order as `tools`) annotates an argument as an
+    /// `Mcp-Param-*` header: most do not, and their calls skip that check.
+    pub tool_param_headers: Vec<bool>,
     pub prompt_routes: HashMap<String, PromptRoute>,
     /// Exposed URI → connector, for unprefixed connectors' concrete resources.
     pub exact_resources: HashMap<String, ConnectorId>,
@@ -292,6 +295,11 @@ impl Catalog {
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.to_string(), i))
+            .collect();
+        cat.tool_param_headers = cat
+            .tools
+            .iter()
+            .map(|t| !manifold_upstream::param_header_names(&t.input_schema).is_empty())
             .collect();
         prompts.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         (cat.prompts, cat.prompts_json, cat.prompts_from) = unzip3(prompts);

@@ -229,3 +229,24 @@ fn fingerprints_detect_changes_only() {
     let ch = c.changes_from(&a);
     assert!(ch.tools && ch.resources && !ch.prompts);
 }
+
+#[test]
+fn tools_whose_schema_names_param_headers_are_marked_for_the_header_check() {
+    let mut regional = tool("where");
+    let mut schema = (*regional.input_schema).clone();
+    schema["properties"]["region"] =
+        serde_json::json!({"type": "string", "x-mcp-header": "Region"});
+    regional.input_schema = Arc::new(schema);
+    let catalog = Arc::new(UpstreamCatalog {
+        tools: vec![tool("echo"), regional],
+        ..Default::default()
+    });
+    let cat = check(TWO, &[catalog, upstream(&[], &[], &[])]);
+    let marked: Vec<(&str, bool)> = cat
+        .tools
+        .iter()
+        .zip(&cat.tool_param_headers)
+        .map(|(t, m)| (t.name.as_ref(), *m))
+        .collect();
+    assert_eq!(marked, [("alpha__echo", false), ("alpha__where", true)]);
+}

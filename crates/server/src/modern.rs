@@ -140,9 +140,11 @@ fn check_routing_headers(
         && let Some(name) = text("name")
     {
         let cat = vs.catalog();
-        if let Some(i) = cat.tool_index.get(name) {
+        if let Some(&i) = cat.tool_index.get(name)
+            && cat.tool_param_headers.get(i).copied().unwrap_or(true)
+        {
             let args = params.get("arguments").unwrap_or(&serde_json::Value::Null);
-            manifold_upstream::check_param_headers(&cat.tools[*i].input_schema, args, |n| {
+            manifold_upstream::check_param_headers(&cat.tools[i].input_schema, args, |n| {
                 single(h, n)
             })?;
         }
