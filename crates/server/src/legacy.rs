@@ -319,7 +319,7 @@ pub(crate) async fn post(
         meta: forwarded_meta(&meta),
         progress_token: meta
             .get("progressToken")
-            .and_then(|t| serde_json::from_value::<ProgressToken>(t.clone()).ok()),
+            .and_then(|t| <ProgressToken as serde::Deserialize>::deserialize(t).ok()),
         capabilities: session.capabilities.clone(),
         log_level: session.level(),
         outbox,

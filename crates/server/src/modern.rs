@@ -240,7 +240,7 @@ pub(crate) async fn post(
     let Some(capabilities) = meta
         .get(CAPS_KEY)
         .filter(|c| c.is_object())
-        .and_then(|c| serde_json::from_value::<ClientCapabilities>(c.clone()).ok())
+        .and_then(|c| <ClientCapabilities as serde::Deserialize>::deserialize(c).ok())
     else {
         return refuse(
             id,
@@ -253,10 +253,10 @@ pub(crate) async fn post(
     };
     let log_level = meta
         .get(LEVEL_KEY)
-        .and_then(|l| serde_json::from_value::<LoggingLevel>(l.clone()).ok());
+        .and_then(|l| <LoggingLevel as serde::Deserialize>::deserialize(l).ok());
     let progress_token = meta
         .get("progressToken")
-        .and_then(|t| serde_json::from_value::<ProgressToken>(t.clone()).ok());
+        .and_then(|t| <ProgressToken as serde::Deserialize>::deserialize(t).ok());
     let id = id.to_owned();
     let Some(mcp) = Mcp::of(&method) else {
         let e = pipeline::method_not_found(&method);
