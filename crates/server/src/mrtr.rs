@@ -158,25 +158,16 @@ impl Binding {
         method: &'static str,
         params: &serde_json::Map<String, Value>,
     ) -> Box<Self> {
-        Box::new(Self::of(caller, server, method, params))
-    }
-
-    pub(crate) fn of(
-        caller: String,
-        server: &str,
-        method: &'static str,
-        params: &serde_json::Map<String, Value>,
-    ) -> Self {
         let about = ["name", "arguments", "uri"]
             .iter()
             .filter_map(|k| params.get(*k).map(|v| ((*k).to_owned(), v.clone())))
             .collect();
-        Binding {
+        Box::new(Binding {
             caller,
             server: server.to_owned(),
             method,
             about,
-        }
+        })
     }
 
     /// The binding as text, bound into a round's `requestState`. Canonical (keys sorted at
